@@ -1,0 +1,64 @@
+"""DeiT-style Vision Transformer classifier with NeuTRENO attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.config import ViTConfig
+from models.diagnostics import layer_similarity
+from models.layers import Block, StackOutput, run_blocks
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal(0.02) linears and embeddings, zero biases, unit LayerNorms."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class ViT(nn.Module):
+    """images (B, C, H, W) -> logits (B, num_classes); cls token + patch tokens."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        if cfg.img_size % cfg.patch_size:
+            raise ValueError(f"img_size {cfg.img_size} not divisible by patch_size {cfg.patch_size}")
+        self.cfg = cfg
+        self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, cfg.dim))
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, lam=cfg.fidelity_lam, causal=False,
+                  dropout=cfg.dropout)
+            for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward_features(self, x: Tensor) -> StackOutput:
+        """(B, C, H, W) -> tokens (B, 1 + N, dim) after the final norm, plus per-layer hidden."""
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, dim)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        out = run_blocks(self.blocks, x)
+        out.x = self.norm(out.x)
+        return out
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        """(B, 1 + N, dim) -> (B, num_classes) from the cls token."""
+        return self.head(x[:, 0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x).x)
+
+    def forward_with_similarity(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits (B, classes) and per-layer token similarity (B, depth), for serving telemetry."""
+        out = self.forward_features(x)
+        return self.forward_head(out.x), layer_similarity(out.hidden)

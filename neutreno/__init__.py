@@ -1,0 +1,1 @@
+"""The `neutreno` command line: train, export, serve, bench."""
