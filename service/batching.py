@@ -1,0 +1,175 @@
+"""Dynamic batching per model (the Triton / TorchServe scheme) on asyncio.
+
+Requests are queued with their preprocessed feeds (batch axis 0, `rows` >= 1). One task per model
+forms a batch when the queued rows reach `max_batch_size` or the oldest request has waited
+`max_queue_delay`, concatenates the feeds, runs the model off the event loop, and hands each
+request its own slice of every output. An exception in a batch is given to every request in it.
+The queue is bounded: when full, `submit` raises `QueueFull` (429 with Retry-After) at once. A
+request whose deadline passes gets `DeadlineExceeded` (504) and is dropped from the queue if it
+has not started. With `max_batch_size` 1 each request runs alone, i.e. batching is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
+from service.metrics import Metrics
+
+log = logging.getLogger("neutreno.service")
+
+Feeds = dict[str, np.ndarray]
+RunFn = Callable[[Feeds], Awaitable[Feeds]]
+
+
+@dataclass
+class _Request:
+    feeds: Feeds
+    rows: int
+    enqueued: float
+    future: asyncio.Future[Feeds] = field(repr=False)
+
+
+class DynamicBatcher:
+    """Queue + batch-forming task for one model; `submit` is the only call routes make."""
+
+    def __init__(self, model: str, run: RunFn, metrics: Metrics, *, max_batch_size: int,
+                 max_queue_delay_s: float, max_queue_size: int,
+                 on_batch: Callable[[Feeds], None] | None = None) -> None:
+        self.model = model
+        self._run = run
+        self._metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self._on_batch = on_batch
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._batch_seconds = 0.05  # running estimate for Retry-After
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.model}")
+
+    async def stop(self) -> None:
+        """Finish everything already queued, then end the loop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, feeds: Feeds, timeout_s: float) -> Feeds:
+        """Queue one request and wait for its outputs (each with the request's own rows)."""
+        if self._closing:
+            raise ModelNotReady(f"model {self.model!r} is shutting down")
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFull(f"model {self.model!r} has {len(self._queue)} queued requests "
+                            f"(limit {self.max_queue_size}); retry later", self._retry_after())
+        rows = int(next(iter(feeds.values())).shape[0])
+        req = _Request(feeds, rows, time.perf_counter(), asyncio.get_running_loop().create_future())
+        self._queue.append(req)
+        self._queued_rows += rows
+        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(req.future), timeout_s)
+        except TimeoutError:
+            req.future.cancel()
+            raise DeadlineExceeded(
+                f"no result from {self.model!r} within {timeout_s:.3g} s") from None
+
+    def _retry_after(self) -> int:
+        batches_ahead = math.ceil(self._queued_rows / self.max_batch_size)
+        return math.ceil(batches_ahead * self._batch_seconds)
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _wait_for_batch(self) -> None:
+        """Return once a full batch is queued or the oldest request's delay has run out."""
+        oldest = self._queue[0].enqueued
+        while self._queued_rows < self.max_batch_size and not self._closing:
+            remaining = oldest + self.max_queue_delay_s - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Request]:
+        """Pop requests up to max_batch_size rows (a larger single request runs alone)."""
+        batch: list[_Request] = []
+        rows = 0
+        while self._queue:
+            req = self._queue[0]
+            if batch and rows + req.rows > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._queued_rows -= req.rows
+            if req.future.done():  # deadline passed while queued
+                continue
+            batch.append(req)
+            rows += req.rows
+        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        return batch
+
+    async def _execute(self, batch: list[_Request]) -> None:
+        started = time.perf_counter()
+        for req in batch:
+            self._metrics.queue_duration_seconds.labels(self.model).observe(started - req.enqueued)
+        feeds = {name: np.concatenate([r.feeds[name] for r in batch]) if len(batch) > 1
+                 else batch[0].feeds[name] for name in batch[0].feeds}
+        self._metrics.batch_size.labels(self.model).observe(sum(r.rows for r in batch))
+        try:
+            outputs = await self._run(feeds)
+        except Exception as exc:
+            log.error("batch of %d on %s failed: %s", len(batch), self.model, exc)
+            error = InferenceFailed(f"inference failed on {self.model!r}: {exc}")
+            for req in batch:
+                if not req.future.done():
+                    req.future.set_exception(error)
+            return
+        elapsed = time.perf_counter() - started
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+        self._metrics.inference_duration_seconds.labels(self.model).observe(elapsed)
+        self._scatter(batch, outputs)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(outputs)
+            except Exception:  # telemetry must never break serving
+                log.exception("batch hook failed on %s", self.model)
+
+    @staticmethod
+    def _scatter(batch: list[_Request], outputs: Feeds) -> None:
+        start = 0
+        for req in batch:
+            part = {name: value[start:start + req.rows] for name, value in outputs.items()}
+            start += req.rows
+            if not req.future.done():
+                req.future.set_result(part)

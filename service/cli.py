@@ -1,0 +1,65 @@
+"""`neutreno serve --host H --port P`: the service on uvicorn, with a draining SIGTERM.
+
+On SIGTERM/SIGINT the service first reports not-ready (so a load balancer stops sending), then
+uvicorn stops accepting connections, waits up to NEUTRENO_DRAIN_TIMEOUT_S for in-flight
+requests, and runs the lifespan shutdown, which finishes every queued batch before exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.settings import Settings
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server that flips readiness to 503 the moment a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: object) -> None:
+        super().__init__(config)
+        self._service_app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._service_app.state.service.draining = True  # type: ignore[attr-defined]
+        super().handle_exit(sig, frame)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="neutreno serve", description=__doc__.splitlines()[0])
+    p.add_argument("--host", help="bind address (default NEUTRENO_HOST or 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port (default NEUTRENO_PORT or 8000)")
+    p.add_argument("--model-repository", help="bundle folder (default NEUTRENO_MODEL_REPOSITORY)")
+    return p.parse_args(argv)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Environment settings with the command line's overrides, validated together."""
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port,
+                                   "model_repository": args.model_repository}.items()
+                 if v is not None}
+    return Settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = load_settings(args)
+    except ValidationError as exc:
+        for err in exc.errors():
+            field = ".".join(map(str, err["loc"]))
+            print(f"neutreno serve: invalid setting NEUTRENO_{field.upper()}: {err['msg']}",
+                  file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level,
+                            timeout_graceful_shutdown=settings.drain_timeout_s,
+                            access_log=False)
+    DrainingServer(config, app).run()
+    return 0

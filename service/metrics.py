@@ -1,0 +1,79 @@
+"""Every Prometheus metric the service exports, defined once (names fixed in DESIGN.md).
+
+Each app gets its own `CollectorRegistry` so several apps (tests, benchmarks) can live in one
+process. Route code, the batcher and the generation scheduler all reach the metrics through
+`app.state.metrics`; nothing else calls prometheus_client constructors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """The metric families, as attributes, registered on one registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests_total = Counter(
+            "neutreno_requests_total", "Requests by model, endpoint and HTTP status",
+            ["model", "endpoint", "status"], registry=r)
+        self.request_duration_seconds = Histogram(
+            "neutreno_request_duration_seconds", "Request latency from receipt to response",
+            ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_duration_seconds = Histogram(
+            "neutreno_queue_duration_seconds", "Time a request waited in the batch queue",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_duration_seconds = Histogram(
+            "neutreno_inference_duration_seconds", "ONNX Runtime time per batch",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "neutreno_batch_size", "Rows per executed batch", ["model"], buckets=BATCH_BUCKETS,
+            registry=r)
+        self.queue_depth = Gauge(
+            "neutreno_queue_depth", "Requests waiting in the batch queue", ["model"], registry=r)
+        self.time_to_first_token_seconds = Histogram(
+            "neutreno_time_to_first_token_seconds", "Time from request to first generated token",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_token_latency_seconds = Histogram(
+            "neutreno_inter_token_latency_seconds", "Time between consecutive generated tokens",
+            ["model"], buckets=TOKEN_BUCKETS, registry=r)
+        self.generated_tokens_total = Counter(
+            "neutreno_generated_tokens_total", "Tokens generated", ["model"], registry=r)
+        self.running_sequences = Gauge(
+            "neutreno_running_sequences", "Sequences in the running decode batch", ["model"],
+            registry=r)
+        self.waiting_sequences = Gauge(
+            "neutreno_waiting_sequences", "Generation requests waiting for admission", ["model"],
+            registry=r)
+        self.token_similarity = Gauge(
+            "neutreno_token_similarity",
+            "Mean pairwise cosine similarity of token vectors per layer on sampled live traffic "
+            "(over-smoothing telemetry: near 1 means collapsed representations)",
+            ["model", "layer"], registry=r)
+        self.model_info = Gauge(
+            "neutreno_model_info", "Loaded model bundles (value 1) with their metadata",
+            ["model", "version", "task", "attention", "lam", "device"], registry=r)
+
+    def observe_similarity(self, model: str, similarity: np.ndarray) -> None:
+        """Set the per-layer gauge from a (rows, layers) array: the mean over rows."""
+        if similarity.ndim != 2 or similarity.shape[0] == 0:
+            return
+        for layer, value in enumerate(similarity.mean(axis=0).tolist()):
+            self.token_similarity.labels(model=model, layer=str(layer)).set(value)
+
+    def set_model_info(self, model: str, labels: Sequence[str]) -> None:
+        """Publish one bundle's metadata; labels follow `model_info`'s label order after model."""
+        self.model_info.labels(model, *labels).set(1)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)

@@ -1,0 +1,167 @@
+"""Open Inference Protocol (KServe v2) tensors: decoding requests, encoding responses.
+
+Supports the JSON tensor form (`data` flat or nested, row-major) and Triton's binary tensor
+extension (`Inference-Header-Content-Length` header, `binary_data_size` / `binary_data`
+parameters), which is what `tritonclient.http` sends by default. Inputs are checked against the
+model's own graph inputs (names, datatypes, rank, fixed dims, finite values) so that no request
+reaches ONNX Runtime malformed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from service.errors import BadRequest
+from service.runtime import ModelRuntime, TensorSpec
+from service.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta
+
+HEADER_LENGTH = "inference-header-content-length"
+DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+             "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+             "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+NUMPY_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
+MAX_ELEMENTS = 1 << 26
+
+
+def datatype(spec: TensorSpec) -> str:
+    return NUMPY_TO_V2.get(spec.numpy_dtype, "BYTES")
+
+
+def metadata(model: ModelRuntime) -> V2ModelMetadata:
+    """The model's tensors with dynamic dims as -1."""
+    def meta(spec: TensorSpec) -> V2TensorMeta:
+        shape = [d if isinstance(d, int) else -1 for d in spec.shape]
+        return V2TensorMeta(name=spec.name, datatype=datatype(spec), shape=shape)
+
+    return V2ModelMetadata(name=model.name, versions=[model.version],
+                           inputs=[meta(s) for s in model.inputs],
+                           outputs=[meta(s) for s in model.outputs])
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
+    """The JSON part as a validated request, and the binary tail (empty for pure JSON)."""
+    split = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise BadRequest(f"bad Inference-Header-Content-Length {header_length!r}")
+        split = int(header_length)
+    try:
+        return V2InferRequest.model_validate_json(body[:split]), body[split:]
+    except ValidationError as exc:
+        raise BadRequest("invalid inference request: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+
+
+def decode_inputs(model: ModelRuntime, request: V2InferRequest,
+                  binary: bytes) -> dict[str, np.ndarray]:
+    """Feeds for the model from the request's tensors, validated against the graph inputs."""
+    given = {t.name: t for t in request.inputs}
+    expected = {s.name: s for s in model.inputs}
+    if unknown := sorted(set(given) - set(expected)):
+        raise BadRequest(f"unknown input(s) {unknown}; {model.name!r} takes {sorted(expected)}")
+    if missing := sorted(set(expected) - set(given)):
+        raise BadRequest(f"missing input(s) {missing}")
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in request.inputs:
+        array, offset = _decode_tensor(tensor, expected[tensor.name], binary, offset)
+        feeds[tensor.name] = array
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
+    return feeds
+
+
+def _decode_tensor(tensor: V2Tensor, spec: TensorSpec, binary: bytes,
+                   offset: int) -> tuple[np.ndarray, int]:
+    want = datatype(spec)
+    if tensor.datatype != want:
+        raise BadRequest(f"input {tensor.name!r} must be {want}, got {tensor.datatype!r}")
+    _check_shape(tensor, spec)
+    dtype = np.dtype(DATATYPES[want])
+    count = int(np.prod(tensor.shape, dtype=np.int64))
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size != count * dtype.itemsize \
+                or offset + size > len(binary):
+            raise BadRequest(f"input {tensor.name!r}: binary_data_size {size!r} does not match "
+                             f"shape {tensor.shape} of {want} or the bytes sent")
+        array = np.frombuffer(binary, dtype, count, offset).reshape(tensor.shape)
+        offset += size
+    else:
+        array = _from_json(tensor, dtype, count)
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise BadRequest(f"input {tensor.name!r} contains NaN or infinity")
+    return array, offset
+
+
+def _check_shape(tensor: V2Tensor, spec: TensorSpec) -> None:
+    if len(tensor.shape) != len(spec.shape) or any(d < 0 for d in tensor.shape):
+        raise BadRequest(f"input {tensor.name!r} has shape {tensor.shape}; the model expects "
+                         f"{list(spec.shape)}")
+    for got, dim in zip(tensor.shape, spec.shape, strict=True):
+        if isinstance(dim, int) and got != dim:
+            raise BadRequest(f"input {tensor.name!r} has shape {tensor.shape}; the model "
+                             f"expects {list(spec.shape)}")
+    if np.prod(tensor.shape, dtype=np.float64) > MAX_ELEMENTS:
+        raise BadRequest(f"input {tensor.name!r} has more than {MAX_ELEMENTS} elements")
+
+
+def _from_json(tensor: V2Tensor, dtype: np.dtype, count: int) -> np.ndarray:
+    if tensor.data is None:
+        raise BadRequest(f"input {tensor.name!r} has neither data nor binary_data_size")
+    try:
+        array = np.asarray(tensor.data, dtype=dtype).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadRequest(f"input {tensor.name!r}: data is not {dtype.name}: {exc}") from None
+    if array.size != count:
+        raise BadRequest(f"input {tensor.name!r}: {array.size} values for shape {tensor.shape}")
+    return array.reshape(tensor.shape)
+
+
+def batch_rows(feeds: dict[str, np.ndarray]) -> int:
+    """The common leading (batch) dimension of every input."""
+    rows = {a.shape[0] for a in feeds.values()}
+    if len(rows) != 1 or 0 in rows:
+        raise BadRequest(f"inputs disagree on (or have an empty) batch dimension: {sorted(rows)}")
+    return rows.pop()
+
+
+def encode_response(model: ModelRuntime, request: V2InferRequest,
+                    outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+    """The response body and, when any tensor is binary, the JSON header's length."""
+    wanted = request.outputs or []
+    names = [o.name for o in wanted] or list(outputs)
+    if unknown := sorted(set(names) - set(outputs)):
+        raise BadRequest(f"unknown output(s) {unknown}; {model.name!r} has {sorted(outputs)}")
+    binary_default = bool((request.parameters or {}).get("binary_data_output", False))
+    as_binary = {o.name: bool((o.parameters or {}).get("binary_data", binary_default))
+                 for o in wanted}
+    tensors: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name in names:
+        array = np.ascontiguousarray(outputs[name])
+        entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype],
+                                 "shape": list(array.shape)}
+        if as_binary.get(name, binary_default):
+            blobs.append(array.tobytes())
+            entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            entry["data"] = _json_values(array)
+        tensors.append(entry)
+    body: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
+                            "outputs": tensors}
+    if request.id is not None:
+        body["id"] = request.id
+    header = json.dumps(body, separators=(",", ":")).encode()
+    return (header + b"".join(blobs), len(header)) if blobs else (header, None)
+
+
+def _json_values(array: np.ndarray) -> list[Any]:
+    flat = array.reshape(-1)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return [v if np.isfinite(v) else None for v in flat.tolist()]
+    return flat.tolist()

@@ -1,0 +1,135 @@
+"""One ONNX Runtime session per model bundle, with the facts routes need from its manifest.
+
+`ModelRuntime` owns the session and a single worker thread: every run for a model goes through
+`run_async`, which executes `run` on that thread so the event loop never blocks on ONNX Runtime
+and a model never runs two batches at once (ORT already spreads one run over the intra-op
+threads). The batcher and, later, the generation scheduler both build on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.settings import Settings
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class RuntimeSetupError(RuntimeError):
+    """The requested device cannot be used or a session cannot be created."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output as the manifest declares it; string dims are dynamic."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    @classmethod
+    def from_manifest(cls, entry: dict[str, Any]) -> TensorSpec:
+        return cls(entry["name"], tuple(entry["shape"]), entry["dtype"])
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+
+def choose_providers(device: str) -> list[str]:
+    """Execution providers for NEUTRENO_DEVICE: auto prefers CUDA when ORT offers it."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise RuntimeSetupError(
+            "NEUTRENO_DEVICE=cuda but onnxruntime has no CUDAExecutionProvider "
+            f"(available: {available}); install onnxruntime-gpu or use NEUTRENO_DEVICE=auto")
+    return [CPU]
+
+
+def _session_options(settings: Settings) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = settings.intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+class ModelRuntime:
+    """A loaded bundle: manifest facts, the ORT session and the thread that runs it."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], settings: Settings) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.name: str = manifest["name"]
+        self.version: str = str(manifest["version"])
+        self.task: str = manifest["task"]
+        self.labels: list[str] = list(manifest.get("labels") or [])
+        self.preprocessing: dict[str, Any] = dict(manifest.get("preprocessing") or {})
+        self.inputs = [TensorSpec.from_manifest(e) for e in manifest["inputs"]]
+        self.outputs = [TensorSpec.from_manifest(e) for e in manifest["outputs"]]
+        providers = choose_providers(settings.device)
+        self.session = ort.InferenceSession(str(path / "model.onnx"), _session_options(settings),
+                                            providers=providers)
+        self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, f"ort-{self.name}")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph on the calling thread; returns every output by name."""
+        values = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, values, strict=True))
+
+    async def run_async(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`run` on this model's worker thread, awaited from the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run, feeds)
+
+    def warmup(self) -> None:
+        """One run on neutral inputs so the first real request does not pay allocation costs."""
+        self.run(self.example_feeds())
+
+    def example_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Zero inputs of the right shapes (an empty KV cache for language models)."""
+        if self.task == "text-generation":
+            return self._lm_example(batch)
+        return {s.name: np.zeros(self._concrete(s.shape, batch), s.numpy_dtype)
+                for s in self.inputs}
+
+    def _concrete(self, shape: tuple[int | str, ...], batch: int) -> tuple[int, ...]:
+        return tuple(batch if isinstance(d, str) else int(d) for d in shape)
+
+    def _lm_example(self, batch: int) -> dict[str, np.ndarray]:
+        gen = self.manifest["generation"]
+        seq = 2
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            if spec.name == "input_ids":
+                feeds[spec.name] = np.zeros((batch, seq), np.int64)
+            elif spec.name == "attention_mask":
+                feeds[spec.name] = np.ones((batch, seq), np.int64)
+            else:
+                feeds[spec.name] = np.zeros((batch, gen["num_heads"], 0, gen["head_dim"]),
+                                            spec.numpy_dtype)
+        return feeds
+
+    def info_labels(self) -> list[str]:
+        """Label values for neutreno_model_info after `model`."""
+        return [self.version, self.task, str(self.manifest.get("attention", "")),
+                str(self.manifest.get("lam", "")), self.device]
+
+    def close(self) -> None:
+        """Let queued runs finish, then stop the worker thread."""
+        self._executor.shutdown(wait=True)

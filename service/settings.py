@@ -1,0 +1,62 @@
+"""Service settings: one pydantic-settings class read from `NEUTRENO_*` environment variables.
+
+Every knob the service has lives here so that start-up validates them all at once and fails with a
+message naming the variable, instead of failing later inside a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; `Settings()` reads the environment, tests pass fields directly."""
+
+    model_config = SettingsConfigDict(env_prefix="NEUTRENO_", extra="ignore", frozen=True)
+
+    model_repository: Path = Field(Path("model_repository"),
+                                   description="folder of <model>/<version>/ bundles")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses the CUDA execution provider when onnxruntime has it")
+    intra_op_threads: int = Field(0, ge=0, le=256, description="ORT threads per model; 0 = ORT")
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="1 turns dynamic batching off")
+    max_queue_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0,
+                                      description="longest wait of the oldest queued request")
+    max_queue_size: int = Field(256, ge=1, le=1_000_000,
+                                description="queued requests per model beyond which 429")
+    request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0,
+                                     description="per-request deadline, 504 past it")
+
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="413 above this")
+    max_image_pixels: int = Field(4096 * 4096, ge=1,
+                                  description="decoded width x height limit (decompression bombs)")
+
+    api_key: SecretStr | None = Field(None, description="Bearer token required on /v1 and /v2")
+    similarity_sample_every: int = Field(
+        8, ge=0, description="update neutreno_token_similarity from one batch in N; 0 = never")
+    warmup: bool = True
+    drain_timeout_s: int = Field(30, ge=0, le=3600, description="SIGTERM grace period")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, path: Path) -> Path:
+        if not path.is_dir():
+            raise ValueError(f"model repository {str(path)!r} is not a directory")
+        return path
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, key: SecretStr | None) -> SecretStr | None:
+        return key if key is not None and key.get_secret_value() else None
+
+    @property
+    def max_queue_delay_s(self) -> float:
+        return self.max_queue_delay_ms / 1000.0

@@ -1,0 +1,125 @@
+"""Classification and segmentation: request body -> image -> tensor -> batch -> JSON result.
+
+Routes stay thin by calling `read_image_request`, then `classify` or `segment`. Decoding and
+preprocessing run in a worker thread (a large JPEG must not stall the event loop); the model run
+goes through the model's dynamic batcher.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from service import imaging
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.schemas import (ClassFraction, ClassifyResponse, ImageField, Prediction,
+                             SegmentResponse)
+from service.runtime import ModelRuntime
+from service.state import ServiceState
+
+P = TypeVar("P", bound=BaseModel)
+FILE_TYPES = ("image/", "application/octet-stream")
+
+
+async def read_image_request(request: Request, json_model: type[BaseModel],
+                             form_model: type[P]) -> tuple[bytes, P]:
+    """Image bytes and parameters from JSON `{"image": base64, ...}` or multipart `file`."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        body = _validated(json_model, await request.body(), json=True)
+        assert isinstance(body, ImageField)
+        params = form_model.model_validate(body.model_dump(exclude={"image"}))
+        return imaging.decode_base64(body.image), params
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request, form_model)
+    raise UnsupportedMediaType(f"content type {content_type or '(none)'!r} is not accepted; "
+                               "send application/json or multipart/form-data")
+
+
+async def _read_multipart(request: Request, form_model: type[P]) -> tuple[bytes, P]:
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except PayloadTooLarge:
+        raise
+    except Exception as exc:  # starlette's multipart parser errors, whatever their class
+        raise BadRequest(f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise BadRequest("multipart field 'file' (the image) is required")
+    part_type = (upload.content_type or "application/octet-stream").lower()
+    if not part_type.startswith(FILE_TYPES):
+        raise UnsupportedMediaType(f"file content type {part_type!r} is not an image type")
+    fields = {k: v for k, v in form.multi_items() if k != "file"}
+    return await upload.read(), _validated(form_model, fields, json=False)
+
+
+def _validated(model: type[P], data: object, *, json: bool) -> P:
+    """Validate with pydantic, turning errors into the 422 the framework would give."""
+    try:
+        if json:
+            return model.model_validate_json(data)  # type: ignore[arg-type]
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+
+
+def _prepare(data: bytes, model: ModelRuntime, max_pixels: int) -> tuple[Image.Image, np.ndarray]:
+    img = imaging.decode_image(data, max_pixels)
+    return img, imaging.preprocess(img, model.preprocessing)
+
+
+async def _infer(state: ServiceState, model: ModelRuntime, data: bytes
+                 ) -> tuple[Image.Image, dict[str, np.ndarray]]:
+    img, pixels = await run_in_threadpool(_prepare, data, model, state.settings.max_image_pixels)
+    return img, await state.run(model, {model.inputs[0].name: pixels})
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _label(model: ModelRuntime, index: int) -> str:
+    return model.labels[index] if index < len(model.labels) else str(index)
+
+
+async def classify(state: ServiceState, model: ModelRuntime, data: bytes,
+                   top_k: int) -> ClassifyResponse:
+    """Top-k classes with softmax scores, best first."""
+    _, outputs = await _infer(state, model, data)
+    probs = _softmax(outputs["logits"][0].astype(np.float64))
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return ClassifyResponse(model=model.name, predictions=[
+        Prediction(index=int(i), label=_label(model, int(i)), score=float(probs[i]))
+        for i in order])
+
+
+async def segment(state: ServiceState, model: ModelRuntime, data: bytes,
+                  with_overlay: bool) -> SegmentResponse:
+    """Class-index mask PNG at the input's size, class pixel fractions, optional overlay."""
+    img, outputs = await _infer(state, model, data)
+    return await run_in_threadpool(_segment_response, model, img, outputs["logits"][0],
+                                   with_overlay)
+
+
+def _segment_response(model: ModelRuntime, img: Image.Image, logits: np.ndarray,
+                      with_overlay: bool) -> SegmentResponse:
+    num_classes = logits.shape[0]
+    mask = imaging.mask_at_size(logits.argmax(axis=0), img.size)
+    counts = np.bincount(mask.ravel(), minlength=num_classes)
+    fractions = counts / mask.size
+    present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    return SegmentResponse(
+        model=model.name, width=img.width, height=img.height,
+        mask_png=imaging.png_base64(Image.fromarray(mask, "L")),
+        classes=[ClassFraction(index=i, label=_label(model, i), pixel_fraction=float(fractions[i]))
+                 for i in present],
+        overlay_png=imaging.png_base64(imaging.overlay(img, mask, num_classes))
+        if with_overlay else None)
