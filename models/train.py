@@ -11,6 +11,7 @@ metrics.jsonl (one line per evaluation) and metrics.json (final) into --out.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -76,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--attention", choices=["neutreno", "softmax"], default="neutreno")
     ap.add_argument("--lam", type=float, help="fidelity weight (default: the variant's)")
     ap.add_argument("--depth", type=int, help="override the variant's depth")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config field, e.g. --set img_size=32 (repeatable)")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     ap.add_argument("--batch-size", type=int, default=128, help="per process")
@@ -98,7 +101,22 @@ def build_config(args: argparse.Namespace) -> ModelConfig:
         overrides["lam"] = args.lam
     if args.depth is not None:
         overrides["depth"] = args.depth
+    overrides.update(parse_overrides(args.set))
     return get_config(args.model, **overrides)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["img_size=32", "attention=softmax"] -> {"img_size": 32, "attention": "softmax"}."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides
 
 
 def evaluate(task: Task, model: nn.Module, env: Dist) -> dict[str, Any]:
@@ -112,8 +130,8 @@ def evaluate(task: Task, model: nn.Module, env: Dist) -> dict[str, Any]:
     return metrics
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, evaluate and checkpoint; returns the final metrics (rank 0)."""
+def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """Train, evaluate and checkpoint; returns this rank's model and the final metrics (rank 0)."""
     env = setup_distributed()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,7 +197,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if env.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return final
+    return raw_model, final
 
 
 def _write_progress(out: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: ModelConfig,
@@ -208,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     args.argv = argv
-    metrics = train(args)
+    _, metrics = train(args)
     if metrics:
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
     return 0

@@ -1,0 +1,80 @@
+"""Training entry point on the committed fixtures: single process, resume, and 2-process torchrun."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.checkpoint import load_checkpoint
+from models.data import kjv
+from models.train import lr_at, main
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+FASHION = str(FIXTURES / "fashion-mnist")
+
+
+def test_lr_schedule_warms_up_then_decays():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.05)
+    assert lr_at(50, 100, 1.0, 10) < lr_at(20, 100, 1.0, 10)
+
+
+def test_classifier_trains_checkpoints_and_resumes(tmp_path):
+    out = tmp_path / "clf"
+    common = ["vit-fashion", "--out", str(out), "--data-dir", FASHION, "--depth", "1",
+              "--batch-size", "32", "--no-progress", "--seed", "3"]
+    assert main([*common, "--max-steps", "4"]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["step"] == 4 and 0.0 <= first["top1"] <= 1.0 and first["test_images"] == 64
+    assert "neutreno train vit-fashion" in first["command"]
+    assert main([*common, "--max-steps", "6", "--resume"]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [4, 6]
+    model, cfg = load_checkpoint(out)
+    assert cfg.depth == 1 and model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_segmenter_trains_a_step(tmp_path, monkeypatch):
+    monkeypatch.setattr("models.tasks.SegmentationTask.scenes_per_epoch", 16)
+    monkeypatch.setattr("models.tasks.SegmentationTask.test_scenes", 8)
+    out = tmp_path / "seg"
+    assert main(["segmenter-fashion", "--out", str(out), "--data-dir", FASHION, "--depth", "1",
+                 "--batch-size", "8", "--max-steps", "2", "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["iou_per_class"]) == 11
+
+
+def test_language_model_trains_and_reports_bpc(tmp_path):
+    data = tmp_path / "kjv"
+    data.mkdir()
+    text = (FIXTURES / "kjv-sample.txt").read_text()
+    for split in ("train", "validation", "test"):
+        (data / f"{split}.txt").write_text(text * (8 if split == "train" else 1))
+    kjv.train_tokenizer(text, vocab_size=300).save(str(data / "tokenizer.json"))
+    out = tmp_path / "lm"
+    assert main(["lm-kjv", "--out", str(out), "--data-dir", str(data), "--depth", "1",
+                 "--batch-size", "2", "--max-steps", "3", "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_bpc"] > 0 and metrics["validation_perplexity"] > 1
+    assert (out / "tokenizer.json").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--standalone", str(Path(__file__).with_name("ddp_worker.py")),
+           "vit-fashion", "--out", str(out), "--data-dir", FASHION, "--depth", "1",
+           "--batch-size", "16", "--max-steps", "3", "--no-progress", "--threads", "1"]
+    subprocess.run(cmd, check=True, timeout=300, capture_output=True)
+    rank0, rank1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    initial = load_checkpoint(out)[0].state_dict()  # rank 0's checkpoint is the trained weights
+    assert torch.equal(initial["head.weight"], rank0["head.weight"])
