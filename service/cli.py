@@ -8,7 +8,9 @@ requests, and runs the lifespan shutdown, which finishes every queued batch befo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -19,7 +21,8 @@ from service.settings import Settings
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server that flips readiness to 503 the moment a stop signal arrives."""
+    """uvicorn.Server that flips readiness to 503 the moment a stop signal arrives and, once
+    the drain has completed, exits 0 instead of re-raising the signal (uvicorn's default)."""
 
     def __init__(self, config: uvicorn.Config, app: object) -> None:
         super().__init__(config)
@@ -28,6 +31,14 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._service_app.state.service.draining = True  # type: ignore[attr-defined]
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()  # drained cleanly: a normal exit, status 0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

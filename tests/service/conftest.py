@@ -1,0 +1,31 @@
+"""Service test fixtures: a repository of tiny bundles, a TestClient app, the image fixture."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_helpers import ROOT, make_settings, write_test_repository
+
+from service import create_app
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_repository(tmp_path_factory.mktemp("model_repository"))
+
+
+@pytest.fixture(scope="module")
+def client(repository: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(repository))) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def fashion() -> tuple[np.ndarray, np.ndarray]:
+    """The Fashion-MNIST test fixture: images (200, 28, 28) uint8 and labels (200,)."""
+    data = np.load(ROOT / "tests/fixtures/fashion-mnist-test-200.npz")
+    return data["images"], data["labels"]

@@ -1,0 +1,176 @@
+"""Service test helpers: tiny model bundles, settings, image encoding and a live server.
+
+The bundles are tiny hand-built ONNX graphs written with `export.bundle.write_bundle`, so they
+satisfy the full bundle contract (one FidelityAttention node with its function body, manifest,
+sha256) and load in milliseconds; the accuracy test also uses the shipped `fashion-classifier`
+when model_repository/ has it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from export.bundle import write_bundle
+from export.opdef import DOMAIN, OP_TYPE, OPSET, attach_functions
+from service import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot"]
+MEAN, STD = 0.286, 0.353
+
+
+def _attention_block(tokens: str, n: int, d: int, lam: float) -> list[onnx.NodeProto]:
+    """tokens (B, n, d) -> one-head FidelityAttention -> `sim` (B, 1): its mean output."""
+    return [
+        helper.make_node("Reshape", [tokens, "qkv_shape"], ["qkv"]),
+        helper.make_node(OP_TYPE, ["qkv", "qkv", "qkv", "qkv"], ["att", "", ""], domain=DOMAIN,
+                         lam=lam, causal=0),
+        helper.make_node("ReduceMean", ["att", "sim_axes"], ["sim_raw"], keepdims=0),
+        helper.make_node("Tanh", ["sim_raw"], ["sim_tanh"]),
+        helper.make_node("Reshape", ["sim_tanh", "sim_shape"], ["token_similarity"]),
+    ]
+
+
+def _attention_inits(n: int, d: int) -> list[onnx.TensorProto]:
+    return [numpy_helper.from_array(np.array([0, 1, n, d], np.int64), "qkv_shape"),
+            numpy_helper.from_array(np.array([1, 2, 3], np.int64), "sim_axes"),
+            numpy_helper.from_array(np.array([0, 1], np.int64), "sim_shape")]
+
+
+def _model(nodes: list, inits: list, inputs: list, outputs: list) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "tiny", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid(DOMAIN, 1)])
+    return attach_functions(model)
+
+
+def classifier_graph(seed: int = 0) -> onnx.ModelProto:
+    """pixel_values (B,1,28,28) -> 49 tokens of 16 pixels -> embed 8 -> attention -> 10 logits."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["pixels"]),
+        helper.make_node("MatMul", ["pixels", "w_embed"], ["tokens"]),
+        *_attention_block("tokens", 49, 8, 0.6),
+        helper.make_node("Reshape", ["att", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w_head"], ["logits"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (16, 8)).astype(np.float32), "w_embed"),
+             numpy_helper.from_array(np.array([0, 49 * 8], np.int64), "flat_shape"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (49 * 8, 10)).astype(np.float32),
+                                     "w_head"),
+             *_attention_inits(49, 8)]
+    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
+                                            ["batch", 1, 28, 28])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
+               helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
+                                             ["batch", 1])]
+    return _model(nodes, inits, inputs, outputs)
+
+
+def segmenter_graph() -> onnx.ModelProto:
+    """pixel_values (B,1,64,64) -> per-pixel logits over 11 classes banded by intensity."""
+    c = np.arange(11, dtype=np.float32)
+    nodes = [
+        helper.make_node("Conv", ["pixel_values", "w", "b"], ["logits"]),
+        helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["tokens"]),
+        *_attention_block("tokens", 256, 16, 0.6),
+    ]
+    inits = [numpy_helper.from_array(c.reshape(11, 1, 1, 1), "w"),
+             numpy_helper.from_array(-0.1 * c * c, "b"),
+             numpy_helper.from_array(np.array([0, 256, 16], np.int64), "tok_shape"),
+             *_attention_inits(256, 16)]
+    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
+                                            ["batch", 1, 64, 64])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 11, 64, 64]),
+               helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
+                                             ["batch", 1])]
+    return _model(nodes, inits, inputs, outputs)
+
+
+def _manifest(name: str, task: str, size: int, labels: list[str]) -> dict:
+    return {"name": name, "version": "1", "task": task, "attention": "neutreno", "lam": 0.6,
+            "model": {"family": "test"}, "labels": labels,
+            "preprocessing": {"image_size": [size, size], "channels": 1, "mean": [MEAN],
+                              "std": [STD], "resize": "bilinear", "background": "black"},
+            "training": {"data": "none (random test weights)", "metrics": {}}}
+
+
+def write_test_repository(root: Path) -> Path:
+    """fashion-classifier and fashion-segmenter tiny bundles under `root`."""
+    write_bundle(root / "fashion-classifier" / "1", classifier_graph(),
+                 _manifest("fashion-classifier", "classification", 28, FASHION))
+    write_bundle(root / "fashion-segmenter" / "1", segmenter_graph(),
+                 _manifest("fashion-segmenter", "segmentation", 64, ["background", *FASHION]))
+    return root
+
+
+def make_settings(repo: Path, **overrides: object) -> Settings:
+    base = {"model_repository": repo, "max_queue_delay_ms": 2.0, "similarity_sample_every": 1,
+            "intra_op_threads": 1}
+    return Settings(**{**base, **overrides})
+
+
+def png_bytes(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """`neutreno serve` in a subprocess on a free port."""
+
+    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repo),
+                    "NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_LOG_LEVEL": "warning",
+                    **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1", "--port",
+             str(self.port)], env=full_env, cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise TimeoutError(f"server not up in {timeout} s")
+
+    def output(self) -> str:
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=30)
