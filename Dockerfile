@@ -13,7 +13,8 @@ ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG CPU_IMAGE=debian:bookworm-slim
 
 # ---------------------------------------------------------------------------------------------
-# builder: a standalone CPython and an empty venv, both under /opt so they copy into any glibc base
+# builder: a standalone CPython (python-build-standalone via uv; set UV_PYTHON_INSTALL_MIRROR for a
+# mirror) and an empty venv, both under /opt so they copy unchanged into any glibc base image
 FROM python:3.12-slim-bookworm AS builder
 ARG PYTHON_VERSION
 ENV PIP_NO_CACHE_DIR=1 \
@@ -32,31 +33,31 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 
 # ---------------------------------------------------------------------------------------------
-# deps-cpu / deps-gpu: the `serve` extra (never `train`: no torch), then the project itself
+# deps-cpu / deps-gpu: the `serve` extra (never `train`: no torch), then the project's serving
+# packages: the CLI, the service and export/ (bundle reader, op definition; torch-free). models/
+# (PyTorch) and bench/ stay out of the image.
 FROM builder AS deps-cpu
 RUN uv pip install -r pyproject.toml --extra serve
 COPY neutreno/ neutreno/
 COPY service/ service/
-COPY models/ models/
 COPY export/ export/
-COPY bench/ bench/
 RUN uv pip install --no-deps . \
     && python_bin=/opt/venv/bin/python \
     && "$python_bin" -c "import onnxruntime, service; print(onnxruntime.get_available_providers())" \
     && if "$python_bin" -c "import torch" 2>/dev/null; then echo "torch must not be installed" >&2; exit 1; fi
 
 FROM builder AS deps-gpu
-# onnxruntime-gpu (the pyproject `gpu` extra) replaces the CPU wheel: both own the `onnxruntime`
-# package directory, so the CPU wheel is removed before the GPU wheel goes in.
+# onnxruntime-gpu replaces the CPU wheel: both own the `onnxruntime` package directory, so the CPU
+# wheel is removed before the GPU wheel goes in. The PyPI onnxruntime-gpu wheels (>= 1.24) are
+# built for CUDA 13 + cuDNN 9 (libcudart.so.13, libcublas.so.13, libcudnn.so.9), which is what
+# CUDA_IMAGE provides. 1.31.1 is the newest onnxruntime-gpu on PyPI (there is no 1.32.0 yet).
 ARG ORT_GPU_VERSION=1.31.1
 RUN uv pip install -r pyproject.toml --extra serve \
     && uv pip uninstall onnxruntime \
     && uv pip install "onnxruntime-gpu==${ORT_GPU_VERSION}"
 COPY neutreno/ neutreno/
 COPY service/ service/
-COPY models/ models/
 COPY export/ export/
-COPY bench/ bench/
 RUN uv pip install --no-deps . \
     && python_bin=/opt/venv/bin/python \
     && "$python_bin" -c "import onnxruntime, service; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers()" \
