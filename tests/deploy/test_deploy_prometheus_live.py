@@ -12,7 +12,9 @@ project's alert rules, and is asked through its HTTP API that
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -25,6 +27,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -76,14 +79,43 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def model_repository(tmp: Path) -> Path:
-    """The shipped bundles when there are any, else an empty folder (the service still serves
-    /metrics and counts requests; /readyz answers 503)."""
+    """The shipped bundles when there are any; else the service tests' tiny torch-free bundles
+    (tests/service/service_helpers.py); else an empty folder (the service still serves /metrics
+    and counts requests; /readyz answers 503)."""
     shipped = ROOT / "model_repository"
     if shipped.is_dir() and any(shipped.glob("*/*/manifest.json")):
         return shipped
-    empty = tmp / "model_repository"
-    empty.mkdir()
-    return empty
+    sys.path.insert(0, str(ROOT / "tests" / "service"))
+    try:
+        from service_helpers import write_test_repository
+    except ImportError:
+        write_test_repository = None
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "service"))
+    repo = tmp / "model_repository"
+    repo.mkdir()
+    if write_test_repository is not None:
+        write_test_repository(repo)
+    return repo
+
+
+def post_json(url: str, payload: dict) -> int:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def png_b64(size: int) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8),
+                    "L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +129,8 @@ def stack(tmp_path_factory):
     repository = model_repository(tmp)
     models = sorted({p.parent.parent.name for p in repository.glob("*/*/manifest.json")})
     env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repository),
-           "NEUTRENO_DEVICE": "cpu", "NEUTRENO_LOG_LEVEL": "warning", "NEUTRENO_API_KEY": ""}
+           "NEUTRENO_DEVICE": "cpu", "NEUTRENO_LOG_LEVEL": "warning", "NEUTRENO_API_KEY": "",
+           "NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1"}
     api = subprocess.Popen([sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1",
                             "--port", str(api_port)], cwd=ROOT, env=env,
                            stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT)
@@ -168,7 +201,7 @@ def test_requests_total_is_queryable_after_requests(stack):
     assert series["metric"]["instance"] == stack["api"].removeprefix("http://")
     not_found = query(stack, 'sum(neutreno_requests_total{job="neutreno-api", status="404"})')
     assert not_found["result"] and float(not_found["result"][0]["value"][1]) >= 1
-    for name in stack["models"]:  # shipped bundles: the model label is set on their routes
+    for name in stack["models"]:  # the model label is set on routes that name a loaded model
         assert get(f"{stack['api']}/v2/models/{name}")[0] in (200, 503)
 
         def per_model(name=name):
@@ -177,6 +210,28 @@ def test_requests_total_is_queryable_after_requests(stack):
         wait_for(f"neutreno_requests_total{{model={name!r}}}", per_model, 60, stack["procs"])
     rate = query(stack, 'sum(rate(neutreno_requests_total{job="neutreno-api"}[1m]))')
     assert rate["resultType"] == "vector"
+
+
+def test_inference_metrics_reach_prometheus(stack):
+    """A real classification: model info, batch size and token similarity become queryable."""
+    if "fashion-classifier" not in stack["models"]:
+        pytest.skip("no fashion-classifier bundle to send images to")
+    url = f"{stack['api']}/v1/models/fashion-classifier/classify"
+    for _ in range(4):
+        assert post_json(url, {"image": png_b64(28)}) == 200
+
+    def scraped():
+        info = query(stack, 'neutreno_model_info{job="neutreno-api", model="fashion-classifier"}')
+        ok = query(stack, 'sum(neutreno_requests_total{model="fashion-classifier", status="200"})')
+        batches = query(stack, 'sum(neutreno_batch_size_count{model="fashion-classifier"})')
+        return (info["result"] and ok["result"] and float(ok["result"][0]["value"][1]) >= 4
+                and batches["result"] and float(batches["result"][0]["value"][1]) >= 1)
+
+    wait_for("classification metrics in Prometheus", scraped, 60, stack["procs"])
+    similarity = query(stack, 'neutreno_token_similarity{model="fashion-classifier"}')["result"]
+    assert similarity, "neutreno_token_similarity was not scraped"
+    assert all(-1.0 - 1e-6 <= float(s["value"][1]) <= 1.0 + 1e-6 for s in similarity)
+    assert {s["metric"]["layer"] for s in similarity}
 
 
 def test_alert_rules_load_and_evaluate(stack):
