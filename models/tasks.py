@@ -202,7 +202,11 @@ class LanguageModelTask:
 
 
 def make_task(cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: object) -> Task:
-    """The task a model family trains on."""
+    """The task a model trains on: paper-scale variants by name, the others by family."""
+    from models.paper_tasks import TASKS, make_paper_task  # lazy: paper_tasks imports this module
+
+    if cfg.name in TASKS:
+        return make_paper_task(cfg, data_dir, seed, **kwargs)
     if cfg.family == "vit":
         return ClassificationTask(root=data_dir, seed=seed, **kwargs)
     if cfg.family == "segmenter":

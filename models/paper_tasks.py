@@ -1,0 +1,260 @@
+"""Paper-scale tasks: DeiT on ImageNet-1k, Segmenter on ADE20K, the small LM on WikiText-103.
+
+They follow the Task protocol of models/tasks.py and are chosen by variant name (TASKS). Images
+are decoded by torch DataLoader workers (NEUTRENO_DATA_WORKERS, default min(8, CPUs)); each rank
+loads its `_shard` of one seeded permutation per epoch, so ranks see disjoint equal-sized shares.
+Evaluation runs on the model's device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from models.config import LMConfig, ModelConfig, SegmenterConfig, ViTConfig
+from models.data import ade20k, imagenet, wikitext
+from models.lm import LMOutput
+from models.tasks import Batch, LanguageModelTask, Task, _shard
+
+
+def default_workers() -> int:
+    """DataLoader workers per process: NEUTRENO_DATA_WORKERS, else min(8, CPU count)."""
+    return int(os.environ.get("NEUTRENO_DATA_WORKERS", min(8, os.cpu_count() or 1)))
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _require(data_dir: str | None, cfg: ModelConfig, layout: str) -> str:
+    if not data_dir:
+        raise ValueError(f"{cfg.name} needs --data-dir pointing at {layout}")
+    return data_dir
+
+
+def train_loader(dataset: Dataset, epoch: int, batch_size: int, rank: int, world: int,
+                 seed: int, workers: int) -> DataLoader:
+    """This rank's batches of one epoch: `_shard` of a permutation seeded by (seed, epoch)."""
+    dataset.set_epoch(epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
+    shards = [idx.tolist() for idx in _shard(order, batch_size, rank, world)]
+    return DataLoader(dataset, batch_sampler=shards, num_workers=workers,
+                      pin_memory=torch.cuda.is_available())
+
+
+def spread(n: int, limit: int | None) -> list[int]:
+    """`limit` indices evenly spread over range(n) (all of them when limit is None or >= n)."""
+    if not limit or limit >= n:
+        return list(range(n))
+    return np.linspace(0, n - 1, limit).round().astype(int).tolist()
+
+
+@dataclass
+class ImageNetTask:
+    """ImageNet-1k folder tree: DeiT augmentation, label smoothing 0.1; top-1/top-5 on val."""
+
+    root: str
+    img_size: int = 224
+    eval_limit: int | None = None
+    seed: int = 0
+    num_workers: int = field(default_factory=default_workers)
+    eval_batch_size: int = 250
+
+    def __post_init__(self) -> None:
+        self.train_set = imagenet.ImageNet(self.root, "train", self.img_size, train=True,
+                                           seed=self.seed)
+        val = imagenet.ImageNet(self.root, "val", self.img_size, classes=self.train_set.classes)
+        self.val_set = Subset(val, spread(len(val), self.eval_limit))
+
+    @classmethod
+    def from_config(cls, cfg: ViTConfig, data_dir: str | None, seed: int,
+                    **kwargs: object) -> ImageNetTask:
+        root = _require(data_dir, cfg, "an ImageNet folder with train/ and val/")
+        return cls(root, img_size=cfg.img_size, seed=seed, **kwargs)
+
+    def steps_per_epoch(self, batch_size: int, world: int) -> int:
+        return len(self.train_set) // (batch_size * world)
+
+    def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
+        """(images (B, 3, S, S) float32, labels (B,) int64)."""
+        yield from train_loader(self.train_set, epoch, batch_size, rank, world, self.seed,
+                                self.num_workers)
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y, label_smoothing=0.1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        device, top1, top5 = _device(model), 0, 0
+        loader = DataLoader(self.val_set, self.eval_batch_size, num_workers=self.num_workers)
+        for x, y in loader:
+            logits = model(x.to(device))
+            ranked = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.cpu()
+            top1 += (ranked[:, 0] == y).sum().item()
+            top5 += (ranked == y[:, None]).any(-1).sum().item()
+        n = len(self.val_set)
+        return {"top1": top1 / n, "top5": top5 / n, "val_images": n}
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Window offsets covering [0, size) with windows of `crop` (mmseg's slide rule)."""
+    grids = max(size - crop + stride - 1, 0) // stride + 1
+    return [max(min(i * stride, size - crop), 0) for i in range(grids)]
+
+
+def slide_logits(model: nn.Module, x: Tensor, crop: int, stride: int) -> Tensor:
+    """Sliding-window inference: image (1, 3, h, w) -> logits (1, C, h, w), windows averaged.
+
+    Images smaller than the window are zero-padded (bottom/right) and the padding cropped off.
+    """
+    h, w = x.shape[-2:]
+    x = F.pad(x, (0, max(crop - w, 0), 0, max(crop - h, 0)))
+    boxes = [(t, s) for t in window_starts(x.shape[-2], crop, stride)
+             for s in window_starts(x.shape[-1], crop, stride)]
+    out = model(torch.cat([x[..., t:t + crop, s:s + crop] for t, s in boxes]))
+    logits = out.new_zeros(1, out.shape[1], *x.shape[-2:])
+    count = out.new_zeros(1, 1, *x.shape[-2:])
+    for (t, s), window in zip(boxes, out):
+        logits[0, :, t:t + crop, s:s + crop] += window
+        count[0, :, t:t + crop, s:s + crop] += 1
+    return (logits / count)[..., :h, :w]
+
+
+def confusion(pred: Tensor, target: Tensor, num_classes: int, ignore: int) -> Tensor:
+    """(num_classes, num_classes) int64 counts [target, pred] over pixels whose target != ignore."""
+    valid = target != ignore
+    flat = target[valid] * num_classes + pred[valid]
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(conf: Tensor) -> tuple[float, list[float]]:
+    """mIoU over classes present in prediction or target, and per-class IoU (nan if absent)."""
+    inter = conf.diag().double()
+    union = conf.sum(0).double() + conf.sum(1).double() - inter
+    ious = torch.where(union > 0, inter / union.clamp(min=1), torch.nan)
+    return ious.nanmean().item(), ious.tolist()
+
+
+@dataclass
+class ADE20KTask:
+    """ADE20K (150 classes, 255 ignored): mmseg augmentation; mIoU by sliding-window inference
+    at the original label resolution, accumulated over the whole validation set."""
+
+    root: str
+    crop: int = 512
+    eval_stride: int | None = None
+    seed: int = 0
+    num_workers: int = field(default_factory=default_workers)
+
+    def __post_init__(self) -> None:
+        self.train_set = ade20k.ADE20K(self.root, "train", self.crop, train=True, seed=self.seed)
+        self.val_set = ade20k.ADE20K(self.root, "validation", self.crop)
+
+    @classmethod
+    def from_config(cls, cfg: SegmenterConfig, data_dir: str | None, seed: int,
+                    **kwargs: object) -> ADE20KTask:
+        if cfg.num_classes != ade20k.NUM_CLASSES:
+            raise ValueError(f"ADE20K has {ade20k.NUM_CLASSES} classes, not {cfg.num_classes}")
+        root = _require(data_dir, cfg, "ADEChallengeData2016")
+        return cls(root, crop=cfg.img_size, seed=seed, **kwargs)
+
+    def steps_per_epoch(self, batch_size: int, world: int) -> int:
+        return len(self.train_set) // (batch_size * world)
+
+    def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
+        """(images (B, 3, crop, crop) float32, labels (B, crop, crop) int64, 255 = ignore)."""
+        yield from train_loader(self.train_set, epoch, batch_size, rank, world, self.seed,
+                                self.num_workers)
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Mean cross-entropy over labelled pixels (0, not nan, for an all-ignore batch)."""
+        x, y = batch
+        total = F.cross_entropy(model(x), y, ignore_index=ade20k.IGNORE, reduction="sum")
+        return total / (y != ade20k.IGNORE).sum().clamp(min=1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        device, n = _device(model), ade20k.NUM_CLASSES
+        conf = torch.zeros(n, n, dtype=torch.int64)
+        loader = DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers)
+        for x, y in loader:
+            logits = slide_logits(model, x.to(device), self.crop, self.eval_stride or self.crop)
+            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+            conf += confusion(logits.argmax(1).cpu(), y, n, ade20k.IGNORE)
+        miou, per_class = iou_from_confusion(conf)
+        accuracy = conf.diag().sum().item() / max(conf.sum().item(), 1)
+        return {"miou": miou, "pixel_accuracy": accuracy,
+                "iou_per_class": per_class, "val_images": len(self.val_set)}
+
+
+class _LogitsOnCPU:
+    """An LM on another device, called with CPU ids and returning CPU logits (for `nll`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.device = model, _device(model)
+
+    def __call__(self, idx: Tensor) -> LMOutput:
+        return LMOutput(self.model(idx.to(self.device)).logits.float().cpu(), [], [])
+
+
+@dataclass
+class WikiTextTask(LanguageModelTask):
+    """WikiText-103 raw: BPE token windows like the KJV task; bpc, token and word perplexity.
+
+    The tokenizer and train token stream are prepared once in data_dir (rank 0 under torchrun).
+    """
+
+    vocab_size: int = wikitext.VOCAB_SIZE
+
+    def __post_init__(self) -> None:
+        folder = Path(self.data_dir)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            wikitext.prepare(folder, self.vocab_size)
+        if dist.is_initialized():
+            dist.barrier()
+        self.tokenizer = Tokenizer.from_file(str(folder / wikitext.TOKENIZER))
+        self.train_ids = torch.from_numpy(np.load(folder / wikitext.TRAIN_IDS))
+        self.eval_text = {s: wikitext.read_split(folder, s) for s in ("validation", "test")}
+
+    @classmethod
+    def from_config(cls, cfg: LMConfig, data_dir: str | None, seed: int,
+                    **kwargs: object) -> WikiTextTask:
+        root = _require(data_dir, cfg, "a folder with wiki.{train,valid,test}.raw")
+        return cls(root, cfg.block_size, seed=seed, vocab_size=cfg.vocab_size, **kwargs)
+
+    def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
+        """(inputs (B, T) int64, next tokens (B, T) int64) from the compact token stream."""
+        for x, y in super().batches(epoch, batch_size, rank, world):
+            yield x.long(), y.long()
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        on_cpu = _device(model).type == "cpu"
+        out = super().evaluate(model if on_cpu else _LogitsOnCPU(model))
+        for split, text in self.eval_text.items():
+            nats = out[f"{split}_bpc"] * math.log(2) * len(text)
+            out[f"{split}_word_perplexity"] = math.exp(nats / wikitext.word_count(text))
+        return out
+
+
+TASKS: dict[str, type[ImageNetTask] | type[ADE20KTask] | type[WikiTextTask]] = {
+    "deit-tiny": ImageNetTask,
+    "segmenter-tiny-ade20k": ADE20KTask,
+    "lm-wt103-small": WikiTextTask,
+}
+
+
+def make_paper_task(cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: object) -> Task:
+    """The paper-scale task of a variant in TASKS."""
+    return TASKS[cfg.name].from_config(cfg, data_dir, seed, **kwargs)
