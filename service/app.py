@@ -11,21 +11,26 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import install_error_handlers
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.repository import load_repository
-from service.routes import health, v1, v2
+from service.routes import completions, health, v1, v2
 from service.runtime import choose_providers
 from service.settings import Settings
 from service.state import WORKER_FACTORIES, ServiceState
 
 log = logging.getLogger("neutreno.service")
 
-ROUTERS: list[APIRouter] = [health.router, v1.router, v2.router, v2.models]
+ROUTERS: list[APIRouter] = [health.router, v1.router, completions.router, v2.router,
+                            v2.models]
+STATIC = Path(__file__).parent / "static"  # the web page at / (no build step)
 
 DESCRIPTION = """Serves NeuTRENO transformer bundles (ONNX, one `ai.neutreno::FidelityAttention`
 node per layer) with dynamic batching. Images go in as multipart `file` or JSON base64 `image`.
@@ -73,6 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_api_route("/", lambda: FileResponse(STATIC / "index.html"), methods=["GET"],
+                      include_in_schema=False)
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, state=state)
     return app

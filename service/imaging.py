@@ -34,8 +34,8 @@ def decode_base64(text: str) -> bytes:
         raise InvalidImage(f"image is not valid base64: {exc}") from None
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open and fully decode an image, refusing oversized, truncated and non-image input."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Read an image's header and check its size; pixels are not decoded yet."""
     if not data:
         raise InvalidImage("image is empty")
     with warnings.catch_warnings():
@@ -48,16 +48,21 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             raise InvalidImage(f"not a decodable image (accepted: {', '.join(FORMATS)})") from None
         except Exception as exc:  # PIL raises many types on malformed headers
             raise InvalidImage(f"invalid image header: {exc}") from None
-        width, height = img.size
-        if width < 1 or height < 1:
-            raise InvalidImage(f"image has no pixels ({width}x{height})")
-        if width * height > max_pixels:
-            raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the "
-                                  f"limit is {max_pixels} (NEUTRENO_MAX_IMAGE_PIXELS)")
-        try:
-            img.load()
-        except Exception as exc:
-            raise InvalidImage(f"truncated or corrupt {img.format} image: {exc}") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the "
+                              f"limit is {max_pixels} (NEUTRENO_MAX_IMAGE_PIXELS)")
+    return img
+
+
+def load_pixels(img: Image.Image) -> Image.Image:
+    """Decode the pixels of an opened image; truncated or corrupt data is a 400."""
+    try:
+        img.load()
+    except Exception as exc:
+        raise InvalidImage(f"truncated or corrupt {img.format} image: {exc}") from None
     return img
 
 

@@ -64,6 +64,8 @@ def _session_options(settings: Settings) -> ort.SessionOptions:
     opts.intra_op_num_threads = settings.intra_op_threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # No busy-waiting between ops: on a small machine the event loop needs those cycles.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

@@ -12,8 +12,9 @@ from service.errors import Unauthorized
 bearer = HTTPBearer(auto_error=False, description="NEUTRENO_API_KEY, when the server sets one")
 
 
-def require_api_key(request: Request,
-                    credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+async def require_api_key(request: Request,
+                          credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+                          ) -> None:
     """Pass when no key is configured or the Bearer token matches it (constant-time compare)."""
     key = request.app.state.service.settings.api_key
     if key is None:

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0,
                                      description="per-request deadline, 504 past it")
 
+    max_running_sequences: int = Field(
+        16, ge=1, le=4096, description="sequences per LM decoded together (continuous batching)")
+    max_cached_tokens: int = Field(
+        65536, ge=1, description="per LM: KV-cache tokens reserved by running sequences "
+                                 "(prompt + max_tokens each)")
+
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="413 above this")
     max_image_pixels: int = Field(4096 * 4096, ge=1,
                                   description="decoded width x height limit (decompression bombs)")

@@ -20,6 +20,7 @@ from fastapi import Request
 from service.batching import DynamicBatcher
 from service.errors import (BadRequest, DeadlineExceeded, ModelNotFound, ModelNotReady,
                             WrongTask)
+from service.generation.scheduler import make_scheduler
 from service.metrics import Metrics
 from service.repository import Repository
 from service.runtime import ModelRuntime
@@ -64,6 +65,7 @@ def make_batcher(model: ModelRuntime, state: ServiceState) -> DynamicBatcher:
 WORKER_FACTORIES: dict[str, WorkerFactory] = {
     "classification": make_batcher,
     "segmentation": make_batcher,
+    "text-generation": make_scheduler,
 }
 
 
@@ -125,6 +127,6 @@ class ServiceState:
             raise BadRequest(f"{model.name!r} rejected the inputs: {exc}") from None
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     """FastAPI dependency: this app's ServiceState."""
     return request.app.state.service

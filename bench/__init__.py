@@ -1,0 +1,1 @@
+"""Load and speed benchmarks (not tests): `neutreno bench <name> [options]`."""

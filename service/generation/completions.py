@@ -1,0 +1,123 @@
+"""Scheduler output -> OpenAI completion objects: one JSON response, or SSE chunks.
+
+Streaming follows OpenAI's legacy completions stream: `data: <chunk JSON>` events, each chunk a
+`text_completion` object with partial choices, then `data: [DONE]`. With
+`stream_options.include_usage` a last chunk carries `usage` and no choices. A failure after the
+stream has started is sent as a `data: {"error": {...}}` event (the openai client raises it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from service.generation.scheduler import Submission
+from service.generation.schemas import (Completion, CompletionChoice, CompletionRequest,
+                                        Logprobs, Usage)
+from service.generation.sequence import Chunk, TokenLogprob
+
+CLIENT_CLOSED = 499
+
+
+def usage(submission: Submission) -> Usage:
+    """Token counts over every prompt of the request."""
+    prompt = sum(len(s.request.prompt_ids) for s in submission.sequences)
+    completion = sum(len(s.generated) for s in submission.sequences)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=prompt + completion)
+
+
+def logprobs_of(tokens: list[TokenLogprob], wanted: bool) -> Logprobs | None:
+    """OpenAI's parallel lists from per-token records (None when logprobs was not asked)."""
+    if not wanted:
+        return None
+    return Logprobs(tokens=[t.token for t in tokens],
+                    token_logprobs=[t.logprob for t in tokens],
+                    top_logprobs=[t.top for t in tokens],
+                    text_offset=[t.offset for t in tokens])
+
+
+class CompletionWriter:
+    """Builds the response objects of one request (shared id, created time and model)."""
+
+    def __init__(self, body: CompletionRequest, model: str) -> None:
+        self.body = body
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+
+    def completion(self, choices: list[CompletionChoice], usage: Usage | None) -> Completion:
+        return Completion(id=self.id, created=self.created, model=self.model, choices=choices,
+                          usage=usage)
+
+    async def collect(self, submission: Submission) -> Completion:
+        """Wait for every sequence; one choice per prompt, in prompt order."""
+        texts = {s.request.index: "" for s in submission.sequences}
+        tokens: dict[int, list[TokenLogprob]] = {i: [] for i in texts}
+        reasons: dict[int, str | None] = {i: None for i in texts}
+        async for chunk in submission.chunks():
+            if chunk.error is not None:
+                submission.cancel()
+                raise chunk.error
+            texts[chunk.index] += chunk.text
+            tokens[chunk.index] += chunk.logprobs
+            reasons[chunk.index] = chunk.finish_reason or reasons[chunk.index]
+        wanted = self.body.logprobs is not None
+        choices = [CompletionChoice(text=texts[i], index=i, logprobs=logprobs_of(tokens[i], wanted),
+                                    finish_reason=reasons[i]) for i in sorted(texts)]
+        return self.completion(choices, usage(submission))
+
+    async def stream(self, submission: Submission) -> AsyncIterator[str]:
+        """SSE events for every chunk, then usage (if asked) and [DONE]; a client that goes
+        away cancels the submission (its sequences leave the batch at the next step)."""
+        wanted = self.body.logprobs is not None
+        try:
+            async for chunk in submission.chunks():
+                if chunk.error is not None:
+                    yield _event({"error": {"type": chunk.error.type,
+                                            "message": chunk.error.message}})
+                    break
+                choice = CompletionChoice(text=chunk.text, index=chunk.index,
+                                          logprobs=logprobs_of(chunk.logprobs, wanted),
+                                          finish_reason=chunk.finish_reason)
+                yield _event(self.completion([choice], None).model_dump(mode="json"))
+            else:
+                options = self.body.stream_options
+                if options is not None and options.include_usage:
+                    yield _event(self.completion([], usage(submission)).model_dump(mode="json"))
+            yield "data: [DONE]\n\n"
+        finally:
+            submission.cancel()
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (the body is already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def respond(writer: CompletionWriter, submission: Submission,
+                  request: Request) -> Completion | Response:
+    """The non-streaming completion, or 499 if the client leaves first (sequences freed)."""
+    result = asyncio.ensure_future(writer.collect(submission))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not result.done():
+            result.cancel()
+            submission.cancel()
+    if result.done() and not result.cancelled():
+        return result.result()
+    return Response(status_code=CLIENT_CLOSED)

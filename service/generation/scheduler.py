@@ -1,0 +1,279 @@
+"""Continuous (iteration-level) batching for one language model, on asyncio.
+
+One task per LM runs the loop. Each iteration: drop finished or cancelled rows from the running
+batch; admit waiting sequences while the running-sequence and cached-token limits allow and
+prefill them together in one run (left-padded, empty past); merge their caches into the running
+batch; then run one batched decode step (one token for every running sequence). Every ORT run
+goes through `ModelRuntime.run_async`, off the event loop. Waiting sequences beyond the queue
+limit are refused with 429. `stop` drains: nothing new is accepted, everything accepted
+finishes. A sequence's cache reservation is prompt + max_new_tokens, so admitted sequences never
+need to be preempted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.errors import InferenceFailed, ModelNotReady, QueueFull
+from service.generation.kv import Feeds, KVBatch, LMGraph, prefill_feeds, prefilled
+from service.generation.sequence import Chunk, Sequence
+from service.generation.tokenizer import TextTokenizer
+from service.generation.validation import ModelLimits, ValidRequest
+from service.metrics import Metrics
+from service.runtime import ModelRuntime
+
+if TYPE_CHECKING:
+    from service.state import ServiceState
+
+log = logging.getLogger("neutreno.service")
+
+
+class Submission:
+    """The sequences of one HTTP request (one per prompt) and their shared output queue."""
+
+    def __init__(self, scheduler: GenerationScheduler, sequences: list[Sequence],
+                 outbox: asyncio.Queue[Chunk]) -> None:
+        self.scheduler = scheduler
+        self.sequences = sequences
+        self.outbox = outbox
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """Chunks of every sequence as they come, until each has finished or failed."""
+        remaining = len(self.sequences)
+        while remaining:
+            chunk = await self.outbox.get()
+            if chunk.finish_reason is not None or chunk.error is not None:
+                remaining -= 1
+            yield chunk
+
+    def cancel(self) -> None:
+        """The client is gone: free the sequences at the next step."""
+        self.scheduler.cancel(self.sequences)
+
+
+class GenerationScheduler:
+    """The generation worker of one LM (see the module docstring)."""
+
+    def __init__(self, model: ModelRuntime, tokenizer: TextTokenizer, metrics: Metrics, *,
+                 max_running: int, max_cached_tokens: int, max_queue_size: int,
+                 on_prefill: Callable[[Feeds], None] | None = None) -> None:
+        gen = model.manifest["generation"]
+        past = next(s for s in model.inputs if s.name.startswith("past_key_values."))
+        self.model = model
+        self.tokenizer = tokenizer
+        self.graph = LMGraph(gen["num_layers"], gen["num_heads"], gen["head_dim"],
+                             past.numpy_dtype)
+        self.limits = ModelLimits(gen["context_length"], max_cached_tokens)
+        self.max_running = max_running
+        self.max_queue_size = max_queue_size
+        self._metrics = metrics
+        self._on_prefill = on_prefill
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+        self._admitted: list[Sequence] = []
+        self._batch = KVBatch.empty(self.graph)
+        self._cached = 0
+        self._sequence_seconds = 1.0  # running estimate for Retry-After
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def depth(self) -> int:
+        """Sequences waiting for admission (neutreno_queue_depth)."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"generation-{self.name}")
+
+    async def stop(self) -> None:
+        """Refuse new requests, finish every accepted sequence, then end the loop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    def submit(self, requests: list[ValidRequest]) -> Submission:
+        """Queue one request's validated prompts together; 429 when the queue has no room."""
+        if self._closing:
+            raise ModelNotReady(f"model {self.name!r} is shutting down")
+        if len(self._waiting) + len(requests) > self.max_queue_size:
+            raise QueueFull(f"model {self.name!r} has {len(self._waiting)} waiting sequences "
+                            f"(limit {self.max_queue_size}); retry later", self._retry_after())
+        outbox: asyncio.Queue[Chunk] = asyncio.Queue()
+        sequences = [Sequence(r, self.tokenizer, outbox) for r in requests]
+        self._waiting.extend(sequences)
+        self._publish_gauges()
+        self._wakeup.set()
+        return Submission(self, sequences, outbox)
+
+    def cancel(self, sequences: list[Sequence]) -> None:
+        """Mark sequences cancelled; waiting ones leave now, running ones at the next step."""
+        for seq in sequences:
+            seq.cancelled = True
+        self._waiting = deque(s for s in self._waiting if not s.cancelled)
+        self._publish_gauges()
+        self._wakeup.set()
+
+    def _retry_after(self) -> int:
+        rounds = math.ceil((len(self._waiting) + 1) / self.max_running)
+        return math.ceil(rounds * self._sequence_seconds)
+
+    async def _loop(self) -> None:
+        while True:
+            self._retire()
+            if not self._running and not self._waiting:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            try:
+                await self._step()
+            except Exception as exc:  # a bug must fail the requests, not kill the worker
+                log.exception("generation step on %s failed", self.name)
+                self._abort(exc)
+            self._publish_gauges()
+
+    async def _step(self) -> None:
+        """Admit and prefill what fits, then decode one token for every running sequence."""
+        self._admitted = self._admit()
+        if self._admitted:
+            await self._prefill(self._admitted)
+            self._retire()
+        self._admitted = []
+        if self._running:
+            await self._decode()
+
+    def _retire(self) -> None:
+        """Remove finished and cancelled sequences from the running batch."""
+        keep = [i for i, seq in enumerate(self._running) if not seq.done]
+        if len(keep) == len(self._running):
+            return
+        now = time.perf_counter()
+        for seq in self._running:
+            if seq.done:
+                self._cached -= seq.request.reserved_tokens
+                self._sequence_seconds = 0.8 * self._sequence_seconds + 0.2 * (now - seq.enqueued)
+        self._running = [self._running[i] for i in keep]
+        self._batch = self._batch.select(keep)
+        self._publish_gauges()
+
+    def _admit(self) -> list[Sequence]:
+        """Pop waiting sequences (FIFO) while the running and cached-token limits allow."""
+        admitted: list[Sequence] = []
+        while self._waiting and len(self._running) + len(admitted) < self.max_running:
+            reserve = self._waiting[0].request.reserved_tokens
+            if self._cached + reserve > self.limits.max_cached_tokens:
+                break
+            seq = self._waiting.popleft()
+            self._cached += reserve
+            admitted.append(seq)
+        now = time.perf_counter()
+        for seq in admitted:
+            self._metrics.queue_duration_seconds.labels(self.name).observe(now - seq.enqueued)
+        return admitted
+
+    async def _prefill(self, sequences: list[Sequence]) -> None:
+        """One run over the new prompts; sample their first tokens; merge their caches."""
+        feeds = prefill_feeds(self.graph, [s.request.prompt_ids for s in sequences])
+        outputs = await self._run(feeds, sequences)
+        if outputs is None:
+            self._cached -= sum(s.request.reserved_tokens for s in sequences)
+            return
+        logits = outputs["logits"]
+        for row, seq in enumerate(sequences):
+            if seq.request.echo:
+                seq.prompt_scored(logits[row, logits.shape[1] - len(seq.request.prompt_ids):])
+            if not seq.done:
+                self._sample(seq, logits[row, -1])
+        if self._on_prefill is not None:
+            self._on_prefill(outputs)
+        self._batch = self._batch.concat(prefilled(self.graph, feeds, outputs))
+        self._running.extend(sequences)
+
+    async def _decode(self) -> None:
+        """One token for every running sequence in one batched run."""
+        tokens = np.array([s.last_token for s in self._running], np.int64)
+        outputs = await self._run(self._batch.decode_feeds(self.graph, tokens), self._running)
+        if outputs is None:
+            self._running, self._batch, self._cached = [], KVBatch.empty(self.graph), 0
+            return
+        self._batch = self._batch.advanced(self.graph, outputs)
+        logits = outputs["logits"][:, -1]
+        for row, seq in enumerate(self._running):
+            if not seq.done:
+                self._sample(seq, logits[row])
+
+    def _sample(self, seq: Sequence, logits: np.ndarray) -> None:
+        previous = seq.last_token_at
+        seq.sample(logits)
+        metrics, now = self._metrics, seq.last_token_at or time.perf_counter()
+        if previous is None:
+            metrics.time_to_first_token_seconds.labels(self.name).observe(now - seq.enqueued)
+        else:
+            metrics.inter_token_latency_seconds.labels(self.name).observe(now - previous)
+        metrics.generated_tokens_total.labels(self.name).inc()
+
+    async def _run(self, feeds: Feeds, sequences: list[Sequence]) -> Feeds | None:
+        """One ORT run with its metrics; on failure every sequence in it fails (503)."""
+        started = time.perf_counter()
+        try:
+            outputs = await self.model.run_async(feeds)
+        except Exception as exc:
+            log.error("generation run of %d rows on %s failed: %s", len(sequences), self.name,
+                      exc)
+            self._fail(sequences, exc)
+            return None
+        self._metrics.inference_duration_seconds.labels(self.name).observe(
+            time.perf_counter() - started)
+        self._metrics.batch_size.labels(self.name).observe(len(sequences))
+        return outputs
+
+    def _abort(self, exc: Exception) -> None:
+        """Fail every admitted and running sequence and start from an empty batch."""
+        self._fail(self._running + self._admitted, exc)
+        self._running, self._admitted, self._batch = [], [], KVBatch.empty(self.graph)
+        self._cached = 0
+
+    def _fail(self, sequences: list[Sequence], exc: Exception) -> None:
+        error = InferenceFailed(f"generation failed on {self.name!r}: {exc}")
+        for seq in sequences:
+            if not seq.done:
+                seq.fail(error)
+
+    def _publish_gauges(self) -> None:
+        self._metrics.running_sequences.labels(self.name).set(len(self._running))
+        self._metrics.waiting_sequences.labels(self.name).set(len(self._waiting))
+        self._metrics.queue_depth.labels(self.name).set(len(self._waiting))
+
+
+def make_scheduler(model: ModelRuntime, state: ServiceState) -> GenerationScheduler:
+    """The generation worker of a text-generation bundle, configured from settings."""
+    from service.state import SimilaritySampler
+
+    s = state.settings
+    gen = model.manifest["generation"]
+    tokenizer = TextTokenizer(model.path / "tokenizer.json", gen.get("eos_token_id"),
+                              gen["vocab_size"])
+    sampler = SimilaritySampler(model.name, state.metrics, s.similarity_sample_every)
+    return GenerationScheduler(model, tokenizer, state.metrics,
+                               max_running=s.max_running_sequences,
+                               max_cached_tokens=s.max_cached_tokens,
+                               max_queue_size=s.max_queue_size, on_prefill=sampler)

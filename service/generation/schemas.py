@@ -1,0 +1,130 @@
+"""OpenAI-compatible `/v1/completions` request and response models.
+
+Field constraints here are the schema rules (422 through the service's error map); rules that
+need the tokenizer or the model's limits live in `service.generation.validation` (400 / 413).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_STOP = 4
+MAX_LOGPROBS = 5
+MAX_PROMPTS = 64
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """The legacy OpenAI completions request; `top_k` is an extension (send it in extra_body)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={
+        "examples": [{"model": "kjv-lm", "prompt": "In the beginning", "max_tokens": 32,
+                      "temperature": 0}]})
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: Prompt = Field(description="text, list of texts (one choice each) or token ids")
+    max_tokens: int | None = Field(16, ge=0, description="None = up to the context length")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    n: int = Field(1, description="only 1 is supported")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported; only 0")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported; only 0")
+    best_of: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
+    logit_bias: dict[str, float] | None = Field(None, max_length=0,
+                                                description="not supported; only empty")
+    suffix: None = Field(None, description="not supported")
+    user: str | None = Field(None, max_length=256)
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(f"n must be 1 (got {n}); send a list of prompts for several choices")
+        return n
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_shape(cls, prompt: Prompt) -> Prompt:
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("prompt list must not be empty")
+        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) \
+                and len(prompt) > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}")
+        return prompt
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        return stop
+
+    @model_validator(mode="after")
+    def _max_tokens_zero_needs_echo(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens must be at least 1 unless echo is true "
+                             "(echo with max_tokens 0 scores the prompt)")
+        return self
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompts as a list: texts, or token-id lists."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if isinstance(p[0], int):
+            return [p]  # type: ignore[list-item]
+        return p  # type: ignore[return-value]
+
+    def stop_list(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class Logprobs(BaseModel):
+    """OpenAI's legacy logprobs shape, one entry per token of `text`."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: Logprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Completion(BaseModel):
+    """A completion, or (streaming) one chunk of it: same object, partial choices."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None

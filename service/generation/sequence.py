@@ -1,0 +1,169 @@
+"""One generating sequence: its tokens, text, stop strings, logprobs and output queue.
+
+The scheduler calls `prompt_scored` after prefill (echo) and `append` for every sampled token;
+the sequence turns tokens into `Chunk`s of stop-safe text on its `outbox`, which the HTTP layer
+reads. Text that might be the start of a stop string is held back until it is known not to be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import ServiceError
+from service.generation.sampling import Sampler, log_softmax, top_logprobs
+from service.generation.tokenizer import IncrementalDecoder, TextTokenizer
+from service.generation.validation import ValidRequest
+
+
+@dataclass
+class TokenLogprob:
+    """One token as OpenAI's legacy logprobs lists it; offset is into the choice's text."""
+
+    token: str
+    logprob: float | None
+    top: dict[str, float] | None
+    offset: int
+
+
+@dataclass
+class Chunk:
+    """New output of one sequence: text, its tokens' logprobs, the finish reason when done."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: ServiceError | None = None
+
+
+class Sequence:
+    """Per-request generation state owned by the scheduler."""
+
+    def __init__(self, request: ValidRequest, tokenizer: TextTokenizer,
+                 outbox: asyncio.Queue[Chunk]) -> None:
+        self.request = request
+        self.tokenizer = tokenizer
+        self.outbox = outbox
+        self.sampler = Sampler(request.sampling)
+        self.generated: list[int] = []
+        self.finish_reason: str | None = None
+        self.cancelled = False
+        self.enqueued = time.perf_counter()
+        self.last_token_at: float | None = None
+        self._decoder = IncrementalDecoder(tokenizer, list(request.prompt_ids))
+        self._base = len(request.prompt_text) if request.echo else 0
+        self._text = ""
+        self._sent = 0
+        self._pending: list[TokenLogprob] = []
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.cancelled
+
+    @property
+    def last_token(self) -> int:
+        return self.generated[-1]
+
+    def prompt_scored(self, logits: np.ndarray) -> None:
+        """Echo: emit the prompt text (with its logprobs if asked). logits (prompt_tokens, vocab)."""
+        req = self.request
+        scored: list[TokenLogprob] = []
+        if req.logprobs is not None:
+            logprobs = log_softmax(logits[:-1])
+            offsets = _offsets(self.tokenizer, list(req.prompt_ids))
+            for i, token_id in enumerate(req.prompt_ids):
+                row = logprobs[i - 1] if i else None
+                scored.append(TokenLogprob(
+                    self.tokenizer.token_text(token_id),
+                    None if row is None else float(row[token_id]),
+                    None if row is None else self._top(row), offsets[i]))
+        self._emit(Chunk(req.index, req.prompt_text, scored))
+        if req.max_new_tokens == 0:
+            self._finish("length")
+
+    def sample(self, logits: np.ndarray) -> int:
+        """Pick and append the next token from its (vocab,) logits; returns it."""
+        token_id = self.sampler(logits)
+        self.append(token_id, logits)
+        return token_id
+
+    def append(self, token_id: int, logits: np.ndarray) -> None:
+        """Record a generated token, emit the text it makes safe, finish when a limit is met."""
+        self.generated.append(token_id)
+        self.last_token_at = time.perf_counter()
+        if self.request.logprobs is not None:
+            row = log_softmax(logits)
+            self._pending.append(TokenLogprob(self.tokenizer.token_text(token_id),
+                                              float(row[token_id]), self._top(row),
+                                              self._base + len(self._text)))
+        self._text += self._decoder.push(token_id)
+        if token_id == self.tokenizer.eos_id:
+            self._finish("stop")
+        elif self._stopped_at() is not None:
+            self._finish("stop")
+        elif len(self.generated) >= self.request.max_new_tokens:
+            self._finish("length")
+        else:
+            self._release(len(self._text) - self._held_back())
+
+    def fail(self, error: ServiceError) -> None:
+        """End the sequence with an error the HTTP layer reports."""
+        self.finish_reason = "error"
+        self._emit(Chunk(self.request.index, error=error))
+
+    def _top(self, row: np.ndarray) -> dict[str, float] | None:
+        n = self.request.logprobs or 0
+        return {self.tokenizer.token_text(t): lp for t, lp in top_logprobs(row, n)} if n else None
+
+    def _stopped_at(self) -> int | None:
+        """Index in the text where the first stop string starts, if any has appeared."""
+        start = max(0, self._sent - max((len(s) for s in self.request.stop), default=0))
+        found = [i for s in self.request.stop if (i := self._text.find(s, start)) >= 0]
+        return min(found) if found else None
+
+    def _held_back(self) -> int:
+        """Length of the longest text suffix that is a proper prefix of a stop string."""
+        for size in range(max((len(s) for s in self.request.stop), default=1) - 1, 0, -1):
+            tail = self._text[-size:]
+            if len(tail) == size and any(s.startswith(tail) for s in self.request.stop):
+                return size
+        return 0
+
+    def _finish(self, reason: str) -> None:
+        stop_at = self._stopped_at()
+        if stop_at is None:
+            self._text += self._decoder.flush()
+            stop_at = self._stopped_at()
+        end = len(self._text) if stop_at is None else stop_at
+        self.finish_reason = "stop" if stop_at is not None else reason
+        if stop_at is not None:
+            self._pending = [t for t in self._pending if t.offset - self._base < end]
+        self._release(end)
+
+    def _release(self, end: int) -> None:
+        """Emit text up to `end` (and pending logprobs) when there is something new."""
+        text = self._text[self._sent:end] if end > self._sent else ""
+        if not text and not self._pending and self.finish_reason is None:
+            return
+        self._sent = max(self._sent, end)
+        chunk = Chunk(self.request.index, text, self._pending, self.finish_reason)
+        self._pending = []
+        self._emit(chunk)
+
+    def _emit(self, chunk: Chunk) -> None:
+        if not self.cancelled:
+            self.outbox.put_nowait(chunk)
+
+
+def _offsets(tokenizer: TextTokenizer, ids: list[int]) -> list[int]:
+    """Character offset of each token in decode(ids)."""
+    decoder = IncrementalDecoder(tokenizer, [])
+    offsets, length = [], 0
+    for token_id in ids:
+        offsets.append(length)
+        length += len(decoder.push(token_id))
+    return offsets

@@ -1,0 +1,104 @@
+"""Validation before scheduling: a `CompletionRequest` becomes `ValidRequest`s or an error.
+
+The scheduler accepts only `ValidRequest`, whose one constructor is `validate`, so every rule
+that needs the tokenizer or the model's limits has run before anything is queued. Each rule has
+its own message; oversize prompts are 413, other violations 400 (schema rules are 422 earlier).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.errors import BadRequest, PayloadTooLarge
+from service.generation.sampling import SamplingParams
+from service.generation.schemas import CompletionRequest
+from service.generation.tokenizer import TextTokenizer
+
+CHARS_PER_TOKEN_LIMIT = 32  # a prompt longer than context * this is refused before tokenizing
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a prompt must fit: the graph's context and the scheduler's cache budget."""
+
+    context_length: int
+    max_cached_tokens: int
+
+    @property
+    def max_total_tokens(self) -> int:
+        return min(self.context_length, self.max_cached_tokens)
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    """One prompt of a request, checked and tokenized: what the scheduler runs.
+
+    prompt_ids (prompt_tokens,) ids; max_new_tokens >= 0 (0 only with echo: score the prompt).
+    """
+
+    index: int
+    prompt_text: str
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    sampling: SamplingParams
+    stop: tuple[str, ...]
+    logprobs: int | None
+    echo: bool
+
+    @property
+    def reserved_tokens(self) -> int:
+        """Cache slots this sequence may fill: prompt + every token it may generate."""
+        return len(self.prompt_ids) + self.max_new_tokens
+
+
+def _prompt_ids(prompt: str | list[int], index: int, tokenizer: TextTokenizer,
+                limits: ModelLimits) -> tuple[str, tuple[int, ...]]:
+    """(text, ids) of one prompt; 413 when it cannot fit the context, 400 when unusable."""
+    if isinstance(prompt, str):
+        if len(prompt) > limits.context_length * CHARS_PER_TOKEN_LIMIT:
+            raise PayloadTooLarge(
+                f"prompt {index} has {len(prompt)} characters; the limit is "
+                f"{limits.context_length * CHARS_PER_TOKEN_LIMIT} for a context of "
+                f"{limits.context_length} tokens")
+        ids = tuple(tokenizer.encode(prompt))
+    else:
+        bad = [t for t in prompt if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise BadRequest(f"prompt {index} has token ids outside [0, {tokenizer.vocab_size}): "
+                             f"{bad[:5]}")
+        ids = tuple(prompt)
+    if not ids:
+        raise BadRequest(f"prompt {index} is empty; it must contain at least one token")
+    if len(ids) > limits.max_total_tokens:
+        raise PayloadTooLarge(f"prompt {index} has {len(ids)} tokens; the model's context is "
+                              f"{limits.max_total_tokens} tokens")
+    text = prompt if isinstance(prompt, str) else tokenizer.decode(list(ids))
+    return text, ids
+
+
+def _max_new_tokens(body: CompletionRequest, prompt_tokens: int, index: int,
+                    limits: ModelLimits) -> int:
+    room = limits.max_total_tokens - prompt_tokens
+    if body.max_tokens is None:
+        if room < 1 and not body.echo:
+            raise BadRequest(f"prompt {index} has {prompt_tokens} tokens and fills the "
+                             f"{limits.max_total_tokens}-token context; nothing can be generated")
+        return room
+    if body.max_tokens > room:
+        raise BadRequest(f"prompt {index} has {prompt_tokens} tokens; with max_tokens "
+                         f"{body.max_tokens} that exceeds the model's context of "
+                         f"{limits.max_total_tokens} tokens (max_tokens <= {room} fits)")
+    return body.max_tokens
+
+
+def validate(body: CompletionRequest, tokenizer: TextTokenizer,
+             limits: ModelLimits) -> list[ValidRequest]:
+    """Every prompt of `body` as a `ValidRequest`, or BadRequest / PayloadTooLarge."""
+    sampling = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
+    requests = []
+    for index, prompt in enumerate(body.prompts()):
+        text, ids = _prompt_ids(prompt, index, tokenizer, limits)
+        requests.append(ValidRequest(index, text, ids, _max_new_tokens(body, len(ids), index,
+                                                                        limits),
+                                     sampling, body.stop_list(), body.logprobs, body.echo))
+    return requests
