@@ -44,6 +44,14 @@ deploy-tools: $(VENV)/.deploy-tools
 test-deploy: $(VENV)/.dev deploy-tools
 	$(BIN)/python -m pytest -q tests/deploy
 
+# Serving benchmark: throughput and p50/p99 at 1/8/32/64 clients, batching on vs off (markdown).
+# Uses wrk (Debian package) as the load generator when it can be installed, else a Python client.
+bench: $(VENV)/.dev
+	@command -v wrk >/dev/null || { apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } || \
+		echo "make: wrk not installed; the benchmark uses its Python client" >&2
+	$(BIN)/neutreno bench serve
+
 # Real data from Debian packages (needs root): Fashion-MNIST IDX files and the KJV text.
 data: $(VENV)/.dev
 	@command -v bible >/dev/null && test -d /usr/share/datasets/fashion-mnist || \

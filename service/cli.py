@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.runtime import RuntimeSetupError, choose_providers
 from service.settings import Settings
 
 
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             field = ".".join(map(str, err["loc"]))
             print(f"neutreno serve: invalid setting NEUTRENO_{field.upper()}: {err['msg']}",
                   file=sys.stderr)
+        return 2
+    try:
+        choose_providers(settings.device)
+    except RuntimeSetupError as exc:
+        print(f"neutreno serve: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,

@@ -140,3 +140,14 @@ class V2ModelMetadata(BaseModel):
     platform: str = "onnxruntime_onnx"
     inputs: list[V2TensorMeta]
     outputs: list[V2TensorMeta]
+
+
+class V2Error(BaseModel):
+    """Every /v2 error: the protocol's flat `{"error": "<message>"}`."""
+
+    error: str
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool

@@ -33,7 +33,8 @@ def _image_body(json_model: type, form_model: type) -> dict[str, Any]:
         "multipart/form-data": {"schema": form}}}}
 
 
-@router.get("/models", response_model=ModelList, summary="List models (OpenAI-compatible)")
+@router.get("/models", response_model=ModelList, summary="List models (OpenAI-compatible)",
+            responses={401: ERRORS[401]})
 async def list_models(state: ServiceState = Depends(get_state)) -> ModelList:
     ready = not state.draining and state.started
     cards = [ModelCard(id=m.name, created=int(m.path.stat().st_mtime), task=m.task,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import oip
 from service.errors import ModelNotReady
-from service.schemas import V2ModelMetadata
+from service.schemas import V2Error, V2InferRequest, V2ModelMetadata, V2ModelReady
 from service.security import require_api_key
 from service.state import ServiceState, get_state
 
@@ -16,12 +18,48 @@ models = APIRouter(prefix="/v2/models/{name}", tags=["v2 (Open Inference Protoco
                    dependencies=[Depends(require_api_key)])
 
 
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the protocol's flat `{"error": "..."}` bodies."""
+    text = {400: "malformed request or tensors", 401: "missing or wrong API key",
+            404: "unknown model", 413: "body too large", 422: "invalid parameter",
+            429: "queue full (see Retry-After)", 503: "model not ready or inference failed",
+            504: "deadline exceeded"}
+    return {c: {"model": V2Error, "description": text[c]} for c in codes}
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its `$defs` references substituted (for openapi_extra)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
+INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _inlined(V2InferRequest.model_json_schema())},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                 "description": "JSON header + binary tensors "
+                                                "(Inference-Header-Content-Length)"}}}}
+INFER_OK: dict[int | str, dict[str, Any]] = {200: {"description": "output tensors", "content": {
+    "application/json": {}, "application/octet-stream": {
+        "schema": {"type": "string", "format": "binary"}}}}}
+
+
 @router.get("/health/live", summary="Server liveness")
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Server readiness (every model loaded)")
+@router.get("/health/ready", summary="Server readiness (every model loaded)",
+            responses={503: {"description": "not ready", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}})
 async def ready(state: ServiceState = Depends(get_state)) -> JSONResponse:
     ok = not state.readiness()
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
@@ -32,13 +70,16 @@ async def server_metadata() -> dict[str, object]:
     return {"name": "neutreno", "version": "1", "extensions": ["binary_tensor_data"]}
 
 
-@models.get("", response_model=V2ModelMetadata, summary="Model metadata")
+@models.get("", response_model=V2ModelMetadata, summary="Model metadata",
+            responses=_errors(401, 404, 503))
 @models.get("/versions/{version}", response_model=V2ModelMetadata, include_in_schema=False)
 async def model_metadata(name: str, state: ServiceState = Depends(get_state)) -> V2ModelMetadata:
     return oip.metadata(state.model(name))
 
 
-@models.get("/ready", summary="Model readiness")
+@models.get("/ready", summary="Model readiness", response_model=V2ModelReady,
+            responses={**_errors(401, 404),
+                       503: {"model": V2ModelReady, "description": "not ready"}})
 @models.get("/versions/{version}/ready", include_in_schema=False)
 async def model_ready(name: str, state: ServiceState = Depends(get_state)) -> JSONResponse:
     try:
@@ -48,7 +89,9 @@ async def model_ready(name: str, state: ServiceState = Depends(get_state)) -> JS
     return JSONResponse({"name": name, "ready": True})
 
 
-@models.post("/infer", summary="Run the model on its own input tensors")
+@models.post("/infer", summary="Run the model on its own input tensors",
+             responses={**INFER_OK, **_errors(400, 401, 404, 413, 429, 503, 504)},
+             openapi_extra=INFER_BODY)
 @models.post("/versions/{version}/infer", include_in_schema=False)
 async def infer(name: str, request: Request, state: ServiceState = Depends(get_state)) -> Response:
     model = state.model(name)
