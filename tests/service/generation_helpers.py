@@ -46,9 +46,12 @@ def _build(folder: Path) -> None:
     export_checkpoint(ckpt, folder / "bundle" / NAME / "1")
 
 
-def tiny_lm(config: pytest.Config) -> Path:
-    """Folder with `checkpoint/` (torch) and `bundle/tiny-lm/1/` (ONNX), built once."""
-    folder = config.cache.mkdir(f"tiny-lm-{_key()}")
+def tiny_lm(config: pytest.Config, scratch: Path) -> Path:
+    """Folder with `checkpoint/` (torch) and `bundle/tiny-lm/1/` (ONNX), built once (in
+    pytest's cache, or in `scratch` when the cache plugin is off)."""
+    cache = getattr(config, "cache", None)
+    folder = cache.mkdir(f"tiny-lm-{_key()}") if cache else scratch / f"tiny-lm-{_key()}"
+    folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "bundle" / NAME / "1" / "manifest.json").is_file():
         shutil.rmtree(folder)
         folder.mkdir()

@@ -1,0 +1,141 @@
+"""Generation through a real `neutreno serve` process with the official `openai` client:
+non-streaming, streaming, echo + logprobs, 8 concurrent streams, disconnect and SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from generation_helpers import NAME, add_lm, tiny_lm
+from service_helpers import LiveServer, write_test_repository
+
+PROMPT = "In the beginning God created"
+STREAMS = [("And God said,", None), ("Let there be", None), ("The earth was", 3),
+           ("In the beginning", 11), ("And the evening", None), ("Blessed are the", 5),
+           ("Unto thee", None), ("For God so", 42)]
+
+
+@pytest.fixture(scope="module")
+def repo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    built = tiny_lm(request.config, tmp_path_factory.getbasetemp())
+    return add_lm(write_test_repository(tmp_path_factory.mktemp("live_lm_repo")), built)
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[LiveServer]:
+    live = LiveServer(repo)
+    try:
+        live.wait_ready()
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def metric(server: LiveServer, name: str) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    found = re.search(rf'^neutreno_{name}{{model="{NAME}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_openai_client_non_streaming_and_models(client: openai.OpenAI) -> None:
+    out = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=8, temperature=0)
+    assert out.object == "text_completion" and out.model == NAME
+    assert out.choices[0].finish_reason == "length" and out.choices[0].text
+    assert out.usage.completion_tokens == 8 and out.usage.prompt_tokens > 0
+    assert {m.id for m in client.models.list()} == {"fashion-classifier", "fashion-segmenter",
+                                                    NAME}
+
+
+def test_openai_client_streaming_matches_non_streaming(client: openai.OpenAI) -> None:
+    whole = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=12, temperature=0)
+    chunks = list(client.completions.create(model=NAME, prompt=PROMPT, max_tokens=12,
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_openai_client_echo_logprobs_scores_prompt(client: openai.OpenAI) -> None:
+    out = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=0, echo=True,
+                                    logprobs=1)
+    lp = out.choices[0].logprobs
+    assert out.choices[0].text == PROMPT and "".join(lp.tokens) == PROMPT
+    assert lp.token_logprobs[0] is None and all(x < 0 for x in lp.token_logprobs[1:])
+    assert len(lp.text_offset) == len(lp.tokens) == out.usage.prompt_tokens
+    assert all(len(top) == 1 for top in lp.top_logprobs[1:])
+
+
+def test_eight_concurrent_streams_equal_running_alone(server: LiveServer) -> None:
+    aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+    def params(prompt: str, seed: int | None) -> dict:
+        sampling = {"temperature": 0.9, "top_p": 0.95, "seed": seed} if seed else \
+            {"temperature": 0}
+        return {"model": NAME, "prompt": prompt, "max_tokens": 24, **sampling}
+
+    async def streamed(prompt: str, seed: int | None) -> str:
+        parts = [c.choices[0].text async for c in
+                 await aclient.completions.create(stream=True, **params(prompt, seed))]
+        return "".join(parts)
+
+    async def run() -> tuple[list[str], list[str]]:
+        alone = [(await aclient.completions.create(**params(p, s))).choices[0].text
+                 for p, s in STREAMS]
+        together = await asyncio.gather(*(streamed(p, s) for p, s in STREAMS))
+        return alone, list(together)
+
+    alone, together = asyncio.run(run())
+    assert together == alone
+    text = httpx.get(server.url + "/metrics").text
+    batched = re.search(rf'neutreno_batch_size_bucket{{le="4.0",model="{NAME}"}} (\S+)', text)
+    count = re.search(rf'neutreno_batch_size_count{{model="{NAME}"}} (\S+)', text)
+    assert float(batched.group(1)) < float(count.group(1)), "no step ran more than 4 rows"
+
+
+def test_client_disconnect_frees_the_sequence(server: LiveServer) -> None:
+    before = metric(server, "generated_tokens_total")
+    body = {"model": NAME, "prompt": PROMPT, "max_tokens": 240, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=10) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))
+    deadline = time.monotonic() + 5
+    while metric(server, "running_sequences") != 0:
+        assert time.monotonic() < deadline, "sequence still running after disconnect"
+        time.sleep(0.02)
+    assert metric(server, "generated_tokens_total") - before < 240
+
+
+def test_sigterm_drains_running_streams(repo: Path) -> None:
+    live = LiveServer(repo)
+    live.wait_ready()
+    lines: list[str] = []
+    started = threading.Event()
+
+    def consume() -> None:
+        body = {"model": NAME, "prompt": PROMPT, "max_tokens": 200, "stream": True}
+        with httpx.stream("POST", live.url + "/v1/completions", json=body, timeout=30) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                started.set()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert started.wait(20)
+    live.proc.send_signal(signal.SIGTERM)
+    reader.join(30)
+    assert live.proc.wait(30) == 0
+    assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]"
+    assert any('"finish_reason":"length"' in line for line in lines)
