@@ -121,10 +121,12 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return 255.0 * (v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
 
 
-def overlay(img: Image.Image, mask: np.ndarray, num_classes: int, alpha: float = 0.5) -> Image.Image:
-    """The input in RGB with each non-background class tinted in its palette colour."""
-    base = np.asarray(to_mode(img, 3), dtype=np.float32)
-    colours = palette(num_classes)[mask].astype(np.float32)
-    tint = (mask > 0)[..., None]
-    blended = np.where(tint, (1.0 - alpha) * base + alpha * colours, base)
+def overlay(img: Image.Image, mask: np.ndarray, num_classes: int) -> Image.Image:
+    """The input in RGB with each non-background pixel averaged with its class colour.
+
+    Integer math (uint16) keeps a large image's overlay to a few bytes per pixel.
+    """
+    base = np.asarray(to_mode(img, 3), dtype=np.uint16)
+    colours = palette(num_classes).astype(np.uint16)[mask]
+    blended = np.where((mask > 0)[..., None], (base + colours) >> 1, base)
     return Image.fromarray(blended.astype(np.uint8), "RGB")
