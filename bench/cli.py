@@ -11,6 +11,8 @@ import sys
 BENCHMARKS = {
     "serve": ("bench.serve_bench",
               "HTTP throughput and p50/p99 at 1/8/32/64 clients, dynamic batching on vs off"),
+    "generation": ("bench.generation_bench",
+                   "LM tokens/s and TTFT at 1/4/8/16 streams vs a no-cache baseline"),
 }
 
 

@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from service.generation.scheduler import Submission
 from service.generation.schemas import (Completion, CompletionChoice, CompletionRequest,
                                         Logprobs, Usage)
-from service.generation.sequence import Chunk, TokenLogprob
+from service.generation.sequence import TokenLogprob
 
 CLIENT_CLOSED = 499
 

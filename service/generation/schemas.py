@@ -42,6 +42,7 @@ class CompletionRequest(BaseModel):
     echo: bool = False
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    ignore_eos: bool = Field(False, description="extension (as in vLLM): generate past EOS")
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported; only 0")
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported; only 0")
     best_of: int | None = Field(None, ge=1, le=1, description="only 1 is supported")

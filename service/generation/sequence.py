@@ -69,7 +69,10 @@ class Sequence:
         return self.generated[-1]
 
     def prompt_scored(self, logits: np.ndarray) -> None:
-        """Echo: emit the prompt text (with its logprobs if asked). logits (prompt_tokens, vocab)."""
+        """Echo: emit the prompt text, with its logprobs if asked.
+
+        logits (prompt_tokens, vocab): the prefill logits of this sequence's real positions.
+        """
         req = self.request
         scored: list[TokenLogprob] = []
         if req.logprobs is not None:
@@ -101,7 +104,7 @@ class Sequence:
                                               float(row[token_id]), self._top(row),
                                               self._base + len(self._text)))
         self._text += self._decoder.push(token_id)
-        if token_id == self.tokenizer.eos_id:
+        if token_id == self.tokenizer.eos_id and not self.request.ignore_eos:
             self._finish("stop")
         elif self._stopped_at() is not None:
             self._finish("stop")

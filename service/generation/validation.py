@@ -44,6 +44,7 @@ class ValidRequest:
     stop: tuple[str, ...]
     logprobs: int | None
     echo: bool
+    ignore_eos: bool = False
 
     @property
     def reserved_tokens(self) -> int:
@@ -100,5 +101,6 @@ def validate(body: CompletionRequest, tokenizer: TextTokenizer,
         text, ids = _prompt_ids(prompt, index, tokenizer, limits)
         requests.append(ValidRequest(index, text, ids, _max_new_tokens(body, len(ids), index,
                                                                         limits),
-                                     sampling, body.stop_list(), body.logprobs, body.echo))
+                                     sampling, body.stop_list(), body.logprobs, body.echo,
+                                     body.ignore_eos))
     return requests
