@@ -1,0 +1,104 @@
+"""ORT CPU latency of the FidelityAttention graph vs the plain-softmax graph of the same classifier.
+
+    python -m bench.attention_overhead \
+        --fidelity model_repository/fashion-classifier/1/model.onnx \
+        --softmax build/fashion-classifier-softmax.onnx      # from `neutreno export --softmax-baseline`
+    python -m bench.attention_overhead --random vit-fashion  # export both from random weights
+
+The two sessions run alternately, call by call, so background load hits both alike; the table
+reports median latency per batch and the overhead ratio (target: under 3%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.runtime import session
+
+
+def export_random(name: str, folder: Path) -> tuple[Path, Path]:
+    """Both graphs of a randomly initialised registry classifier (latency does not need training)."""
+    import dataclasses
+
+    import onnx
+
+    from export.graphs import export_model
+    from models import create_model
+
+    model = create_model(name).eval()
+    baseline_cfg = dataclasses.replace(model.cfg, attention="softmax")
+    baseline = create_model(name, attention="softmax").eval()
+    baseline.load_state_dict(model.state_dict())
+    paths = folder / "fidelity.onnx", folder / "softmax.onnx"
+    onnx.save(export_model(model, model.cfg), str(paths[0]))
+    onnx.save(export_model(baseline, baseline_cfg, standard=True), str(paths[1]))
+    return paths
+
+
+def pixel_batch(sess: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
+    spec = sess.get_inputs()[0]
+    shape = [batch, *spec.shape[1:]]
+    return {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+
+
+def time_pair(a: ort.InferenceSession, b: ort.InferenceSession, batch: int,
+              repeats: int) -> tuple[float, float]:
+    """Median seconds per call of a and b, measured alternately after a warm-up."""
+    feed_a, feed_b = pixel_batch(a, batch), pixel_batch(b, batch)
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(repeats + 3):
+        for sess, feed, out in ((a, feed_a, times[0]), (b, feed_b, times[1])):
+            start = time.perf_counter()
+            sess.run(None, feed)
+            if i >= 3:
+                out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def table(rows: list[tuple[int, float, float]], threads: int) -> str:
+    lines = [f"ORT {ort.__version__} CPU, {threads} intra-op thread(s), median latency",
+             "", "| batch | FidelityAttention (ms) | softmax Attention (ms) | overhead |",
+             "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {b} | {f * 1e3:.3f} | {s * 1e3:.3f} | {100 * (f / s - 1):+.1f}% |"
+              for b, f, s in rows]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="bench.attention_overhead", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fidelity", type=Path, help="FidelityAttention model.onnx")
+    ap.add_argument("--softmax", type=Path, help="plain softmax (standard Attention) .onnx")
+    ap.add_argument("--random", metavar="VARIANT", help="export both from a random registry model")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads (0 = ORT default)")
+    args = ap.parse_args(argv)
+    if not args.random and not (args.fidelity and args.softmax):
+        ap.error("give --fidelity and --softmax, or --random VARIANT")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = export_random(args.random, Path(tmp)) if args.random else (args.fidelity,
+                                                                            args.softmax)
+        fid, soft = (session(p, threads=args.threads) for p in paths)
+    rows = []
+    for batch in args.batches:
+        repeats = max(5, args.repeats // max(1, batch // 8))
+        rows.append((batch, *time_pair(fid, soft, batch, repeats)))
+    print(table(rows, args.threads))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

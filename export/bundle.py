@@ -1,0 +1,222 @@
+"""Model bundles (docs/BUNDLE_FORMAT.md): write them, and load them with full validation.
+
+No torch here: the service imports this module. A bundle is a folder with model.onnx,
+manifest.json and, for text generation, tokenizer.json.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from export.opdef import DOMAIN, OP_TYPE, OP_VERSION, OPSET, model_opset
+
+FORMAT_VERSION = 1
+MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "manifest.json", "tokenizer.json"
+TASKS = ("classification", "segmentation", "text-generation")
+ATTENTIONS = ("neutreno", "softmax")
+# Op types that would mean attention computed outside FidelityAttention.
+OTHER_ATTENTION = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
+                   "Softmax"}
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "format_version": int, "name": str, "version": str, "task": str, "attention": str,
+    "lam": (int, float), "opset": int, "custom_ops": list, "model": dict, "inputs": list,
+    "outputs": list, "preprocessing": dict, "labels": list, "files": dict, "sha256": str,
+    "training": dict,
+}
+
+
+class BundleError(ValueError):
+    """A bundle that must not be served; the message names the bundle and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle: its folder and manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest["labels"]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        return self.path / TOKENIZER_FILE if TOKENIZER_FILE in self.manifest["files"] else None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
+    """Graph inputs/outputs as [{"name", "shape" (str for dynamic axes), "dtype"}]."""
+    return [{"name": v.name,
+             "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+             "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+            for v in values]
+
+
+def _fail(path: Path, message: str) -> BundleError:
+    return BundleError(f"bundle {path}: {message}")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise _fail(path, "is not a folder")
+    if not file.is_file():
+        raise _fail(path, f"{MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _fail(path, f"{MANIFEST_FILE} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise _fail(path, f"{MANIFEST_FILE} must hold a JSON object")
+    return manifest
+
+
+def _check_schema(path: Path, m: dict[str, Any]) -> None:
+    for key, kind in REQUIRED.items():
+        if key not in m:
+            raise _fail(path, f"manifest field {key!r} is missing")
+        if not isinstance(m[key], kind) or isinstance(m[key], bool):
+            raise _fail(path, f"manifest field {key!r} has type {type(m[key]).__name__}")
+    checks = [
+        (m["format_version"] == FORMAT_VERSION,
+         f"format_version {m['format_version']} is not supported (expected {FORMAT_VERSION})"),
+        (m["version"].isdigit() and int(m["version"]) > 0,
+         f"version {m['version']!r} is not a positive integer string"),
+        (m["task"] in TASKS, f"task {m['task']!r} is not one of {list(TASKS)}"),
+        (m["attention"] in ATTENTIONS,
+         f"attention {m['attention']!r} is not one of {list(ATTENTIONS)}"),
+        (MODEL_FILE in m["files"], f"manifest 'files' does not list {MODEL_FILE}"),
+        (m["task"] != "text-generation" or TOKENIZER_FILE in m["files"],
+         f"text-generation bundle does not list {TOKENIZER_FILE}"),
+        (m["task"] != "text-generation" or isinstance(m.get("generation"), dict),
+         "text-generation manifest field 'generation' is missing"),
+        ({"domain": DOMAIN, "op_type": OP_TYPE, "version": OP_VERSION} in m["custom_ops"],
+         f"custom_ops does not declare {DOMAIN}::{OP_TYPE} version {OP_VERSION}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise _fail(path, message)
+
+
+def _check_files(path: Path, m: dict[str, Any]) -> None:
+    for name, meta in m["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise _fail(path, f"file {name} listed in {MANIFEST_FILE} is missing")
+        actual = sha256_file(file)
+        if actual != meta.get("sha256"):
+            raise _fail(path, f"sha256 mismatch for {name}: file has {actual}, "
+                              f"manifest says {meta.get('sha256')}")
+    if m["sha256"] != m["files"][MODEL_FILE]["sha256"]:
+        raise _fail(path, f"manifest sha256 {m['sha256']} is not the sha256 of {MODEL_FILE} "
+                          f"({m['files'][MODEL_FILE]['sha256']})")
+
+
+def _check_attention(path: Path, model: onnx.ModelProto) -> None:
+    functions = {(f.domain, f.name, f.overload) for f in model.functions}
+    found = 0
+    for node in model.graph.node:
+        label = f"node {node.name or '?'} ({node.domain or 'ai.onnx'}::{node.op_type})"
+        if node.op_type == OP_TYPE and node.domain != DOMAIN:
+            raise _fail(path, f"{label} has the wrong op domain {node.domain!r}, "
+                              f"expected {DOMAIN!r}")
+        if node.op_type in OTHER_ATTENTION:
+            raise _fail(path, f"{label} computes attention outside {DOMAIN}::{OP_TYPE}")
+        if node.op_type == OP_TYPE:
+            found += 1
+            if (DOMAIN, OP_TYPE, node.overload) not in functions:
+                raise _fail(path, f"{label} has no function body (overload "
+                                  f"{node.overload!r}) in {MODEL_FILE}")
+    if not found:
+        raise _fail(path, f"{MODEL_FILE} has no {DOMAIN}::{OP_TYPE} node")
+
+
+def _check_graph(path: Path, m: dict[str, Any]) -> None:
+    try:
+        model = onnx.load(str(path / MODEL_FILE), load_external_data=False)
+    except Exception as e:  # protobuf raises several types for a corrupt file
+        raise _fail(path, f"{MODEL_FILE} is not a readable ONNX model ({e})") from None
+    opset = model_opset(model)
+    if opset != m["opset"]:
+        raise _fail(path, f"{MODEL_FILE} has opset {opset}, manifest says {m['opset']}")
+    if opset < OPSET:
+        raise _fail(path, f"opset {opset} is below {OPSET}, which FidelityAttention needs")
+    imports = {o.domain: o.version for o in model.opset_import}
+    if imports.get(DOMAIN) != OP_VERSION:
+        raise _fail(path, f"{MODEL_FILE} does not import domain {DOMAIN} version {OP_VERSION}")
+    _check_attention(path, model)
+    for kind, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
+        if tensor_specs(values) != m[kind]:
+            raise _fail(path, f"graph {kind} {tensor_specs(values)} do not match the "
+                              f"manifest's {m[kind]}")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Validate the bundle in `path` (schema, files, sha256, opset, op domain, graph I/O)."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    _check_schema(path, manifest)
+    _check_files(path, manifest)
+    _check_graph(path, manifest)
+    return Bundle(path, manifest)
+
+
+def write_bundle(out: str | Path, model: onnx.ModelProto, manifest: dict[str, Any],
+                 tokenizer: str | Path | None = None) -> Bundle:
+    """Write model.onnx (+ tokenizer.json) and manifest.json to `out`, then load it back.
+
+    `manifest` carries the descriptive fields (name, version, task, attention, lam, model,
+    preprocessing, labels, training, ...); files, sha256, opset, custom ops, inputs, outputs,
+    format_version and created are filled in here.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out / MODEL_FILE))
+    names = [MODEL_FILE]
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
+        names.append(TOKENIZER_FILE)
+    files = {n: {"sha256": sha256_file(out / n), "bytes": (out / n).stat().st_size}
+             for n in names}
+    full = {
+        "format_version": FORMAT_VERSION, **manifest, "opset": model_opset(model),
+        "custom_ops": [{"domain": DOMAIN, "op_type": OP_TYPE, "version": OP_VERSION}],
+        "inputs": tensor_specs(model.graph.input), "outputs": tensor_specs(model.graph.output),
+        "files": files, "sha256": files[MODEL_FILE]["sha256"],
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    (out / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    return load_bundle(out)

@@ -1,0 +1,149 @@
+"""`neutreno export <checkpoint> --out model_repository/<name>/<version>`: checkpoint -> bundle.
+
+Exports with dynamic axes, attaches the FidelityAttention bodies, runs the full onnx.checker,
+verifies ONNX Runtime against PyTorch on random and real inputs, and only then writes the bundle.
+`--softmax-baseline PATH` also writes the same weights with plain softmax attention (lam = 0,
+standard opset-23 Attention) to PATH, outside the model repository, for bench/attention_overhead.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import logging
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from export.bundle import Bundle, write_bundle
+from export.graphs import export_model
+from export.runtime import session
+from export.verify import Parity, verify
+from models.checkpoint import load_checkpoint, load_metrics
+from models.config import LMConfig, ModelConfig, SegmenterConfig
+from models.registry import build_model
+
+TASKS = {"vit": "classification", "segmenter": "segmentation", "lm": "text-generation"}
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def labels_for(cfg: ModelConfig) -> list[str]:
+    """Class names: Fashion-MNIST (+ background for the segmenter), else class_<i>; [] for LMs."""
+    from models.data.fashion import LABELS
+
+    if isinstance(cfg, LMConfig):
+        return []
+    offset = 1 if isinstance(cfg, SegmenterConfig) else 0
+    if cfg.num_classes == len(LABELS) + offset:
+        return ["background", *LABELS] if offset else list(LABELS)
+    return [f"class_{i}" for i in range(cfg.num_classes)]
+
+
+def preprocessing_for(cfg: ModelConfig) -> dict[str, Any]:
+    """Pixel preprocessing (docs/BUNDLE_FORMAT.md) or the tokenizer file for LMs."""
+    from models.data import fashion
+
+    if isinstance(cfg, LMConfig):
+        return {"tokenizer": "tokenizer.json", "padding_side": "left"}
+    grey = cfg.in_chans == 1
+    return {"image_size": [cfg.img_size, cfg.img_size], "channels": cfg.in_chans,
+            "mean": [fashion.MEAN] if grey else IMAGENET_MEAN,
+            "std": [fashion.STD] if grey else IMAGENET_STD,
+            "resize": "bilinear", "background": "black"}
+
+
+def generation_for(cfg: LMConfig, tokenizer: Path) -> dict[str, Any]:
+    from tokenizers import Tokenizer
+
+    from models.data.kjv import EOS
+
+    return {"context_length": cfg.block_size, "num_layers": cfg.depth, "num_heads": cfg.heads,
+            "head_dim": cfg.dim // cfg.heads, "vocab_size": cfg.vocab_size,
+            "eos_token_id": Tokenizer.from_file(str(tokenizer)).token_to_id(EOS),
+            "bos_token_id": None}
+
+
+def training_for(checkpoint: Path) -> dict[str, Any]:
+    """From the checkpoint's metrics.json (written by `neutreno train`)."""
+    metrics = load_metrics(checkpoint)
+    data, command = metrics.pop("data", None), metrics.pop("command", None)
+    return {"data": data, "command": command, "checkpoint": str(checkpoint), "metrics": metrics}
+
+
+def exporter_versions() -> dict[str, str]:
+    return {p: importlib.metadata.version(p) for p in ("torch", "onnx", "onnxscript",
+                                                       "onnxruntime")}
+
+
+def build_manifest(cfg: ModelConfig, name: str, version: str, checkpoint: Path,
+                   checks: list[Parity], fp16: bool, tokenizer: Path | None) -> dict[str, Any]:
+    """The descriptive manifest fields; write_bundle adds files, hashes, opset and tensors."""
+    manifest: dict[str, Any] = {
+        "name": name, "version": version, "task": TASKS[cfg.family],
+        "attention": cfg.attention, "lam": cfg.fidelity_lam, "precision":
+        "float16" if fp16 else "float32", "model": cfg.to_dict(),
+        "preprocessing": preprocessing_for(cfg), "labels": labels_for(cfg),
+        "training": training_for(checkpoint),
+        "verification": [dataclasses.asdict(c) for c in checks],
+        "exporter": exporter_versions(),
+    }
+    if isinstance(cfg, LMConfig):
+        manifest["generation"] = generation_for(cfg, tokenizer)
+    return manifest
+
+
+def export_softmax_baseline(checkpoint: Path, path: Path) -> Path:
+    """The checkpoint's weights with softmax attention (lam 0) as standard ONNX Attention."""
+    model, cfg = load_checkpoint(checkpoint)
+    cfg = dataclasses.replace(cfg, attention="softmax")
+    baseline = build_model(cfg)
+    baseline.load_state_dict(model.state_dict())
+    proto = export_model(baseline, cfg, standard=True)
+    verify(baseline, cfg, session(proto))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, name: str | None = None,
+                      fp16: bool = False) -> Bundle:
+    """Export, check and verify `checkpoint`, then write the bundle to `out` (.../<name>/<version>)."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not out.name.isdigit() or int(out.name) < 1:
+        raise ValueError(f"--out must end in a positive integer version folder, got {out}")
+    model, cfg = load_checkpoint(checkpoint)
+    tokenizer = checkpoint / "tokenizer.json" if isinstance(cfg, LMConfig) else None
+    if tokenizer is not None and not tokenizer.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no tokenizer.json, which the LM bundle needs")
+    proto = export_model(model, cfg, fp16=fp16)
+    checks = verify(model, cfg, session(proto), tokenizer, fp16=fp16)
+    manifest = build_manifest(cfg, name or out.parent.name, out.name, checkpoint, checks, fp16,
+                              tokenizer)
+    return write_bundle(out, proto, manifest, tokenizer)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="neutreno export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="folder with config.json + model.safetensors")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="bundle folder, model_repository/<name>/<version>")
+    ap.add_argument("--name", help="bundle name (default: the parent folder of --out)")
+    ap.add_argument("--fp16", action="store_true", help="half-precision graph (GPU serving)")
+    ap.add_argument("--softmax-baseline", type=Path, metavar="PATH",
+                    help="also write the plain-softmax ONNX graph of the same weights to PATH")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    bundle = export_checkpoint(args.checkpoint, args.out, args.name, args.fp16)
+    worst = max(c["max_abs_diff"] for c in bundle.manifest["verification"])
+    print(f"wrote {bundle.path} ({bundle.name} v{bundle.version}, {bundle.task}, "
+          f"max |ORT - torch| = {worst:.2g})")
+    if args.softmax_baseline:
+        print(f"wrote {export_softmax_baseline(args.checkpoint, args.softmax_baseline)}")
+    return 0

@@ -1,0 +1,71 @@
+"""Run exported graphs with onnxruntime and numpy only (no torch): sessions, LM steps, greedy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def session(model: onnx.ModelProto | str | Path, providers: list[str] | None = None,
+            threads: int = 0) -> ort.InferenceSession:
+    """An ORT session (CPU unless `providers` says otherwise); threads 0 = ORT's default."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, opts, providers=providers or ["CPUExecutionProvider"])
+
+
+@dataclass
+class LMStep:
+    """One LM graph call: logits (B, T, V), presents[i] = (k, v) (B, H, P + T, D), similarity."""
+
+    logits: np.ndarray
+    presents: list[tuple[np.ndarray, np.ndarray]]
+    token_similarity: np.ndarray
+
+
+def lm_layout(sess: ort.InferenceSession) -> tuple[int, int, int, np.dtype]:
+    """(layers, heads, head_dim, float dtype) read from the graph's past_key_values inputs."""
+    past = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+    _, heads, _, head_dim = past[0].shape
+    dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
+    return len(past) // 2, int(heads), int(head_dim), dtype
+
+
+def empty_past(sess: ort.InferenceSession, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A zero-length KV cache for prefill: per layer two (batch, H, 0, D) arrays."""
+    layers, heads, head_dim, dtype = lm_layout(sess)
+    z = np.zeros((batch, heads, 0, head_dim), dtype)
+    return [(z, z) for _ in range(layers)]
+
+
+def lm_step(sess: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray,
+            past: list[tuple[np.ndarray, np.ndarray]] | None = None) -> LMStep:
+    """input_ids (B, T) int64, attention_mask (B, P + T) int64, past per layer (B, H, P, D)."""
+    past = empty_past(sess, input_ids.shape[0]) if past is None else past
+    feed = {"input_ids": input_ids.astype(np.int64),
+            "attention_mask": attention_mask.astype(np.int64)}
+    for i, (k, v) in enumerate(past):
+        feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = k, v
+    out = sess.run(None, feed)
+    presents = list(zip(out[1:-1:2], out[2:-1:2]))
+    return LMStep(out[0], presents, out[-1])
+
+
+def greedy(sess: ort.InferenceSession, input_ids: np.ndarray, max_new_tokens: int,
+           attention_mask: np.ndarray | None = None) -> np.ndarray:
+    """Greedy decoding with the KV cache: (B, T) (left padding allowed) -> (B, max_new_tokens)."""
+    mask = np.ones_like(input_ids) if attention_mask is None else attention_mask.astype(np.int64)
+    step = lm_step(sess, input_ids, mask)
+    new = []
+    for _ in range(max_new_tokens):
+        nxt = step.logits[:, -1].argmax(-1)[:, None].astype(np.int64)  # (B, 1)
+        new.append(nxt)
+        mask = np.concatenate([mask, np.ones_like(nxt)], axis=1)
+        step = lm_step(sess, nxt, mask, step.presents)
+    return np.concatenate(new, axis=1)
