@@ -15,7 +15,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from generation_helpers import NAME, add_lm, tiny_lm
-from service_helpers import make_settings
+from service_helpers import ROOT, make_settings
 
 from models.checkpoint import load_checkpoint
 from service import create_app
@@ -228,3 +228,34 @@ def test_kv_batch_select_and_concat_trim_padding() -> None:
     kept = merged.select([1, 0])
     assert kept.mask.tolist() == [[1, 1, 1], [0, 1, 1]]
     assert kept.past[0][0, 0, :, 0].tolist() == [3, 4, 5]
+
+
+SHIPPED = ROOT / "model_repository" / "kjv-lm"
+CHECKPOINT = ROOT / "checkpoints" / "lm-kjv-neutreno"
+
+
+def _shipped_bundle() -> Path | None:
+    """The shipped kjv-lm bundle when it and the checkpoint it was exported from are here."""
+    bundles = sorted(SHIPPED.glob("*/manifest.json"), key=lambda p: int(p.parent.name))
+    weights = CHECKPOINT / "model.safetensors"
+    if not bundles or not weights.exists():
+        return None
+    bundle = bundles[-1].parent
+    newer = weights.stat().st_mtime > (bundle / "model.onnx").stat().st_mtime
+    return None if newer else bundle  # training went on after the export: not comparable
+
+
+@pytest.mark.skipif(_shipped_bundle() is None, reason="no shipped kjv-lm bundle + checkpoint")
+def test_shipped_kjv_lm_greedy_equals_pytorch(tmp_path: Path) -> None:
+    (tmp_path / "kjv-lm").symlink_to(SHIPPED, target_is_directory=True)
+    model, _ = load_checkpoint(CHECKPOINT)
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        tok = client.app.state.service.workers["kjv-lm"].tokenizer
+        for prompt in ["In the beginning God created", "And Jesus answered and said unto"]:
+            ids = tok.encode(prompt)
+            expected = model.greedy(torch.tensor([ids]), 24)[0, len(ids):].tolist()
+            if tok.eos_id in expected:
+                expected = expected[:expected.index(tok.eos_id)]
+            r = client.post("/v1/completions", json={"model": "kjv-lm", "prompt": prompt,
+                                                     "max_tokens": 24, "temperature": 0})
+            assert r.json()["choices"][0]["text"] == tok.decode(expected)

@@ -4,8 +4,10 @@ non-streaming, streaming, echo + logprobs, 8 concurrent streams, disconnect and 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -116,6 +118,24 @@ def test_client_disconnect_frees_the_sequence(server: LiveServer) -> None:
         assert time.monotonic() < deadline, "sequence still running after disconnect"
         time.sleep(0.02)
     assert metric(server, "generated_tokens_total") - before < 240
+
+
+def test_client_disconnect_frees_a_non_streaming_sequence(server: LiveServer) -> None:
+    before = metric(server, "generated_tokens_total")
+    body = json.dumps({"model": NAME, "prompt": PROMPT, "max_tokens": 240}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head + body)
+        deadline = time.monotonic() + 5
+        while metric(server, "running_sequences") != 1:
+            assert time.monotonic() < deadline, "generation never started"
+            time.sleep(0.005)
+    deadline = time.monotonic() + 5
+    while metric(server, "running_sequences") != 0:
+        assert time.monotonic() < deadline, "sequence still running after disconnect"
+        time.sleep(0.02)
+    assert 0 < metric(server, "generated_tokens_total") - before < 240
 
 
 def test_sigterm_drains_running_streams(repo: Path) -> None:
