@@ -233,3 +233,14 @@ def test_openapi_docs(client: TestClient) -> None:
                  "/v2/health/live", "/v2/health/ready", "/v2/models/{name}",
                  "/v2/models/{name}/ready", "/v2/models/{name}/infer"]:
         assert path in spec["paths"], path
+
+
+def test_draining_service_reports_not_ready_and_refuses_new_work(repository, fashion) -> None:
+    with TestClient(create_app(make_settings(repository))) as c:
+        c.app.state.service.draining = True  # what SIGTERM sets before uvicorn drains
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "shutting down" in ready.json()["reasons"]
+        assert c.get("/v2/health/ready").status_code == 503
+        r = c.post(CLASSIFY, json={"image": b64(png_bytes(fashion[0][0]))})
+        _error(r, 503, "model_not_ready")
+        assert c.get("/healthz").status_code == 200
