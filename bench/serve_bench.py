@@ -241,7 +241,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrency levels")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--queue-delay-ms", type=float, default=5.0, help="as NEUTRENO_MAX_QUEUE_DELAY_MS")
+    p.add_argument("--queue-delay-ms", type=float, default=5.0,
+                   help="NEUTRENO_MAX_QUEUE_DELAY_MS with batching on")
     p.add_argument("--threads", type=int, default=0, help="NEUTRENO_INTRA_OP_THREADS")
     p.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--out", type=Path, help="also write the markdown table here")

@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # base64 of a 28x28 black PNG, used in the OpenAPI examples.
-EXAMPLE_PNG = ("iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAEElEQVR4nGNgGAWjYBQQAwADLAABPwpG8wAA"
-               "AABJRU5ErkJggg==")
+EXAMPLE_PNG = ("iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAEElEQVR4nGNgGAWjYBQQAwAD"
+               "LAABPwpG8wAAAABJRU5ErkJggg==")
 
 
 class ErrorDetail(BaseModel):

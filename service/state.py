@@ -122,7 +122,8 @@ class ServiceState:
         try:
             return await asyncio.wait_for(model.run_async(feeds), timeout)
         except TimeoutError:
-            raise DeadlineExceeded(f"no result from {model.name!r} within {timeout:.3g} s") from None
+            raise DeadlineExceeded(
+                f"no result from {model.name!r} within {timeout:.3g} s") from None
         except Exception as exc:  # inputs the graph rejects (e.g. inconsistent KV-cache lengths)
             raise BadRequest(f"{model.name!r} rejected the inputs: {exc}") from None
 

@@ -38,8 +38,8 @@ def test_rest_accuracy_equals_direct_bundle_accuracy(repository: Path, fashion) 
         direct = _direct_predictions(model.path, images, model.preprocessing)
         served = np.array([
             c.post("/v1/models/fashion-classifier/classify",
-                   json={"image": b64(png_bytes(img)), "top_k": 1}).json()["predictions"][0]["index"]
-            for img in images])
+                   json={"image": b64(png_bytes(img)), "top_k": 1}).json()["predictions"][0]
+            ["index"] for img in images])
     assert (served == direct).all()
     rest_accuracy, direct_accuracy = (served == labels).mean(), (direct == labels).mean()
     assert rest_accuracy == direct_accuracy

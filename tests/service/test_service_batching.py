@@ -134,7 +134,8 @@ async def test_stop_finishes_queued_work() -> None:
 
 
 @asynccontextmanager
-async def serving(repository, **overrides: object) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
+async def serving(repository, **overrides: object
+                  ) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
     app = create_app(make_settings(repository, **overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

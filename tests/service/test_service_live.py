@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from service_helpers import ROOT, LiveServer, b64, make_settings, png_bytes
 from fastapi.testclient import TestClient

@@ -105,5 +105,6 @@ def test_infer_rejects_nan_unknown_output_and_garbage(client: TestClient) -> Non
     assert unknown.status_code == 400 and "nope" in unknown.json()["error"]
     garbage = client.post(INFER, content=b"\x00\xff", headers={"content-type": "application/json"})
     assert garbage.status_code == 400 and isinstance(garbage.json()["error"], str)
-    bad_header = client.post(INFER, content=b"{}", headers={"Inference-Header-Content-Length": "99"})
+    bad_header = client.post(INFER, content=b"{}",
+                             headers={"Inference-Header-Content-Length": "99"})
     assert bad_header.status_code == 400
