@@ -143,12 +143,12 @@ class DynamicBatcher:
         started = time.perf_counter()
         for req in batch:
             self._metrics.queue_duration_seconds.labels(self.model).observe(started - req.enqueued)
-        feeds = {name: np.concatenate([r.feeds[name] for r in batch]) if len(batch) > 1
-                 else batch[0].feeds[name] for name in batch[0].feeds}
         self._metrics.batch_size.labels(self.model).observe(sum(r.rows for r in batch))
         try:
+            feeds = {name: np.concatenate([r.feeds[name] for r in batch]) if len(batch) > 1
+                     else batch[0].feeds[name] for name in batch[0].feeds}
             outputs = await self._run(feeds)
-        except Exception as exc:
+        except Exception as exc:  # reaches every waiter; the loop itself carries on
             log.error("batch of %d on %s failed: %s", len(batch), self.model, exc)
             error = InferenceFailed(f"inference failed on {self.model!r}: {exc}")
             for req in batch:
