@@ -77,7 +77,7 @@ async def test_lone_request_waits_at_most_the_queue_delay() -> None:
     b = _batcher(FakeModel(), max_queue_delay_s=0.05)
     start = time.perf_counter()
     await b.submit(_row(0), 5.0)
-    assert 0.04 <= time.perf_counter() - start < 0.5
+    assert 0.04 <= time.perf_counter() - start < 1.0
     await b.stop()
 
 
@@ -87,7 +87,7 @@ async def test_batch_size_one_turns_batching_off() -> None:
     start = time.perf_counter()
     await asyncio.gather(*(b.submit(_row(i), 5.0) for i in range(6)))
     assert model.batches == [1] * 6
-    assert time.perf_counter() - start < 0.5  # no waiting for the 1 s delay
+    assert time.perf_counter() - start < 0.9  # no waiting for the 1 s delay
     await b.stop()
 
 
@@ -179,19 +179,19 @@ async def test_ort_failure_gives_every_request_a_clean_error(repository, fashion
 async def test_queue_full_429_and_deadline_504_over_http(repository, fashion,
                                                          monkeypatch) -> None:
     async with serving(repository, max_batch_size=1, max_queue_size=2,
-                       request_timeout_s=0.25) as (app, c):
+                       request_timeout_s=0.2) as (app, c):
         model = app.state.service.models["fashion-classifier"]
         real_run = model.run
 
         def slow(feeds):
-            time.sleep(0.15)
+            time.sleep(0.5)  # longer than the deadline, whatever the machine's load
             return real_run(feeds)
 
         monkeypatch.setattr(model, "run", slow)
         body = {"image": b64(png_bytes(fashion[0][0]))}
         responses = await asyncio.gather(*(c.post(CLASSIFY, json=body) for _ in range(8)))
         codes = sorted(r.status_code for r in responses)
-        assert 429 in codes and 504 in codes and 200 in codes, codes
+        assert set(codes) == {429, 504} and codes.count(504) >= 2, codes  # queue of 2 accepted
         limited = next(r for r in responses if r.status_code == 429)
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["error"]["type"] == "queue_full"
