@@ -13,6 +13,8 @@ BENCHMARKS = {
               "HTTP throughput and p50/p99 at 1/8/32/64 clients, dynamic batching on vs off"),
     "generation": ("bench.generation_bench",
                    "LM tokens/s and TTFT at 1/4/8/16 streams vs a no-cache baseline"),
+    "attention": ("bench.attention_overhead",
+                  "ORT CPU latency: FidelityAttention vs plain softmax export, batch 1 and 64"),
 }
 
 

