@@ -110,16 +110,16 @@ def test_broken_bundle_is_named_and_healthy_models_serve(repository: Path, tmp_p
         assert ok.status_code == 200
 
 
-def _wait_for_queue_depth(live: LiveServer, depth: int) -> None:
+def _wait_for_queue_depth(live: LiveServer, depth: int, timeout: float) -> None:
     line = f'neutreno_queue_depth{{model="fashion-classifier"}} {float(depth)}'
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + timeout
     while line not in httpx.get(live.url + "/metrics").text:
         assert time.monotonic() < deadline, "requests never queued"
         time.sleep(0.05)
 
 
 def test_sigterm_drains_queued_requests_then_exits_zero(repository: Path, fashion) -> None:
-    live = LiveServer(repository, {"NEUTRENO_MAX_QUEUE_DELAY_MS": "4000",
+    live = LiveServer(repository, {"NEUTRENO_MAX_QUEUE_DELAY_MS": "8000",
                                    "NEUTRENO_MAX_BATCH_SIZE": "64"})
     live.wait_ready()
     body = {"image": b64(png_bytes(fashion[0][0]))}
@@ -130,7 +130,7 @@ def test_sigterm_drains_queued_requests_then_exits_zero(repository: Path, fashio
 
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(call, i) for i in range(12)]
-        _wait_for_queue_depth(live, 12)
+        _wait_for_queue_depth(live, 12, timeout=7.0)  # all twelve wait for the 8 s delay
         live.proc.send_signal(signal.SIGTERM)
         codes = [f.result() for f in futures]
     assert codes == [200] * 12
