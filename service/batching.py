@@ -3,7 +3,9 @@
 Requests are queued with their preprocessed feeds (batch axis 0, `rows` >= 1). One task per model
 forms a batch when the queued rows reach `max_batch_size` or the oldest request has waited
 `max_queue_delay`, concatenates the feeds, runs the model off the event loop, and hands each
-request its own slice of every output. An exception in a batch is given to every request in it.
+request its own slice of every output. A batch that fails is re-run one request at a time, so
+a poison input fails alone (400) instead of failing its batch-mates; if every request fails
+alone the model is at fault and each gets `InferenceFailed` (503).
 The queue is bounded: when full, `submit` raises `QueueFull` (429 with Retry-After) at once. A
 request whose deadline passes gets `DeadlineExceeded` (504) and is dropped from the queue if it
 has not started. With `max_batch_size` 1 each request runs alone, i.e. batching is off.
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
+from service.errors import (BadRequest, DeadlineExceeded, InferenceFailed, ModelNotReady,
+                            QueueFull)
 from service.metrics import Metrics
 
 log = logging.getLogger("neutreno.service")
@@ -148,12 +151,12 @@ class DynamicBatcher:
             feeds = {name: np.concatenate([r.feeds[name] for r in batch]) if len(batch) > 1
                      else batch[0].feeds[name] for name in batch[0].feeds}
             outputs = await self._run(feeds)
-        except Exception as exc:  # reaches every waiter; the loop itself carries on
+        except Exception as exc:  # reaches the waiters; the loop itself carries on
             log.error("batch of %d on %s failed: %s", len(batch), self.model, exc)
-            error = InferenceFailed(f"inference failed on {self.model!r}: {exc}")
-            for req in batch:
-                if not req.future.done():
-                    req.future.set_exception(error)
+            if len(batch) > 1:
+                await self._isolate(batch)
+            else:
+                self._fail(batch[0], InferenceFailed(f"inference failed on {self.model!r}: {exc}"))
             return
         elapsed = time.perf_counter() - started
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
@@ -164,6 +167,34 @@ class DynamicBatcher:
                 self._on_batch(outputs)
             except Exception:  # telemetry must never break serving
                 log.exception("batch hook failed on %s", self.model)
+
+    async def _isolate(self, batch: list[_Request]) -> None:
+        """Re-run a failed batch one request at a time, so that an input the model cannot
+        process (a poison input) costs only its own result, not its batch-mates'. A request
+        that fails alone while others succeed is the input's fault (400); when every one
+        fails, the model is (503, retryable)."""
+        failures: list[tuple[_Request, Exception]] = []
+        succeeded = 0
+        for req in batch:
+            if req.future.done():
+                continue
+            try:
+                outputs = await self._run(req.feeds)
+            except Exception as exc:
+                failures.append((req, exc))
+                continue
+            succeeded += 1
+            self._scatter([req], outputs)
+        for req, exc in failures:
+            if succeeded:
+                self._fail(req, BadRequest(f"{self.model!r} cannot process this input: {exc}"))
+            else:
+                self._fail(req, InferenceFailed(f"inference failed on {self.model!r}: {exc}"))
+
+    @staticmethod
+    def _fail(req: _Request, error: Exception) -> None:
+        if not req.future.done():
+            req.future.set_exception(error)
 
     @staticmethod
     def _scatter(batch: list[_Request], outputs: Feeds) -> None:

@@ -61,6 +61,11 @@ def _prompt_ids(prompt: str | list[int], index: int, tokenizer: TextTokenizer,
                 f"prompt {index} has {len(prompt)} characters; the limit is "
                 f"{limits.context_length * CHARS_PER_TOKEN_LIMIT} for a context of "
                 f"{limits.context_length} tokens")
+        try:  # JSON allows escaped lone surrogates ("\ud800"); they are not text
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"prompt {index} is not valid Unicode: {exc.reason} at "
+                             f"character {exc.start}") from None
         ids = tuple(tokenizer.encode(prompt))
     else:
         bad = [t for t in prompt if not 0 <= t < tokenizer.vocab_size]

@@ -17,6 +17,9 @@ from service.state import ServiceState, get_state
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STREAM_OK = {200: {"description": "the completion; with stream true, Server-Sent Events of "
+                         "completion chunks ending in `data: [DONE]`",
+                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
 def scheduler_for(state: ServiceState, name: str) -> GenerationScheduler:
@@ -28,7 +31,7 @@ def scheduler_for(state: ServiceState, name: str) -> GenerationScheduler:
     return worker
 
 
-@router.post("/completions", response_model=Completion, responses=ERRORS,
+@router.post("/completions", response_model=Completion, responses={**ERRORS, **STREAM_OK},
              summary="Complete a prompt (OpenAI-compatible; SSE when stream is true)")
 async def completions(body: CompletionRequest, request: Request,
                       state: ServiceState = Depends(get_state)) -> Completion | Response:

@@ -1,0 +1,242 @@
+"""Reliability test helpers: a real `neutreno serve` process, its RSS and metrics, wrk, graphs.
+
+The server runs as its own process (as in production) with its output in a log file, so a
+chatty server can never block on a full pipe. Its 5xx count is read from its own
+`neutreno_requests_total`, which counts every response the app sent, whoever the client was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
+from service_helpers import (FASHION, ROOT, _attention_block, _attention_inits, _manifest,
+                             _model, free_port)
+
+from export.bundle import write_bundle
+
+
+class Server:
+    """`neutreno serve` on a free port with NEUTRENO_* overrides; output goes to a log file."""
+
+    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(tempfile.mkstemp(prefix="neutreno-serve-", suffix=".log")[1])
+        full_env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repo),
+                    "NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_LOG_LEVEL": "warning",
+                    **(env or {})}
+        self.started = time.monotonic()
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1",
+                 "--port", str(self.port)], env=full_env, cwd=ROOT, stdout=out,
+                stderr=subprocess.STDOUT)
+
+    def wait_up(self, timeout: float = 90.0, ready: bool = True) -> float:
+        """Seconds from process start until start-up finished: /readyz 200 when `ready`
+        (a model that failed to load raises at once), else /readyz answering at all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                r = httpx.get(self.url + "/readyz", timeout=2.0)
+            except httpx.TransportError:
+                time.sleep(0.05)
+                continue
+            if r.status_code == 200:
+                return time.monotonic() - self.started
+            reasons = r.json().get("reasons", [])
+            if not any("loading" in reason for reason in reasons):
+                if not ready:
+                    return time.monotonic() - self.started
+                raise RuntimeError(f"server started but is not ready: {reasons}")
+            time.sleep(0.05)
+        raise TimeoutError(f"server not up in {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss_kb(self) -> int:
+        """Resident set size of the server process (VmRSS), in KiB."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of every sample of metric family `name` (without _total etc.)."""
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return [(s.labels, s.value) for fam in text_string_to_metric_families(text)
+                if fam.name == name for s in fam.samples if s.name.startswith(name)]
+
+    def status_counts(self) -> dict[str, float]:
+        """Responses by HTTP status so far, summed over models and endpoints."""
+        counts: dict[str, float] = {}
+        for labels, value in self.samples("neutreno_requests"):
+            if "status" in labels:
+                counts[labels["status"]] = counts.get(labels["status"], 0.0) + value
+        return counts
+
+    def count_5xx(self) -> int:
+        return int(sum(v for s, v in self.status_counts().items() if s.startswith("5")))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+
+# wrk: a C load generator; the Lua script cycles through one request body per line and
+# reports per-status counts, latency percentiles and Retry-After presence as one JSON line.
+WRK_SCRIPT = r"""
+local bodies, path, i = {}, nil, 0
+local statuses, retry_missing = {}, 0
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function(args)
+  path = args[1]
+  local f = assert(io.open(args[2], "r"))
+  for line in f:lines() do bodies[#bodies + 1] = line end
+  f:close()
+  statuses, retry_missing = {}, 0
+end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
+end
+response = function(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status == 429 and headers["Retry-After"] == nil and headers["retry-after"] == nil then
+    retry_missing = retry_missing + 1
+  end
+end
+done = function(summary, latency, requests)
+  local merged, missing = {}, 0
+  for _, t in ipairs(threads) do
+    local s = t:get("statuses")
+    for k, v in pairs(s) do merged[k] = (merged[k] or 0) + v end
+    missing = missing + t:get("retry_missing")
+  end
+  local parts = {}
+  for k, v in pairs(merged) do parts[#parts + 1] = string.format('"%d": %d', k, v) end
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, '
+    .. '"socket_errors": %d, "timeouts": %d, "retry_after_missing": %d, "statuses": {%s}}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, e.connect + e.read + e.write, e.timeout, missing, table.concat(parts, ", ")))
+end
+"""
+
+
+def run_wrk(url: str, path: str, bodies: list[str], *, connections: int, seconds: float,
+            threads: int = 1, timeout_s: float = 10.0) -> dict:
+    """One closed-loop wrk run; returns the RESULT record plus `rate` (responses/s)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script, data = Path(tmp, "load.lua"), Path(tmp, "bodies.txt")
+        script.write_text(WRK_SCRIPT)
+        data.write_text("\n".join(bodies) + "\n")
+        cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
+               "--timeout", f"{timeout_s:g}s", "-s", str(script), url, "--", path, str(data)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                             timeout=seconds + 60).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
+    result = json.loads(line.removeprefix("RESULT "))
+    result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
+    result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+# Fault-injection bundles: real ONNX graphs that misbehave inside ONNX Runtime.
+
+
+def poison_classifier_graph() -> onnx.ModelProto:
+    """The classifier contract, but any row whose pixels are all above 1.5 (a white image after
+    normalisation) makes ORT fail: its per-row index into a 10-entry table becomes 1000, and
+    Gather raises 'indices element out of data bounds' for the whole batch."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["pixels"]),
+        helper.make_node("MatMul", ["pixels", "w_embed"], ["tokens"]),
+        *_attention_block("tokens", 49, 8, 0.6),
+        helper.make_node("Reshape", ["att", "flat_shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w_head"], ["clean_logits"]),
+        # poison index per row: 1000 * (min pixel > 1.5), as int64
+        helper.make_node("ReduceMin", ["pixel_values", "all_axes"], ["row_min"], keepdims=0),
+        helper.make_node("Greater", ["row_min", "threshold"], ["is_poison"]),
+        helper.make_node("Cast", ["is_poison"], ["poison_i"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["poison_i", "big"], ["index"]),
+        helper.make_node("Gather", ["table", "index"], ["offset"], axis=0),  # (B,)
+        helper.make_node("Unsqueeze", ["offset", "one_axis"], ["offset_col"]),
+        helper.make_node("Add", ["clean_logits", "offset_col"], ["logits"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (16, 8)).astype(np.float32), "w_embed"),
+             numpy_helper.from_array(np.array([0, 49 * 8], np.int64), "flat_shape"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (49 * 8, 10)).astype(np.float32),
+                                     "w_head"),
+             numpy_helper.from_array(np.array([1, 2, 3], np.int64), "all_axes"),
+             numpy_helper.from_array(np.array(1.5, np.float32), "threshold"),
+             numpy_helper.from_array(np.array(1000, np.int64), "big"),
+             numpy_helper.from_array(np.zeros(10, np.float32), "table"),
+             numpy_helper.from_array(np.array([1], np.int64), "one_axis"),
+             *_attention_inits(49, 8)]
+    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
+                                            ["batch", 1, 28, 28])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
+               helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
+                                             ["batch", 1])]
+    return _model(nodes, inits, inputs, outputs)
+
+
+def heavy_classifier_graph(width: int = 512, layers: int = 6) -> onnx.ModelProto:
+    """The classifier contract with real compute behind it (49 tokens x `layers` dense
+    `width` x `width` layers, ~2*49*width^2*layers FLOPs per image), so that inference, not
+    HTTP, is what saturates first: the regime the overload test is about."""
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["pixels"]),
+             helper.make_node("MatMul", ["pixels", "w_embed"], ["h0"])]
+    inits = [numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
+             numpy_helper.from_array(rng.normal(0, 0.25, (16, width)).astype(np.float32),
+                                     "w_embed")]
+    for i in range(layers):
+        w = rng.normal(0, 1.0 / np.sqrt(width), (width, width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"])]
+    nodes += [
+        *_attention_block(f"h{layers}", 49, width, 0.6),
+        helper.make_node("ReduceMean", ["att", "mean_axes"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w_head"], ["logits"]),
+    ]
+    inits += [numpy_helper.from_array(np.array([1, 2], np.int64), "mean_axes"),
+              numpy_helper.from_array(rng.normal(0, 0.2, (width, 10)).astype(np.float32),
+                                      "w_head"),
+              *_attention_inits(49, width)]
+    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
+                                            ["batch", 1, 28, 28])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
+               helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
+                                             ["batch", 1])]
+    return _model(nodes, inits, inputs, outputs)
+
+
+def write_classifier(root: Path, name: str, graph: onnx.ModelProto) -> Path:
+    """A classification bundle `name` with the Fashion-MNIST preprocessing and labels."""
+    return write_bundle(root / name / "1", graph, _manifest(name, "classification", 28, FASHION))
