@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from models.attention import AttentionKind, effective_lam
 
@@ -46,6 +46,9 @@ class ViTConfig(ModelConfig):
     patch_size: int = 4
     in_chans: int = 1
     num_classes: int = 10
+    # "patch": DeiT's linear patch embedding; "conv": a convolutional stem with the same token
+    # grid (log2(patch_size) stride-2 3x3 convs, Xiao et al. 2021), which converges much faster.
+    stem: Literal["patch", "conv"] = "patch"
 
     @property
     def grid(self) -> int:

@@ -21,6 +21,23 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def patch_embedding(cfg: ViTConfig) -> nn.Module:
+    """(B, C, H, W) -> (B, dim, H / patch, W / patch): linear patches or a conv stem."""
+    if cfg.stem == "patch":
+        return nn.Conv2d(cfg.in_chans, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+    if cfg.stem != "conv":
+        raise ValueError(f"stem must be 'patch' or 'conv', got {cfg.stem!r}")
+    n = cfg.patch_size.bit_length() - 1
+    if cfg.patch_size != 2**n or n == 0:
+        raise ValueError(f"a conv stem needs a power-of-two patch_size > 1, got {cfg.patch_size}")
+    layers: list[nn.Module] = []
+    channels = cfg.in_chans
+    for _ in range(n):  # each 3x3 stride-2 conv halves the grid
+        layers += [nn.Conv2d(channels, cfg.dim // 2, 3, stride=2, padding=1), nn.GELU()]
+        channels = cfg.dim // 2
+    return nn.Sequential(*layers, nn.Conv2d(channels, cfg.dim, 1))
+
+
 class ViT(nn.Module):
     """images (B, C, H, W) -> logits (B, num_classes); cls token + patch tokens."""
 
@@ -29,7 +46,7 @@ class ViT(nn.Module):
         if cfg.img_size % cfg.patch_size:
             raise ValueError(f"img_size {cfg.img_size} not divisible by patch_size {cfg.patch_size}")
         self.cfg = cfg
-        self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embed = patch_embedding(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, cfg.dim))
         self.blocks = nn.ModuleList(

@@ -100,3 +100,13 @@ def test_checkpoint_round_trip(tmp_path):
     assert loaded.head.weight is loaded.tok_emb.weight  # still tied after loading
     with pytest.raises(ValueError, match="unknown lm config fields"):
         config_from_dict({**config, "flash": True})
+
+
+def test_conv_stem_keeps_the_token_grid_and_rejects_bad_patch_sizes():
+    vit = create_model("vit-fashion", depth=1, stem="conv")
+    assert vit.patch_embed(torch.zeros(1, 1, 28, 28)).shape == (1, 64, 7, 7)
+    assert vit(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="power-of-two"):
+        create_model("vit-fashion", depth=1, stem="conv", patch_size=7)
+    with pytest.raises(ValueError, match="stem must be"):
+        create_model("vit-fashion", depth=1, stem="pixels")
