@@ -1,7 +1,7 @@
 """`python -m models.report`: the NeuTRENO vs softmax study, written to docs/RESULTS.md + a PNG.
 
-For each pair of checkpoints trained with the same recipe (attention="neutreno" vs "softmax") it
-reads the final metrics and measures the per-layer mean pairwise cosine similarity of token
+For each pair of checkpoints trained with the same recipe (attention="neutreno" vs "softmax"),
+and for the shipped models, it reads the final metrics and measures the per-layer mean pairwise cosine similarity of token
 vectors (models.diagnostics) on held-out data: 1,000 Fashion-MNIST test images for the
 classifier, 64 windows of Revelation for the LM, 200 test scenes for the segmenter.
 """
@@ -104,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/RESULTS.md")
     args = ap.parse_args(argv)
     root = Path(args.checkpoints)
-    pairs = {"Fashion-MNIST ViT (depth 12)": "vit-fashion", "KJV language model": "lm-kjv",
-             "Composite-scene segmenter (encoder)": "segmenter-fashion"}
+    studies = {  # title -> checkpoint folders; the pairs share seed, data order and budget
+        "Fashion-MNIST ViT, depth 12": ["vit-fashion-neutreno", "vit-fashion-softmax"],
+        "KJV language model": ["lm-kjv-neutreno", "lm-kjv-softmax"],
+        "Shipped classifier (conv stem, depth 6)": ["fashion-classifier"],
+        "Shipped segmenter (encoder)": ["fashion-segmenter"],
+    }
     groups = {}
-    for title, name in pairs.items():
-        runs = [study(root / f"{name}-{att}", args.data_dir) for att in ("neutreno", "softmax")
-                if (root / f"{name}-{att}" / "model.safetensors").exists()]
+    for title, names in studies.items():
+        runs = [study(root / name, args.data_dir) for name in names
+                if (root / name / "model.safetensors").exists()]
         if runs:
             groups[title] = runs
     out = Path(args.out)
