@@ -8,6 +8,7 @@ uvicorn has already stopped accepting connections and waited for in-flight reque
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,7 @@ Errors are `{"error": {"type", "message"}}` (v1) or `{"error": "..."}` (v2)."""
 async def start(state: ServiceState) -> None:
     """Load the repository and start a worker per model whose task has one."""
     choose_providers(state.settings.device)
+    state.loop = asyncio.get_running_loop()
     state.repository = await run_in_threadpool(load_repository, state.settings)
     for name, model in state.models.items():
         state.metrics.set_model_info(name, model.info_labels())

@@ -59,6 +59,7 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._batch_seconds = 0.05  # running estimate for Retry-After
         self._closing = False
+        self._flushing = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -67,6 +68,11 @@ class DynamicBatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.model}")
+
+    def flush(self) -> None:
+        """Stop waiting for fuller batches: run what is queued now (called on SIGTERM)."""
+        self._flushing = True
+        self._wakeup.set()
 
     async def stop(self) -> None:
         """Finish everything already queued, then end the loop."""
@@ -115,7 +121,8 @@ class DynamicBatcher:
     async def _wait_for_batch(self) -> None:
         """Return once a full batch is queued or the oldest request's delay has run out."""
         oldest = self._queue[0].enqueued
-        while self._queued_rows < self.max_batch_size and not self._closing:
+        while (self._queued_rows < self.max_batch_size and not self._closing
+               and not self._flushing):
             remaining = oldest + self.max_queue_delay_s - time.perf_counter()
             if remaining <= 0:
                 return

@@ -30,7 +30,7 @@ class DrainingServer(uvicorn.Server):
         self._service_app = app
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._service_app.state.service.draining = True  # type: ignore[attr-defined]
+        self._service_app.state.service.request_drain()  # type: ignore[attr-defined]
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager

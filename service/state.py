@@ -79,6 +79,7 @@ class ServiceState:
     workers: dict[str, Worker] = field(default_factory=dict)
     started: bool = False
     draining: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def models(self) -> dict[str, ModelRuntime]:
@@ -87,6 +88,19 @@ class ServiceState:
     @property
     def failures(self) -> dict[str, str]:
         return self.repository.failures if self.repository else {}
+
+    def request_drain(self) -> None:
+        """Signal-safe start of a drain: readiness goes 503, new requests are refused, and
+        every batcher runs what it has queued at once instead of waiting for fuller batches."""
+        self.draining = True
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._flush_workers)
+
+    def _flush_workers(self) -> None:
+        for worker in self.workers.values():
+            flush = getattr(worker, "flush", None)
+            if flush is not None:
+                flush()
 
     def readiness(self) -> list[str]:
         """Why the service is not ready; empty when it is."""

@@ -124,6 +124,18 @@ async def test_deadline_gives_504_and_expired_requests_never_run() -> None:
     await b.stop()
 
 
+async def test_flush_runs_the_queue_without_waiting_for_the_delay() -> None:
+    model = FakeModel()
+    b = _batcher(model, max_queue_delay_s=30.0)
+    pending = [asyncio.create_task(b.submit(_row(i), 60.0)) for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert model.batches == []  # still waiting for a fuller batch
+    b.flush()
+    results = await asyncio.wait_for(asyncio.gather(*pending), 2.0)
+    assert model.batches == [3] and [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0]
+    await b.stop()
+
+
 async def test_stop_finishes_queued_work() -> None:
     b = _batcher(FakeModel(delay=0.02), max_batch_size=2)
     pending = [asyncio.create_task(b.submit(_row(i), 5.0)) for i in range(6)]
