@@ -136,33 +136,37 @@ class GenerationScheduler:
         return math.ceil(rounds * self._sequence_seconds)
 
     async def _loop(self) -> None:
-        while True:
-            self._retire()
-            if not self._running and not self._waiting:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+        while not (self._closing and not self._running and not self._waiting):
             try:
+                await self._retire()
+                if not self._running and not self._waiting:
+                    await self._idle()
+                    continue
                 await self._step()
             except Exception as exc:  # a bug must fail the requests, not kill the worker
                 log.exception("generation step on %s failed", self.name)
                 self._abort(exc)
             self._publish_gauges()
 
+    async def _idle(self) -> None:
+        """Sleep until a request arrives or stop() is called."""
+        if not self._closing:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
     async def _step(self) -> None:
         """Admit and prefill what fits, then decode one token for every running sequence."""
         self._admitted = self._admit()
         if self._admitted:
             await self._prefill(self._admitted)
-            self._retire()
+            await self._retire()
         self._admitted = []
         if self._running:
             await self._decode()
 
-    def _retire(self) -> None:
-        """Remove finished and cancelled sequences from the running batch."""
+    async def _retire(self) -> None:
+        """Remove finished and cancelled sequences from the running batch (the cache copy
+        runs off the event loop)."""
         keep = [i for i, seq in enumerate(self._running) if not seq.done]
         if len(keep) == len(self._running):
             return
@@ -172,7 +176,7 @@ class GenerationScheduler:
                 self._cached -= seq.request.reserved_tokens
                 self._sequence_seconds = 0.8 * self._sequence_seconds + 0.2 * (now - seq.enqueued)
         self._running = [self._running[i] for i in keep]
-        self._batch = self._batch.select(keep)
+        self._batch = await asyncio.to_thread(self._batch.select, keep)
         self._publish_gauges()
 
     def _admit(self) -> list[Sequence]:
@@ -205,7 +209,8 @@ class GenerationScheduler:
                 self._sample(seq, logits[row, -1])
         if self._on_prefill is not None:
             self._on_prefill(outputs)
-        self._batch = self._batch.concat(prefilled(self.graph, feeds, outputs))
+        self._batch = await asyncio.to_thread(self._batch.concat,
+                                              prefilled(self.graph, feeds, outputs))
         self._running.extend(sequences)
 
     async def _decode(self) -> None:

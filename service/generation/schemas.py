@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 MAX_STOP = 4
 MAX_LOGPROBS = 5
 MAX_PROMPTS = 64
 
 Prompt = str | list[str] | list[int] | list[list[int]]
+# OpenAI parameters accepted only at their no-op values.
+NEUTRAL: dict[str, tuple[object, ...]] = {
+    "presence_penalty": (0,), "frequency_penalty": (0,), "best_of": (None, 1),
+    "logit_bias": (None, {}), "suffix": (None, "")}
 
 
 class StreamOptions(BaseModel):
@@ -43,12 +48,11 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     ignore_eos: bool = Field(False, description="extension (as in vLLM): generate past EOS")
-    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported; only 0")
-    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported; only 0")
-    best_of: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
-    logit_bias: dict[str, float] | None = Field(None, max_length=0,
-                                                description="not supported; only empty")
-    suffix: None = Field(None, description="not supported")
+    presence_penalty: float = Field(0.0, description="not supported; only 0")
+    frequency_penalty: float = Field(0.0, description="not supported; only 0")
+    best_of: int | None = Field(None, description="only 1 is supported")
+    logit_bias: dict[str, float] | None = Field(None, description="not supported; only empty")
+    suffix: str | None = Field(None, description="not supported")
     user: str | None = Field(None, max_length=256)
 
     @field_validator("n")
@@ -57,6 +61,13 @@ class CompletionRequest(BaseModel):
         if n != 1:
             raise ValueError(f"n must be 1 (got {n}); send a list of prompts for several choices")
         return n
+
+    @field_validator("presence_penalty", "frequency_penalty", "best_of", "logit_bias", "suffix")
+    @classmethod
+    def _unsupported(cls, value: object, info: ValidationInfo) -> object:
+        if value not in NEUTRAL[info.field_name]:
+            raise ValueError(f"{info.field_name} is not supported (leave it unset)")
+        return value
 
     @field_validator("prompt")
     @classmethod
