@@ -158,7 +158,8 @@ class LanguageModelTask:
         return self.tokenizer.encode(text).ids
 
     def steps_per_epoch(self, batch_size: int, world: int) -> int:
-        return (len(self.train_ids) // self.block_size) // (batch_size * world)
+        windows = (len(self.train_ids) - 1) // self.block_size - 1  # fewest over random offsets
+        return windows // (batch_size * world)
 
     def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, epoch])

@@ -163,9 +163,13 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     while step < total:
         epoch = step // steps_per_epoch
         skip = step - epoch * steps_per_epoch  # resume inside an epoch
+        taken = 0
         for i, (x, y) in enumerate(task.batches(epoch, args.batch_size, env.rank, env.world)):
+            if i >= steps_per_epoch:
+                break  # an epoch is exactly steps_per_epoch steps
             if i < skip:
                 continue
+            taken += 1
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, args.lr, args.warmup)
             with amp:
@@ -186,6 +190,9 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
                     _write_progress(out, raw_model, opt, cfg, step, log, entry)
             if step >= total:
                 break
+        if taken == 0:
+            raise RuntimeError(f"epoch {epoch} yielded no batch after {skip}: the task's "
+                               "steps_per_epoch overstates its batches")
     bar.close()
     final = dict(log[-1]) if log else {}
     if env.main:
