@@ -15,6 +15,12 @@ BENCHMARKS = {
                    "LM tokens/s and TTFT at 1/4/8/16 streams vs a no-cache baseline"),
     "attention": ("bench.attention_overhead",
                   "ORT CPU latency: FidelityAttention vs plain softmax export, batch 1 and 64"),
+    "peers": ("bench.peers_bench",
+              "same classifier: NeuTRENO Serve vs FastAPI+PyTorch eager vs Ray Serve (wrk)"),
+    "roofline": ("bench.roofline",
+                 "ORT images/s vs measured fp32 matmul peak; threads, opt level; profile"),
+    "coldstart": ("bench.coldstart", "process start to ready, RSS with the models loaded"),
+    "soak": ("bench.soak", "10 min at 70% of capacity: p99 stability and RSS growth"),
 }
 
 

@@ -105,17 +105,19 @@ class Server:
 # wrk: a C load generator; the Lua script cycles through one request body per line and
 # reports per-status counts, latency percentiles and Retry-After presence as one JSON line.
 WRK_SCRIPT = r"""
-local bodies, path, i = {}, nil, 0
-local statuses, retry_missing = {}, 0
+local bodies, path, i, pause = {}, nil, 0, 0
+statuses, retry_missing = {}, 0  -- globals: done() reads them from each thread with t:get
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
 init = function(args)
   path = args[1]
+  pause = tonumber(args[3] or "0")
   local f = assert(io.open(args[2], "r"))
   for line in f:lines() do bodies[#bodies + 1] = line end
   f:close()
   statuses, retry_missing = {}, 0
 end
+delay = function() return pause end
 request = function()
   i = i % #bodies + 1
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
@@ -146,14 +148,16 @@ end
 
 
 def run_wrk(url: str, path: str, bodies: list[str], *, connections: int, seconds: float,
-            threads: int = 1, timeout_s: float = 10.0) -> dict:
-    """One closed-loop wrk run; returns the RESULT record plus `rate` (responses/s)."""
+            threads: int = 1, timeout_s: float = 10.0, pause_ms: int = 0) -> dict:
+    """One wrk run, each connection pausing `pause_ms` between requests (0: closed loop);
+    returns the RESULT record plus `rate` (responses/s)."""
     with tempfile.TemporaryDirectory() as tmp:
         script, data = Path(tmp, "load.lua"), Path(tmp, "bodies.txt")
         script.write_text(WRK_SCRIPT)
         data.write_text("\n".join(bodies) + "\n")
         cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
-               "--timeout", f"{timeout_s:g}s", "-s", str(script), url, "--", path, str(data)]
+               "--timeout", f"{timeout_s:g}s", "-s", str(script), url, "--", path, str(data),
+               str(pause_ms)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                              timeout=seconds + 60).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))

@@ -1,0 +1,184 @@
+"""Cold start and resident memory: `neutreno bench coldstart`.
+
+Starts `neutreno serve` several times on the model repository and measures the time from
+process start to the first /readyz 200 (imports, bundle validation, ORT session creation,
+warm-up, worker start), and the server's resident set size (VmRSS, and VmHWM, the peak) once
+ready and again after one request to every model. The same is done with each model alone in a
+repository, to attribute memory to models, and the import time of the serving stack is measured
+on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.serve_bench import free_port, machine, request_bodies
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: int(v) for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
+
+
+def exercise(url: str, models: dict[str, str]) -> None:
+    """One request to every loaded model, so lazily allocated buffers exist."""
+    image = json.loads(request_bodies(1)[0])["image"]
+    for name, task in models.items():
+        if task == "classification":
+            r = httpx.post(f"{url}/v1/models/{name}/classify", json={"image": image}, timeout=60)
+        elif task == "segmentation":
+            r = httpx.post(f"{url}/v1/models/{name}/segment", json={"image": image}, timeout=60)
+        else:
+            r = httpx.post(f"{url}/v1/completions", timeout=60, json={
+                "model": name, "prompt": "In the beginning", "max_tokens": 16})
+        r.raise_for_status()
+
+
+def one_start(repository: Path, env: dict[str, str]) -> dict[str, float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1", "--port",
+         str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repository),
+             "NEUTRENO_LOG_LEVEL": "warning", **env})
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}")
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+        ready_s = time.perf_counter() - started
+        ready = proc_status(proc.pid)
+        models = {m["id"]: m["task"] for m in httpx.get(url + "/v1/models").json()["data"]}
+        exercise(url, models)
+        used = proc_status(proc.pid)
+        return {"ready_s": ready_s, "rss_ready_mib": ready["VmRSS"] / 1024,
+                "rss_used_mib": used["VmRSS"] / 1024, "hwm_mib": used["VmHWM"] / 1024}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def import_seconds() -> float:
+    code = "import time; t = time.perf_counter(); import service.app, uvicorn; " \
+           "print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    return float(out)
+
+
+def single_model_repositories(repository: Path, tmp: Path) -> dict[str, Path]:
+    """A repository per model (symlinks), to attribute start time and memory."""
+    repos = {}
+    for model in sorted(p for p in repository.iterdir() if p.is_dir()):
+        repo = tmp / model.name
+        repo.mkdir()
+        (repo / model.name).symlink_to(model.resolve())
+        repos[model.name] = repo
+    return repos
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="neutreno bench coldstart",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--out", type=Path)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    env = {"NEUTRENO_DEVICE": "cpu"}
+    imports = [import_seconds() for _ in range(args.runs)]
+    full = [one_start(args.repository, env) for _ in range(args.runs)]
+    print(f"all models: {full}", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        singles = {name: one_start(repo, env) for name, repo in
+                   single_model_repositories(args.repository, Path(tmp)).items()}
+        empty = Path(tmp, "empty")
+        empty.mkdir()
+        none = one_start_no_models(empty, env)
+    models = sorted(singles)
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return float(np.median([r[key] for r in rows]))
+
+    lines = [
+        f"Repository `{args.repository}` ({', '.join(models)}); CPU execution provider; "
+        f"median of {args.runs} starts. Machine: {machine()}.",
+        "",
+        "| repository | process start -> /readyz 200 | RSS when ready | RSS after one request "
+        "per model | peak RSS (VmHWM) |",
+        "| :--- | ---: | ---: | ---: | ---: |",
+        f"| all {len(models)} models | {med(full, 'ready_s'):.2f} s (min "
+        f"{min(r['ready_s'] for r in full):.2f}, max {max(r['ready_s'] for r in full):.2f}) | "
+        f"{med(full, 'rss_ready_mib'):.0f} MiB | {med(full, 'rss_used_mib'):.0f} MiB | "
+        f"{med(full, 'hwm_mib'):.0f} MiB |",
+    ]
+    for name in models:
+        r = singles[name]
+        lines.append(f"| {name} only | {r['ready_s']:.2f} s | {r['rss_ready_mib']:.0f} MiB | "
+                     f"{r['rss_used_mib']:.0f} MiB | {r['hwm_mib']:.0f} MiB |")
+    lines.append(f"| no models (process + stack) | {none['ready_s']:.2f} s | "
+                 f"{none['rss_ready_mib']:.0f} MiB | - | {none['hwm_mib']:.0f} MiB |")
+    lines += ["", f"Importing the serving stack (`import service.app, uvicorn`) alone takes "
+              f"{np.median(imports):.2f} s of that start time."]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    return 0
+
+
+def one_start_no_models(repository: Path, env: dict[str, str]) -> dict[str, float]:
+    """An empty repository never becomes ready (no bundles): time to /healthz and its RSS."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1", "--port",
+         str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repository),
+             "NEUTRENO_LOG_LEVEL": "warning", **env})
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+        up = time.perf_counter() - started
+        status = proc_status(proc.pid)
+        return {"ready_s": up, "rss_ready_mib": status["VmRSS"] / 1024,
+                "hwm_mib": status["VmHWM"] / 1024}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

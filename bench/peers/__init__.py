@@ -1,0 +1,1 @@
+"""Peer services for `neutreno bench peers`: the same classifier served by other stacks."""

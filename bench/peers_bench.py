@@ -1,0 +1,260 @@
+"""Peer comparison: `neutreno bench peers`.
+
+The same trained classifier served three ways, driven by the same load generator (wrk, a C
+tool, one thread, a Lua script that POSTs JSON base64 PNGs of Fashion-MNIST test images) at the
+same concurrency levels, one system at a time on the same machine:
+
+- NeuTRENO Serve (`neutreno serve`, ONNX Runtime, dynamic batching);
+- a straightforward FastAPI + PyTorch eager service of the same checkpoint
+  (bench/peers/torch_eager_app.py);
+- Ray Serve with `@serve.batch` over the same ONNX model (bench/peers/ray_serve_app.py, run
+  from its own virtual environment, bench/.venv-ray, because Ray pins its own web stack).
+
+Every response is checked to be a 200 (non-2xx and socket errors are reported). Prints (and with
+--out writes) a markdown table: throughput, p50, p99 per system and concurrency, then the
+throughput ratios of NeuTRENO Serve to each peer with the p99s side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.serve_bench import free_port, machine, request_bodies
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_PYTHON = ROOT / "bench/.venv-ray/bin/python"
+
+WRK_LUA = r"""
+local bodies, path, i = {}, nil, 0
+init = function(args)
+  path = args[1]
+  local f = assert(io.open(args[2], "r"))
+  for line in f:lines() do bodies[#bodies + 1] = line end
+  f:close()
+end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
+    .. '"non2xx": %d, "errors": %d}\n', summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass
+class Point:
+    system: str
+    clients: int
+    rate: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    failures: int
+    cpu_ms: float
+
+
+def wrk(url: str, path: str, script: Path, bodies: Path, clients: int,
+        seconds: float) -> dict:
+    cmd = ["wrk", "-t", "1", "-c", str(clients), "-d", f"{seconds:g}s", "--timeout", "30s",
+           "-s", str(script), url, "--", path, str(bodies)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (Ray runs several)."""
+    total = 0.0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pids += [int(c) for c in children]
+    return total
+
+
+class Peer:
+    """One system under test as a subprocess (its own process group, so Ray's helpers die)."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int,
+                 path: str) -> None:
+        self.name, self.port, self.path = name, port, path
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = Path(tempfile.mkstemp(prefix=f"peer-{name}-", suffix=".log")[1])
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, body: str, timeout: float = 300.0) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                r = httpx.post(self.url + self.path, content=body, timeout=10,
+                               headers={"content-type": "application/json"})
+                if r.status_code == 200:
+                    return time.monotonic() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} not ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def systems(args: argparse.Namespace) -> dict[str, tuple[list[str], dict[str, str]]]:
+    bundle = args.repository / args.model / str(args.version)
+    found = {
+        "neutreno": ([sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1",
+                      "--port", "{port}"],
+                     {"NEUTRENO_MODEL_REPOSITORY": str(args.repository),
+                      "NEUTRENO_LOG_LEVEL": "warning",
+                      "NEUTRENO_MAX_BATCH_SIZE": str(args.max_batch_size),
+                      "NEUTRENO_MAX_QUEUE_DELAY_MS": str(args.batch_wait_ms),
+                      "NEUTRENO_MAX_QUEUE_SIZE": "1024",
+                      "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "8"}),
+        "torch-eager": ([sys.executable, "-m", "uvicorn", "bench.peers.torch_eager_app:app",
+                         "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
+                         "--no-access-log"],
+                        {"PEER_CHECKPOINT": str(args.checkpoint), "PEER_BUNDLE": str(bundle)}),
+    }
+    if args.ray_python.exists():
+        found["ray-serve"] = ([str(args.ray_python), "bench/peers/ray_serve_app.py",
+                               "--bundle", str(bundle), "--port", "{port}",
+                               "--max-batch-size", str(args.max_batch_size),
+                               "--batch-wait-ms", str(args.batch_wait_ms)],
+                              {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"})
+    else:
+        print(f"ray-serve skipped: {args.ray_python} not found (make bench/.venv-ray: python -m "
+              "venv bench/.venv-ray && bench/.venv-ray/bin/pip install 'ray[serve]' "
+              "onnxruntime pillow numpy)", file=sys.stderr)
+    return {k: v for k, v in found.items() if k in args.systems}
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Point], dict[str, float]]:
+    bodies = request_bodies(64)
+    clients = [int(c) for c in args.clients.split(",")]
+    points: list[Point] = []
+    ready_s: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        script, data = Path(tmp, "post.lua"), Path(tmp, "bodies.jsonl")
+        script.write_text(WRK_LUA)
+        data.write_text("\n".join(bodies) + "\n")
+        path = f"/v1/models/{args.model}/classify"
+        for name, (cmd, env) in systems(args).items():
+            port = free_port()
+            peer = Peer(name, [c.replace("{port}", str(port)) for c in cmd], env, port, path)
+            try:
+                ready_s[name] = peer.wait_ready(bodies[0])
+                wrk(peer.url, path, script, data, max(clients), args.warmup)
+                for c in clients:
+                    cpu0 = tree_cpu_seconds(peer.proc.pid)
+                    r = wrk(peer.url, path, script, data, c, args.duration)
+                    cpu = tree_cpu_seconds(peer.proc.pid) - cpu0
+                    point = Point(name, c, r["requests"] / (r["duration_us"] / 1e6),
+                                  r["p50_us"] / 1e3, r["p90_us"] / 1e3, r["p99_us"] / 1e3,
+                                  r["non2xx"] + r["errors"], 1e3 * cpu / max(r["requests"], 1))
+                    points.append(point)
+                    print(f"  {name:<12} clients={c:>3}: {point.rate:8.1f} req/s  p50 "
+                          f"{point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  "
+                          f"server CPU {point.cpu_ms:.2f} ms/req  failures {point.failures}",
+                          file=sys.stderr)
+            finally:
+                peer.stop()
+    return points, ready_s
+
+
+def markdown(points: list[Point], ready_s: dict[str, float], args: argparse.Namespace) -> str:
+    lines = [
+        f"Model `{args.model}` (checkpoint `{args.checkpoint}`, bundle "
+        f"`{args.repository / args.model / str(args.version)}`); POST "
+        f"/v1/models/{args.model}/classify with JSON base64 28x28 PNGs; wrk (1 thread, "
+        f"closed loop) {args.duration:g} s per point after {args.warmup:g} s warm-up.",
+        f"Machine: {machine()}. Batching (NeuTRENO, Ray): max batch {args.max_batch_size}, "
+        f"wait {args.batch_wait_ms:g} ms. Server CPU is process-tree CPU time per request.",
+        "",
+        "| system | clients | req/s | p50 ms | p90 ms | p99 ms | server CPU ms/req | failures |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for p in sorted(points, key=lambda p: (p.clients, p.system)):
+        lines.append(f"| {p.system} | {p.clients} | {p.rate:.1f} | {p.p50_ms:.2f} | "
+                     f"{p.p90_ms:.2f} | {p.p99_ms:.2f} | {p.cpu_ms:.2f} | {p.failures} |")
+    ours = {p.clients: p for p in points if p.system == "neutreno"}
+    for peer in sorted({p.system for p in points} - {"neutreno"}):
+        theirs = {p.clients: p for p in points if p.system == peer}
+        lines += ["", f"| clients | neutreno / {peer} throughput | p99 neutreno | p99 {peer} |",
+                  "| ---: | ---: | ---: | ---: |"]
+        for c in sorted(set(ours) & set(theirs)):
+            lines.append(f"| {c} | {ours[c].rate / max(theirs[c].rate, 1e-9):.2f}x | "
+                         f"{ours[c].p99_ms:.2f} | {theirs[c].p99_ms:.2f} |")
+        best_ours = max(ours.values(), key=lambda p: p.rate)
+        best_theirs = max(theirs.values(), key=lambda p: p.rate)
+        lines.append(f"| best | {best_ours.rate / max(best_theirs.rate, 1e-9):.2f}x "
+                     f"({best_ours.rate:.0f} vs {best_theirs.rate:.0f} req/s) | "
+                     f"{best_ours.p99_ms:.2f} (c={best_ours.clients}) | "
+                     f"{best_theirs.p99_ms:.2f} (c={best_theirs.clients}) |")
+    lines += ["", "Time from process start to first successful classify: " + ", ".join(
+        f"{k} {v:.1f} s" for k, v in ready_s.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="neutreno bench peers", description=__doc__.splitlines()[0])
+    p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    p.add_argument("--model", default="fashion-classifier")
+    p.add_argument("--version", default="1")
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints/vit-fashion-neutreno")
+    p.add_argument("--clients", default="1,8,32,64")
+    p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--systems", default="neutreno,torch-eager,ray-serve")
+    p.add_argument("--ray-python", type=Path, default=RAY_PYTHON)
+    p.add_argument("--out", type=Path, help="also write the markdown here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if not shutil.which("wrk"):
+        print("neutreno bench peers: needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    args.systems = set(args.systems.split(","))
+    points, ready_s = measure(args)
+    table = markdown(points, ready_s, args)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    return 0

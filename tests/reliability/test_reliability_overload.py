@@ -1,0 +1,127 @@
+"""Overload: 3x the sustainable request rate for 60 s against a live server.
+
+The model is a classifier with real compute (~0.3 GFLOP per image on one ORT thread), so that
+inference saturates long before the HTTP layer does, which is the regime where admission
+control matters. The test first measures the sustainable rate R (closed loop, all 200), then
+offers ~3R with wrk (C connections, each pausing C / 3R between requests, so free connections
+keep offering load while accepted requests wait in the queue), while a slow probe measures the
+latency of individual 429s and 200s. Then it checks:
+
+- no 5xx at all (wrk's status counts and the server's own neutreno_requests_total);
+- the excess is refused with 429 and Retry-After, quickly (probe p99 of 429s);
+- every response comes within the request deadline (504 past it, none expected here because
+  the queue bound keeps the wait below the deadline);
+- after the load stops, throughput is back to R within seconds.
+
+NEUTRENO_OVERLOAD_SECONDS overrides the 60 s (e.g. for a quick local run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from reliability_helpers import Server, heavy_classifier_graph, run_wrk, write_classifier
+from service_helpers import b64, png_bytes
+
+SECONDS = float(os.environ.get("NEUTRENO_OVERLOAD_SECONDS", "60"))
+DEADLINE_S = 2.0
+QUEUE = 48
+PATH = "/v1/models/heavy-classifier/classify"
+
+
+def _bodies(n: int = 32) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [json.dumps({"image": b64(png_bytes(rng.integers(0, 256, (28, 28), np.uint8))),
+                        "top_k": 1}) for _ in range(n)]
+
+
+class Probe(threading.Thread):
+    """One request every `every` seconds; records (status, seconds, has Retry-After)."""
+
+    def __init__(self, url: str, body: str, every: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.url, self.body, self.every = url, body, every
+        self.records: list[tuple[int, float, bool]] = []
+        self.stop_at = 0.0
+
+    def run(self) -> None:
+        with httpx.Client(timeout=DEADLINE_S + 5) as client:
+            while time.monotonic() < self.stop_at:
+                t = time.perf_counter()
+                try:
+                    r = client.post(self.url, content=self.body,
+                                    headers={"content-type": "application/json"})
+                    self.records.append((r.status_code, time.perf_counter() - t,
+                                         "retry-after" in r.headers))
+                except httpx.TransportError:
+                    self.records.append((0, time.perf_counter() - t, False))
+                time.sleep(max(0.0, self.every - (time.perf_counter() - t)))
+
+
+@pytest.fixture(scope="module")
+def heavy_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("heavy_repo")
+    write_classifier(root, "heavy-classifier", heavy_classifier_graph(512, 12))
+    return root
+
+
+@pytest.mark.slow
+def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository: Path) -> None:
+    server = Server(heavy_repository, {
+        "NEUTRENO_MAX_BATCH_SIZE": "8", "NEUTRENO_MAX_QUEUE_DELAY_MS": "2",
+        "NEUTRENO_MAX_QUEUE_SIZE": str(QUEUE), "NEUTRENO_REQUEST_TIMEOUT_S": str(DEADLINE_S),
+        "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "0"})
+    bodies = _bodies()
+    try:
+        server.wait_up()
+        run_wrk(server.url, PATH, bodies, connections=8, seconds=2)  # warm-up
+        base = run_wrk(server.url, PATH, bodies, connections=16, seconds=6)
+        assert set(base["statuses"]) == {200}, base
+        rate = base["rate"]
+        connections = 4 * QUEUE
+        pause_ms = max(1, int(1000 * connections / (3 * rate)))
+        probe = Probe(server.url + PATH, bodies[0])
+        probe.stop_at = time.monotonic() + SECONDS
+        probe.start()
+        over = run_wrk(server.url, PATH, bodies, connections=connections, seconds=SECONDS,
+                       threads=1, timeout_s=DEADLINE_S + 8, pause_ms=pause_ms)
+        probe.join(timeout=DEADLINE_S + 10)
+        stopped = time.monotonic()
+        time.sleep(1.0)
+        after = run_wrk(server.url, PATH, bodies, connections=16, seconds=5)
+        recovered_in = time.monotonic() - stopped - 5
+        five_xx = server.count_5xx()
+    finally:
+        code = server.stop()
+    statuses = over["statuses"]
+    offered = over["rate"]
+    refused = [t for s, t, _ in probe.records if s == 429]
+    accepted = [t for s, t, _ in probe.records if s == 200]
+    report = (f"sustainable {rate:.0f} req/s; offered {offered:.0f} req/s "
+              f"({offered / rate:.1f}x) for {SECONDS:g} s: {statuses}; wrk p50 "
+              f"{over['p50_us'] / 1e3:.0f} ms p99 {over['p99_us'] / 1e3:.0f} ms max "
+              f"{over['max_us'] / 1e3:.0f} ms; probe 429 p99 "
+              f"{1e3 * np.percentile(refused, 99) if refused else float('nan'):.1f} ms, "
+              f"probe 200 p99 {1e3 * np.percentile(accepted, 99) if accepted else 0:.0f} ms; "
+              f"after: {after['rate']:.0f} req/s ({after['rate'] / rate:.0%}) "
+              f"{recovered_in + 5:.1f} s after the load stopped")
+    print(report)
+    assert offered >= 2.5 * rate, report
+    assert five_xx == 0 and not any(s >= 500 and s != 504 for s in statuses), report
+    assert over["socket_errors"] == 0 and over["timeouts"] == 0, report
+    assert statuses.get(429, 0) > 0.3 * over["requests"], report  # the excess is refused
+    assert over["retry_after_missing"] == 0, report
+    assert all(has for s, _, has in probe.records if s == 429), "429 without Retry-After"
+    assert refused and np.percentile(refused, 99) < 0.25, report  # refused quickly
+    # every response within the deadline (the 504 boundary) plus scheduling slack
+    assert over["max_us"] / 1e6 < DEADLINE_S + 1.0, report
+    assert statuses.get(200, 0) >= 0.8 * rate * SECONDS, report  # full capacity kept serving
+    assert set(after["statuses"]) == {200} and after["rate"] >= 0.85 * rate, report
+    assert code == 0
