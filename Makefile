@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: serve test data train export bench clean deploy-tools test-deploy
+.PHONY: serve test data train export bench clean deploy-tools test-deploy chromium test-e2e
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve
 	$(BIN)/neutreno serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev deploy-tools
+test: $(VENV)/.dev deploy-tools chromium
 	$(BIN)/python -m pytest -q tests
 
 # tests/deploy runs the real tools: promtool and the Prometheus server (Debian package
@@ -51,6 +51,17 @@ bench: $(VENV)/.dev
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } || \
 		echo "make: wrk not installed; the benchmark uses its Python client" >&2
 	$(BIN)/neutreno bench serve
+
+# tests/e2e drives the web page in Debian's `chromium` through Playwright (the dev extra), which
+# never downloads a browser. Quick when already there; if it cannot be installed those tests skip.
+chromium:
+	@test -x /usr/bin/chromium || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+		  apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+		echo "make: could not apt-get install chromium; the browser tests (tests/e2e) will skip" >&2
+
+test-e2e: $(VENV)/.dev chromium
+	$(BIN)/python -m pytest -q tests/e2e
 
 # Real data from Debian packages (needs root): Fashion-MNIST IDX files and the KJV text.
 data: $(VENV)/.dev

@@ -51,7 +51,7 @@
     for (const name of list) {
       const opt = document.createElement("option");
       opt.value = name;
-      opt.textContent = names.length ? name : `${name} (not listed by the service)`;
+      opt.textContent = names.length ? name : `${name} (not listed)`;
       select.append(opt);
     }
     if (list.includes(keep)) select.value = keep;
@@ -300,7 +300,6 @@
     $("generate").disabled = true;
     $("stop").disabled = false;
     out.classList.add("streaming");
-    out.setAttribute("aria-busy", "false");
     setStatus(status, `Generating with ${model}\u2026`, false);
     const started = performance.now();
     let tokens = 0, firstAt = null, finish = null;
@@ -313,7 +312,9 @@
       });
       if (!r.ok) throw new Error(await errorText(r));
       if (!r.body) throw new Error("the browser gave no response stream");
-      for await (const data of sseData(r.body)) {
+      const events = (r.headers.get("content-type") || "").includes("text/event-stream")
+        ? sseData(r.body) : (async function* () { yield await r.text(); })(); // not streamed
+      for await (const data of events) {
         if (data === "[DONE]") break;
         let chunk;
         try { chunk = JSON.parse(data); } catch (_) { continue; }
@@ -439,7 +440,9 @@
 
   function formatSeconds(s) {
     if (!Number.isFinite(s)) return "\u2013";
-    return s < 1 ? `${(s * 1000).toFixed(s < 0.01 ? 2 : 1)} ms` : `${s.toFixed(2)} s`;
+    if (s >= 1) return `${s.toFixed(2)} s`;
+    const ms = s * 1000;
+    return `${ms.toFixed(ms < 10 ? 2 : ms < 100 ? 1 : 0)} ms`;
   }
 
   function showMetrics(m) {
@@ -471,24 +474,30 @@
       $("sim-summary").textContent = "No similarity sampled yet: send a few images or prompts.";
       return;
     }
-    const maxLayer = Math.max(1, ...models.flatMap((m) => similarity.get(m).map((p) => p.layer)));
-    const legendRows = Math.ceil(models.length / 2);
-    const W = 480, L = 40, R = 12, T = 12, plotH = 170, B = 38 + 18 * legendRows;
+    const all = models.flatMap((m) => similarity.get(m));
+    const maxLayer = Math.max(1, ...all.map((p) => p.layer));
+    // cosine similarity lies in [-1, 1]; show [0, 1] unless a value is negative
+    const yMin = Math.min(0, Math.floor(Math.min(...all.map((p) => p.value)) * 4) / 4);
+    const W = 360, L = 34, R = 10, T = 10, plotH = 150, B = 36 + 16 * models.length;
     const H = T + plotH + B;
     const x = (layer) => L + (W - L - R) * (layer / maxLayer);
-    const y = (v) => T + plotH * (1 - Math.max(0, Math.min(1, v)));
+    const y = (v) => T + plotH * (1 - (Math.max(yMin, Math.min(1, v)) - yMin) / (1 - yMin));
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, "aria-hidden": "true", focusable: "false" });
-    for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+    const ticks = [];
+    const tick = yMin < -0.5 ? 0.5 : 0.25;
+    for (let k = 0; yMin + k * tick <= 1.0001; k++) ticks.push(yMin + k * tick);
+    for (const v of ticks) {
       root.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-      root.append(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(2)));
+      root.append(svg("text", { x: L - 5, y: y(v) + 3.5, "text-anchor": "end" }, v.toFixed(2)));
     }
-    root.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: y(0) }));
-    root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: y(0), y2: y(0) }));
+    const base = y(yMin);
+    root.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: base }));
+    root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: base, y2: base }));
     const step = Math.max(1, Math.ceil(maxLayer / 12));
     for (let layer = 0; layer <= maxLayer; layer += step) {
-      root.append(svg("text", { x: x(layer), y: y(0) + 14, "text-anchor": "middle" }, layer));
+      root.append(svg("text", { x: x(layer), y: base + 13, "text-anchor": "middle" }, layer));
     }
-    root.append(svg("text", { x: (L + W - R) / 2, y: y(0) + 27, "text-anchor": "middle" }, "layer"));
+    root.append(svg("text", { x: (L + W - R) / 2, y: base + 25, "text-anchor": "middle" }, "layer"));
     const summary = [];
     models.forEach((model, i) => {
       const colour = SERIES_COLOURS[i % SERIES_COLOURS.length];
@@ -511,9 +520,9 @@
       }
       const meta = info.get(model);
       const name = meta ? `${model} (${meta.attention}, \u03bb=${meta.lam})` : model;
-      const lx = L + (i % 2) * ((W - L - R) / 2), ly = y(0) + 44 + 18 * Math.floor(i / 2);
-      root.append(svg("rect", { x: lx, y: ly - 9, width: 12, height: 12, fill: colour, rx: 2 }));
-      root.append(svg("text", { x: lx + 17, y: ly + 1, style: "font-size:12px" }, name));
+      const ly = base + 42 + 16 * i;
+      root.append(svg("rect", { x: L, y: ly - 9, width: 11, height: 11, fill: colour, rx: 2 }));
+      root.append(svg("text", { class: "legend-text", x: L + 16, y: ly }, name));
       const last = points[points.length - 1];
       summary.push(`${name}: ${points.length} layer${points.length === 1 ? "" : "s"}, ` +
                    `last layer ${last.value.toFixed(3)}`);
