@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from models.checkpoint import load_checkpoint
 from models.data import kjv
+from models.tasks import LanguageModelTask
 from models.train import lr_at, main
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -49,13 +50,26 @@ def test_segmenter_trains_a_step(tmp_path, monkeypatch):
     assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["iou_per_class"]) == 11
 
 
-def test_language_model_trains_and_reports_bpc(tmp_path):
+def make_kjv_dir(tmp_path):
     data = tmp_path / "kjv"
     data.mkdir()
     text = (FIXTURES / "kjv-sample.txt").read_text()
     for split in ("train", "validation", "test"):
         (data / f"{split}.txt").write_text(text * (8 if split == "train" else 1))
     kjv.train_tokenizer(text, vocab_size=300).save(str(data / "tokenizer.json"))
+    return data
+
+
+def test_every_lm_epoch_has_at_least_steps_per_epoch_batches(tmp_path):
+    task = LanguageModelTask(str(make_kjv_dir(tmp_path)), block_size=16)
+    steps = task.steps_per_epoch(4, 1)
+    assert steps > 0
+    for epoch in range(20):  # each epoch draws a new random window offset
+        assert sum(1 for _ in task.batches(epoch, 4, 0, 1)) >= steps
+
+
+def test_language_model_trains_and_reports_bpc(tmp_path):
+    data = make_kjv_dir(tmp_path)
     out = tmp_path / "lm"
     assert main(["lm-kjv", "--out", str(out), "--data-dir", str(data), "--depth", "1",
                  "--batch-size", "2", "--max-steps", "3", "--no-progress"]) == 0
