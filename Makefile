@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: serve test data train export bench clean deploy-tools test-deploy chromium test-e2e
+.PHONY: serve test data train export bench clean deploy-tools test-deploy chromium test-e2e test-reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ deploy-tools: $(VENV)/.deploy-tools
 
 test-deploy: $(VENV)/.dev deploy-tools
 	$(BIN)/python -m pytest -q tests/deploy
+
+# The overload test (tests/reliability/test_reliability_overload.py: 3x the sustainable rate for
+# 60 s, wrk as the load generator) is too long for `make test`; .ci/run runs this target too.
+test-reliability: $(VENV)/.dev
+	@command -v wrk >/dev/null || { apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } || \
+		echo "make: could not apt-get install wrk; the overload test will skip" >&2
+	NEUTRENO_OVERLOAD=1 $(BIN)/python -m pytest -q tests/reliability/test_reliability_overload.py
 
 # Serving benchmark: throughput and p50/p99 at 1/8/32/64 clients, batching on vs off (markdown).
 # Uses wrk (Debian package) as the load generator when it can be installed, else a Python client.

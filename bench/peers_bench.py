@@ -258,3 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

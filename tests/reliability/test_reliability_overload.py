@@ -13,6 +13,7 @@ latency of individual 429s and 200s. Then it checks:
   the queue bound keeps the wait below the deadline);
 - after the load stops, throughput is back to R within seconds.
 
+Run by `make test-reliability` (NEUTRENO_OVERLOAD=1), which .ci/run calls after `make test`;
 NEUTRENO_OVERLOAD_SECONDS overrides the 60 s (e.g. for a quick local run).
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -31,6 +33,11 @@ from reliability_helpers import Server, heavy_classifier_graph, run_wrk, write_c
 from service_helpers import b64, png_bytes
 
 SECONDS = float(os.environ.get("NEUTRENO_OVERLOAD_SECONDS", "60"))
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("NEUTRENO_OVERLOAD") != "1",
+                       reason="60 s overload test: `make test-reliability` (also run by .ci/run)"),
+    pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)"),
+]
 DEADLINE_S = 2.0
 QUEUE = 48
 PATH = "/v1/models/heavy-classifier/classify"
