@@ -233,7 +233,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--model", default="fashion-classifier")
     p.add_argument("--version", default="1")
-    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints/vit-fashion-neutreno")
+    p.add_argument("--checkpoint", type=Path,
+                   help="torch checkpoint of the bundle (default: training.checkpoint)")
     p.add_argument("--clients", default="1,8,32,64")
     p.add_argument("--duration", type=float, default=15.0)
     p.add_argument("--warmup", type=float, default=3.0)
@@ -251,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         print("neutreno bench peers: needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
     args.systems = set(args.systems.split(","))
+    if args.checkpoint is None:
+        manifest = json.loads((args.repository / args.model / str(args.version)
+                               / "manifest.json").read_text())
+        args.checkpoint = ROOT / manifest["training"]["checkpoint"]
     points, ready_s = measure(args)
     table = markdown(points, ready_s, args)
     print(table)
