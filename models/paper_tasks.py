@@ -24,17 +24,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from models.config import LMConfig, ModelConfig, SegmenterConfig, ViTConfig
 from models.data import ade20k, imagenet, wikitext
-from models.lm import LMOutput
-from models.tasks import Batch, LanguageModelTask, Task, _shard
+from models.tasks import Batch, LanguageModelTask, Task, _shard, model_device
 
 
 def default_workers() -> int:
     """DataLoader workers per process: NEUTRENO_DATA_WORKERS, else min(8, CPU count)."""
     return int(os.environ.get("NEUTRENO_DATA_WORKERS", min(8, os.cpu_count() or 1)))
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _require(data_dir: str | None, cfg: ModelConfig, layout: str) -> str:
@@ -97,7 +92,7 @@ class ImageNetTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        device, top1, top5 = _device(model), 0, 0
+        device, top1, top5 = model_device(model), 0, 0
         loader = DataLoader(self.val_set, self.eval_batch_size, num_workers=self.num_workers)
         for x, y in loader:
             logits = model(x.to(device))
@@ -186,7 +181,7 @@ class ADE20KTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        device, n = _device(model), ade20k.NUM_CLASSES
+        device, n = model_device(model), ade20k.NUM_CLASSES
         conf = torch.zeros(n, n, dtype=torch.int64)
         loader = DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers)
         for x, y in loader:
@@ -197,16 +192,6 @@ class ADE20KTask:
         accuracy = conf.diag().sum().item() / max(conf.sum().item(), 1)
         return {"miou": miou, "pixel_accuracy": accuracy,
                 "iou_per_class": per_class, "val_images": len(self.val_set)}
-
-
-class _LogitsOnCPU:
-    """An LM on another device, called with CPU ids and returning CPU logits (for `nll`)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.device = model, _device(model)
-
-    def __call__(self, idx: Tensor) -> LMOutput:
-        return LMOutput(self.model(idx.to(self.device)).logits.float().cpu(), [], [])
 
 
 @dataclass
@@ -240,8 +225,7 @@ class WikiTextTask(LanguageModelTask):
             yield x.long(), y.long()
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        on_cpu = _device(model).type == "cpu"
-        out = super().evaluate(model if on_cpu else _LogitsOnCPU(model))
+        out = super().evaluate(model)  # nll moves ids to the model's device, logits back
         for split, text in self.eval_text.items():
             nats = out[f"{split}_bpc"] * math.log(2) * len(text)
             out[f"{split}_word_perplexity"] = math.exp(nats / wikitext.word_count(text))

@@ -37,7 +37,7 @@ def _shard(order: np.ndarray, batch_size: int, rank: int, world: int) -> Iterato
         yield order[start + rank * batch_size: start + (rank + 1) * batch_size]
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     """Where the model's weights live; evaluation batches are moved there."""
     return next(model.parameters()).device
 
@@ -84,7 +84,7 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         correct = 0
         for i in range(0, len(self.x_test), 500):
-            logits = model(self.x_test[i:i + 500].to(_device(model))).cpu()
+            logits = model(self.x_test[i:i + 500].to(model_device(model))).cpu()
             correct += (logits.argmax(-1) == self.y_test[i:i + 500]).sum().item()
         return {"top1": correct / len(self.x_test), "test_images": len(self.x_test)}
 
@@ -132,7 +132,7 @@ class SegmentationTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        preds = torch.cat([model(self.x_test[i:i + 100].to(_device(model))).argmax(1).cpu()
+        preds = torch.cat([model(self.x_test[i:i + 100].to(model_device(model))).argmax(1).cpu()
                            for i in range(0, len(self.x_test), 100)])
         miou, per_class = mean_iou(preds, self.y_test, len(scenes.SCENE_LABELS))
         return {"miou": miou, "pixel_accuracy": (preds == self.y_test).float().mean().item(),
@@ -189,7 +189,7 @@ class LanguageModelTask:
             window = ids[start:start + self.block_size + 1]
             if len(window) < 2:
                 break
-            logits = model(window[None, :-1].to(_device(model))).logits[0].float().cpu()
+            logits = model(window[None, :-1].to(model_device(model))).logits[0].float().cpu()
             losses = F.cross_entropy(logits, window[1:], reduction="none")
             skip = 0 if start == 0 else self.block_size - stride  # score each token once
             total += losses[skip:].sum().item()

@@ -83,8 +83,10 @@ def lm(server: LiveServer) -> str:
     return server.lm  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Chromium for one module: sync Playwright runs an event loop on the main thread, which
+    must be gone before later test modules call asyncio.run."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
