@@ -5,8 +5,9 @@ A benchmark is a module in `bench/` with `main(argv) -> int`; add it to BENCHMAR
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from neutreno.cli import dispatch
 
 BENCHMARKS = {
     "serve": ("bench.serve_bench",
@@ -24,19 +25,5 @@ BENCHMARKS = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: neutreno bench <benchmark> [options]", "", "benchmarks:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in BENCHMARKS.items()]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0 if argv else 2
-    if argv[0] not in BENCHMARKS:
-        print(f"neutreno bench: unknown benchmark {argv[0]!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(BENCHMARKS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    return dispatch("neutreno bench", BENCHMARKS, sys.argv[1:] if argv is None else argv)

@@ -16,23 +16,25 @@ COMMANDS = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: neutreno <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines)
+def dispatch(prog: str, table: dict[str, tuple[str, str]], argv: list[str]) -> int:
+    """Run `table[argv[0]]`'s module `main(argv[1:])`; usage on no or an unknown command.
+
+    table maps a command name to (module path, one-line help).
+    """
+    lines = [f"usage: {prog} <command> [options]", "", "commands:"]
+    usage = "\n".join(lines + [f"  {name:<10} {help_}" for name, (_, help_) in table.items()])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    if argv[0] not in table:
+        print(f"{prog}: unknown command {argv[0]!r}\n\n{usage}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(table[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"neutreno: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    return dispatch("neutreno", COMMANDS, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
