@@ -81,7 +81,7 @@ def test_schemathesis_every_route_no_5xx_no_schema_violation(full_repository: Pa
                str(_config(tmp_path / "schemathesis.toml")), "run",
                server.url + "/openapi.json", "-H", f"Authorization: Bearer {KEY}",
                "--checks", ",".join(CHECKS), "--max-examples", "120", "--seed", "20261129",
-               "--workers", "2", "--request-timeout", "30", "--no-color",
+               "--workers", "1", "--request-timeout", "30", "--no-color",
                "--report", "json", "--report-json-path", str(report)]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         result = json.loads(report.read_text())

@@ -160,4 +160,4 @@ def test_sigterm_drains_running_streams(repo: Path) -> None:
     assert live.proc.wait(120) == 0
     assert at_signal < len(lines), "the stream had already ended before SIGTERM"
     assert [ln for ln in lines if ln][-1] == "data: [DONE]"
-    assert any('"finish_reason":"length"' in line for line in lines)
+    assert any('"finish_reason":"length"' in line for line in lines), lines[-4:]
