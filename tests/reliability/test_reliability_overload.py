@@ -35,7 +35,8 @@ from service_helpers import b64, png_bytes
 SECONDS = float(os.environ.get("NEUTRENO_OVERLOAD_SECONDS", "60"))
 pytestmark = [
     pytest.mark.skipif(os.environ.get("NEUTRENO_OVERLOAD") != "1",
-                       reason="60 s overload test: `make test-reliability` (a manual check until it passes on a quiet machine)"),
+                       reason="60 s overload test: `make test-reliability` "
+                              "(a manual check until it passes on a quiet machine)"),
     pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)"),
 ]
 DEADLINE_S = 2.0
