@@ -55,9 +55,31 @@ def spread(n: int, limit: int | None) -> list[int]:
     return np.linspace(0, n - 1, limit).round().astype(int).tolist()
 
 
+class LoaderEpochs:
+    """Epochs of a map-style `train_set` through `train_loader`, for the dataset-backed tasks.
+
+    Subclasses provide train_set, seed and num_workers.
+    """
+
+    train_set: Dataset
+    seed: int
+    num_workers: int
+
+    def steps_per_epoch(self, batch_size: int, world: int) -> int:
+        return len(self.train_set) // (batch_size * world)
+
+    def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
+        """This rank's (inputs, targets) batches of one epoch, as the train set yields them."""
+        yield from train_loader(self.train_set, epoch, batch_size, rank, world, self.seed,
+                                self.num_workers)
+
+
 @dataclass
-class ImageNetTask:
-    """ImageNet-1k folder tree: DeiT augmentation, label smoothing 0.1; top-1/top-5 on val."""
+class ImageNetTask(LoaderEpochs):
+    """ImageNet-1k folder tree: DeiT augmentation, label smoothing 0.1; top-1/top-5 on val.
+
+    Batches: images (B, 3, S, S) float32, labels (B,) int64.
+    """
 
     root: str
     img_size: int = 224
@@ -77,14 +99,6 @@ class ImageNetTask:
                     **kwargs: object) -> ImageNetTask:
         root = _require(data_dir, cfg, "an ImageNet folder with train/ and val/")
         return cls(root, img_size=cfg.img_size, seed=seed, **kwargs)
-
-    def steps_per_epoch(self, batch_size: int, world: int) -> int:
-        return len(self.train_set) // (batch_size * world)
-
-    def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
-        """(images (B, 3, S, S) float32, labels (B,) int64)."""
-        yield from train_loader(self.train_set, epoch, batch_size, rank, world, self.seed,
-                                self.num_workers)
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         x, y = batch
@@ -143,9 +157,12 @@ def iou_from_confusion(conf: Tensor) -> tuple[float, list[float]]:
 
 
 @dataclass
-class ADE20KTask:
+class ADE20KTask(LoaderEpochs):
     """ADE20K (150 classes, 255 ignored): mmseg augmentation; mIoU by sliding-window inference
-    at the original label resolution, accumulated over the whole validation set."""
+    at the original label resolution, accumulated over the whole validation set.
+
+    Batches: images (B, 3, crop, crop) float32, labels (B, crop, crop) int64, 255 = ignore.
+    """
 
     root: str
     crop: int = 512
@@ -164,14 +181,6 @@ class ADE20KTask:
             raise ValueError(f"ADE20K has {ade20k.NUM_CLASSES} classes, not {cfg.num_classes}")
         root = _require(data_dir, cfg, "ADEChallengeData2016")
         return cls(root, crop=cfg.img_size, seed=seed, **kwargs)
-
-    def steps_per_epoch(self, batch_size: int, world: int) -> int:
-        return len(self.train_set) // (batch_size * world)
-
-    def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
-        """(images (B, 3, crop, crop) float32, labels (B, crop, crop) int64, 255 = ignore)."""
-        yield from train_loader(self.train_set, epoch, batch_size, rank, world, self.seed,
-                                self.num_workers)
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         """Mean cross-entropy over labelled pixels (0, not nan, for an all-ignore batch)."""
