@@ -373,20 +373,26 @@ def test_bad_input_gets_documented_status(server: Server, case: Case) -> None:
 
 @pytest.mark.slow
 def test_corpus_replay_keeps_service_ready_and_memory_flat(server: Server) -> None:
-    """Replay the whole corpus many times; the RSS after must match the RSS before."""
+    """Replay the whole corpus many times; the RSS floor at the end must match the one at the start.
+
+    RSS is sampled after every round. A single round can leave ~10 MiB of freed-but-unreturned
+    buffers (huge bodies) that the next round reuses, so one sample swings up and down; a leak
+    lifts the floor, so the test compares the lowest sample of the first and of the last rounds.
+    """
+    window, rounds = 4, 12
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for _ in range(2):  # allocator pools, ORT arenas and caches reach their steady size
             _replay(client, ALL)
-        rss_before = server.rss_kb()
-        rounds = 8
+        samples = []
         for _ in range(rounds):
             _replay(client, ALL)
-        rss_after = server.rss_kb()
+            samples.append(server.rss_kb())
         assert client.get("/readyz").status_code == 200
         assert client.post(CLASSIFY, **file_part(png_bytes(np.zeros((28, 28), np.uint8)))
                            ).status_code == 200
     assert server.count_5xx() == 0, server.output()[-3000:]
-    growth = (rss_after - rss_before) / rss_before
-    print(f"RSS {rss_before / 1024:.1f} MiB -> {rss_after / 1024:.1f} MiB "
-          f"({growth:+.2%}) over {rounds * len(ALL)} corpus requests")
-    assert growth < 0.05, f"RSS grew {growth:.1%}: {rss_before} -> {rss_after} KiB"
+    before, after = min(samples[:window]), min(samples[-window:])
+    growth = (after - before) / before
+    print(f"RSS floor {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB ({growth:+.2%}) over "
+          f"{rounds * len(ALL)} corpus requests; samples (KiB): {samples}")
+    assert growth < 0.05, f"RSS floor grew {growth:.1%}: {samples} KiB"
