@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -46,6 +48,45 @@ def load_checkpoint(folder: str | Path, map_location: str = "cpu") -> tuple[nn.M
         raise ValueError(f"checkpoint {folder} does not match its config: missing={missing} "
                          f"unexpected={unexpected}")
     return model.eval(), cfg
+
+
+def init_from(model: nn.Module, folder: str | Path) -> list[str]:
+    """Copy a checkpoint's weights into ``model`` wherever names match; returns the copied names.
+
+    A ViT classifier initialises a Segmenter's encoder (Segmenter starts from a pretrained ViT):
+    source names are also tried under ``encoder.``; the classifier head is skipped; a position
+    embedding of another grid (1 + g*g, dim) is resized bilinearly to the target grid. Raises
+    when no tensor matches or a matching name has an incompatible shape.
+    """
+    source = load_file(str(Path(folder) / WEIGHTS))
+    aliases = {**source, **{f"encoder.{k}": v for k, v in source.items()}}
+    target = model.state_dict()
+    copied = {}
+    for name, tensor in target.items():
+        if name not in aliases or name.endswith(("head.weight", "head.bias")):
+            continue
+        value = aliases[name]
+        if name.endswith("pos_embed") and value.shape != tensor.shape:
+            value = resize_pos_embed(value, tensor.shape[1])
+        if value.shape != tensor.shape:
+            raise ValueError(f"{folder}: {name} is {tuple(value.shape)}, the model needs "
+                             f"{tuple(tensor.shape)}")
+        copied[name] = value
+    if not copied:
+        raise ValueError(f"{folder}: no weight name matches the model")
+    model.load_state_dict(copied, strict=False)
+    return sorted(copied)
+
+
+def resize_pos_embed(pos: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(1, 1 + g*g, dim) -> (1, tokens, dim): the cls slot kept, the patch grid resized."""
+    old, new = math.isqrt(pos.shape[1] - 1), math.isqrt(tokens - 1)
+    if old * old != pos.shape[1] - 1 or new * new != tokens - 1:
+        raise ValueError(f"position embeddings of {pos.shape[1]} and {tokens} tokens are not "
+                         "cls + a square grid")
+    grid = pos[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)  # (1, dim, g, g)
+    grid = F.interpolate(grid, size=(new, new), mode="bilinear", align_corners=False)
+    return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, -1)], dim=1)
 
 
 def load_metrics(folder: str | Path) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from models.checkpoint import STATE, save_checkpoint
+from models.checkpoint import STATE, init_from, save_checkpoint
 from models.config import ModelConfig
 from models.registry import build_model, get_config
 from models.tasks import Task, make_task
@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: per epoch)")
     ap.add_argument("--eval-limit", type=int, help="classification: evaluate on the first N test images")
     ap.add_argument("--threads", type=int, help="torch intra-op threads")
+    ap.add_argument("--init", metavar="CHECKPOINT",
+                    help="start from this checkpoint's weights where names match, e.g. a trained "
+                         "ViT classifier as a Segmenter's encoder")
     ap.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
@@ -139,7 +142,10 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     cfg = build_config(args)
     extra = {"eval_limit": args.eval_limit} if cfg.family == "vit" and args.eval_limit else {}
     task = make_task(cfg, args.data_dir, args.seed, **extra)
-    model = build_model(cfg).to(env.device)
+    model = build_model(cfg)
+    if args.init:
+        init_from(model, args.init)
+    model = model.to(env.device)
     raw_model = model
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             betas=(0.9, 0.98))

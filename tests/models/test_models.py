@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import create_model, get_config, list_models
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import init_from, load_checkpoint, resize_pos_embed, save_checkpoint
 from models.config import config_from_dict
 
 TINY = {"depth": 2, "dim": 32, "heads": 2}
@@ -100,6 +100,33 @@ def test_checkpoint_round_trip(tmp_path):
     assert loaded.head.weight is loaded.tok_emb.weight  # still tied after loading
     with pytest.raises(ValueError, match="unknown lm config fields"):
         config_from_dict({**config, "flash": True})
+
+
+def test_classifier_initialises_the_segmenter_encoder(tmp_path):
+    torch.manual_seed(0)
+    vit = create_model("vit-fashion", depth=2, stem="conv")
+    save_checkpoint(tmp_path, vit, vit.cfg)
+    seg = create_model("segmenter-fashion", depth=2, stem="conv")
+    copied = init_from(seg, tmp_path)
+    assert all(name.startswith("encoder.") for name in copied)
+    assert not any("head" in name for name in copied)
+    for name, tensor in seg.encoder.state_dict().items():
+        if name != "pos_embed":
+            torch.testing.assert_close(tensor, vit.state_dict()[name], msg=name)
+    pos = seg.encoder.pos_embed  # (1, 1 + 16*16, 64) resized from (1, 1 + 7*7, 64)
+    assert pos.shape == (1, 257, 64)
+    torch.testing.assert_close(pos[:, 0], vit.pos_embed[:, 0])
+    with pytest.raises(ValueError, match="the model needs"):
+        init_from(create_model("segmenter-fashion", depth=2, dim=32, heads=2), tmp_path)
+
+
+def test_resize_pos_embed_keeps_a_constant_grid_constant():
+    pos = torch.cat([torch.zeros(1, 1, 4), torch.ones(1, 9, 4)], dim=1)  # cls + 3x3 grid
+    resized = resize_pos_embed(pos, 1 + 36)
+    assert resized.shape == (1, 37, 4)
+    torch.testing.assert_close(resized[:, 1:], torch.ones(1, 36, 4))
+    with pytest.raises(ValueError, match="square grid"):
+        resize_pos_embed(pos, 1 + 10)
 
 
 def test_conv_stem_keeps_the_token_grid_and_rejects_bad_patch_sizes():
