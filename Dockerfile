@@ -46,22 +46,15 @@ RUN uv pip install --no-deps . \
     && "$python_bin" -c "import onnxruntime, service; print(onnxruntime.get_available_providers())" \
     && if "$python_bin" -c "import torch" 2>/dev/null; then echo "torch must not be installed" >&2; exit 1; fi
 
-FROM builder AS deps-gpu
+FROM deps-cpu AS deps-gpu
 # onnxruntime-gpu replaces the CPU wheel: both own the `onnxruntime` package directory, so the CPU
 # wheel is removed before the GPU wheel goes in. The PyPI onnxruntime-gpu wheels (>= 1.24) are
 # built for CUDA 13 + cuDNN 9 (libcudart.so.13, libcublas.so.13, libcudnn.so.9), which is what
 # CUDA_IMAGE provides. 1.31.1 is the newest onnxruntime-gpu on PyPI (there is no 1.32.0 yet).
 ARG ORT_GPU_VERSION=1.31.1
-RUN uv pip install -r pyproject.toml --extra serve \
-    && uv pip uninstall onnxruntime \
-    && uv pip install "onnxruntime-gpu==${ORT_GPU_VERSION}"
-COPY neutreno/ neutreno/
-COPY service/ service/
-COPY export/ export/
-RUN uv pip install --no-deps . \
-    && python_bin=/opt/venv/bin/python \
-    && "$python_bin" -c "import onnxruntime, service; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers()" \
-    && if "$python_bin" -c "import torch" 2>/dev/null; then echo "torch must not be installed" >&2; exit 1; fi
+RUN uv pip uninstall onnxruntime \
+    && uv pip install "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+    && /opt/venv/bin/python -c "import onnxruntime, service; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers()"
 
 # ---------------------------------------------------------------------------------------------
 # cpu: Debian slim + onnxruntime

@@ -54,9 +54,8 @@ def test_dockerfile_targets_and_runtime_contract():
         assert "NEUTRENO_MODEL_REPOSITORY=/app/model_repository" in body
         assert 'CMD ["neutreno", "serve", "--host", "0.0.0.0", "--port", "8000"]' in body
         assert "EXPOSE 8000" in body
-    for deps in ("deps-cpu", "deps-gpu"):
-        assert "--extra serve" in s[deps]
-        assert "torch must not be installed" in s[deps]
+    assert "--extra serve" in s["deps-cpu"] and "torch must not be installed" in s["deps-cpu"]
+    assert "FROM deps-cpu AS deps-gpu" in s["deps-gpu"]  # same packages, GPU onnxruntime
     assert "torch==" not in text and "--extra train" not in text and ".[train" not in text
 
 
