@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import (FASHION, ROOT, _attention_block, _attention_inits, _manifest,
-                             _model, free_port)
+                             classifier_model, classifier_parts, free_port)
 
 from export.bundle import write_bundle
 
@@ -174,13 +174,8 @@ def poison_classifier_graph() -> onnx.ModelProto:
     """The classifier contract, but any row whose pixels are all above 1.5 (a white image after
     normalisation) makes ORT fail: its per-row index into a 10-entry table becomes 1000, and
     Gather raises 'indices element out of data bounds' for the whole batch."""
-    rng = np.random.default_rng(1)
-    nodes = [
-        helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["pixels"]),
-        helper.make_node("MatMul", ["pixels", "w_embed"], ["tokens"]),
-        *_attention_block("tokens", 49, 8, 0.6),
-        helper.make_node("Reshape", ["att", "flat_shape"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "w_head"], ["clean_logits"]),
+    nodes, inits = classifier_parts(1, logits="clean_logits")
+    nodes += [
         # poison index per row: 1000 * (min pixel > 1.5), as int64
         helper.make_node("ReduceMin", ["pixel_values", "all_axes"], ["row_min"], keepdims=0),
         helper.make_node("Greater", ["row_min", "threshold"], ["is_poison"]),
@@ -190,23 +185,12 @@ def poison_classifier_graph() -> onnx.ModelProto:
         helper.make_node("Unsqueeze", ["offset", "one_axis"], ["offset_col"]),
         helper.make_node("Add", ["clean_logits", "offset_col"], ["logits"]),
     ]
-    inits = [numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
-             numpy_helper.from_array(rng.normal(0, 0.5, (16, 8)).astype(np.float32), "w_embed"),
-             numpy_helper.from_array(np.array([0, 49 * 8], np.int64), "flat_shape"),
-             numpy_helper.from_array(rng.normal(0, 0.2, (49 * 8, 10)).astype(np.float32),
-                                     "w_head"),
-             numpy_helper.from_array(np.array([1, 2, 3], np.int64), "all_axes"),
-             numpy_helper.from_array(np.array(1.5, np.float32), "threshold"),
-             numpy_helper.from_array(np.array(1000, np.int64), "big"),
-             numpy_helper.from_array(np.zeros(10, np.float32), "table"),
-             numpy_helper.from_array(np.array([1], np.int64), "one_axis"),
-             *_attention_inits(49, 8)]
-    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
-                                            ["batch", 1, 28, 28])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
-               helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
-                                             ["batch", 1])]
-    return _model(nodes, inits, inputs, outputs)
+    inits += [numpy_helper.from_array(np.array([1, 2, 3], np.int64), "all_axes"),
+              numpy_helper.from_array(np.array(1.5, np.float32), "threshold"),
+              numpy_helper.from_array(np.array(1000, np.int64), "big"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "table"),
+              numpy_helper.from_array(np.array([1], np.int64), "one_axis")]
+    return classifier_model(nodes, inits)
 
 
 def heavy_classifier_graph(width: int = 512, layers: int = 6) -> onnx.ModelProto:
@@ -233,12 +217,7 @@ def heavy_classifier_graph(width: int = 512, layers: int = 6) -> onnx.ModelProto
               numpy_helper.from_array(rng.normal(0, 0.2, (width, 10)).astype(np.float32),
                                       "w_head"),
               *_attention_inits(49, width)]
-    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
-                                            ["batch", 1, 28, 28])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
-               helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
-                                             ["batch", 1])]
-    return _model(nodes, inits, inputs, outputs)
+    return classifier_model(nodes, inits)
 
 
 def write_classifier(root: Path, name: str, graph: onnx.ModelProto) -> Path:

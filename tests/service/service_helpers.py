@@ -58,15 +58,16 @@ def _model(nodes: list, inits: list, inputs: list, outputs: list) -> onnx.ModelP
     return attach_functions(model)
 
 
-def classifier_graph(seed: int = 0) -> onnx.ModelProto:
-    """pixel_values (B,1,28,28) -> 49 tokens of 16 pixels -> embed 8 -> attention -> 10 logits."""
+def classifier_parts(seed: int, logits: str = "logits") -> tuple[list, list]:
+    """Nodes and initialisers: pixel_values (B,1,28,28) -> 49 tokens of 16 pixels -> embed 8 ->
+    attention -> `logits` (B, 10), plus token_similarity."""
     rng = np.random.default_rng(seed)
     nodes = [
         helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["pixels"]),
         helper.make_node("MatMul", ["pixels", "w_embed"], ["tokens"]),
         *_attention_block("tokens", 49, 8, 0.6),
         helper.make_node("Reshape", ["att", "flat_shape"], ["flat"]),
-        helper.make_node("MatMul", ["flat", "w_head"], ["logits"]),
+        helper.make_node("MatMul", ["flat", "w_head"], [logits]),
     ]
     inits = [numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
              numpy_helper.from_array(rng.normal(0, 0.5, (16, 8)).astype(np.float32), "w_embed"),
@@ -74,12 +75,23 @@ def classifier_graph(seed: int = 0) -> onnx.ModelProto:
              numpy_helper.from_array(rng.normal(0, 0.2, (49 * 8, 10)).astype(np.float32),
                                      "w_head"),
              *_attention_inits(49, 8)]
+    return nodes, inits
+
+
+def classifier_model(nodes: list, inits: list) -> onnx.ModelProto:
+    """A graph with the classifier contract: pixel_values (B, 1, 28, 28) in; logits (B, 10)
+    and token_similarity (B, 1) out."""
     inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
                                             ["batch", 1, 28, 28])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
                helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
                                              ["batch", 1])]
     return _model(nodes, inits, inputs, outputs)
+
+
+def classifier_graph(seed: int = 0) -> onnx.ModelProto:
+    """The tiny test classifier (see `classifier_parts`)."""
+    return classifier_model(*classifier_parts(seed))
 
 
 def segmenter_graph() -> onnx.ModelProto:
