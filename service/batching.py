@@ -2,8 +2,10 @@
 
 Requests are queued with their preprocessed feeds (batch axis 0, `rows` >= 1). One task per model
 forms a batch when the queued rows reach `max_batch_size` or the oldest request has waited
-`max_queue_delay`, concatenates the feeds, runs the model off the event loop, and hands each
-request its own slice of every output. A batch that fails is re-run one request at a time, so
+`max_queue_delay`; a lone client (no two requests outstanding at once in the last second) does
+not wait at all, since no batch-mate can come, so batching costs it no latency. It concatenates
+the feeds, runs the model off the event loop, and hands each request its own slice of every
+output. A batch that fails is re-run one request at a time, so
 a poison input fails alone (400) instead of failing its batch-mates; if every request fails
 alone the model is at fault and each gets `InferenceFailed` (503).
 The queue is bounded: when full, `submit` raises `QueueFull` (429 with Retry-After) at once. A
@@ -44,6 +46,8 @@ class _Request:
 class DynamicBatcher:
     """Queue + batch-forming task for one model; `submit` is the only call routes make."""
 
+    PEAK_WINDOW_S = 1.0  # how long a peak of outstanding requests is remembered
+
     def __init__(self, model: str, run: RunFn, metrics: Metrics, *, max_batch_size: int,
                  max_queue_delay_s: float, max_queue_size: int,
                  on_batch: Callable[[Feeds], None] | None = None) -> None:
@@ -58,6 +62,8 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._batch_seconds = 0.05  # running estimate for Retry-After
+        self._outstanding = 0  # submitted, not yet answered
+        self._peak, self._peak_at = 0, 0.0  # recent peak of _outstanding and when it was set
         self._closing = False
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
@@ -92,6 +98,9 @@ class DynamicBatcher:
         req = _Request(feeds, rows, time.perf_counter(), asyncio.get_running_loop().create_future())
         self._queue.append(req)
         self._queued_rows += rows
+        self._outstanding += 1
+        if self._outstanding >= self._peak or req.enqueued - self._peak_at > self.PEAK_WINDOW_S:
+            self._peak, self._peak_at = self._outstanding, req.enqueued
         self._metrics.queue_depth.labels(self.model).set(len(self._queue))
         self._wakeup.set()
         try:
@@ -100,6 +109,8 @@ class DynamicBatcher:
             req.future.cancel()
             raise DeadlineExceeded(
                 f"no result from {self.model!r} within {timeout_s:.3g} s") from None
+        finally:
+            self._outstanding -= 1
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(self._queued_rows / self.max_batch_size)
@@ -119,10 +130,11 @@ class DynamicBatcher:
                 await self._execute(batch)
 
     async def _wait_for_batch(self) -> None:
-        """Return once a full batch is queued or the oldest request's delay has run out."""
+        """Return once a full batch is queued or the oldest request's delay has run out; at
+        once for a lone client."""
         oldest = self._queue[0].enqueued
-        while (self._queued_rows < self.max_batch_size and not self._closing
-               and not self._flushing):
+        while (self._queued_rows < self.max_batch_size and self._peak > 1
+               and not self._closing and not self._flushing):
             remaining = oldest + self.max_queue_delay_s - time.perf_counter()
             if remaining <= 0:
                 return

@@ -73,11 +73,23 @@ async def test_multi_row_requests_split_back_correctly() -> None:
     await b.stop()
 
 
-async def test_lone_request_waits_at_most_the_queue_delay() -> None:
-    b = _batcher(FakeModel(), max_queue_delay_s=0.05)
+async def test_a_lone_client_never_waits_the_queue_delay() -> None:
+    model = FakeModel()
+    b = _batcher(model, max_queue_delay_s=0.5)
     start = time.perf_counter()
-    await b.submit(_row(0), 5.0)
-    assert 0.04 <= time.perf_counter() - start < 1.0
+    for i in range(3):
+        await b.submit(_row(i), 5.0)
+    assert time.perf_counter() - start < 0.4 and model.batches == [1, 1, 1]
+    await b.stop()
+
+
+async def test_concurrent_clients_wait_at_most_the_queue_delay() -> None:
+    model = FakeModel()
+    b = _batcher(model, max_queue_delay_s=0.3)
+    await asyncio.gather(b.submit(_row(0), 5.0), b.submit(_row(1), 5.0))  # two outstanding
+    start = time.perf_counter()  # within the second after: wait for batch-mates
+    await b.submit(_row(9), 5.0)
+    assert 0.25 <= time.perf_counter() - start < 1.0 and model.batches == [2, 1]
     await b.stop()
 
 
