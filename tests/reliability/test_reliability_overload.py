@@ -1,14 +1,16 @@
 """Overload: 3x the sustainable request rate for 60 s against a live server.
 
-The model is a classifier with real compute (~0.3 GFLOP per image on one ORT thread), so that
-inference saturates long before the HTTP layer does, which is the regime where admission
-control matters. The test first measures the sustainable rate R (closed loop, all 200), then
-offers ~3R with wrk (C connections, each pausing C / 3R between requests, so free connections
-keep offering load while accepted requests wait in the queue), while a slow probe measures the
-latency of individual 429s and 200s. Then it checks:
+The model is a classifier with real compute (~0.6 GFLOP per image on one ORT thread), so that
+inference saturates long before the HTTP layer does (on 2 cores the HTTP layer answers ~400
+requests/s while inference serves ~95), which is the regime where admission control matters.
+The test first measures the sustainable rate R (closed loop, all 200), then
+offers ~3R with wrk (C connections, each pausing (C - queue) / 3R between requests, so free
+connections keep offering load while accepted requests wait in the queue), while a slow probe
+measures the latency of individual 429s and 200s. Then it checks:
 
 - no 5xx at all (wrk's status counts and the server's own neutreno_requests_total);
-- the excess is refused with 429 and Retry-After, quickly (probe p99 of 429s);
+- the excess is refused with 429 and Retry-After, quickly (probe 429s: median < 50 ms, p99 <
+  0.5 s while the event loop shares 2 cores with wrk and inference);
 - every response comes within the request deadline (504 past it, none expected here because
   the queue bound keeps the wait below the deadline);
 - after the load stops, throughput is back to R within seconds.
@@ -35,8 +37,7 @@ from service_helpers import b64, png_bytes
 SECONDS = float(os.environ.get("NEUTRENO_OVERLOAD_SECONDS", "60"))
 pytestmark = [
     pytest.mark.skipif(os.environ.get("NEUTRENO_OVERLOAD") != "1",
-                       reason="60 s overload test: `make test-reliability` "
-                              "(a manual check until it passes on a quiet machine)"),
+                       reason="60 s overload test: `make test-reliability` (which .ci/run calls)"),
     pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)"),
 ]
 DEADLINE_S = 2.0
@@ -76,7 +77,7 @@ class Probe(threading.Thread):
 @pytest.fixture(scope="module")
 def heavy_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("heavy_repo")
-    write_classifier(root, "heavy-classifier", heavy_classifier_graph(512, 12))
+    write_classifier(root, "heavy-classifier", heavy_classifier_graph(512, 24))
     return root
 
 
@@ -93,8 +94,10 @@ def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository:
         base = run_wrk(server.url, PATH, bodies, connections=16, seconds=6)
         assert set(base["statuses"]) == {200}, base
         rate = base["rate"]
-        connections = 4 * QUEUE
-        pause_ms = max(1, int(1000 * connections / (3 * rate)))
+        # Up to QUEUE connections wait in the queue; the others, pausing between fast 429s,
+        # must offer the 3R between them.
+        connections = 8 * QUEUE
+        pause_ms = max(1, int(1000 * (connections - QUEUE) / (3 * rate)))
         probe = Probe(server.url + PATH, bodies[0])
         probe.stop_at = time.monotonic() + SECONDS
         probe.start()
@@ -115,7 +118,8 @@ def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository:
     report = (f"sustainable {rate:.0f} req/s; offered {offered:.0f} req/s "
               f"({offered / rate:.1f}x) for {SECONDS:g} s: {statuses}; wrk p50 "
               f"{over['p50_us'] / 1e3:.0f} ms p99 {over['p99_us'] / 1e3:.0f} ms max "
-              f"{over['max_us'] / 1e3:.0f} ms; probe 429 p99 "
+              f"{over['max_us'] / 1e3:.0f} ms; probe 429 p50 "
+              f"{1e3 * np.median(refused) if refused else float('nan'):.1f} ms p99 "
               f"{1e3 * np.percentile(refused, 99) if refused else float('nan'):.1f} ms, "
               f"probe 200 p99 {1e3 * np.percentile(accepted, 99) if accepted else 0:.0f} ms; "
               f"after: {after['rate']:.0f} req/s ({after['rate'] / rate:.0%}) "
@@ -127,7 +131,7 @@ def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository:
     assert statuses.get(429, 0) > 0.3 * over["requests"], report  # the excess is refused
     assert over["retry_after_missing"] == 0, report
     assert all(has for s, _, has in probe.records if s == 429), "429 without Retry-After"
-    assert refused and np.percentile(refused, 99) < 0.25, report  # refused quickly
+    assert refused and np.median(refused) < 0.05 and np.percentile(refused, 99) < 0.5, report
     # every response within the deadline (the 504 boundary) plus scheduling slack
     assert over["max_us"] / 1e6 < DEADLINE_S + 1.0, report
     assert statuses.get(200, 0) >= 0.8 * rate * SECONDS, report  # full capacity kept serving
