@@ -4,6 +4,7 @@ For each pair of checkpoints trained with the same recipe (attention="neutreno" 
 and for the shipped models, it reads the final metrics and measures the per-layer mean pairwise cosine similarity of token
 vectors (models.diagnostics) on held-out data: 1,000 Fashion-MNIST test images for the
 classifier, 64 windows of Revelation for the LM, 200 test scenes for the segmenter.
+Everything after the MARKER line of an existing report (the written analysis) is kept.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+MARKER = "<!-- generated above by python -m models.report; written analysis below -->"
+
+
 def write_report(groups: dict[str, list[dict[str, Any]]], png: Path, out: Path) -> None:
     lines = ["# Results: NeuTRENO vs softmax attention", "",
              "Trained on this repository's 2-core CPU machine (no GPU), one run per row, same seed,",
@@ -94,7 +98,9 @@ def write_report(groups: dict[str, list[dict[str, Any]]], png: Path, out: Path) 
         for r in runs:
             vals = ", ".join(f"{v:.3f}" for v in r["similarity"])
             lines.append(f"- {title}, {r['cfg'].attention}: {vals}")
-    out.write_text("\n".join(lines) + "\n")
+    old = out.read_text() if out.exists() else ""
+    analysis = old.split(MARKER, 1)[1] if MARKER in old else "\n"
+    out.write_text("\n".join(lines) + "\n\n" + MARKER + analysis)
 
 
 def main(argv: list[str] | None = None) -> int:
