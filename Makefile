@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: serve test data train export bench clean deploy-tools test-deploy chromium test-e2e test-reliability
+.PHONY: serve test data train export bench bench-peers wrk clean deploy-tools test-deploy chromium test-e2e test-reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,21 +44,31 @@ deploy-tools: $(VENV)/.deploy-tools
 test-deploy: $(VENV)/.dev deploy-tools
 	$(BIN)/python -m pytest -q tests/deploy
 
-# The overload test (tests/reliability/test_reliability_overload.py: 3x the sustainable rate for
-# 60 s, wrk as the load generator) is too long for `make test`; .ci/run runs this target too.
-test-reliability: $(VENV)/.dev
+# wrk (Debian package), the C load generator of the overload test and the benchmarks.
+wrk:
 	@command -v wrk >/dev/null || { apt-get update -q >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } || \
-		echo "make: could not apt-get install wrk; the overload test will skip" >&2
+		echo "make: could not apt-get install wrk (the overload test skips; bench serve uses a Python client)" >&2
+
+# The overload test (tests/reliability/test_reliability_overload.py: 3x the sustainable rate for
+# 60 s, wrk as the load generator) is too long for `make test`; .ci/run runs this target too.
+test-reliability: $(VENV)/.dev wrk
 	NEUTRENO_OVERLOAD=1 $(BIN)/python -m pytest -q tests/reliability/test_reliability_overload.py
 
 # Serving benchmark: throughput and p50/p99 at 1/8/32/64 clients, batching on vs off (markdown).
 # Uses wrk (Debian package) as the load generator when it can be installed, else a Python client.
-bench: $(VENV)/.dev
-	@command -v wrk >/dev/null || { apt-get update -q >/dev/null && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } || \
-		echo "make: wrk not installed; the benchmark uses its Python client" >&2
+bench: $(VENV)/.dev wrk
 	$(BIN)/neutreno bench serve
+
+# Peer comparison (wrk): NeuTRENO Serve vs FastAPI + PyTorch eager vs Ray Serve. Ray pins its own
+# web stack, so it gets its own virtual environment.
+RAY_VENV := bench/.venv-ray
+$(RAY_VENV)/bin/python:
+	$(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/pip install -q "ray[serve]==2.60.0" onnxruntime==1.32.0 pillow numpy
+
+bench-peers: $(VENV)/.dev $(RAY_VENV)/bin/python wrk
+	$(BIN)/neutreno bench peers
 
 # tests/e2e drives the web page in Debian's `chromium` through Playwright (the dev extra), which
 # never downloads a browser. Quick when already there; if it cannot be installed those tests skip.
