@@ -28,7 +28,8 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="1 turns dynamic batching off")
     max_queue_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0,
-                                      description="longest wait of the oldest queued request")
+                                      description="longest wait of the oldest queued request "
+                                                  "(a lone client never waits)")
     max_queue_size: int = Field(256, ge=1, le=1_000_000,
                                 description="queued requests per model beyond which 429")
     request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0,
