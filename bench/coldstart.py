@@ -12,25 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from bench.serve_bench import free_port, machine, request_bodies
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return {k: int(v) for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M)}
+from bench.common import ROOT, Server, machine, print_markdown, request_bodies
 
 
 def exercise(url: str, models: dict[str, str]) -> None:
@@ -48,34 +38,20 @@ def exercise(url: str, models: dict[str, str]) -> None:
 
 
 def one_start(repository: Path, env: dict[str, str]) -> dict[str, float]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repository),
-             "NEUTRENO_LOG_LEVEL": "warning", **env})
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.01)
-        ready_s = time.perf_counter() - started
-        ready = proc_status(proc.pid)
-        models = {m["id"]: m["task"] for m in httpx.get(url + "/v1/models").json()["data"]}
-        exercise(url, models)
-        used = proc_status(proc.pid)
-        return {"ready_s": ready_s, "rss_ready_mib": ready["VmRSS"] / 1024,
-                "rss_used_mib": used["VmRSS"] / 1024, "hwm_mib": used["VmHWM"] / 1024}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    """Start to ready and RSS when ready, after one request per model, and at peak. An empty
+    repository never becomes ready (no bundles): then it is time to /healthz and its RSS."""
+    empty = not any(p.is_dir() for p in repository.iterdir())
+    with Server(repository, env, quiet=True) as server:
+        row = {"ready_s": server.wait("/healthz" if empty else "/readyz", interval=0.01)}
+        memory = server.memory_mib()
+        row["rss_ready_mib"] = memory["VmRSS"]
+        if not empty:
+            models = httpx.get(server.url + "/v1/models").json()["data"]
+            exercise(server.url, {m["id"]: m["task"] for m in models})
+            memory = server.memory_mib()
+            row["rss_used_mib"] = memory["VmRSS"]
+        row["hwm_mib"] = memory["VmHWM"]
+    return row
 
 
 def import_seconds() -> float:
@@ -117,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                    single_model_repositories(args.repository, Path(tmp)).items()}
         empty = Path(tmp, "empty")
         empty.mkdir()
-        none = one_start_no_models(empty, env)
+        none = one_start(empty, env)
     models = sorted(singles)
 
     def med(rows: list[dict[str, float]], key: str) -> float:
@@ -143,41 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"{none['rss_ready_mib']:.0f} MiB | - | {none['hwm_mib']:.0f} MiB |")
     lines += ["", f"Importing the serving stack (`import service.app, uvicorn`) alone takes "
               f"{np.median(imports):.2f} s of that start time."]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
+    print_markdown("\n".join(lines) + "\n", args.out)
     return 0
-
-
-def one_start_no_models(repository: Path, env: dict[str, str]) -> dict[str, float]:
-    """An empty repository never becomes ready (no bundles): time to /healthz and its RSS."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repository),
-             "NEUTRENO_LOG_LEVEL": "warning", **env})
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}")
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.01)
-        up = time.perf_counter() - started
-        status = proc_status(proc.pid)
-        return {"ready_s": up, "rss_ready_mib": status["VmRSS"] / 1024,
-                "hwm_mib": status["VmHWM"] / 1024}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
 
 
 if __name__ == "__main__":

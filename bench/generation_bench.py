@@ -24,9 +24,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from bench.serve_bench import Server, machine
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, Server, machine, print_markdown
 TEXT = ROOT / "tests/fixtures/kjv-sample.txt"
 
 
@@ -190,7 +188,7 @@ def markdown(results: list[Result], args: argparse.Namespace) -> str:
         lines.append(f"KV cache vs no cache at {args.max_tokens} tokens (one request at a time): "
                      f"{cached.tokens_per_s / naive.tokens_per_s:.1f}x (per CPU-second: "
                      f"{cached.tokens_per_cpu_s / naive.tokens_per_cpu_s:.1f}x).")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -228,21 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                for mode, fn in (("naive, no cache (in-process)", "naive"),
                                 ("KV cache (in-process)", "cached"))]
     del direct
-    server = Server(args.model_repository, {
-        "NEUTRENO_MAX_RUNNING_SEQUENCES": str(max(levels)), "NEUTRENO_MAX_QUEUE_SIZE": "1024",
-        "NEUTRENO_INTRA_OP_THREADS": str(args.threads)})
-    try:
-        server.wait_ready()
+    with Server(args.model_repository, {
+            "NEUTRENO_MAX_RUNNING_SEQUENCES": str(max(levels)),
+            "NEUTRENO_MAX_QUEUE_SIZE": "1024",
+            "NEUTRENO_INTRA_OP_THREADS": str(args.threads)}) as server:
+        server.wait()
         asyncio.run(level(server, args.model, 1, 1, 4))  # warm-up
         for streams in levels:
             requests = max(args.requests, streams)
             results.append(median_run([asyncio.run(level(server, args.model, streams,
                                                          requests, args.max_tokens))
                                        for _ in reps]))
-    finally:
-        server.stop()
-    table = markdown(results, args)
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    print_markdown(markdown(results, args), args.out)
     return 0

@@ -31,32 +31,10 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve_bench import free_port, machine, request_bodies
+from bench.common import (ROOT, free_port, machine, print_markdown, process_cpu_seconds,
+                          request_bodies, run_wrk, write_wrk_files)
 
-ROOT = Path(__file__).resolve().parents[1]
 RAY_PYTHON = ROOT / "bench/.venv-ray/bin/python"
-
-WRK_LUA = r"""
-local bodies, path, i = {}, nil, 0
-init = function(args)
-  path = args[1]
-  local f = assert(io.open(args[2], "r"))
-  for line in f:lines() do bodies[#bodies + 1] = line end
-  f:close()
-end
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
-    .. '"non2xx": %d, "errors": %d}\n', summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), e.status,
-    e.connect + e.read + e.write + e.timeout))
-end
-"""
 
 
 @dataclass
@@ -71,15 +49,6 @@ class Point:
     cpu_ms: float
 
 
-def wrk(url: str, path: str, script: Path, bodies: Path, clients: int,
-        seconds: float) -> dict:
-    cmd = ["wrk", "-t", "1", "-c", str(clients), "-d", f"{seconds:g}s", "--timeout", "30s",
-           "-s", str(script), url, "--", path, str(bodies)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
-
-
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and all its descendants (Ray runs several)."""
     total = 0.0
@@ -87,8 +56,7 @@ def tree_cpu_seconds(pid: int) -> float:
     while pids:
         p = pids.pop()
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += process_cpu_seconds(p)
             children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
         except (FileNotFoundError, ProcessLookupError):
             continue
@@ -167,23 +135,21 @@ def measure(args: argparse.Namespace) -> tuple[list[Point], dict[str, float]]:
     points: list[Point] = []
     ready_s: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        script, data = Path(tmp, "post.lua"), Path(tmp, "bodies.jsonl")
-        script.write_text(WRK_LUA)
-        data.write_text("\n".join(bodies) + "\n")
+        files = write_wrk_files(Path(tmp), bodies)
         path = f"/v1/models/{args.model}/classify"
         for name, (cmd, env) in systems(args).items():
             port = free_port()
             peer = Peer(name, [c.replace("{port}", str(port)) for c in cmd], env, port, path)
             try:
                 ready_s[name] = peer.wait_ready(bodies[0])
-                wrk(peer.url, path, script, data, max(clients), args.warmup)
+                run_wrk(peer.url, path, files, max(clients), args.warmup)
                 for c in clients:
                     cpu0 = tree_cpu_seconds(peer.proc.pid)
-                    r = wrk(peer.url, path, script, data, c, args.duration)
+                    r = run_wrk(peer.url, path, files, c, args.duration)
                     cpu = tree_cpu_seconds(peer.proc.pid) - cpu0
-                    point = Point(name, c, r["requests"] / (r["duration_us"] / 1e6),
-                                  r["p50_us"] / 1e3, r["p90_us"] / 1e3, r["p99_us"] / 1e3,
-                                  r["non2xx"] + r["errors"], 1e3 * cpu / max(r["requests"], 1))
+                    point = Point(name, c, r["rate"], r["p50_us"] / 1e3, r["p90_us"] / 1e3,
+                                  r["p99_us"] / 1e3, r["non2xx"] + r["errors"],
+                                  1e3 * cpu / max(r["requests"], 1))
                     points.append(point)
                     print(f"  {name:<12} clients={c:>3}: {point.rate:8.1f} req/s  p50 "
                           f"{point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  "
@@ -257,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                                / "manifest.json").read_text())
         args.checkpoint = ROOT / manifest["training"]["checkpoint"]
     points, ready_s = measure(args)
-    table = markdown(points, ready_s, args)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
+    print_markdown(markdown(points, ready_s, args), args.out)
     return 0
 
 

@@ -33,9 +33,8 @@ import onnx.inliner
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from bench.serve_bench import machine, request_bodies
+from bench.common import ROOT, machine, print_markdown, request_bodies
 
-ROOT = Path(__file__).resolve().parents[1]
 LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
           "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -327,11 +326,7 @@ def main(argv: list[str] | None = None) -> int:
               "| ---: | ---: | ---: | ---: | ---: |"]
     for m, k, n, rate in gemm_rows:
         lines.append(f"| {m} | {k} | {n} | {rate / 1e9:.1f} | {100 * rate / peak:.1f}% |")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table)
+    print_markdown("\n".join(lines) + "\n", args.out)
     return 0
 
 
