@@ -46,7 +46,7 @@ class _Request:
 class DynamicBatcher:
     """Queue + batch-forming task for one model; `submit` is the only call routes make."""
 
-    PEAK_WINDOW_S = 1.0  # how long a peak of outstanding requests is remembered
+    LONE_WINDOW_S = 1.0  # a client is lone when no two requests overlapped for this long
 
     def __init__(self, model: str, run: RunFn, metrics: Metrics, *, max_batch_size: int,
                  max_queue_delay_s: float, max_queue_size: int,
@@ -63,7 +63,7 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._batch_seconds = 0.05  # running estimate for Retry-After
         self._outstanding = 0  # submitted, not yet answered
-        self._peak, self._peak_at = 0, 0.0  # recent peak of _outstanding and when it was set
+        self._shared_at = -math.inf  # last time two or more requests were outstanding
         self._closing = False
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
@@ -99,8 +99,8 @@ class DynamicBatcher:
         self._queue.append(req)
         self._queued_rows += rows
         self._outstanding += 1
-        if self._outstanding >= self._peak or req.enqueued - self._peak_at > self.PEAK_WINDOW_S:
-            self._peak, self._peak_at = self._outstanding, req.enqueued
+        if self._outstanding > 1:
+            self._shared_at = req.enqueued
         self._metrics.queue_depth.labels(self.model).set(len(self._queue))
         self._wakeup.set()
         try:
@@ -133,7 +133,8 @@ class DynamicBatcher:
         """Return once a full batch is queued or the oldest request's delay has run out; at
         once for a lone client."""
         oldest = self._queue[0].enqueued
-        while (self._queued_rows < self.max_batch_size and self._peak > 1
+        lone = oldest - self._shared_at > self.LONE_WINDOW_S
+        while (self._queued_rows < self.max_batch_size and not lone
                and not self._closing and not self._flushing):
             remaining = oldest + self.max_queue_delay_s - time.perf_counter()
             if remaining <= 0:
