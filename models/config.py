@@ -49,6 +49,10 @@ class ViTConfig(ModelConfig):
     # "patch": DeiT's linear patch embedding; "conv": a convolutional stem with the same token
     # grid (log2(patch_size) stride-2 3x3 convs, Xiao et al. 2021), which converges much faster.
     stem: Literal["patch", "conv"] = "patch"
+    # 0: global attention. r > 0: a patch token attends only to patches within r grid steps
+    # (Chebyshev distance) and to the cls token, which still attends to all: a locality prior
+    # that keeps separate objects in one image from mixing in the early layers.
+    window: int = 0
 
     @property
     def grid(self) -> int:
@@ -62,6 +66,10 @@ class SegmenterConfig(ViTConfig):
     family: ClassVar[str] = "segmenter"
     decoder_depth: int = 2
     decoder_heads: int = 4
+    # 0: upsample the patch-level masks bilinearly (the paper). N > 0: then refine them at pixel
+    # resolution with two 3x3 convs (N hidden channels) over [upsampled masks, input image], which
+    # recovers item borders finer than a patch.
+    refine_channels: int = 0
 
 
 @dataclass

@@ -48,6 +48,24 @@ class MaskTransformer(nn.Module):
         return self.mask_norm(p @ c.transpose(1, 2)), out
 
 
+class PixelRefiner(nn.Module):
+    """Residual pixel-level correction of upsampled masks, conditioned on the input image.
+
+    (B, n_cls, H, W) masks and (B, C, H, W) image -> (B, n_cls, H, W) masks + conv(conv([m, x])).
+    The last conv starts at zero, so a new refiner leaves a trained model's output unchanged.
+    """
+
+    def __init__(self, n_cls: int, in_chans: int, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(n_cls + in_chans, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, n_cls, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, masks: Tensor, image: Tensor) -> Tensor:
+        return masks + self.conv2(F.gelu(self.conv1(torch.cat([masks, image], dim=1))))
+
+
 class Segmenter(nn.Module):
     """images (B, C, H, W) -> per-pixel class logits (B, n_cls, H, W)."""
 
@@ -59,23 +77,29 @@ class Segmenter(nn.Module):
         encoder_cfg.num_classes = 0
         self.encoder = ViT(encoder_cfg)
         self.decoder = MaskTransformer(cfg)
+        self.refiner = (PixelRefiner(cfg.num_classes, cfg.in_chans, cfg.refine_channels)
+                        if cfg.refine_channels else None)
 
     def forward_features(self, x: Tensor) -> StackOutput:
         """Encoder tokens (B, 1 + N, dim) and the encoder's per-layer hidden states."""
         return self.encoder.forward_features(x)
 
-    def forward_head(self, tokens: Tensor, size: tuple[int, int]) -> tuple[Tensor, StackOutput]:
-        """Encoder tokens (B, 1 + N, dim) -> (logits (B, n_cls, H, W), decoder stack output)."""
+    def forward_head(self, tokens: Tensor, x: Tensor) -> tuple[Tensor, StackOutput]:
+        """Encoder tokens (B, 1 + N, dim) and images (B, C, H, W) -> (logits (B, n_cls, H, W),
+        decoder stack output)."""
         g = self.cfg.grid
         masks, dec = self.decoder(tokens[:, 1:])  # drop the cls token
         masks = masks.transpose(1, 2).reshape(tokens.shape[0], self.cfg.num_classes, g, g)
-        return F.interpolate(masks, size=size, mode="bilinear", align_corners=False), dec
+        masks = F.interpolate(masks, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if self.refiner is not None:
+            masks = self.refiner(masks, x)
+        return masks, dec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x).x, x.shape[-2:])[0]
+        return self.forward_head(self.forward_features(x).x, x)[0]
 
     def forward_with_similarity(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits (B, n_cls, H, W) and per-layer token similarity (B, enc depth + dec depth)."""
         enc = self.forward_features(x)
-        logits, dec = self.forward_head(enc.x, x.shape[-2:])
+        logits, dec = self.forward_head(enc.x, x)
         return logits, layer_similarity(enc.hidden + dec.hidden)

@@ -38,6 +38,17 @@ def patch_embedding(cfg: ViTConfig) -> nn.Module:
     return nn.Sequential(*layers, nn.Conv2d(channels, cfg.dim, 1))
 
 
+def window_mask(grid: int, radius: int) -> Tensor:
+    """(1 + N, 1 + N) bool, True = may attend: patches see patches within `radius` grid steps
+    (Chebyshev distance) and the cls token (index 0); the cls token sees every token."""
+    idx = torch.arange(grid * grid)
+    rows, cols = idx // grid, idx % grid  # (N,) each
+    near = ((rows[:, None] - rows).abs() <= radius) & ((cols[:, None] - cols).abs() <= radius)
+    mask = torch.ones(1 + grid * grid, 1 + grid * grid, dtype=torch.bool)
+    mask[1:, 1:] = near
+    return mask
+
+
 class ViT(nn.Module):
     """images (B, C, H, W) -> logits (B, num_classes); cls token + patch tokens."""
 
@@ -56,6 +67,9 @@ class ViT(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.attn_mask: Tensor | None
+        self.register_buffer("attn_mask", window_mask(cfg.grid, cfg.window) if cfg.window else None,
+                             persistent=False)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -64,7 +78,7 @@ class ViT(nn.Module):
         """(B, C, H, W) -> tokens (B, 1 + N, dim) after the final norm, plus per-layer hidden."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, dim)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        out = run_blocks(self.blocks, x)
+        out = run_blocks(self.blocks, x, mask=self.attn_mask)
         out.x = self.norm(out.x)
         return out
 

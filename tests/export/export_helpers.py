@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = {"depth": 2, "dim": 32, "heads": 2}
 TINY_MODELS = {
     "vit-fashion": TINY,
-    "segmenter-fashion": {**TINY, "decoder_depth": 2, "decoder_heads": 2},
+    "segmenter-fashion": {**TINY, "decoder_depth": 2, "decoder_heads": 2, "window": 3,
+                          "refine_channels": 4},
     "lm-kjv": {**TINY, "vocab_size": 300, "block_size": 64},
 }
 

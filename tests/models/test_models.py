@@ -8,6 +8,7 @@ import torch
 from models import create_model, get_config, list_models
 from models.checkpoint import init_from, load_checkpoint, resize_pos_embed, save_checkpoint
 from models.config import config_from_dict
+from models.vit import window_mask
 
 TINY = {"depth": 2, "dim": 32, "heads": 2}
 
@@ -137,3 +138,44 @@ def test_conv_stem_keeps_the_token_grid_and_rejects_bad_patch_sizes():
         create_model("vit-fashion", depth=1, stem="conv", patch_size=7)
     with pytest.raises(ValueError, match="stem must be"):
         create_model("vit-fashion", depth=1, stem="pixels")
+
+
+def test_window_mask_lets_patches_see_only_their_neighbourhood_and_the_cls_token():
+    mask = window_mask(grid=4, radius=1)  # (1 + 16, 1 + 16)
+    assert mask.shape == (17, 17)
+    assert mask[0].all() and mask[:, 0].all()  # the cls token sees and is seen by all
+    corner = mask[1, 1:].reshape(4, 4)  # what patch (0, 0) sees
+    assert corner.tolist() == [[True, True, False, False], [True, True, False, False],
+                               [False] * 4, [False] * 4]
+    assert mask[1 + 5, 1:].sum() == 9  # an interior patch sees its 3x3 neighbourhood
+    assert torch.equal(mask, mask.T)
+
+
+@pytest.mark.parametrize("window", [0, 1])
+def test_windowed_layer_ignores_far_patches(window):
+    """After one block, patch (0, 0) depends on a far patch's pixels only with global attention."""
+    torch.manual_seed(0)
+    vit = create_model("vit-fashion", depth=1, img_size=16, patch_size=4, window=window).eval()
+    x = torch.randn(1, 1, 16, 16)
+    far = x.clone()
+    far[..., 12:, 12:] += 1.0  # only patch (3, 3) changes
+    with torch.no_grad():
+        a, b = vit.forward_features(x).x, vit.forward_features(far).x  # (1, 1 + 16, dim)
+    assert not torch.allclose(a[:, 16], b[:, 16])  # the changed patch itself
+    assert torch.allclose(a[:, 1], b[:, 1]) == (window == 1)
+
+
+def test_pixel_refiner_starts_as_the_identity_on_a_trained_segmenter(tmp_path):
+    """A refiner added to a trained segmenter leaves its output unchanged until it trains."""
+    torch.manual_seed(0)
+    plain = create_model("segmenter-fashion", depth=2, stem="conv").eval()
+    save_checkpoint(tmp_path, plain, plain.cfg)
+    refined = create_model("segmenter-fashion", depth=2, stem="conv", refine_channels=8).eval()
+    copied = set(init_from(refined, tmp_path))
+    assert copied == set(plain.state_dict()) and not any(n.startswith("refiner.") for n in copied)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(refined(x), plain(x))
+    refined.refiner.conv2.weight.data.normal_()
+    with torch.no_grad():
+        assert not torch.allclose(refined(x), plain(x))
