@@ -176,7 +176,8 @@ def markdown(points: list[Point], ready_s: dict[str, float], args: argparse.Name
         lines.append(f"| {p.system} | {p.clients} | {p.rate:.1f} | {p.p50_ms:.2f} | "
                      f"{p.p90_ms:.2f} | {p.p99_ms:.2f} | {p.cpu_ms:.2f} | {p.failures} |")
     ours = {p.clients: p for p in points if p.system == "neutreno"}
-    for peer in sorted({p.system for p in points} - {"neutreno"}):
+    peers = sorted({p.system for p in points} - {"neutreno"}) if ours else []  # ratios need ours
+    for peer in peers:
         theirs = {p.clients: p for p in points if p.system == peer}
         lines += ["", f"| clients | neutreno / {peer} throughput | p99 neutreno | p99 {peer} |",
                   "| ---: | ---: | ---: | ---: |"]
