@@ -8,7 +8,8 @@ the feeds, runs the model off the event loop, and hands each request its own sli
 output. A batch that fails is re-run one request at a time, so
 a poison input fails alone (400) instead of failing its batch-mates; if every request fails
 alone the model is at fault and each gets `InferenceFailed` (503).
-The queue is bounded: when full, `submit` raises `QueueFull` (429 with Retry-After) at once. A
+The queue is bounded: when full, `submit` (and `admit`, which routes call before decoding) raises
+`QueueFull` (429 with Retry-After) at once. A
 request whose deadline passes gets `DeadlineExceeded` (504) and is dropped from the queue if it
 has not started. With `max_batch_size` 1 each request runs alone, i.e. batching is off.
 """
@@ -87,13 +88,18 @@ class DynamicBatcher:
         if self._task is not None:
             await self._task
 
-    async def submit(self, feeds: Feeds, timeout_s: float) -> Feeds:
-        """Queue one request and wait for its outputs (each with the request's own rows)."""
+    def admit(self) -> None:
+        """Raise what `submit` would refuse with right now (shutting down, queue full), so a
+        route can refuse before it spends CPU decoding the request."""
         if self._closing:
             raise ModelNotReady(f"model {self.model!r} is shutting down")
         if len(self._queue) >= self.max_queue_size:
             raise QueueFull(f"model {self.model!r} has {len(self._queue)} queued requests "
                             f"(limit {self.max_queue_size}); retry later", self._retry_after())
+
+    async def submit(self, feeds: Feeds, timeout_s: float) -> Feeds:
+        """Queue one request and wait for its outputs (each with the request's own rows)."""
+        self.admit()
         rows = int(next(iter(feeds.values())).shape[0])
         req = _Request(feeds, rows, time.perf_counter(), asyncio.get_running_loop().create_future())
         self._queue.append(req)

@@ -126,6 +126,12 @@ class ServiceState:
         worker = self.workers.get(name)
         return worker if isinstance(worker, DynamicBatcher) else None
 
+    def admit(self, model: ModelRuntime) -> None:
+        """Refuse now (QueueFull, ModelNotReady) a request the model's batcher would refuse."""
+        batcher = self.batcher(model.name)
+        if batcher is not None:
+            batcher.admit()
+
     async def run(self, model: ModelRuntime, feeds: dict[str, np.ndarray]
                   ) -> dict[str, np.ndarray]:
         """Run validated feeds through the model's batcher, or directly when it has none."""

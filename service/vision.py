@@ -77,7 +77,9 @@ def _decode(img: Image.Image, model: ModelRuntime) -> np.ndarray:
 
 async def _infer(state: ServiceState, model: ModelRuntime, data: bytes
                  ) -> tuple[Image.Image, dict[str, np.ndarray]]:
-    """Decode (small images inline, large ones in a thread), then run through the batcher."""
+    """Admit (a full queue refuses before any decoding), decode (small images inline, large
+    ones in a thread), then run through the batcher."""
+    state.admit(model)
     img = imaging.open_image(data, state.settings.max_image_pixels)
     if img.width * img.height <= INLINE_PIXELS:
         pixels = _decode(img, model)

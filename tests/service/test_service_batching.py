@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from service_helpers import b64, make_settings, png_bytes
 
-from service import create_app
+from service import create_app, imaging
 from service.batching import DynamicBatcher
 from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
 from service.metrics import Metrics
@@ -212,10 +212,15 @@ async def test_queue_full_429_and_deadline_504_over_http(repository, fashion,
             return real_run(feeds)
 
         monkeypatch.setattr(model, "run", slow)
+        decoded = []
+        real_open = imaging.open_image
+        monkeypatch.setattr(imaging, "open_image",
+                            lambda *a: decoded.append(1) or real_open(*a))
         body = {"image": b64(png_bytes(fashion[0][0]))}
         responses = await asyncio.gather(*(c.post(CLASSIFY, json=body) for _ in range(8)))
         codes = sorted(r.status_code for r in responses)
         assert set(codes) == {429, 504} and codes.count(504) >= 2, codes  # queue of 2 accepted
+        assert len(decoded) == codes.count(504)  # refused requests were never decoded
         limited = next(r for r in responses if r.status_code == 429)
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["error"]["type"] == "queue_full"
