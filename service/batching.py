@@ -45,7 +45,8 @@ class _Request:
 
 
 class DynamicBatcher:
-    """Queue + batch-forming task for one model; `submit` is the only call routes make."""
+    """Queue + batch-forming task for one model; routes call `admit` (via ServiceState) before
+    decoding a request and `submit` to run it."""
 
     LONE_WINDOW_S = 1.0  # a client is lone when no two requests overlapped for this long
 
