@@ -1,14 +1,13 @@
-"""`create_app(settings)`: the FastAPI application and its lifespan.
+"""`create_app(settings, engine)`: one front end's FastAPI application and its lifespan.
 
-Start-up (lifespan): check the device, load and validate every bundle (broken ones are recorded,
-not fatal), warm each session up, start one worker per model, then report ready. Shutdown: mark
-draining (readiness goes 503), let every worker finish its accepted work, close the sessions.
-uvicorn has already stopped accepting connections and waited for in-flight requests by then.
+Start-up (lifespan): connect to the engine (or, without one given, start an `EngineCore` in this
+process, which loads and warms every bundle) and report ready once the engine has its models.
+Shutdown: mark draining (readiness goes 503); uvicorn has already stopped accepting connections
+and waited for in-flight requests by then; an in-process engine then finishes its accepted work.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,15 +16,15 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 
+from service.engine.client import EngineClient, InprocClient
+from service.engine.core import EngineCore
 from service.errors import install_error_handlers
+from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.repository import load_repository
 from service.routes import completions, health, v1, v2
-from service.runtime import choose_providers
 from service.settings import Settings
-from service.state import WORKER_FACTORIES, ServiceState
+from service.state import ServiceState
 
 log = logging.getLogger("neutreno.service")
 
@@ -38,41 +37,22 @@ node per layer) with dynamic batching. Images go in as multipart `file` or JSON 
 Errors are `{"error": {"type", "message"}}` (v1) or `{"error": "..."}` (v2)."""
 
 
-async def start(state: ServiceState) -> None:
-    """Load the repository and start a worker per model whose task has one."""
-    choose_providers(state.settings.device)
-    state.loop = asyncio.get_running_loop()
-    state.repository = await run_in_threadpool(load_repository, state.settings)
-    for name, model in state.models.items():
-        state.metrics.set_model_info(name, model.info_labels())
-        factory = WORKER_FACTORIES.get(model.task)
-        if factory is not None:
-            state.workers[name] = factory(model, state)
-            state.workers[name].start()
-    state.started = True
-    log.info("serving %s; not loaded: %s", sorted(state.models), sorted(state.failures) or "none")
-
-
-async def stop(state: ServiceState) -> None:
-    """Drain: workers finish what they accepted, then sessions close."""
-    state.draining = True
-    for worker in state.workers.values():
-        await worker.stop()
-    if state.repository is not None:
-        await run_in_threadpool(state.repository.close)
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service as an ASGI app; `settings` defaults to the NEUTRENO_* environment."""
-    state = ServiceState(settings or Settings())
+def create_app(settings: Settings | None = None, engine: EngineClient | None = None) -> FastAPI:
+    """The service as an ASGI app; `settings` defaults to the NEUTRENO_* environment and
+    `engine` to an engine core in this process."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    state = ServiceState(settings, engine or InprocClient(EngineCore(settings, metrics)),
+                         metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await start(state)
+        await state.engine.start()
         try:
             yield
         finally:
-            await stop(state)
+            state.draining = True
+            await state.engine.stop()
 
     app = FastAPI(title="NeuTRENO Serve", version="0.1.0", description=DESCRIPTION,
                   lifespan=lifespan)

@@ -1,16 +1,26 @@
 """Every Prometheus metric the service exports, defined once (names fixed in DESIGN.md).
 
 Each app gets its own `CollectorRegistry` so several apps (tests, benchmarks) can live in one
-process. Route code, the batcher and the generation scheduler all reach the metrics through
-`app.state.metrics`; nothing else calls prometheus_client constructors.
+process. Routes reach the metrics through `app.state.service.metrics`, the engine's batchers and
+schedulers through their `EngineCore`; nothing else calls prometheus_client constructors.
+
+Several processes (`neutreno serve`: front ends and the engine) share one view through
+prometheus_client's multiprocess mode: the supervisor sets `PROMETHEUS_MULTIPROC_DIR` before it
+starts them, every process writes its samples there, and `render` in any front end merges them.
+Counters and histograms add up across processes; each gauge says how (`multiprocess_mode`): the
+engine's gauges count only live processes, so a restarted engine starts from its own values.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0)
@@ -39,7 +49,8 @@ class Metrics:
             "neutreno_batch_size", "Rows per executed batch", ["model"], buckets=BATCH_BUCKETS,
             registry=r)
         self.queue_depth = Gauge(
-            "neutreno_queue_depth", "Requests waiting in the batch queue", ["model"], registry=r)
+            "neutreno_queue_depth", "Requests waiting in the batch queue", ["model"], registry=r,
+            multiprocess_mode="livesum")
         self.time_to_first_token_seconds = Histogram(
             "neutreno_time_to_first_token_seconds", "Time from request to first generated token",
             ["model"], buckets=LATENCY_BUCKETS, registry=r)
@@ -50,18 +61,19 @@ class Metrics:
             "neutreno_generated_tokens_total", "Tokens generated", ["model"], registry=r)
         self.running_sequences = Gauge(
             "neutreno_running_sequences", "Sequences in the running decode batch", ["model"],
-            registry=r)
+            registry=r, multiprocess_mode="livesum")
         self.waiting_sequences = Gauge(
             "neutreno_waiting_sequences", "Generation requests waiting for admission", ["model"],
-            registry=r)
+            registry=r, multiprocess_mode="livesum")
         self.token_similarity = Gauge(
             "neutreno_token_similarity",
             "Mean pairwise cosine similarity of token vectors per layer on sampled live traffic "
             "(over-smoothing telemetry: near 1 means collapsed representations)",
-            ["model", "layer"], registry=r)
+            ["model", "layer"], registry=r, multiprocess_mode="livemostrecent")
         self.model_info = Gauge(
             "neutreno_model_info", "Loaded model bundles (value 1) with their metadata",
-            ["model", "version", "task", "attention", "lam", "device"], registry=r)
+            ["model", "version", "task", "attention", "lam", "device"], registry=r,
+            multiprocess_mode="livemax")
 
     def observe_similarity(self, model: str, similarity: np.ndarray) -> None:
         """Set the per-layer gauge from a (rows, layers) array: the mean over rows."""
@@ -70,10 +82,27 @@ class Metrics:
         for layer, value in enumerate(similarity.mean(axis=0).tolist()):
             self.token_similarity.labels(model=model, layer=str(layer)).set(value)
 
+    def declare_model(self, model: str, generates: bool) -> None:
+        """Create a model's series at zero, so every family it will feed is listed from the
+        start (in multiprocess mode a family with no series is not listed at all)."""
+        families = [self.queue_duration_seconds, self.inference_duration_seconds,
+                    self.batch_size, self.queue_depth]
+        if generates:
+            families += [self.time_to_first_token_seconds, self.inter_token_latency_seconds,
+                         self.generated_tokens_total, self.running_sequences,
+                         self.waiting_sequences]
+        for family in families:
+            family.labels(model)
+
     def set_model_info(self, model: str, labels: Sequence[str]) -> None:
         """Publish one bundle's metadata; labels follow `model_info`'s label order after model."""
         self.model_info.labels(model, *labels).set(1)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of this registry."""
+        """The Prometheus text exposition: every process's samples in multiprocess mode, else
+        this registry's."""
+        if os.environ.get(MULTIPROC_ENV):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from service.errors import BadRequest
-from service.runtime import ModelRuntime, TensorSpec
+from service.runtime import ModelInfo, TensorSpec
 from service.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -31,7 +31,7 @@ def datatype(spec: TensorSpec) -> str:
     return NUMPY_TO_V2.get(spec.numpy_dtype, "BYTES")
 
 
-def metadata(model: ModelRuntime) -> V2ModelMetadata:
+def metadata(model: ModelInfo) -> V2ModelMetadata:
     """The model's tensors with dynamic dims as -1."""
     def meta(spec: TensorSpec) -> V2TensorMeta:
         shape = [d if isinstance(d, int) else -1 for d in spec.shape]
@@ -56,7 +56,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferReques
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
 
 
-def decode_inputs(model: ModelRuntime, request: V2InferRequest,
+def decode_inputs(model: ModelInfo, request: V2InferRequest,
                   binary: bytes) -> dict[str, np.ndarray]:
     """Feeds for the model from the request's tensors, validated against the graph inputs."""
     given = {t.name: t for t in request.inputs}
@@ -130,7 +130,7 @@ def batch_rows(feeds: dict[str, np.ndarray]) -> int:
     return rows.pop()
 
 
-def encode_response(model: ModelRuntime, request: V2InferRequest,
+def encode_response(model: ModelInfo, request: V2InferRequest,
                     outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
     """The response body and, when any tensor is binary, the JSON header's length."""
     wanted = request.outputs or []

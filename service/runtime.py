@@ -69,12 +69,14 @@ def _session_options(settings: Settings) -> ort.SessionOptions:
     return opts
 
 
-class ModelRuntime:
-    """A loaded bundle: manifest facts, the ORT session and the thread that runs it."""
+class ModelInfo:
+    """What a front end knows of a loaded bundle: its manifest facts and where it lives (the
+    engine process owns the session; front ends validate, decode and encode with this)."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], settings: Settings) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], device: str) -> None:
         self.path = path
         self.manifest = manifest
+        self.device = device
         self.name: str = manifest["name"]
         self.version: str = str(manifest["version"])
         self.task: str = manifest["task"]
@@ -82,10 +84,23 @@ class ModelRuntime:
         self.preprocessing: dict[str, Any] = dict(manifest.get("preprocessing") or {})
         self.inputs = [TensorSpec.from_manifest(e) for e in manifest["inputs"]]
         self.outputs = [TensorSpec.from_manifest(e) for e in manifest["outputs"]]
+
+    def info_labels(self) -> list[str]:
+        """Label values for neutreno_model_info after `model`."""
+        return [self.version, self.task, str(self.manifest.get("attention", "")),
+                str(self.manifest.get("lam", "")), self.device]
+
+
+class ModelRuntime(ModelInfo):
+    """A loaded bundle in the engine: manifest facts, the ORT session and the thread that runs
+    it."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], settings: Settings) -> None:
         providers = choose_providers(settings.device)
-        self.session = ort.InferenceSession(str(path / "model.onnx"), _session_options(settings),
-                                            providers=providers)
-        self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
+        session = ort.InferenceSession(str(path / "model.onnx"), _session_options(settings),
+                                       providers=providers)
+        super().__init__(path, manifest, "cuda" if session.get_providers()[0] == CUDA else "cpu")
+        self.session = session
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._executor = concurrent.futures.ThreadPoolExecutor(1, f"ort-{self.name}")
 
@@ -126,11 +141,6 @@ class ModelRuntime:
                 feeds[spec.name] = np.zeros((batch, gen["num_heads"], 0, gen["head_dim"]),
                                             spec.numpy_dtype)
         return feeds
-
-    def info_labels(self) -> list[str]:
-        """Label values for neutreno_model_info after `model`."""
-        return [self.version, self.task, str(self.manifest.get("attention", "")),
-                str(self.manifest.get("lam", "")), self.device]
 
     def close(self) -> None:
         """Let queued runs finish, then stop the worker thread."""

@@ -6,6 +6,7 @@ message naming the variable, instead of failing later inside a request.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses the CUDA execution provider when onnxruntime has it")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
+                         description="HTTP front-end processes in front of the one engine "
+                                     "process (default: the number of CPUs)")
     intra_op_threads: int = Field(0, ge=0, le=256, description="ORT threads per model; 0 = ORT")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="1 turns dynamic batching off")

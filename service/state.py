@@ -1,151 +1,130 @@
-"""What one running service holds, reachable from routes as `request.app.state.service`.
+"""What one front end holds, reachable from routes as `request.app.state.service`.
 
-`ServiceState` ties settings, metrics, the loaded models and one *worker* per model together.
-A worker is whatever turns requests for a model into runs: the `DynamicBatcher` for vision
-models, a generation scheduler for language models. `WORKER_FACTORIES` maps a bundle's task to
-the factory that builds its worker, so a new kind of model plugs in with one entry here and one
-router in `service.app.ROUTERS`, without touching the lifespan or the health logic.
+`ServiceState` ties settings, metrics and the engine client together and turns the engine's
+status into what routes need: the loaded models' manifest facts (`ModelInfo`), readiness
+reasons, and for language models the tokenizer and limits used to validate prompts before
+anything is queued. It never touches ONNX Runtime: inference goes through `engine`, which is
+the engine process (`MPClient`) or an `EngineCore` in this process (`InprocClient`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import Request
 
-from service.batching import DynamicBatcher
-from service.errors import (BadRequest, DeadlineExceeded, ModelNotFound, ModelNotReady,
-                            WrongTask)
-from service.generation.scheduler import make_scheduler
+from service.engine.client import EngineClient, GenerationStream
+from service.errors import ModelNotFound, ModelNotReady, WrongTask
+from service.generation.tokenizer import TextTokenizer
+from service.generation.validation import ModelLimits, ValidRequest
 from service.metrics import Metrics
-from service.repository import Repository
-from service.runtime import ModelRuntime
+from service.runtime import ModelInfo
 from service.settings import Settings
 
 
-class Worker(Protocol):
-    """A model's request-to-run engine, started and stopped by the app's lifespan."""
+@dataclass(frozen=True)
+class GenerationFront:
+    """A language model's front-end side: tokenizer and the limits prompts must fit."""
 
-    def start(self) -> None: ...
-
-    async def stop(self) -> None:
-        """Finish accepted work, then return."""
-        ...
-
-
-WorkerFactory = Callable[[ModelRuntime, "ServiceState"], Worker]
-
-
-class SimilaritySampler:
-    """Batch hook feeding neutreno_token_similarity from one batch in `every`."""
-
-    def __init__(self, model: str, metrics: Metrics, every: int) -> None:
-        self.model, self.metrics, self.every = model, metrics, every
-        self._count = 0
-
-    def __call__(self, outputs: dict) -> None:
-        self._count += 1
-        if self.every and "token_similarity" in outputs and self._count % self.every == 0:
-            self.metrics.observe_similarity(self.model, outputs["token_similarity"])
-
-
-def make_batcher(model: ModelRuntime, state: ServiceState) -> DynamicBatcher:
-    """The dynamic batcher for a vision model, configured from settings."""
-    s = state.settings
-    sampler = SimilaritySampler(model.name, state.metrics, s.similarity_sample_every)
-    return DynamicBatcher(model.name, model.run_async, state.metrics,
-                          max_batch_size=s.max_batch_size, max_queue_delay_s=s.max_queue_delay_s,
-                          max_queue_size=s.max_queue_size, on_batch=sampler)
-
-
-WORKER_FACTORIES: dict[str, WorkerFactory] = {
-    "classification": make_batcher,
-    "segmentation": make_batcher,
-    "text-generation": make_scheduler,
-}
+    tokenizer: TextTokenizer
+    limits: ModelLimits
 
 
 @dataclass
 class ServiceState:
-    """Settings, metrics, models and workers of one app instance."""
+    """Settings, metrics, the engine client and the models it serves, for one front end."""
 
     settings: Settings
+    engine: EngineClient
     metrics: Metrics = field(default_factory=Metrics)
-    repository: Repository | None = None
-    workers: dict[str, Worker] = field(default_factory=dict)
-    started: bool = False
     draining: bool = False
-    loop: asyncio.AbstractEventLoop | None = None
+    _models: dict[str, ModelInfo] = field(default_factory=dict)
+    _fronts: dict[str, GenerationFront] = field(default_factory=dict)
+
+    def _status(self) -> dict[str, Any] | None:
+        return self.engine.status()
 
     @property
-    def models(self) -> dict[str, ModelRuntime]:
-        return self.repository.models if self.repository else {}
+    def started(self) -> bool:
+        status = self._status()
+        return bool(status and status["started"])
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        """Loaded models by name, rebuilt only when the engine's set of bundles changes."""
+        status = self._status()
+        loaded = status["models"] if status else {}
+        if {n: str(m.path) for n, m in self._models.items()} != {
+                n: m["path"] for n, m in loaded.items()}:
+            self._models = {n: ModelInfo(Path(m["path"]), m["manifest"], m["device"])
+                            for n, m in loaded.items()}
+            self._fronts = {}
+        return self._models
 
     @property
     def failures(self) -> dict[str, str]:
-        return self.repository.failures if self.repository else {}
+        status = self._status()
+        return dict(status["failures"]) if status else {}
 
     def request_drain(self) -> None:
-        """Signal-safe start of a drain: readiness goes 503, new requests are refused, and
-        every batcher runs what it has queued at once instead of waiting for fuller batches."""
+        """Signal-safe start of a drain: readiness goes 503, new requests are refused."""
         self.draining = True
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._flush_workers)
-
-    def _flush_workers(self) -> None:
-        for worker in self.workers.values():
-            flush = getattr(worker, "flush", None)
-            if flush is not None:
-                flush()
+        self.engine.flush()
 
     def readiness(self) -> list[str]:
         """Why the service is not ready; empty when it is."""
-        reasons = [] if self.started else ["models are still loading"]
-        if self.draining:
+        status = self._status()
+        if status is None:
+            reasons = ["the engine is not answering"]
+        else:
+            reasons = [] if status["started"] else ["models are still loading"]
+        if self.draining or (status and status["draining"]):
             reasons.append("shutting down")
         return reasons + [f"model {n} failed to load: {r}" for n, r in self.failures.items()]
 
-    def model(self, name: str, task: str | None = None) -> ModelRuntime:
+    def model(self, name: str, task: str | None = None) -> ModelInfo:
         """A loaded model by name (404 unknown, 503 broken or draining, 400 wrong task)."""
-        if name in self.failures:
-            raise ModelNotReady(f"model {name!r} is not available: {self.failures[name]}")
-        if name not in self.models:
-            raise ModelNotFound(f"no model named {name!r}; available: {sorted(self.models)}")
+        failures = self.failures
+        if name in failures:
+            raise ModelNotReady(f"model {name!r} is not available: {failures[name]}")
+        models = self.models
+        if name not in models:
+            if self._status() is None:
+                raise ModelNotReady("the engine is not answering")
+            raise ModelNotFound(f"no model named {name!r}; available: {sorted(models)}")
         if self.draining:
             raise ModelNotReady("the service is shutting down")
-        found = self.models[name]
+        found = models[name]
         if task is not None and found.task != task:
             raise WrongTask(f"model {name!r} does a {found.task} task, not {task}")
         return found
 
-    def batcher(self, name: str) -> DynamicBatcher | None:
-        worker = self.workers.get(name)
-        return worker if isinstance(worker, DynamicBatcher) else None
+    def admit(self, model: ModelInfo) -> None:
+        """Refuse now (QueueFull, ModelNotReady) a request the engine would refuse."""
+        self.engine.admit(model.name)
 
-    def admit(self, model: ModelRuntime) -> None:
-        """Refuse now (QueueFull, ModelNotReady) a request the model's batcher would refuse."""
-        batcher = self.batcher(model.name)
-        if batcher is not None:
-            batcher.admit()
-
-    async def run(self, model: ModelRuntime, feeds: dict[str, np.ndarray]
+    async def run(self, model: ModelInfo, feeds: dict[str, np.ndarray]
                   ) -> dict[str, np.ndarray]:
-        """Run validated feeds through the model's batcher, or directly when it has none."""
-        timeout = self.settings.request_timeout_s
-        batcher = self.batcher(model.name)
-        if batcher is not None:
-            return await batcher.submit(feeds, timeout)
-        try:
-            return await asyncio.wait_for(model.run_async(feeds), timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no result from {model.name!r} within {timeout:.3g} s") from None
-        except Exception as exc:  # inputs the graph rejects (e.g. inconsistent KV-cache lengths)
-            raise BadRequest(f"{model.name!r} rejected the inputs: {exc}") from None
+        """Run validated feeds on the engine (batched with every front end's requests)."""
+        return await self.engine.run(model.name, feeds)
+
+    def generation_front(self, model: ModelInfo) -> GenerationFront:
+        """Tokenizer and limits of a language model, loaded once per bundle."""
+        front = self._fronts.get(model.name)
+        if front is None:
+            gen = model.manifest["generation"]
+            tokenizer = TextTokenizer.of_bundle(model.path, gen)
+            limits = ModelLimits(gen["context_length"], self.settings.max_cached_tokens)
+            front = self._fronts[model.name] = GenerationFront(tokenizer, limits)
+        return front
+
+    async def generate(self, model: ModelInfo, requests: list[ValidRequest]
+                       ) -> GenerationStream:
+        """Queue validated prompts on the engine's scheduler for this model."""
+        return await self.engine.generate(model.name, requests)
 
 
 async def get_state(request: Request) -> ServiceState:

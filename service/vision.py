@@ -21,7 +21,7 @@ from service import imaging
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.schemas import (ClassFraction, ClassifyResponse, ImageField, Prediction,
                              SegmentResponse)
-from service.runtime import ModelRuntime
+from service.runtime import ModelInfo
 from service.state import ServiceState
 
 P = TypeVar("P", bound=BaseModel)
@@ -71,11 +71,11 @@ def _validated(model: type[P], data: object, *, json: bool) -> P:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
 
-def _decode(img: Image.Image, model: ModelRuntime) -> np.ndarray:
+def _decode(img: Image.Image, model: ModelInfo) -> np.ndarray:
     return imaging.preprocess(imaging.load_pixels(img), model.preprocessing)
 
 
-async def _infer(state: ServiceState, model: ModelRuntime, data: bytes
+async def _infer(state: ServiceState, model: ModelInfo, data: bytes
                  ) -> tuple[Image.Image, dict[str, np.ndarray]]:
     """Admit (a full queue refuses before any decoding), decode (small images inline, large
     ones in a thread), then run through the batcher."""
@@ -93,11 +93,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def _label(model: ModelRuntime, index: int) -> str:
+def _label(model: ModelInfo, index: int) -> str:
     return model.labels[index] if index < len(model.labels) else str(index)
 
 
-async def classify(state: ServiceState, model: ModelRuntime, data: bytes,
+async def classify(state: ServiceState, model: ModelInfo, data: bytes,
                    top_k: int) -> ClassifyResponse:
     """Top-k classes with softmax scores, best first."""
     _, outputs = await _infer(state, model, data)
@@ -108,7 +108,7 @@ async def classify(state: ServiceState, model: ModelRuntime, data: bytes,
         for i in order])
 
 
-async def segment(state: ServiceState, model: ModelRuntime, data: bytes,
+async def segment(state: ServiceState, model: ModelInfo, data: bytes,
                   with_overlay: bool) -> SegmentResponse:
     """Class-index mask PNG at the input's size, class pixel fractions, optional overlay."""
     img, outputs = await _infer(state, model, data)
@@ -116,7 +116,7 @@ async def segment(state: ServiceState, model: ModelRuntime, data: bytes,
                                    with_overlay)
 
 
-def _segment_response(model: ModelRuntime, img: Image.Image, logits: np.ndarray,
+def _segment_response(model: ModelInfo, img: Image.Image, logits: np.ndarray,
                       with_overlay: bool) -> SegmentResponse:
     num_classes = logits.shape[0]
     mask = imaging.mask_at_size(logits.argmax(axis=0), img.size)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.generation.scheduler import Submission
+from service.engine.client import GenerationStream
 from service.generation.schemas import (Completion, CompletionChoice, CompletionRequest,
                                         Logprobs, Usage)
 from service.generation.sequence import TokenLogprob
@@ -25,10 +25,10 @@ from service.generation.sequence import TokenLogprob
 CLIENT_CLOSED = 499
 
 
-def usage(submission: Submission) -> Usage:
+def usage(submission: GenerationStream) -> Usage:
     """Token counts over every prompt of the request."""
-    prompt = sum(len(s.request.prompt_ids) for s in submission.sequences)
-    completion = sum(len(s.generated) for s in submission.sequences)
+    prompt = sum(len(r.prompt_ids) for r in submission.requests)
+    completion = submission.completion_tokens
     return Usage(prompt_tokens=prompt, completion_tokens=completion,
                  total_tokens=prompt + completion)
 
@@ -56,9 +56,9 @@ class CompletionWriter:
         return Completion(id=self.id, created=self.created, model=self.model, choices=choices,
                           usage=usage)
 
-    async def collect(self, submission: Submission) -> Completion:
+    async def collect(self, submission: GenerationStream) -> Completion:
         """Wait for every sequence; one choice per prompt, in prompt order."""
-        texts = {s.request.index: "" for s in submission.sequences}
+        texts = {r.index: "" for r in submission.requests}
         tokens: dict[int, list[TokenLogprob]] = {i: [] for i in texts}
         reasons: dict[int, str | None] = {i: None for i in texts}
         async for chunk in submission.chunks():
@@ -73,7 +73,7 @@ class CompletionWriter:
                                     finish_reason=reasons[i]) for i in sorted(texts)]
         return self.completion(choices, usage(submission))
 
-    async def stream(self, submission: Submission) -> AsyncIterator[str]:
+    async def stream(self, submission: GenerationStream) -> AsyncIterator[str]:
         """SSE events for every chunk, then usage (if asked) and [DONE]; a client that goes
         away cancels the submission (its sequences leave the batch at the next step)."""
         wanted = self.body.logprobs is not None
@@ -106,7 +106,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def respond(writer: CompletionWriter, submission: Submission,
+async def respond(writer: CompletionWriter, submission: GenerationStream,
                   request: Request) -> Completion | Response:
     """The non-streaming completion, or 499 if the client leaves first (sequences freed)."""
     result = asyncio.ensure_future(writer.collect(submission))

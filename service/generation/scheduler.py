@@ -17,42 +17,30 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
 from service.generation.kv import Feeds, KVBatch, LMGraph, prefill_feeds, prefilled
-from service.generation.sequence import Chunk, Sequence
+from service.generation.sequence import Chunk, ChunkReader, Sequence
 from service.generation.tokenizer import TextTokenizer
 from service.generation.validation import ModelLimits, ValidRequest
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
-
-if TYPE_CHECKING:
-    from service.state import ServiceState
+from service.settings import Settings
 
 log = logging.getLogger("neutreno.service")
 
 
-class Submission:
+class Submission(ChunkReader):
     """The sequences of one HTTP request (one per prompt) and their shared output queue."""
 
     def __init__(self, scheduler: GenerationScheduler, sequences: list[Sequence],
                  outbox: asyncio.Queue[Chunk]) -> None:
+        super().__init__([s.request for s in sequences], outbox)
         self.scheduler = scheduler
         self.sequences = sequences
-        self.outbox = outbox
-
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        """Chunks of every sequence as they come, until each has finished or failed."""
-        remaining = len(self.sequences)
-        while remaining:
-            chunk = await self.outbox.get()
-            if chunk.finish_reason is not None or chunk.error is not None:
-                remaining -= 1
-            yield chunk
 
     def cancel(self) -> None:
         """The client is gone: free the sequences at the next step."""
@@ -101,6 +89,9 @@ class GenerationScheduler:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"generation-{self.name}")
+
+    def flush(self) -> None:
+        """Nothing to flush: every step runs as soon as there is work (no batch wait)."""
 
     async def stop(self) -> None:
         """Refuse new requests, finish every accepted sequence, then end the loop."""
@@ -269,16 +260,11 @@ class GenerationScheduler:
         self._metrics.queue_depth.labels(self.name).set(len(self._waiting))
 
 
-def make_scheduler(model: ModelRuntime, state: ServiceState) -> GenerationScheduler:
+def make_scheduler(model: ModelRuntime, settings: Settings, metrics: Metrics,
+                   on_prefill: Callable[[Feeds], None] | None = None) -> GenerationScheduler:
     """The generation worker of a text-generation bundle, configured from settings."""
-    from service.state import SimilaritySampler
-
-    s = state.settings
-    gen = model.manifest["generation"]
-    tokenizer = TextTokenizer(model.path / "tokenizer.json", gen.get("eos_token_id"),
-                              gen["vocab_size"])
-    sampler = SimilaritySampler(model.name, state.metrics, s.similarity_sample_every)
-    return GenerationScheduler(model, tokenizer, state.metrics,
-                               max_running=s.max_running_sequences,
-                               max_cached_tokens=s.max_cached_tokens,
-                               max_queue_size=s.max_queue_size, on_prefill=sampler)
+    tokenizer = TextTokenizer.of_bundle(model.path, model.manifest["generation"])
+    return GenerationScheduler(model, tokenizer, metrics,
+                               max_running=settings.max_running_sequences,
+                               max_cached_tokens=settings.max_cached_tokens,
+                               max_queue_size=settings.max_queue_size, on_prefill=on_prefill)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +39,26 @@ class Chunk:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     error: ServiceError | None = None
+    new_tokens: int = 0  # tokens generated since this sequence's previous chunk (usage)
+
+
+class ChunkReader:
+    """The chunks of one request's sequences, read from their shared queue until every one has
+    finished or failed; counts the completion tokens they report (usage)."""
+
+    def __init__(self, requests: list[ValidRequest], outbox: asyncio.Queue[Chunk]) -> None:
+        self.requests = requests
+        self.outbox = outbox
+        self.completion_tokens = 0
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        remaining = len(self.requests)
+        while remaining:
+            chunk = await self.outbox.get()
+            if chunk.finish_reason is not None or chunk.error is not None:
+                remaining -= 1
+            self.completion_tokens += chunk.new_tokens
+            yield chunk
 
 
 class Sequence:
@@ -58,6 +79,7 @@ class Sequence:
         self._base = len(request.prompt_text) if request.echo else 0
         self._text = ""
         self._sent = 0
+        self._counted = 0  # tokens reported in chunks so far
         self._pending: list[TokenLogprob] = []
 
     @property
@@ -159,6 +181,8 @@ class Sequence:
 
     def _emit(self, chunk: Chunk) -> None:
         if not self.cancelled:
+            chunk.new_tokens = len(self.generated) - self._counted
+            self._counted = len(self.generated)
             self.outbox.put_nowait(chunk)
 
 

@@ -22,6 +22,12 @@ class TextTokenizer:
         self.eos_id = eos_id
         self.vocab_size = vocab_size
 
+    @classmethod
+    def of_bundle(cls, bundle: Path, generation: dict) -> TextTokenizer:
+        """The tokenizer of a text-generation bundle (its manifest's `generation` facts)."""
+        return cls(bundle / "tokenizer.json", generation.get("eos_token_id"),
+                   generation["vocab_size"])
+
     def encode(self, text: str) -> list[int]:
         """Text -> token ids (no special tokens added)."""
         return self._tok.encode(text, add_special_tokens=False).ids

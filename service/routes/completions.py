@@ -5,9 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from service.errors import ModelNotReady
 from service.generation.completions import CompletionWriter, respond
-from service.generation.scheduler import GenerationScheduler
 from service.generation.schemas import Completion, CompletionRequest
 from service.generation.validation import validate
 from service.routes.v1 import ERRORS
@@ -22,22 +20,14 @@ STREAM_OK = {200: {"description": "the completion; with stream true, Server-Sent
                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
-def scheduler_for(state: ServiceState, name: str) -> GenerationScheduler:
-    """The generation worker of a loaded text-generation model (404 / 400 / 503 otherwise)."""
-    model = state.model(name, "text-generation")
-    worker = state.workers.get(model.name)
-    if not isinstance(worker, GenerationScheduler):
-        raise ModelNotReady(f"model {name!r} has no running generation worker")
-    return worker
-
-
 @router.post("/completions", response_model=Completion, responses={**ERRORS, **STREAM_OK},
              summary="Complete a prompt (OpenAI-compatible; SSE when stream is true)")
 async def completions(body: CompletionRequest, request: Request,
                       state: ServiceState = Depends(get_state)) -> Completion | Response:
-    scheduler = scheduler_for(state, body.model)
-    submission = scheduler.submit(validate(body, scheduler.tokenizer, scheduler.limits))
-    writer = CompletionWriter(body, scheduler.name)
+    model = state.model(body.model, "text-generation")
+    front = state.generation_front(model)
+    submission = await state.generate(model, validate(body, front.tokenizer, front.limits))
+    writer = CompletionWriter(body, model.name)
     if body.stream:
         return StreamingResponse(writer.stream(submission), media_type="text/event-stream",
                                  headers=SSE_HEADERS)

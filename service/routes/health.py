@@ -30,8 +30,4 @@ async def readyz(state: ServiceState = Depends(get_state)) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics (text exposition format)",
             response_class=Response)
 async def metrics(state: ServiceState = Depends(get_state)) -> Response:
-    for name, worker in state.workers.items():
-        depth = getattr(worker, "depth", None)
-        if depth is not None:
-            state.metrics.queue_depth.labels(name).set(depth)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

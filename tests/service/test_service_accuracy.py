@@ -34,7 +34,7 @@ def test_rest_accuracy_equals_direct_bundle_accuracy(repository: Path, fashion) 
     images, labels = fashion
     repo = _repository(repository)
     with TestClient(create_app(make_settings(repo, max_batch_size=32))) as c:
-        model = c.app.state.service.models["fashion-classifier"]
+        model = c.app.state.service.engine.core.models["fashion-classifier"]
         direct = _direct_predictions(model.path, images, model.preprocessing)
         served = np.array([
             c.post("/v1/models/fashion-classifier/classify",

@@ -183,7 +183,7 @@ async def test_http_requests_share_a_batch(repository, fashion) -> None:
 async def test_ort_failure_gives_every_request_a_clean_error(repository, fashion,
                                                              monkeypatch) -> None:
     async with serving(repository, max_batch_size=8, max_queue_delay_ms=30.0) as (app, c):
-        model = app.state.service.models["fashion-classifier"]
+        model = app.state.service.engine.core.models["fashion-classifier"]
         real_run = model.run
 
         def broken(feeds):
@@ -204,7 +204,7 @@ async def test_queue_full_429_and_deadline_504_over_http(repository, fashion,
                                                          monkeypatch) -> None:
     async with serving(repository, max_batch_size=1, max_queue_size=2,
                        request_timeout_s=0.2) as (app, c):
-        model = app.state.service.models["fashion-classifier"]
+        model = app.state.service.engine.core.models["fashion-classifier"]
         real_run = model.run
 
         def slow(feeds):

@@ -1,0 +1,63 @@
+"""One HTTP front-end process: uvicorn serving `create_app` with an `MPClient` to the engine.
+
+`DrainingServer` flips readiness to 503 the moment a stop signal arrives, lets uvicorn stop
+accepting and wait up to NEUTRENO_DRAIN_TIMEOUT_S for in-flight requests, and exits 0 after a
+clean drain (uvicorn re-raises the signal by default). Under the supervisor a front end ignores
+SIGINT: Ctrl+C reaches the whole process group, and the supervisor answers it with one SIGTERM
+per front end, so a second signal never turns the drain into a forced exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from service.app import create_app
+from service.engine.client import MPClient
+from service.logs import configure_logging
+from service.settings import Settings
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server with a readiness-first, exit-0 drain (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, app: Any, ignore_sigint: bool = False) -> None:
+        super().__init__(config)
+        self._service_app = app
+        self._ignore_sigint = ignore_sigint
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._ignore_sigint and sig == signal.SIGINT:
+            return
+        self._service_app.state.service.request_drain()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()  # drained cleanly: a normal exit, status 0
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """The one uvicorn configuration of a front end."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port,
+                          log_level=settings.log_level,
+                          timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
+
+
+def frontend_main(overrides: dict[str, Any], address: str, sock: socket.socket) -> None:
+    """Process entry point (spawned by the supervisor) serving on the shared socket."""
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level)
+    engine = MPClient(address, settings.request_timeout_s, settings.max_queue_size)
+    app = create_app(settings, engine)
+    DrainingServer(uvicorn_config(app, settings), app, ignore_sigint=True).run(sockets=[sock])
