@@ -156,15 +156,20 @@ def free_port() -> int:
 class LiveServer:
     """`neutreno serve` in a subprocess on a free port."""
 
-    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, repo: Path, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> None:
+        """One front end unless `env` says otherwise; output to `log` (readable while the
+        server runs) or to a pipe read by `output()` after it has stopped."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
         full_env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repo),
                     "NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_LOG_LEVEL": "warning",
-                    **(env or {})}
+                    "NEUTRENO_WORKERS": "1", **(env or {})}
+        out = subprocess.PIPE if log is None else log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1", "--port",
-             str(self.port)], env=full_env, cwd=ROOT, stdout=subprocess.PIPE,
+             str(self.port)], env=full_env, cwd=ROOT, stdout=out,
             stderr=subprocess.STDOUT, text=True)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -180,6 +185,8 @@ class LiveServer:
         raise TimeoutError(f"server not up in {timeout} s")
 
     def output(self) -> str:
+        if self.log is not None:
+            return self.log.read_text()
         return self.proc.stdout.read() if self.proc.stdout else ""
 
     def stop(self) -> int:

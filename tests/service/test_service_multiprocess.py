@@ -1,0 +1,107 @@
+"""`neutreno serve` as a process tree: two front ends sharing one engine process.
+
+Checks what must hold whichever front end answers: one coherent /metrics (counts equal the
+requests served), batches formed from several front ends' requests, a killed front end
+replaced without failing the other clients, a killed engine taking the server down with a
+non-zero status (so an orchestrator restarts it), and a clean SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from service_helpers import LiveServer, b64, png_bytes
+
+CLASSIFY = "/v1/models/fashion-classifier/classify"
+
+
+@pytest.fixture()
+def server(repository: Path, tmp_path: Path) -> Iterator[LiveServer]:
+    live = LiveServer(repository, env={"NEUTRENO_WORKERS": "2", "NEUTRENO_LOG_LEVEL": "info",
+                                       "NEUTRENO_MAX_QUEUE_DELAY_MS": "50"},
+                      log=tmp_path / "server.log")
+    try:
+        live.wait_ready()
+        wait_for(lambda: len(frontend_pids(live)) == 2, "two front ends started")
+        yield live
+    finally:
+        live.stop()
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(0.1)
+
+
+def frontend_pids(live: LiveServer) -> list[int]:
+    return [int(p) for p in re.findall(r"Started server process \[(\d+)\]", live.output())]
+
+
+def engine_pid(live: LiveServer) -> int:
+    return int(re.search(r"engine pid (\d+)", live.output()).group(1))
+
+
+def metric_sum(text: str, family: str, **labels: str) -> float:
+    """Sum of a family's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(family) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def classify_many(url: str, bodies: list[dict]) -> list[int]:
+    """Each request on its own connection, so the kernel spreads them over the front ends."""
+    async def one(body: dict) -> int:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            return (await c.post(CLASSIFY, json=body)).status_code
+    return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+def test_metrics_are_one_view_and_batches_mix_front_ends(server: LiveServer, fashion) -> None:
+    bodies = [{"image": b64(png_bytes(img))} for img in fashion[0][:24]]
+    statuses = asyncio.run(classify_many(server.url, bodies))
+    assert statuses == [200] * 24
+    for _ in range(4):  # each scrape may be answered by either front end: all agree
+        text = httpx.get(server.url + "/metrics").text
+        assert metric_sum(text, "neutreno_requests_total", status="200",
+                          endpoint="/v1/models/{name}/classify") == 24
+        rows = metric_sum(text, "neutreno_batch_size_sum", model="fashion-classifier")
+        batches = metric_sum(text, "neutreno_batch_size_count", model="fashion-classifier")
+        assert rows == 24
+        assert rows / batches >= 2, "the engine never batched requests together"
+
+
+def test_killed_front_end_is_replaced_and_others_keep_serving(server: LiveServer,
+                                                             fashion) -> None:
+    body = {"image": b64(png_bytes(fashion[0][0]))}
+    first, second = frontend_pids(server)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: len(frontend_pids(server)) == 3, "a replacement front end")
+    assert second in frontend_pids(server)
+    statuses = asyncio.run(classify_many(server.url, [body] * 8))
+    assert statuses == [200] * 8
+    assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_killed_engine_stops_the_server_non_zero(server: LiveServer) -> None:
+    os.kill(engine_pid(server), signal.SIGKILL)
+    assert server.proc.wait(60) == 1
+    assert "the engine process exited" in server.output()
+
+
+def test_sigterm_drains_every_process_and_exits_zero(server: LiveServer, fashion) -> None:
+    body = {"image": b64(png_bytes(fashion[0][0]))}
+    assert asyncio.run(classify_many(server.url, [body] * 4)) == [200] * 4
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(60) == 0
+    assert "drained; exiting" in server.output()
