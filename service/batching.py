@@ -12,6 +12,9 @@ The queue is bounded: when full, `submit` (and `admit`, which routes call before
 `QueueFull` (429 with Retry-After) at once. A
 request whose deadline passes gets `DeadlineExceeded` (504) and is dropped from the queue if it
 has not started. With `max_batch_size` 1 each request runs alone, i.e. batching is off.
+With `buckets`, a batch is padded with zero rows up to the smallest bucket that holds it (the
+engine warms every bucket up at load), so a GPU never meets a new shape while serving; outputs
+are cut back to the real rows before anyone sees them.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class DynamicBatcher:
 
     def __init__(self, model: str, run: RunFn, metrics: Metrics, *, max_batch_size: int,
                  max_queue_delay_s: float, max_queue_size: int,
+                 buckets: tuple[int, ...] = (),
                  on_batch: Callable[[Feeds], None] | None = None) -> None:
         self.model = model
         self._run = run
@@ -59,6 +63,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_size = max_queue_size
+        self.buckets = buckets
         self._on_batch = on_batch
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
@@ -173,11 +178,11 @@ class DynamicBatcher:
         started = time.perf_counter()
         for req in batch:
             self._metrics.queue_duration_seconds.labels(self.model).observe(started - req.enqueued)
-        self._metrics.batch_size.labels(self.model).observe(sum(r.rows for r in batch))
+        rows = sum(r.rows for r in batch)
+        self._metrics.batch_size.labels(self.model).observe(rows)
         try:
-            feeds = {name: np.concatenate([r.feeds[name] for r in batch]) if len(batch) > 1
-                     else batch[0].feeds[name] for name in batch[0].feeds}
-            outputs = await self._run(feeds)
+            outputs = await self._run(self._stacked(batch, rows))
+            outputs = {name: value[:rows] for name, value in outputs.items()}
         except Exception as exc:  # reaches the waiters; the loop itself carries on
             log.error("batch of %d on %s failed: %s", len(batch), self.model, exc)
             if len(batch) > 1:
@@ -194,6 +199,18 @@ class DynamicBatcher:
                 self._on_batch(outputs)
             except Exception:  # telemetry must never break serving
                 log.exception("batch hook failed on %s", self.model)
+
+    def _stacked(self, batch: list[_Request], rows: int) -> Feeds:
+        """The batch's feeds along axis 0, zero-padded up to the smallest bucket holding
+        `rows` (unpadded when there are no buckets or none is large enough)."""
+        size = next((b for b in self.buckets if b >= rows), rows)
+        feeds: Feeds = {}
+        for name, first in batch[0].feeds.items():
+            parts = [r.feeds[name] for r in batch]
+            if size > rows:
+                parts.append(np.zeros((size - rows, *first.shape[1:]), first.dtype))
+            feeds[name] = np.concatenate(parts) if len(parts) > 1 else first
+        return feeds
 
     async def _isolate(self, batch: list[_Request]) -> None:
         """Re-run a failed batch one request at a time, so that an input the model cannot

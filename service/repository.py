@@ -49,7 +49,7 @@ def load_model(name: str, path: Path, settings: Settings) -> ModelRuntime:
     if model.name != name:
         raise ValueError(f"manifest name {model.name!r} does not match its folder {name!r}")
     if settings.warmup:
-        model.warmup()
+        model.warmup(settings.buckets(model.device) if model.task != "text-generation" else ())
     return model
 
 

@@ -58,6 +58,12 @@ def choose_providers(device: str) -> list[str]:
     return [CPU]
 
 
+def providers_for(settings: Settings) -> list[str | tuple[str, dict[str, str]]]:
+    """The session's providers, the CUDA one with every NEUTRENO_CUDA_* option."""
+    return [(CUDA, settings.cuda_provider_options) if p == CUDA else p
+            for p in choose_providers(settings.device)]
+
+
 def _session_options(settings: Settings) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -96,9 +102,8 @@ class ModelRuntime(ModelInfo):
     it."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], settings: Settings) -> None:
-        providers = choose_providers(settings.device)
         session = ort.InferenceSession(str(path / "model.onnx"), _session_options(settings),
-                                       providers=providers)
+                                       providers=providers_for(settings))
         super().__init__(path, manifest, "cuda" if session.get_providers()[0] == CUDA else "cpu")
         self.session = session
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -114,9 +119,11 @@ class ModelRuntime(ModelInfo):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run, feeds)
 
-    def warmup(self) -> None:
-        """One run on neutral inputs so the first real request does not pay allocation costs."""
-        self.run(self.example_feeds())
+    def warmup(self, batch_sizes: tuple[int, ...] = ()) -> None:
+        """Runs on neutral inputs, one per batch size (at least batch 1), so that no request
+        pays a first-run cost (allocations, cuDNN algorithm choice) for a shape served."""
+        for batch in batch_sizes or (1,):
+            self.run(self.example_feeds(batch))
 
     def example_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Zero inputs of the right shapes (an empty KV cache for language models)."""

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, le=256, description="ORT threads per model; 0 = ORT")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="1 turns dynamic batching off")
+    batch_buckets: str = Field(
+        "auto", pattern=r"^(auto|off|\d+(,\d+)*)$",
+        description="batch sizes vision batches are padded up to, each warmed up at start "
+                    "(no first-run cost for a new shape): auto = powers of two up to "
+                    "max_batch_size on CUDA and off on CPU, off, or a list like 1,4,16,64")
     max_queue_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0,
                                       description="longest wait of the oldest queued request "
                                                   "(a lone client never waits)")
@@ -48,6 +53,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="413 above this")
     max_image_pixels: int = Field(4096 * 4096, ge=1,
                                   description="decoded width x height limit (decompression bombs)")
+
+    cuda_device_id: int = Field(0, ge=0, description="GPU the engine uses")
+    cuda_cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        "HEURISTIC", description="EXHAUSTIVE benchmarks every conv algorithm on each new shape "
+                                 "(up to 0.8 s on the first run); HEURISTIC picks at once")
+    cuda_use_tf32: bool = Field(True, description="TF32 matmuls (about 1e-3 from fp32 logits)")
+    cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    cuda_gpu_mem_limit_mb: int = Field(0, ge=0, description="ORT's CUDA arena limit; 0 = none")
 
     api_key: SecretStr | None = Field(None, description="Bearer token required on /v1 and /v2")
     similarity_sample_every: int = Field(
@@ -67,6 +80,26 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, key: SecretStr | None) -> SecretStr | None:
         return key if key is not None and key.get_secret_value() else None
+
+    @property
+    def cuda_provider_options(self) -> dict[str, str]:
+        """CUDAExecutionProvider options (ORT's names) from the NEUTRENO_CUDA_* settings."""
+        options = {"device_id": str(self.cuda_device_id),
+                   "cudnn_conv_algo_search": self.cuda_cudnn_conv_algo_search,
+                   "use_tf32": str(int(self.cuda_use_tf32)),
+                   "arena_extend_strategy": self.cuda_arena_extend_strategy}
+        if self.cuda_gpu_mem_limit_mb:
+            options["gpu_mem_limit"] = str(self.cuda_gpu_mem_limit_mb * 1024 * 1024)
+        return options
+
+    def buckets(self, device: str) -> tuple[int, ...]:
+        """Batch sizes a vision model on `device` pads its batches up to (empty: no padding)."""
+        if self.batch_buckets == "off" or (self.batch_buckets == "auto" and device != "cuda"):
+            return ()
+        if self.batch_buckets == "auto":
+            sizes = [1 << i for i in range(self.max_batch_size.bit_length())]
+            return tuple(sorted({*sizes, self.max_batch_size}))
+        return tuple(sorted({int(b) for b in self.batch_buckets.split(",") if int(b) > 0}))
 
     @property
     def max_queue_delay_s(self) -> float:

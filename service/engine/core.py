@@ -72,7 +72,8 @@ def make_batcher(model: ModelRuntime, settings: Settings, metrics: Metrics) -> D
     return DynamicBatcher(model.name, model.run_async, metrics,
                           max_batch_size=settings.max_batch_size,
                           max_queue_delay_s=settings.max_queue_delay_s,
-                          max_queue_size=settings.max_queue_size, on_batch=sampler)
+                          max_queue_size=settings.max_queue_size,
+                          buckets=settings.buckets(model.device), on_batch=sampler)
 
 
 def make_generation_worker(model: ModelRuntime, settings: Settings,

@@ -157,6 +157,59 @@ async def test_stop_finishes_queued_work() -> None:
     assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(6)]
 
 
+async def test_buckets_pad_batches_and_cut_outputs_back() -> None:
+    model = FakeModel(delay=0.01)
+    metrics = Metrics()
+    b = DynamicBatcher("m", model, metrics, max_batch_size=8, max_queue_delay_s=0.05,
+                       max_queue_size=64, buckets=(1, 4, 8))
+    b.start()
+    results = await asyncio.gather(*(b.submit(_row(i), 5.0) for i in range(5)))
+    lone = await b.submit(_row(9, 2), 5.0)
+    assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert lone["y"].shape == (2, 3)
+    assert model.batches == [8, 4]  # 5 rows padded to 8, then 2 rows to 4
+    assert metrics.registry.get_sample_value("neutreno_batch_size_sum", {"model": "m"}) == 7
+    await b.stop()
+
+
+def test_bucket_and_cuda_settings(repository) -> None:
+    auto = make_settings(repository, max_batch_size=24)
+    assert auto.buckets("cuda") == (1, 2, 4, 8, 16, 24) and auto.buckets("cpu") == ()
+    assert make_settings(repository, batch_buckets="16,1,4").buckets("cpu") == (1, 4, 16)
+    assert make_settings(repository, batch_buckets="off").buckets("cuda") == ()
+    with pytest.raises(ValueError):
+        make_settings(repository, batch_buckets="1,x")
+    options = make_settings(repository, cuda_use_tf32=False,
+                            cuda_gpu_mem_limit_mb=1024).cuda_provider_options
+    assert options == {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0",
+                       "arena_extend_strategy": "kNextPowerOfTwo",
+                       "gpu_mem_limit": str(1024 ** 3)}
+
+
+async def test_http_batches_padded_to_buckets_answer_each_request(repository, fashion) -> None:
+    images, labels = fashion
+    async with serving(repository, max_batch_size=16, max_queue_delay_ms=50.0,
+                       batch_buckets="1,16") as (app, c):
+        runs: list[int] = []
+        model = app.state.service.engine.core.models["fashion-classifier"]
+        real_run = model.run
+
+        def counting(feeds):
+            runs.append(len(feeds["pixel_values"]))
+            return real_run(feeds)
+
+        model.run = counting
+        bodies = [{"image": b64(png_bytes(img))} for img in images[:5]]
+        answers = await asyncio.gather(*(c.post(CLASSIFY, json=b) for b in bodies))
+        alone = [(await c.post(CLASSIFY, json=b)).json() for b in bodies]
+        for batched, single in zip(answers, alone, strict=True):
+            top, ref = batched.json()["predictions"], single["predictions"]
+            assert [p["index"] for p in top] == [p["index"] for p in ref]
+            np.testing.assert_allclose([p["score"] for p in top], [p["score"] for p in ref],
+                                       atol=1e-5)
+        assert set(runs) <= {1, 16} and 16 in runs
+
+
 @asynccontextmanager
 async def serving(repository, **overrides: object
                   ) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
