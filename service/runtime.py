@@ -106,6 +106,7 @@ class ModelRuntime(ModelInfo):
                                        providers=providers_for(settings))
         super().__init__(path, manifest, "cuda" if session.get_providers()[0] == CUDA else "cpu")
         self.session = session
+        self.device_id = settings.cuda_device_id if self.device == "cuda" else 0
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._executor = concurrent.futures.ThreadPoolExecutor(1, f"ort-{self.name}")
 
@@ -118,6 +119,35 @@ class ModelRuntime(ModelInfo):
         """`run` on this model's worker thread, awaited from the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run, feeds)
+
+    def run_bound(self, feeds: dict[str, np.ndarray], resident: dict[str, ort.OrtValue],
+                  to_host: list[str], keep: list[str]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
+        """One run with IO binding: host arrays and device-resident values in; outputs `to_host`
+        come back as numpy, outputs `keep` stay on the session's device as OrtValues (the KV
+        cache between decode steps). Outputs in neither list are not computed."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in resident.items():
+            binding.bind_ortvalue_input(name, value)
+        for name in to_host:
+            binding.bind_output(name, "cpu")
+        for name in keep:
+            binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        host = {n: v.numpy() for n, v in zip(to_host, values, strict=False)}
+        return host, dict(zip(keep, values[len(to_host):], strict=True))
+
+    async def run_bound_async(self, feeds: dict[str, np.ndarray],
+                              resident: dict[str, ort.OrtValue], to_host: list[str],
+                              keep: list[str]
+                              ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
+        """`run_bound` on this model's worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_bound, feeds, resident,
+                                          to_host, keep)
 
     def warmup(self, batch_sizes: tuple[int, ...] = ()) -> None:
         """Runs on neutral inputs, one per batch size (at least batch 1), so that no request

@@ -1,10 +1,16 @@
-"""Batched KV caches for the LM graph (docs/BUNDLE_FORMAT.md), left-padded, as numpy arrays.
+"""Batched KV caches for the LM graph (docs/BUNDLE_FORMAT.md), left-padded, kept on the device.
 
 A `KVBatch` holds, for B running sequences, every layer's past key and value (B, heads, P,
 head_dim) and the attention mask (B, P) that marks real positions with 1. Sequences of different
 lengths share the batch by left padding: the graph computes positions from the mask, so padding
-changes nothing but float noise. Rows are dropped with `select` and added with `concat`; both
-trim columns that are padding in every row.
+changes nothing but float noise.
+
+The past lives where the model runs: after each run it is the graph's `present` outputs as ONNX
+Runtime `OrtValue`s on the session's device (GPU memory under CUDA), bound straight back as the
+next step's inputs, so a decode step moves only token ids in and logits out. Only when the batch
+changes shape (rows dropped with `select`, added with `concat`; both trim columns that are padding
+in every row) is the cache brought to the host as numpy arrays, reshaped, and uploaded again by
+the next run.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from onnxruntime import OrtValue
 
 Feeds = dict[str, np.ndarray]
+Resident = dict[str, OrtValue]  # tensors that stay on the session's device between runs
+Cache = np.ndarray | OrtValue
 
 
 @dataclass(frozen=True)
@@ -39,9 +48,9 @@ class LMGraph:
 
 @dataclass
 class KVBatch:
-    """past[j] (B, heads, P, head_dim) per layer key/value; mask (B, P) int64."""
+    """past[j] (B, heads, P, head_dim) per layer key/value, numpy or resident; mask (B, P)."""
 
-    past: list[np.ndarray]
+    past: list[Cache]
     mask: np.ndarray
 
     @property
@@ -52,17 +61,28 @@ class KVBatch:
     def empty(cls, graph: LMGraph) -> KVBatch:
         return cls(graph.empty_past(0), np.zeros((0, 0), np.int64))
 
+    @property
+    def resident(self) -> bool:
+        return any(isinstance(p, OrtValue) for p in self.past)
+
+    def host(self) -> KVBatch:
+        """The same batch with its past copied to numpy arrays (reshaping needs them)."""
+        if not self.resident:
+            return self
+        return KVBatch([p.numpy() if isinstance(p, OrtValue) else p for p in self.past],
+                       self.mask)
+
     def select(self, keep: list[int]) -> KVBatch:
         """Only rows `keep` (in that order), leading all-padding columns trimmed."""
         idx = np.asarray(keep, np.int64)
-        return KVBatch([p[idx] for p in self.past], self.mask[idx]).trimmed()
+        return KVBatch([p[idx] for p in self.host().past], self.mask[idx]).trimmed()
 
     def concat(self, other: KVBatch) -> KVBatch:
         """self's rows then other's, both left-padded to the longer past."""
         if self.rows == 0:
             return other
         length = max(self.mask.shape[1], other.mask.shape[1])
-        a, b = self.padded(length), other.padded(length)
+        a, b = self.host().padded(length), other.host().padded(length)
         return KVBatch([np.concatenate([x, y]) for x, y in zip(a.past, b.past, strict=True)],
                        np.concatenate([a.mask, b.mask]))
 
@@ -84,17 +104,26 @@ class KVBatch:
             return self
         return KVBatch([p[:, :, start:] for p in self.past], self.mask[:, start:])
 
-    def decode_feeds(self, graph: LMGraph, tokens: np.ndarray) -> Feeds:
-        """Feeds for one decode step: tokens (B,) -> input_ids (B, 1), mask (B, P + 1)."""
-        mask = np.concatenate([self.mask, np.ones((self.rows, 1), np.int64)], axis=1)
-        feeds = {"input_ids": tokens.reshape(-1, 1).astype(np.int64), "attention_mask": mask}
-        feeds.update(zip(graph.past_names(), self.past, strict=True))
-        return feeds
+    def decode_inputs(self, graph: LMGraph, tokens: np.ndarray) -> tuple[Feeds, Resident]:
+        """Inputs of one decode step: tokens (B,) -> input_ids (B, 1), mask (B, P + 1) from the
+        host; the past as it is (resident values are bound, numpy ones uploaded)."""
+        feeds: Feeds = {"input_ids": tokens.reshape(-1, 1).astype(np.int64),
+                        "attention_mask": self.grown_mask()}
+        resident: Resident = {}
+        for name, past in zip(graph.past_names(), self.past, strict=True):
+            if isinstance(past, OrtValue):
+                resident[name] = past
+            else:
+                feeds[name] = past
+        return feeds, resident
 
-    def advanced(self, graph: LMGraph, outputs: Feeds) -> KVBatch:
+    def grown_mask(self) -> np.ndarray:
+        """The mask after one more real position: (B, P + 1)."""
+        return np.concatenate([self.mask, np.ones((self.rows, 1), np.int64)], axis=1)
+
+    def advanced(self, graph: LMGraph, presents: Resident) -> KVBatch:
         """The batch after a decode step: presents become the past, the mask grows by one."""
-        mask = np.concatenate([self.mask, np.ones((self.rows, 1), np.int64)], axis=1)
-        return KVBatch([outputs[n] for n in graph.present_names()], mask)
+        return KVBatch([presents[n] for n in graph.present_names()], self.grown_mask())
 
 
 def prefill_feeds(graph: LMGraph, prompts: list[tuple[int, ...]]) -> Feeds:
@@ -110,6 +139,6 @@ def prefill_feeds(graph: LMGraph, prompts: list[tuple[int, ...]]) -> Feeds:
     return feeds
 
 
-def prefilled(graph: LMGraph, feeds: Feeds, outputs: Feeds) -> KVBatch:
+def prefilled(graph: LMGraph, feeds: Feeds, presents: Resident) -> KVBatch:
     """The KV batch a prefill run leaves: its presents and its prompt mask."""
-    return KVBatch([outputs[n] for n in graph.present_names()], feeds["attention_mask"])
+    return KVBatch([presents[n] for n in graph.present_names()], feeds["attention_mask"])

@@ -22,7 +22,8 @@ from collections.abc import Callable
 import numpy as np
 
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
-from service.generation.kv import Feeds, KVBatch, LMGraph, prefill_feeds, prefilled
+from service.generation.kv import (Feeds, KVBatch, LMGraph, Resident, prefill_feeds,
+                                   prefilled)
 from service.generation.sequence import Chunk, ChunkReader, Sequence
 from service.generation.tokenizer import TextTokenizer
 from service.generation.validation import ModelLimits, ValidRequest
@@ -64,6 +65,8 @@ class GenerationScheduler:
         self.max_queue_size = max_queue_size
         self._metrics = metrics
         self._on_prefill = on_prefill
+        # prefill brings back logits and the telemetry output (if the graph has it), not the cache
+        self._prefill_outputs = [n for n in model.output_names if not n.startswith("present.")]
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._admitted: list[Sequence] = []
@@ -167,8 +170,11 @@ class GenerationScheduler:
                 self._cached -= seq.request.reserved_tokens
                 self._sequence_seconds = 0.8 * self._sequence_seconds + 0.2 * (now - seq.enqueued)
         self._running = [self._running[i] for i in keep]
-        self._batch = await asyncio.to_thread(self._batch.select, keep)
         self._publish_gauges()
+        if keep:
+            self._batch = await asyncio.to_thread(self._batch.select, keep)
+        else:
+            self._batch = KVBatch.empty(self.graph)
 
     def _admit(self) -> list[Sequence]:
         """Pop waiting sequences (FIFO) while the running and cached-token limits allow."""
@@ -188,10 +194,11 @@ class GenerationScheduler:
     async def _prefill(self, sequences: list[Sequence]) -> None:
         """One run over the new prompts; sample their first tokens; merge their caches."""
         feeds = prefill_feeds(self.graph, [s.request.prompt_ids for s in sequences])
-        outputs = await self._run(feeds, sequences)
-        if outputs is None:
+        result = await self._run(feeds, {}, sequences, self._prefill_outputs)
+        if result is None:
             self._cached -= sum(s.request.reserved_tokens for s in sequences)
             return
+        outputs, presents = result
         logits = outputs["logits"]
         for row, seq in enumerate(sequences):
             if seq.request.echo:
@@ -201,17 +208,19 @@ class GenerationScheduler:
         if self._on_prefill is not None:
             self._on_prefill(outputs)
         self._batch = await asyncio.to_thread(self._batch.concat,
-                                              prefilled(self.graph, feeds, outputs))
+                                              prefilled(self.graph, feeds, presents))
         self._running.extend(sequences)
 
     async def _decode(self) -> None:
         """One token for every running sequence in one batched run."""
         tokens = np.array([s.last_token for s in self._running], np.int64)
-        outputs = await self._run(self._batch.decode_feeds(self.graph, tokens), self._running)
-        if outputs is None:
+        feeds, resident = self._batch.decode_inputs(self.graph, tokens)
+        result = await self._run(feeds, resident, self._running, ["logits"])
+        if result is None:
             self._running, self._batch, self._cached = [], KVBatch.empty(self.graph), 0
             return
-        self._batch = self._batch.advanced(self.graph, outputs)
+        outputs, presents = result
+        self._batch = self._batch.advanced(self.graph, presents)
         logits = outputs["logits"][:, -1]
         for row, seq in enumerate(self._running):
             if not seq.done:
@@ -227,11 +236,14 @@ class GenerationScheduler:
             metrics.inter_token_latency_seconds.labels(self.name).observe(now - previous)
         metrics.generated_tokens_total.labels(self.name).inc()
 
-    async def _run(self, feeds: Feeds, sequences: list[Sequence]) -> Feeds | None:
-        """One ORT run with its metrics; on failure every sequence in it fails (503)."""
+    async def _run(self, feeds: Feeds, resident: Resident, sequences: list[Sequence],
+                   to_host: list[str]) -> tuple[Feeds, Resident] | None:
+        """One ORT run with its metrics: outputs `to_host` as numpy, the presents left on the
+        device; on failure every sequence in it fails (503)."""
         started = time.perf_counter()
         try:
-            outputs = await self.model.run_async(feeds)
+            outputs = await self.model.run_bound_async(feeds, resident, to_host,
+                                                       self.graph.present_names())
         except Exception as exc:
             log.error("generation run of %d rows on %s failed: %s", len(sequences), self.name,
                       exc)

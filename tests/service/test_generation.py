@@ -64,6 +64,28 @@ def test_greedy_equals_pytorch(app_client: TestClient, built: Path) -> None:
         assert by_ids["choices"][0]["text"] == out["choices"][0]["text"]
 
 
+def test_decode_steps_keep_the_cache_resident(app_client: TestClient, monkeypatch) -> None:
+    """Only token ids go in and logits come out per decode step: the past is the previous
+    step's presents, bound as OrtValues, never fed from numpy."""
+    model = scheduler(app_client).model
+    real = model.run_bound
+    calls: list[tuple[set[str], set[str], list[str]]] = []
+
+    def spy(feeds, resident, to_host, keep):
+        calls.append((set(feeds), set(resident), list(to_host)))
+        return real(feeds, resident, to_host, keep)
+
+    monkeypatch.setattr(model, "run_bound", spy)
+    complete(app_client, prompt=PROMPTS[0], max_tokens=6, temperature=0, ignore_eos=True)
+    past = {i.name for i in model.session.get_inputs() if i.name.startswith("past_key_values.")}
+    prefill, *decode = calls
+    assert past <= prefill[0] and not prefill[1]  # prompt: empty past from the host
+    assert len(decode) == 5  # the prefill's presents join an empty batch as they are
+    for feeds, resident, to_host in decode:
+        assert feeds == {"input_ids", "attention_mask"} and resident == past
+        assert to_host == ["logits"]
+
+
 def test_prompt_list_gives_one_choice_each_and_usage(app_client: TestClient) -> None:
     alone = [complete(app_client, prompt=p, max_tokens=6, temperature=0)["choices"][0]["text"]
              for p in PROMPTS]
