@@ -48,9 +48,9 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
-    .. '"max_us": %d, "non2xx": %d, "errors": %d}\n', summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-    e.status, e.connect + e.read + e.write + e.timeout))
+    .. '"p999_us": %d, "max_us": %d, "non2xx": %d, "errors": %d}\n', summary.requests,
+    summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, e.status, e.connect + e.read + e.write + e.timeout))
 end
 """
 
@@ -87,6 +87,32 @@ def process_cpu_seconds(pid: int) -> float:
     server CPU is robust to other load on the machine, unlike wall time."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants that are alive now (`neutreno serve` runs an engine
+    and front ends under its supervisor; Ray runs several processes too)."""
+    found, pending = [], [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found.append(p)
+        pending += [int(c) for c in children]
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += process_cpu_seconds(p)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 class Server:
@@ -126,14 +152,18 @@ class Server:
         raise TimeoutError(f"server: no 200 from {path} within {timeout:g} s")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        return process_cpu_seconds(self.proc.pid)
+        """User + system CPU time the server's processes have used so far."""
+        return tree_cpu_seconds(self.proc.pid)
 
     def memory_mib(self) -> dict[str, float]:
-        """Resident set size now (VmRSS) and at its peak (VmHWM), MiB, from /proc."""
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return {k: int(v) / 1024 for k, v in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text,
-                                                        re.M)}
+        """Resident set size now (VmRSS) and the sum of each process's peak (VmHWM), MiB, over
+        the server's processes, from /proc."""
+        total = {"VmRSS": 0.0, "VmHWM": 0.0}
+        for pid in process_tree(self.proc.pid):
+            text = Path(f"/proc/{pid}/status").read_text()
+            for key, kib in re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M):
+                total[key] += int(kib) / 1024
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -159,8 +189,8 @@ def run_wrk(url: str, path: str, files: WrkFiles, clients: int, seconds: float,
             pause_ms: int | None = None, threads: int = 1) -> dict:
     """One wrk run of `clients` connections POSTing to url + path; with `pause_ms` each
     connection waits that long between requests (wrk `delay`), else it is a closed loop.
-    Returns the script's RESULT fields (requests, duration_us, p50_us, p90_us, p99_us, max_us,
-    non2xx, errors) plus `rate`, requests per second."""
+    Returns the script's RESULT fields (requests, duration_us, p50_us, p90_us, p99_us, p999_us,
+    max_us, non2xx, errors) plus `rate`, requests per second."""
     cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:g}s",
            "--timeout", "30s", "-s", str(files.script), url, "--", path, str(files.bodies)]
     if pause_ms is not None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import (ROOT, free_port, machine, print_markdown, process_cpu_seconds,
+from bench.common import (ROOT, free_port, machine, print_markdown, tree_cpu_seconds,
                           request_bodies, run_wrk, write_wrk_files)
 
 RAY_PYTHON = ROOT / "bench/.venv-ray/bin/python"
@@ -47,21 +47,6 @@ class Point:
     p99_ms: float
     failures: int
     cpu_ms: float
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (Ray runs several)."""
-    total = 0.0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
-        try:
-            total += process_cpu_seconds(p)
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        pids += [int(c) for c in children]
-    return total
 
 
 class Peer:

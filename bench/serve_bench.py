@@ -1,46 +1,46 @@
 """Serving throughput benchmark: `neutreno bench serve`.
 
-Starts `neutreno serve` twice on the same bundles, once with dynamic batching
-(NEUTRENO_MAX_BATCH_SIZE > 1) and once without (1), and drives POST /v1/models/<model>/classify
-(JSON base64 PNGs from the Fashion-MNIST test fixture) at each concurrency in a closed loop.
-The load generator is `wrk` with a Lua script when it is installed (a C tool, so the client does
-not compete with the server for the GIL), else a lean asyncio/httpx client. It prints (and with
---out writes) a markdown table of throughput, p50/p99 latency and mean server-side batch size,
-with the batching-on/off throughput ratio per concurrency.
+Starts `neutreno serve` on the same bundles once per configuration: dynamic batching on at each
+`--workers` count (NEUTRENO_WORKERS front ends in front of the one engine process), and batching
+off (NEUTRENO_MAX_BATCH_SIZE=1) at the first count. It drives POST /v1/models/<model>/classify
+(JSON base64 PNGs from the Fashion-MNIST test fixture) at each concurrency in a closed loop with
+`wrk` (a C load generator with a Lua script, `--wrk-threads` threads, so the client is never
+the limit; an earlier asyncio client topped out at a fifth of what wrk measured on a GPU host).
+It prints (and with --out writes) a markdown table of throughput, p50/p99/p99.9 latency, mean
+engine batch and server CPU per request (all the server's processes), with the ratios of each
+configuration to the first.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import re
 import shutil
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 
-from bench.common import (ROOT, Server, machine, print_markdown, request_bodies, run_wrk,
-                          write_wrk_files)
+from bench.common import (ROOT, Server, WrkFiles, machine, print_markdown, request_bodies,
+                          run_wrk, write_wrk_files)
 
 
 @dataclass
 class Result:
-    """One (mode, concurrency) measurement."""
+    """One (configuration, concurrency) measurement."""
 
-    batching: bool
+    config: str
     clients: int
     requests: int
     seconds: float
     p50_ms: float
     p99_ms: float
+    p999_ms: float
     failures: int
     mean_batch: float
-    cpu_ms: float  # server process CPU time per request: robust to other load on the machine
+    cpu_ms: float  # server CPU time per request, all processes: robust to other load
 
     @property
     def throughput(self) -> float:
@@ -49,87 +49,61 @@ class Result:
 
 def batch_totals(server: Server, model: str) -> tuple[float, float]:
     """(rows, batches) so far, from neutreno_batch_size's sum and count."""
-    text = httpx.get(server.url + "/metrics", timeout=5).text
-    found = {}
-    for kind in ("sum", "count"):
-        m = re.search(rf'neutreno_batch_size_{kind}{{model="{re.escape(model)}"}} (\S+)', text)
-        found[kind] = float(m.group(1)) if m else 0.0
+    found = {"sum": 0.0, "count": 0.0}
+    for line in httpx.get(server.url + "/metrics", timeout=5).text.splitlines():
+        for kind in found:
+            if line.startswith(f'neutreno_batch_size_{kind}{{model="{model}"}}'):
+                found[kind] = float(line.rsplit(" ", 1)[1])
     return found["sum"], found["count"]
 
 
-def run_python(url: str, bodies: list[str], clients: int,
-               seconds: float) -> tuple[int, float, float, float, int]:
-    """The same closed loop with asyncio + httpx (used when wrk is not installed)."""
-    async def client(http: httpx.AsyncClient, stop: float, lat: list[float], k: int) -> int:
-        failures = 0
-        while time.perf_counter() < stop:
-            t = time.perf_counter()
-            r = await http.post(url, content=bodies[k % len(bodies)],
-                                headers={"content-type": "application/json"})
-            lat.append(time.perf_counter() - t)
-            failures += r.status_code != 200
-            k += clients
-        return failures
-
-    async def drive() -> tuple[int, float, float, float, int]:
-        lat: list[float] = []
-        limits = httpx.Limits(max_connections=clients)
-        async with httpx.AsyncClient(limits=limits, timeout=30) as http:
-            start = time.perf_counter()
-            fails = await asyncio.gather(*(client(http, start + seconds, lat, k)
-                                           for k in range(clients)))
-            elapsed = time.perf_counter() - start
-        ms = np.asarray(lat) * 1e3
-        return len(lat), elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), \
-            sum(fails)
-
-    return asyncio.run(drive())
-
-
-def measure(server: Server, model: str, clients: list[int], seconds: float, batching: bool,
-            load: callable) -> list[Result]:
+def measure(server: Server, config: str, model: str, clients: list[int], seconds: float,
+            load: Callable[[int, float], dict]) -> list[Result]:
     """Warm up, then one run per concurrency level against a running server."""
     load(8, min(2.0, seconds))
     results = []
     for c in clients:
         rows0, batches0 = batch_totals(server, model)
         cpu0 = server.cpu_seconds()
-        n, elapsed, p50, p99, failures = load(c, seconds)
-        cpu_ms = (server.cpu_seconds() - cpu0) * 1e3 / max(n, 1)
+        r = load(c, seconds)
+        cpu_ms = (server.cpu_seconds() - cpu0) * 1e3 / max(r["requests"], 1)
         rows1, batches1 = batch_totals(server, model)
-        mean_batch = (rows1 - rows0) / max(1.0, batches1 - batches0)
-        results.append(Result(batching, c, n, elapsed, p50, p99, failures, mean_batch, cpu_ms))
-        print(f"  batching={'on ' if batching else 'off'} clients={c:>3}: "
-              f"{n / elapsed:8.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
-              f"batch {mean_batch:5.1f}  cpu {cpu_ms:5.2f} ms/req  failures {failures}",
-              file=sys.stderr)
+        result = Result(config, c, r["requests"], r["duration_us"] / 1e6, r["p50_us"] / 1e3,
+                        r["p99_us"] / 1e3, r["p999_us"] / 1e3, r["non2xx"] + r["errors"],
+                        (rows1 - rows0) / max(1.0, batches1 - batches0), cpu_ms)
+        results.append(result)
+        print(f"  {config:<22} clients={c:>4}: {result.throughput:9.1f} req/s  "
+              f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+              f"batch {result.mean_batch:5.1f}  cpu {cpu_ms:5.2f} ms/req  "
+              f"failures {result.failures}", file=sys.stderr)
     return results
 
 
-def markdown(results: list[Result], args: argparse.Namespace, tool: str) -> str:
-    """The results table plus the on/off throughput ratio per concurrency."""
-    on = {r.clients: r for r in results if r.batching}
-    off = {r.clients: r for r in results if not r.batching}
+def markdown(results: list[Result], args: argparse.Namespace, configs: list[str]) -> str:
+    """The results table plus each configuration's throughput relative to the first."""
     lines = [
         f"Model `{args.model}` (POST /v1/models/{args.model}/classify, JSON base64 PNG 28x28), "
-        f"{args.duration:g} s per point, load generator: {tool}.",
+        f"{args.duration:g} s per point, wrk with {args.wrk_threads} thread(s).",
         f"Machine: {machine()}.",
         f"Batching on: NEUTRENO_MAX_BATCH_SIZE={args.max_batch_size}, "
         f"NEUTRENO_MAX_QUEUE_DELAY_MS={args.queue_delay_ms:g}; off: NEUTRENO_MAX_BATCH_SIZE=1.",
         "",
-        "| clients | batching | req/s | p50 ms | p99 ms | p99/p50 | mean batch | server CPU ms/req "
-        "| failures |",
-        "| ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| configuration | clients | req/s | p50 ms | p99 ms | p99.9 ms | p99.9/p50 "
+        "| mean engine batch | server CPU ms/req | failures |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in sorted(results, key=lambda r: (r.clients, not r.batching)):
-        lines.append(f"| {r.clients} | {'on' if r.batching else 'off'} | {r.throughput:.1f} | "
-                     f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p99_ms / max(r.p50_ms, 1e-9):.2f} | "
-                     f"{r.mean_batch:.1f} | {r.cpu_ms:.2f} | {r.failures} |")
-    lines += ["", "| clients | throughput on / off | server CPU per request off / on |",
-              "| ---: | ---: | ---: |"]
-    for c in sorted(set(on) & set(off)):
-        lines.append(f"| {c} | {on[c].throughput / max(off[c].throughput, 1e-9):.2f}x | "
-                     f"{off[c].cpu_ms / max(on[c].cpu_ms, 1e-9):.2f}x |")
+    for r in sorted(results, key=lambda r: (r.clients, configs.index(r.config))):
+        lines.append(f"| {r.config} | {r.clients} | {r.throughput:.1f} | {r.p50_ms:.2f} | "
+                     f"{r.p99_ms:.2f} | {r.p999_ms:.2f} | {r.p999_ms / max(r.p50_ms, 1e-9):.2f} "
+                     f"| {r.mean_batch:.1f} | {r.cpu_ms:.2f} | {r.failures} |")
+    base = configs[0]
+    by = {(r.config, r.clients): r for r in results}
+    lines += ["", f"| clients | configuration | throughput / {base} |", "| ---: | :--- | ---: |"]
+    for c in sorted({r.clients for r in results}):
+        for config in configs[1:]:
+            if (config, c) in by and (base, c) in by:
+                ratio = by[(config, c)].throughput / max(by[(base, c)].throughput, 1e-9)
+                lines.append(f"| {c} | {config} | {ratio:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,42 +112,54 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--model", default="fashion-classifier")
     p.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrency levels")
+    p.add_argument("--workers", default="1", help="comma-separated NEUTRENO_WORKERS counts")
+    p.add_argument("--no-batching-off", action="store_true",
+                   help="skip the batching-off configuration")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--queue-delay-ms", type=float, default=5.0,
                    help="NEUTRENO_MAX_QUEUE_DELAY_MS with batching on")
     p.add_argument("--threads", type=int, default=0, help="NEUTRENO_INTRA_OP_THREADS")
-    p.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (at most clients)")
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     return p.parse_args(argv)
 
 
+def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """(name, NEUTRENO_* settings) of each server the benchmark starts."""
+    workers = [int(w) for w in args.workers.split(",")]
+    common = {"NEUTRENO_MAX_QUEUE_DELAY_MS": str(args.queue_delay_ms),
+              "NEUTRENO_MAX_QUEUE_SIZE": str(max(256, 4 * max(int(c) for c in
+                                                             args.clients.split(",")))),
+              "NEUTRENO_INTRA_OP_THREADS": str(args.threads)}
+    configs = [(f"batching on, {w} worker(s)",
+                {**common, "NEUTRENO_WORKERS": str(w),
+                 "NEUTRENO_MAX_BATCH_SIZE": str(args.max_batch_size)}) for w in workers]
+    if not args.no_batching_off:
+        configs.append((f"batching off, {workers[0]} worker(s)",
+                        {**common, "NEUTRENO_WORKERS": str(workers[0]),
+                         "NEUTRENO_MAX_BATCH_SIZE": "1"}))
+    return configs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if shutil.which("wrk") is None:
+        print("neutreno bench serve: needs wrk (`make wrk`, Debian package wrk)", file=sys.stderr)
+        return 2
     clients = [int(c) for c in args.clients.split(",")]
-    tool = "wrk" if args.tool == "wrk" or (args.tool == "auto" and shutil.which("wrk")) \
-        else "python"
-    bodies = request_bodies(64)
-    results: list[Result] = []
     path = f"/v1/models/{args.model}/classify"
+    configs = configurations(args)
+    results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_wrk_files(Path(tmp), bodies)
-        for batching in (True, False):
-            size = args.max_batch_size if batching else 1
-            with Server(args.repository, {
-                    "NEUTRENO_MAX_BATCH_SIZE": str(size),
-                    "NEUTRENO_MAX_QUEUE_DELAY_MS": str(args.queue_delay_ms),
-                    "NEUTRENO_MAX_QUEUE_SIZE": str(max(256, 4 * max(clients))),
-                    "NEUTRENO_INTRA_OP_THREADS": str(args.threads)}) as server:
+        files: WrkFiles = write_wrk_files(Path(tmp), request_bodies(64))
+        for name, settings in configs:
+            with Server(args.repository, settings) as server:
                 server.wait()
 
-                def load(c: int, s: float) -> tuple[int, float, float, float, int]:
-                    if tool == "python":
-                        return run_python(server.url + path, bodies, c, s)
-                    r = run_wrk(server.url, path, files, c, s, threads=min(2, c))
-                    return (r["requests"], r["duration_us"] / 1e6, r["p50_us"] / 1e3,
-                            r["p99_us"] / 1e3, r["non2xx"] + r["errors"])
+                def load(c: int, s: float, url: str = server.url) -> dict:
+                    return run_wrk(url, path, files, c, s, threads=min(args.wrk_threads, c))
 
-                results += measure(server, args.model, clients, args.duration, batching, load)
-    print_markdown(markdown(results, args, tool), args.out)
+                results += measure(server, name, args.model, clients, args.duration, load)
+    print_markdown(markdown(results, args, [name for name, _ in configs]), args.out)
     return 0
