@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +80,10 @@ async def one_stream(http: httpx.AsyncClient, model: str, prompt: str,
     return tokens, first if first is not None else time.perf_counter() - started
 
 
-async def level(server: Server, model: str, streams: int, requests: int,
-                max_tokens: int) -> Result:
-    """`streams` clients in a closed loop until `requests` requests are done."""
-    texts = prompts(requests)
+async def _share(url: str, model: str, texts: list[str], streams: int,
+                 max_tokens: int) -> tuple[int, list[float]]:
+    """`streams` clients of one load process in a closed loop over `texts`:
+    (completion tokens, TTFTs)."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for text in texts:
         queue.put_nowait(text)
@@ -95,12 +97,31 @@ async def level(server: Server, model: str, streams: int, requests: int,
             ttft.append(first)
 
     limits = httpx.Limits(max_connections=streams + 2)
-    async with httpx.AsyncClient(base_url=server.url, timeout=600, limits=limits) as http:
-        started, cpu = time.perf_counter(), server.cpu_seconds()
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(streams)))
-        seconds, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu
-    return Result("server, continuous batching", streams, requests, totals[0], seconds, cpu,
-                  ttft)
+    return totals[0], ttft
+
+
+def run_share(args: tuple[str, str, list[str], int, int]) -> tuple[int, list[float]]:
+    """One load process's share of a level (a top-level function, so a pool can run it)."""
+    return asyncio.run(_share(*args))
+
+
+def level(server: Server, model: str, streams: int, requests: int, max_tokens: int,
+          pool: ProcessPoolExecutor | None = None, procs: int = 1) -> Result:
+    """`streams` clients in a closed loop until `requests` requests are done, spread over the
+    pool's processes when one is given (one Python process parsing every SSE event of 64
+    streams would measure itself, not the server); `procs` is the pool's size."""
+    texts = prompts(requests)
+    procs = min(streams, procs) if pool is not None else 1
+    shares = [(server.url, model, texts[i::procs], len(range(i, streams, procs)), max_tokens)
+              for i in range(procs)]
+    started, cpu = time.perf_counter(), server.cpu_seconds()
+    parts = list(pool.map(run_share, shares)) if pool is not None else [run_share(shares[0])]
+    seconds, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu
+    return Result("server, continuous batching", streams, requests,
+                  sum(tokens for tokens, _ in parts), seconds, cpu,
+                  [t for _, ttft in parts for t in ttft])
 
 
 class Direct:
@@ -202,6 +223,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--baseline-requests", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = ORT)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per row; the median is shown")
+    ap.add_argument("--client-procs", type=int, default=1,
+                    help="load-generator processes the streams are spread over")
+    ap.add_argument("--workers", type=int, default=1, help="NEUTRENO_WORKERS of the server")
+    ap.add_argument("--no-baselines", action="store_true",
+                    help="skip the in-process no-cache and KV-cache baselines")
     ap.add_argument("--out", type=Path, help="also write the markdown table here")
     return ap.parse_args(argv)
 
@@ -219,23 +245,30 @@ def latest_bundle(repository: Path, model: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
     levels = [int(c) for c in args.concurrency.split(",")]
-    direct = Direct(latest_bundle(args.model_repository, args.model), args.threads)
     reps = range(max(1, args.repeat))
-    results = [median_run([direct.measure(mode, fn, args.baseline_requests, args.max_tokens)
-                           for _ in reps])
-               for mode, fn in (("naive, no cache (in-process)", "naive"),
-                                ("KV cache (in-process)", "cached"))]
-    del direct
+    results: list[Result] = []
+    if not args.no_baselines:
+        direct = Direct(latest_bundle(args.model_repository, args.model), args.threads)
+        results += [median_run([direct.measure(mode, fn, args.baseline_requests,
+                                               args.max_tokens) for _ in reps])
+                    for mode, fn in (("naive, no cache (in-process)", "naive"),
+                                     ("KV cache (in-process)", "cached"))]
+        del direct
+    pool = (ProcessPoolExecutor(args.client_procs, multiprocessing.get_context("spawn"))
+            if args.client_procs > 1 else None)
     with Server(args.model_repository, {
             "NEUTRENO_MAX_RUNNING_SEQUENCES": str(max(levels)),
-            "NEUTRENO_MAX_QUEUE_SIZE": "1024",
+            "NEUTRENO_MAX_QUEUE_SIZE": "1024", "NEUTRENO_WORKERS": str(args.workers),
             "NEUTRENO_INTRA_OP_THREADS": str(args.threads)}) as server:
         server.wait()
-        asyncio.run(level(server, args.model, 1, 1, 4))  # warm-up
+        level(server, args.model, args.client_procs, args.client_procs, 4, pool,
+              args.client_procs)  # warm-up, and every load process started
         for streams in levels:
             requests = max(args.requests, streams)
-            results.append(median_run([asyncio.run(level(server, args.model, streams,
-                                                         requests, args.max_tokens))
+            results.append(median_run([level(server, args.model, streams, requests,
+                                             args.max_tokens, pool, args.client_procs)
                                        for _ in reps]))
+    if pool is not None:
+        pool.shutdown()
     print_markdown(markdown(results, args), args.out)
     return 0
