@@ -22,6 +22,8 @@ BENCHMARKS = {
                  "ORT images/s vs measured fp32 matmul peak; threads, opt level; profile"),
     "coldstart": ("bench.coldstart", "process start to ready, RSS with the models loaded"),
     "soak": ("bench.soak", "10 min at 70% of capacity: p99 stability and RSS growth"),
+    "gpu": ("bench.gpu_bench", "the GPU table: ORT alone, the service (wrk) and generation "
+                               "on a CUDA host"),
 }
 
 
