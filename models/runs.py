@@ -40,7 +40,8 @@ def guard_out(out: Path, resume: bool, force: bool) -> None:
             "--out <new folder> to continue from its weights")
     if not resume and not force and out.is_dir() and any(out.iterdir()):
         raise CommandError(f"--out {out} is not empty; train into a new folder, pass --resume "
-                           "to continue its run, or --force to delete its checkpoint and start over")
+                           "to continue its run, or --force to delete its checkpoint and start "
+                           "over")
 
 
 def check_init(init: str | None) -> None:
@@ -81,7 +82,7 @@ def check_fields(cfg: ModelConfig, overrides: dict[str, Any]) -> None:
 
 
 def check_data(cfg: ModelConfig, data_dir: str | None) -> None:
-    """The Fashion-MNIST / KJV files the product's tasks read exist (paper tasks check their own)."""
+    """The Fashion-MNIST / KJV files the product's tasks read exist (paper tasks: their own)."""
     if cfg.name in PAPER_TASKS:
         return
     if cfg.family == "lm":
