@@ -9,7 +9,6 @@ uvicorn has already stopped accepting connections and waited for in-flight reque
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,8 +25,6 @@ from service.routes import completions, health, v1, v2
 from service.runtime import choose_providers
 from service.settings import Settings
 from service.state import WORKER_FACTORIES, ServiceState
-
-log = logging.getLogger("neutreno.service")
 
 ROUTERS: list[APIRouter] = [health.router, v1.router, completions.router, v2.router,
                             v2.models]
@@ -50,7 +47,6 @@ async def start(state: ServiceState) -> None:
             state.workers[name] = factory(model, state)
             state.workers[name].start()
     state.started = True
-    log.info("serving %s; not loaded: %s", sorted(state.models), sorted(state.failures) or "none")
 
 
 async def stop(state: ServiceState) -> None:

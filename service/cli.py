@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.logconfig import configure_logging
 from service.runtime import RuntimeSetupError, choose_providers
 from service.settings import Settings
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeSetupError as exc:
         print(f"neutreno serve: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level,

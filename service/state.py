@@ -107,7 +107,7 @@ class ServiceState:
         reasons = [] if self.started else ["models are still loading"]
         if self.draining:
             reasons.append("shutting down")
-        return reasons + [f"model {n} failed to load: {r}" for n, r in self.failures.items()]
+        return reasons + (self.repository.reasons() if self.repository else [])
 
     def model(self, name: str, task: str | None = None) -> ModelRuntime:
         """A loaded model by name (404 unknown, 503 broken or draining, 400 wrong task)."""
