@@ -150,7 +150,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, name: str | None 
         raise CommandError(f"{out} already exists; export to a new version folder "
                            f"({out.parent}/{int(out.name) + 1}) or pass --force to replace it")
     check_checkpoint(checkpoint)
-    model, cfg = load_checkpoint(checkpoint)
+    try:
+        model, cfg = load_checkpoint(checkpoint)
+    except ValueError as exc:  # weights that do not fit config.json, an unknown family
+        raise CommandError(f"{exc}; export a folder as neutreno train wrote it") from None
     tokenizer = checkpoint / "tokenizer.json" if isinstance(cfg, LMConfig) else None
     if tokenizer is not None and not tokenizer.is_file():
         raise CommandError(f"{checkpoint} has no tokenizer.json, which the LM bundle needs; "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +73,28 @@ def resumed_config(out: Path, model: str, overrides: dict[str, Any]) -> ModelCon
     return cfg
 
 
-def check_fields(cfg: ModelConfig, overrides: dict[str, Any]) -> None:
-    """Every override names a field of the variant's config."""
+def check_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> None:
+    """Every override names a field of the variant's config and has the field's type."""
     fields = [f.name for f in dataclasses.fields(cfg)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise CommandError(f"--set {', '.join(unknown)}: {cfg.name} has no such field; valid "
                            f"fields: {', '.join(fields)}")
+    hints = typing.get_type_hints(type(cfg))
+    for key, value in overrides.items():
+        expected = _expected(hints[key], value)
+        if expected:
+            raise CommandError(f"--set {key}={value!r}: {key} must be {expected}")
+
+
+def _expected(hint: Any, value: Any) -> str | None:
+    """What `value` should be for a config field annotated `hint`; None when it fits."""
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+        return None if value in choices else "one of " + ", ".join(map(repr, choices))
+    kinds = (int, float) if hint is float else (hint,)
+    fits = isinstance(value, kinds) and not isinstance(value, bool)
+    return None if fits else f"of type {hint.__name__}"
 
 
 def check_data(cfg: ModelConfig, data_dir: str | None) -> None:

@@ -110,7 +110,7 @@ def build_config(args: argparse.Namespace) -> ModelConfig:
     flags = {"attention": args.attention, "lam": args.lam, "depth": args.depth}
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     overrides.update(parse_overrides(args.set))
-    runs.check_fields(VARIANTS[args.model], overrides)
+    runs.check_overrides(VARIANTS[args.model], overrides)
     if args.resume:
         return runs.resumed_config(Path(args.out), args.model, overrides)
     return get_config(args.model, **overrides)
@@ -155,7 +155,10 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     if args.force and env.main:
         runs.clear_out(out)
     extra = {"eval_limit": args.eval_limit} if cfg.family == "vit" and args.eval_limit else {}
-    task = make_task(cfg, args.data_dir, args.seed, **extra)
+    try:
+        task = make_task(cfg, args.data_dir, args.seed, **extra)
+    except (FileNotFoundError, ValueError) as exc:  # the paper tasks' data checks
+        raise CommandError(f"{exc}; docs/PAPER_SCALE.md says how to get the data") from None
     model = build_model(cfg)
     if args.init:
         init_from(model, args.init)

@@ -3,6 +3,8 @@ existing version folder is replaced only with --force; the bundle's name is its 
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,9 +41,14 @@ def test_existing_version_folder_is_refused(classifier: Exported, capsys) -> Non
     (["{tmp}/nothing", "--out", "{tmp}/repo/clf/1"],
      ["{tmp}/nothing/config.json", "neutreno train"]),
     (["{ckpt}"], ["--out", "required"]),
+    (["{tmp}/mixed", "--out", "{tmp}/repo/clf/1"], ["does not match its config", "neutreno train"]),
 ])
 def test_mistakes_are_one_line_with_the_fix(classifier: Exported, tmp_path: Path, capsys,
                                             argv: list[str], expected: list[str]) -> None:
+    mixed = Path(shutil.copytree(checkpoint_of(classifier), tmp_path / "mixed"))
+    config = json.loads((mixed / "config.json").read_text())
+    (mixed / "config.json").write_text(json.dumps({**config, "depth": config["depth"] + 1}))
+
     def fill(text: str) -> str:
         return text.replace("{tmp}", str(tmp_path)).replace(
             "{ckpt}", str(checkpoint_of(classifier)))

@@ -95,6 +95,11 @@ def test_resume_without_train_state_says_so(trained: Path, capsys) -> None:
     (["train", "lm-kjv", "--out", "{tmp}/lm", "--data-dir", "{tmp}"],
      ["{tmp}/tokenizer.json", "make data"]),
     (["train", "vit-fashion"], ["--out", "required"]),
+    (["train", "vit-fashion", "--out", "{tmp}", "--set", "depth=abc"],
+     ["--set depth='abc': depth must be of type int"]),
+    (["train", "vit-fashion", "--out", "{tmp}", "--set", "stem=foo"],
+     ["stem must be one of 'patch', 'conv'"]),
+    (["train", "deit-tiny", "--out", "{tmp}"], ["needs --data-dir", "PAPER_SCALE.md"]),
     (["train", "vit-fashion", "--out", "{tmp}", "--init", "{tmp}/missing"],
      ["--init {tmp}/missing", "model.safetensors"]),
 ])
