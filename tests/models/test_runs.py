@@ -118,3 +118,12 @@ def test_eval_limit_is_what_the_metrics_describe(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_images"] == 20
     assert "first 20 images" in metrics["data"] and "10k" not in metrics["data"].split("top-1")[1]
+
+
+def test_init_records_the_source_checkpoint_history(trained: Path, tmp_path: Path) -> None:
+    source = json.loads((trained / "metrics.json").read_text())
+    out = tmp_path / "from-init"
+    assert train(out, "--depth", "1", "--set", "stem=conv", "--max-steps", "1",
+                 "--init", str(trained)) == 0
+    run = json.loads((out / "metrics.json").read_text())["runs"][0]
+    assert run["init"] == {"checkpoint": str(trained), "commands": source["commands"]}
