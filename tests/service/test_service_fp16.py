@@ -1,9 +1,9 @@
-"""float16 vision bundles end to end: `neutreno export --fp16` of tiny classifier and segmenter
+"""float16 bundles end to end: `neutreno export --fp16` of tiny classifier, segmenter and LM
 checkpoints, served next to their float32 exports, agree with them on the test fixtures.
 
 The service must feed a float16 graph float16 pixels (the manifest's input dtype); before this
-test, every request to such a bundle was a 503 while its warm-up (zeros in the manifest dtype)
-passed.
+test, every request to such a vision bundle was a 503 while its warm-up (zeros in the manifest
+dtype) passed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from generation_helpers import NAME, add_lm, tiny_lm
 from PIL import Image
 from service_helpers import b64, make_settings, png_bytes
 
@@ -102,3 +103,33 @@ def test_fp16_segmenter_masks_within_one_percent_of_fp32(fp16_client: TestClient
         differing += int((fp16 != fp32).sum())
         total += fp32.size
     assert differing / total <= 0.01, differing / total
+
+
+@pytest.fixture(scope="module")
+def lm_client(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The cached tiny LM bundle (float32) and its --fp16 export side by side."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    built = tiny_lm(request.config, tmp_path_factory.getbasetemp())
+    repo = add_lm(tmp_path_factory.mktemp("lm16"), built)
+    export_checkpoint(built / "checkpoint", repo / f"{NAME}-fp16" / "1", fp16=True)
+    with TestClient(create_app(make_settings(repo))) as client:
+        yield client
+
+
+@pytest.mark.slow
+def test_fp16_lm_scores_and_generates_like_fp32(lm_client: TestClient) -> None:
+    prompt = "In the beginning God created the heaven and the earth."
+    scored = {}
+    for name in (NAME, f"{NAME}-fp16"):
+        r = lm_client.post("/v1/completions", json={"model": name, "prompt": prompt,
+                                                    "max_tokens": 0, "echo": True, "logprobs": 1})
+        assert r.status_code == 200, r.text
+        scored[name] = r.json()["choices"][0]["logprobs"]["token_logprobs"]
+        generated = lm_client.post("/v1/completions", json={"model": name, "prompt": prompt,
+                                                            "max_tokens": 8, "temperature": 0})
+        assert generated.status_code == 200, generated.text
+        assert generated.json()["usage"]["completion_tokens"] >= 1
+    fp32, fp16 = (np.array(scored[n][1:], np.float64) for n in (NAME, f"{NAME}-fp16"))
+    assert len(fp32) == len(fp16) > 8
+    np.testing.assert_allclose(fp16, fp32, atol=0.05)
