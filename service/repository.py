@@ -148,6 +148,6 @@ def log_outcome(repo: Repository) -> None:
                  model.task, model.manifest.get("precision", model.outputs[0].dtype),
                  model.path.resolve(), model.device,
                  ", ".join(model.session.get_providers()))
-    log.info("model repository %s: serving %s; not loaded: %s", repo.root.resolve(),
-             ", ".join(sorted(repo.models)) or "nothing",
-             ", ".join(sorted(repo.failures)) or "none")
+    log.info("model repository %s: serving %s; not loaded: %s; older version serving: %s",
+             repo.root.resolve(), ", ".join(sorted(repo.models)) or "nothing",
+             ", ".join(sorted(repo.failures)) or "none", ", ".join(sorted(repo.skipped)) or "none")

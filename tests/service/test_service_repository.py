@@ -103,4 +103,4 @@ def test_startup_log_says_what_serves_from_where_on_which_device(repo: Path) -> 
     assert "model fashion-classifier version 2 not loaded" in out and "sha256 mismatch" in out
     assert "model no-version not loaded: no version folder" in out
     assert (f"model repository {repo.resolve()}: serving fashion-classifier, fashion-segmenter; "
-            "not loaded: no-version") in out
+            "not loaded: no-version; older version serving: fashion-classifier") in out
