@@ -119,9 +119,10 @@ def previous_runs(out: Path, state: dict[str, Any] | None) -> list[dict[str, Any
         return []
     if "runs" in state:
         return list(state["runs"])
-    metrics = load_metrics(out)
-    return [{"command": metrics["command"], "wall_time_s": metrics.get("wall_time_s", 0.0)}] \
-        if "command" in metrics else []
+    metrics = load_metrics(out)  # a state written before runs were recorded
+    if "command" not in metrics:
+        return []
+    return [{"command": metrics["command"], "wall_time_s": metrics.get("wall_time_s", 0.0)}]
 
 
 def new_run(argv: list[str], step: int, init: str | None) -> dict[str, Any]:
