@@ -82,9 +82,12 @@ test-e2e: $(VENV)/.dev chromium
 	$(BIN)/python -m pytest -q tests/e2e
 
 # Real data from Debian packages (needs root): Fashion-MNIST IDX files and the KJV text.
+# Installing the Debian data packages needs root; once they are there, `make data` runs as anyone.
 data: $(VENV)/.dev
 	@command -v bible >/dev/null && test -d /usr/share/datasets/fashion-mnist || \
-		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist bible-kjv)
+		{ test "$$(id -u)" = 0 || { echo "make data: installing the data packages needs root: run" \
+		  "'sudo apt-get install dataset-fashion-mnist bible-kjv', then make data again" >&2; \
+		  exit 2; }; apt-get update -q && apt-get install -y -q dataset-fashion-mnist bible-kjv; }
 	$(BIN)/python -m models.data.prepare --out data
 
 clean:

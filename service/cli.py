@@ -13,7 +13,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service.logs import configure_logging
+from service.logconfig import configure_logging
 from service.runtime import RuntimeSetupError, choose_providers
 from service.settings import Settings
 from service.supervisor import Supervisor

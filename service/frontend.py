@@ -20,7 +20,7 @@ import uvicorn
 
 from service.app import create_app
 from service.engine.client import MPClient
-from service.logs import configure_logging
+from service.logconfig import configure_logging
 from service.settings import Settings
 
 

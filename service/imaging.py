@@ -79,8 +79,12 @@ def to_mode(img: Image.Image, channels: int, background: str = "black") -> Image
     return img.convert("L" if channels == 1 else "RGB")
 
 
-def preprocess(img: Image.Image, pre: dict[str, Any]) -> np.ndarray:
-    """The bundle's pixel preprocessing: mode, resize, [0, 1], (x - mean) / std; (1, C, H, W)."""
+def preprocess(img: Image.Image, pre: dict[str, Any],
+               dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """The bundle's pixel preprocessing: mode, resize, [0, 1], (x - mean) / std; (1, C, H, W).
+
+    Computed in float32 and cast once to `dtype`, the graph input's type (float16 bundles).
+    """
     channels = int(pre.get("channels", 3))
     height, width = (int(v) for v in pre["image_size"])
     img = to_mode(img, channels, str(pre.get("background", "black")))
@@ -91,7 +95,7 @@ def preprocess(img: Image.Image, pre: dict[str, Any]) -> np.ndarray:
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     mean = np.asarray(pre.get("mean", [0.0] * channels), np.float32).reshape(-1, 1, 1)
     std = np.asarray(pre.get("std", [1.0] * channels), np.float32).reshape(-1, 1, 1)
-    return ((arr - mean) / std)[None].astype(np.float32, copy=False)
+    return ((arr - mean) / std)[None].astype(dtype, copy=False)
 
 
 def png_base64(img: Image.Image) -> str:

@@ -1,9 +1,14 @@
 """Finding, validating and loading the bundles of a model repository.
 
-Layout: `<root>/<model>/<version>/`; the highest integer version of each model is served. Every
-bundle is validated with `export.bundle.load_bundle` (the contract in docs/BUNDLE_FORMAT.md)
-before a session is created. A broken bundle does not stop the service: it is recorded with the
-reason, the healthy models serve, and /readyz names the broken one.
+Layout: `<root>/<model>/<version>/`. A model is served under its folder's name (the one source
+of truth: a copied or renamed folder serves under its new name) from its highest integer
+version that loads; a broken newer version is skipped, logged and reported by /readyz next to
+the version that serves. Every bundle is validated with `export.bundle.load_bundle` (the contract
+in docs/BUNDLE_FORMAT.md) before a session is created. A model with no loadable version does not
+stop the service: it is recorded with the reason, the healthy models serve, and /readyz names it.
+
+Reasons shown by /readyz name bundles as `<model>/<version>`, never by host path; the start-up
+log says what serves, from where, on which device, and why anything is not loaded.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.bundle import load_bundle
+from export.bundle import MANIFEST_FILE, BundleError, load_bundle
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -21,50 +26,128 @@ log = logging.getLogger("neutreno.service")
 
 @dataclass
 class Repository:
-    """Loaded models by name and, for the ones that failed, why."""
+    """Loaded models by name; why the others failed; skipped broken versions; repository-level
+    problems (empty, or a model folder given in place of the repository)."""
 
     root: Path
     models: dict[str, ModelRuntime] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def reasons(self) -> list[str]:
+        """Why the repository is not fully ready (empty when every model loaded)."""
+        return self.problems + [f"model {n} failed to load: {r}" for n, r in self.failures.items()]
+
+    def statuses(self) -> dict[str, str]:
+        """Per model: "ready" (with the skipped versions, if any) or why it is not loaded."""
+        found = {n: self._ready(n, m) for n, m in self.models.items()}
+        return {**found, **self.failures}
+
+    def _ready(self, name: str, model: ModelRuntime) -> str:
+        if name not in self.skipped:
+            return "ready"
+        return f"ready (serving version {model.version}; {self.skipped[name]})"
 
     def close(self) -> None:
         for model in self.models.values():
             model.close()
 
 
-def latest_versions(root: Path) -> dict[str, Path | None]:
-    """Each model folder mapped to its highest integer version folder (None when it has none)."""
-    found: dict[str, Path | None] = {}
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = [v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit()
-                    and int(v.name) > 0]
-        found[model_dir.name] = max(versions, key=lambda v: int(v.name), default=None)
-    return found
+def version_folders(model_dir: Path) -> list[Path]:
+    """A model folder's positive integer version folders, newest first."""
+    versions = [v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit()
+                and int(v.name) > 0]
+    return sorted(versions, key=lambda v: int(v.name), reverse=True)
+
+
+def model_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def repository_problem(root: Path, folders: list[Path]) -> str | None:
+    """Why `root` serves nothing: empty, or a model / version folder given in its place."""
+    if (root / MANIFEST_FILE).is_file():
+        return (f"model repository {root.name!r} is a bundle version folder (it holds "
+                f"{MANIFEST_FILE}); point NEUTRENO_MODEL_REPOSITORY at the folder two levels up, "
+                "which holds <model>/<version>/")
+    if folders and all(f.name.isdigit() for f in folders):
+        return (f"model repository {root.name!r} is a model folder (it holds version folders "
+                f"{', '.join(f.name for f in folders)}); point NEUTRENO_MODEL_REPOSITORY at the "
+                "folder above it, which holds <model>/<version>/")
+    if not folders:
+        return (f"model repository {root.name!r} has no model bundles; expected "
+                "<model>/<version>/manifest.json (neutreno export writes them)")
+    return None
+
+
+def reason(exc: Exception, path: Path) -> str:
+    """An exception's message with the bundle's host path replaced by <model>/<version>."""
+    text = exc.detail if isinstance(exc, BundleError) else str(exc)
+    label = f"{path.parent.name}/{path.name}"
+    for prefix in (str(path.resolve()), str(path)):
+        text = text.replace(prefix, label)
+    return " ".join(text.split())
 
 
 def load_model(name: str, path: Path, settings: Settings) -> ModelRuntime:
-    """Validate one bundle, open its session and warm it up; raises with the reason."""
+    """Validate one bundle, open its session under the folder's name and warm it up; raises
+    with the reason."""
     bundle = load_bundle(path)
-    model = ModelRuntime(bundle.path, bundle.manifest, settings)
-    if model.name != name:
-        raise ValueError(f"manifest name {model.name!r} does not match its folder {name!r}")
+    if bundle.name != name:
+        log.warning("bundle %s: manifest name %r differs from its folder; serving it as %r",
+                    path, bundle.name, name)
+    model = ModelRuntime(bundle.path, {**bundle.manifest, "name": name}, settings)
     if settings.warmup:
         model.warmup(settings.buckets(model.device) if model.task != "text-generation" else ())
     return model
 
 
-def load_repository(settings: Settings) -> Repository:
-    """Load every model; failures are collected, not raised."""
-    repo = Repository(settings.model_repository)
-    for name, path in latest_versions(settings.model_repository).items():
-        if path is None:
-            repo.failures[name] = f"{name}: no positive integer version folder"
-            continue
+def load_newest(repo: Repository, model_dir: Path, settings: Settings) -> None:
+    """Serve the newest version of `model_dir` that loads; record the broken newer ones."""
+    name, broken = model_dir.name, []
+    versions = version_folders(model_dir)
+    for path in versions:
         try:
             repo.models[name] = load_model(name, path, settings)
+            break
         except Exception as exc:  # every failure becomes a named reason, never a crash
-            repo.failures[name] = f"{path}: {exc}"
-            log.error("model %s not loaded: %s", name, exc)
-    if not repo.models and not repo.failures:
-        repo.failures["<repository>"] = f"no model bundles in {settings.model_repository}"
+            broken.append(f"version {path.name} not loaded: {reason(exc, path)}")
+            log.error("model %s version %s not loaded (%s): %s", name, path.name, path,
+                      reason(exc, path))
+    if not versions:
+        repo.failures[name] = (f"no version folder: expected {name}/<positive integer>/"
+                               f"{MANIFEST_FILE}")
+        log.error("model %s not loaded: %s", name, repo.failures[name])
+    elif name not in repo.models:
+        repo.failures[name] = "; ".join(broken)
+    elif broken:
+        repo.skipped[name] = "; ".join(broken)
+
+
+def load_repository(settings: Settings) -> Repository:
+    """Load every model; failures are collected, not raised, and logged with the outcome."""
+    root = settings.model_repository
+    repo = Repository(root)
+    folders = model_folders(root)
+    problem = repository_problem(root, folders)
+    if problem is not None:
+        repo.problems.append(problem)
+        log.error("%s (%s)", problem, root.resolve())
+        return repo
+    for model_dir in folders:
+        load_newest(repo, model_dir, settings)
+    log_outcome(repo)
     return repo
+
+
+def log_outcome(repo: Repository) -> None:
+    """One INFO line per served model (version, task, precision, folder, device), then a summary."""
+    for name, model in repo.models.items():
+        log.info("serving %s version %s (%s, %s) from %s on %s (%s)", name, model.version,
+                 model.task, model.manifest.get("precision", model.outputs[0].dtype),
+                 model.path.resolve(), model.device,
+                 ", ".join(model.session.get_providers()))
+    log.info("model repository %s: serving %s; not loaded: %s; older version serving: %s",
+             repo.root.resolve(), ", ".join(sorted(repo.models)) or "nothing",
+             ", ".join(sorted(repo.failures)) or "none", ", ".join(sorted(repo.skipped)) or "none")

@@ -83,7 +83,12 @@ class ServiceState:
             reasons = [] if status["started"] else ["models are still loading"]
         if self.draining or (status and status["draining"]):
             reasons.append("shutting down")
-        return reasons + [f"model {n} failed to load: {r}" for n, r in self.failures.items()]
+        return reasons + (status["reasons"] if status else [])
+
+    def statuses(self) -> dict[str, str]:
+        """Per model: "ready" (naming a skipped broken newer version) or why it is not."""
+        status = self._status()
+        return dict(status["statuses"]) if status else {}
 
     def model(self, name: str, task: str | None = None) -> ModelInfo:
         """A loaded model by name (404 unknown, 503 broken or draining, 400 wrong task)."""

@@ -72,7 +72,8 @@ def _validated(model: type[P], data: object, *, json: bool) -> P:
 
 
 def _decode(img: Image.Image, model: ModelInfo) -> np.ndarray:
-    return imaging.preprocess(imaging.load_pixels(img), model.preprocessing)
+    return imaging.preprocess(imaging.load_pixels(img), model.preprocessing,
+                              model.inputs[0].numpy_dtype)
 
 
 async def _infer(state: ServiceState, model: ModelInfo, data: bytes

@@ -11,7 +11,6 @@ one router in `service.app.ROUTERS`. The core never sees HTTP: it takes validate
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -26,7 +25,6 @@ from service.repository import Repository, load_repository
 from service.runtime import ModelRuntime, choose_providers
 from service.settings import Settings
 
-log = logging.getLogger("neutreno.service")
 
 Feeds = dict[str, np.ndarray]
 
@@ -117,8 +115,6 @@ class EngineCore:
                 self.workers[name] = factory(model, self.settings, self.metrics)
                 self.workers[name].start()
         self.started = True
-        log.info("engine serving %s; not loaded: %s", sorted(self.models),
-                 sorted(self.repository.failures) or "none")
 
     def flush(self) -> None:
         """A drain has begun: refuse new work, run what is queued without waiting."""
@@ -136,11 +132,13 @@ class EngineCore:
 
     def status(self) -> dict[str, Any]:
         """Plain data (msgpack-able): what is loaded, what failed and why, queue depths."""
-        failures = self.repository.failures if self.repository else {}
+        repo = self.repository
         return {"started": self.started, "draining": self.draining,
                 "models": {n: {"path": str(m.path), "manifest": m.manifest, "device": m.device}
                            for n, m in self.models.items()},
-                "failures": dict(failures),
+                "failures": dict(repo.failures) if repo else {},
+                "reasons": repo.reasons() if repo else [],
+                "statuses": repo.statuses() if repo else {},
                 "depth": {n: w.depth for n, w in self.workers.items()}}
 
     def _model(self, name: str) -> ModelRuntime:

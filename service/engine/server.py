@@ -24,7 +24,7 @@ from service.engine import wire
 from service.engine.core import EngineCore
 from service.errors import InferenceFailed, ServiceError
 from service.generation.scheduler import Submission
-from service.logs import configure_logging
+from service.logconfig import configure_logging
 from service.metrics import Metrics
 from service.settings import Settings
 

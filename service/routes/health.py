@@ -21,8 +21,7 @@ async def healthz() -> Health:
             responses={503: {"model": Health, "description": "not ready, with reasons"}})
 async def readyz(state: ServiceState = Depends(get_state)) -> JSONResponse:
     reasons = state.readiness()
-    models = {name: "ready" for name in state.models}
-    models.update(state.failures)
+    models = state.statuses()
     body = Health(status="unavailable" if reasons else "ok", models=models, reasons=reasons)
     return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
 

@@ -111,6 +111,42 @@ def test_bad_manifest_refused(bundle_copy, changes: dict, message: str) -> None:
         load_bundle(folder)
 
 
+def _add_file_entry(folder: Path, name: str) -> None:
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest["files"][name] = {"sha256": "0" * 64, "bytes": 1}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("../../secret.txt", "'../../secret.txt' .* is not a plain relative name"),
+    ("{outside}", "is not a plain relative name"),
+    ("sub/../../secret.txt", "is not a plain relative name"),
+    ("link.txt", "link.txt listed in manifest.json is not a regular file"),
+    ("folder", "folder listed in manifest.json is not a regular file"),
+    ("linked-dir/secret.txt", "lies outside the bundle folder"),
+])
+def test_file_entries_are_confined_to_the_bundle_folder(bundle_copy, tmp_path: Path,
+                                                        entry: str, message: str) -> None:
+    """Issue 19: a manifest must not make the loader hash (read) files outside its folder."""
+    folder = bundle_copy("classifier")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("host file")
+    (folder / "link.txt").symlink_to(secret)
+    (folder / "folder").mkdir()
+    (folder / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+    _add_file_entry(folder, entry.replace("{outside}", str(secret)))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(folder)
+
+
+def test_bundle_error_detail_has_no_path(bundle_copy) -> None:
+    folder = bundle_copy("classifier")
+    edit_manifest(folder, task="detection")
+    with pytest.raises(BundleError) as info:
+        load_bundle(folder)
+    assert info.value.detail.startswith("task 'detection'") and str(folder) not in info.value.detail
+
+
 def test_bundle_module_does_not_import_torch() -> None:
     code = "import sys, export.bundle; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

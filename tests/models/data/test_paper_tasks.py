@@ -13,6 +13,7 @@ from models.data import imagenet
 from models.registry import get_config
 from models.tasks import ClassificationTask, make_task
 from models.train import main, parse_overrides
+from neutreno.command import CommandError
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
 IMAGENET = str(FIXTURES / "paper" / "imagenet")
@@ -63,7 +64,7 @@ def test_miou_from_confusion_ignores_255_and_absent_classes():
 def test_set_overrides_parse_literals_and_strings():
     assert parse_overrides(["img_size=32", "lam=0.5", "attention=softmax"]) == {
         "img_size": 32, "lam": 0.5, "attention": "softmax"}
-    with pytest.raises(SystemExit):
+    with pytest.raises(CommandError, match="KEY=VALUE"):
         parse_overrides(["img_size"])
 
 
