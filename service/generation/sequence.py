@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import ServiceError
+from service.generation.penalties import LogitsProcessor
 from service.generation.sampling import Sampler, log_softmax, top_logprobs
 from service.generation.tokenizer import IncrementalDecoder, TextTokenizer
 from service.generation.validation import ValidRequest
@@ -49,6 +50,7 @@ class Sequence:
         self.tokenizer = tokenizer
         self.outbox = outbox
         self.sampler = Sampler(request.sampling)
+        self.processor = _processor(request, tokenizer)
         self.generated: list[int] = []
         self.finish_reason: str | None = None
         self.cancelled = False
@@ -59,6 +61,7 @@ class Sequence:
         self._text = ""
         self._sent = 0
         self._pending: list[TokenLogprob] = []
+        self._stop_floor = 0  # stop strings count only if they end after this text index
 
     @property
     def done(self) -> bool:
@@ -89,8 +92,13 @@ class Sequence:
             self._finish("length")
 
     def sample(self, logits: np.ndarray) -> int:
-        """Pick and append the next token from its (vocab,) logits; returns it."""
-        token_id = self.sampler(logits)
+        """Pick and append the next token from its (vocab,) logits (after the request's logit
+        controls; logprobs stay those of the model); returns it."""
+        if self.processor is None:
+            token_id = self.sampler(logits)
+        else:
+            token_id = self.sampler(self.processor(logits))
+            self.processor.observe(token_id)
         self.append(token_id, logits)
         return token_id
 
@@ -104,6 +112,8 @@ class Sequence:
                                               float(row[token_id]), self._top(row),
                                               self._base + len(self._text)))
         self._text += self._decoder.push(token_id)
+        if len(self.generated) < self.request.penalties.min_tokens:
+            self._stop_floor = len(self._text)
         if token_id == self.tokenizer.eos_id and not self.request.ignore_eos:
             self._finish("stop")
         elif self._stopped_at() is not None:
@@ -125,7 +135,8 @@ class Sequence:
     def _stopped_at(self) -> int | None:
         """Index in the text where the first stop string starts, if any has appeared."""
         start = max(0, self._sent - max((len(s) for s in self.request.stop), default=0))
-        found = [i for s in self.request.stop if (i := self._text.find(s, start)) >= 0]
+        found = [i for s in self.request.stop
+                 if (i := self._text.find(s, max(start, self._stop_floor - len(s) + 1))) >= 0]
         return min(found) if found else None
 
     def _held_back(self) -> int:
@@ -160,6 +171,14 @@ class Sequence:
     def _emit(self, chunk: Chunk) -> None:
         if not self.cancelled:
             self.outbox.put_nowait(chunk)
+
+
+def _processor(request: ValidRequest, tokenizer: TextTokenizer) -> LogitsProcessor | None:
+    """The request's logit controls, or None when they change nothing (the common case)."""
+    if not request.penalties.changes_logits:
+        return None
+    eos = None if request.ignore_eos else tokenizer.eos_id
+    return LogitsProcessor(request.penalties, request.prompt_ids, tokenizer.vocab_size, eos)
 
 
 def _offsets(tokenizer: TextTokenizer, ids: list[int]) -> list[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.errors import BadRequest, PayloadTooLarge
+from service.generation.penalties import Penalties
 from service.generation.sampling import SamplingParams
 from service.generation.schemas import CompletionRequest
 from service.generation.tokenizer import TextTokenizer
@@ -45,6 +46,7 @@ class ValidRequest:
     logprobs: int | None
     echo: bool
     ignore_eos: bool = False
+    penalties: Penalties = Penalties()
 
     @property
     def reserved_tokens(self) -> int:
@@ -97,15 +99,34 @@ def _max_new_tokens(body: CompletionRequest, prompt_tokens: int, index: int,
     return body.max_tokens
 
 
+def _penalties(body: CompletionRequest, tokenizer: TextTokenizer) -> Penalties:
+    """The request's logit controls; 400 when a logit_bias id is not in the vocabulary."""
+    bias = body.logit_bias_items()
+    bad = [t for t, _ in bias if t >= tokenizer.vocab_size]
+    if bad:
+        raise BadRequest(f"logit_bias has token ids outside the vocabulary "
+                         f"[0, {tokenizer.vocab_size}): {bad[:5]}")
+    return Penalties(body.presence_penalty, body.frequency_penalty, body.repetition_penalty,
+                     bias, body.min_tokens)
+
+
+def _check_min_tokens(min_tokens: int, max_new_tokens: int, index: int) -> None:
+    """min_tokens beyond what the context lets prompt `index` generate is a 400."""
+    if min_tokens > max_new_tokens:
+        raise BadRequest(f"min_tokens ({min_tokens}) exceeds the {max_new_tokens} tokens "
+                         f"prompt {index} can generate within the model's context")
+
+
 def validate(body: CompletionRequest, tokenizer: TextTokenizer,
              limits: ModelLimits) -> list[ValidRequest]:
     """Every prompt of `body` as a `ValidRequest`, or BadRequest / PayloadTooLarge."""
     sampling = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
+    penalties = _penalties(body, tokenizer)
     requests = []
     for index, prompt in enumerate(body.prompts()):
         text, ids = _prompt_ids(prompt, index, tokenizer, limits)
-        requests.append(ValidRequest(index, text, ids, _max_new_tokens(body, len(ids), index,
-                                                                        limits),
-                                     sampling, body.stop_list(), body.logprobs, body.echo,
-                                     body.ignore_eos))
+        max_new = _max_new_tokens(body, len(ids), index, limits)
+        _check_min_tokens(penalties.min_tokens, max_new, index)
+        requests.append(ValidRequest(index, text, ids, max_new, sampling, body.stop_list(),
+                                     body.logprobs, body.echo, body.ignore_eos, penalties))
     return requests

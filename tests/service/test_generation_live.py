@@ -162,3 +162,25 @@ def test_sigterm_drains_running_streams(repo: Path) -> None:
     assert at_signal < len(lines), "the stream had already ended before SIGTERM"
     assert [ln for ln in lines if ln][-1] == "data: [DONE]"
     assert any('"finish_reason":"length"' in line for line in lines), lines[-4:]
+
+
+def test_generation_controls_through_the_openai_client(server: LiveServer,
+                                                      client: openai.OpenAI) -> None:
+    aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    controls = {"presence_penalty": 1.0, "frequency_penalty": 0.5, "logit_bias": {"7": 2.0},
+                "extra_body": {"repetition_penalty": 1.2, "min_tokens": 16}}
+
+    async def one(prompt: str, seed: int) -> openai.types.Completion:
+        return await aclient.completions.create(model=NAME, prompt=prompt, max_tokens=16,
+                                                temperature=0.8, seed=seed, **controls)
+
+    async def run() -> tuple[list, list]:
+        alone = [await one(p, s or 1) for p, s in STREAMS[:4]]
+        together = await asyncio.gather(*(one(p, s or 1) for p, s in STREAMS[:4]))
+        return alone, list(together)
+
+    alone, together = asyncio.run(run())
+    assert [c.choices[0].text for c in together] == [c.choices[0].text for c in alone]
+    assert all(c.usage.completion_tokens == 16 for c in alone)  # min_tokens: no early EOS
+    with pytest.raises(openai.UnprocessableEntityError, match="presence_penalty"):
+        client.completions.create(model=NAME, prompt=PROMPT, presence_penalty=3)
