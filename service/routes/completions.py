@@ -36,9 +36,9 @@ def scheduler_for(state: ServiceState, name: str) -> GenerationScheduler:
 async def completions(body: CompletionRequest, request: Request,
                       state: ServiceState = Depends(get_state)) -> Completion | Response:
     scheduler = scheduler_for(state, body.model)
+    writer = CompletionWriter(body, scheduler.name, state.settings.request_timeout_s)
     submission = scheduler.submit(validate(body, scheduler.tokenizer, scheduler.limits))
-    writer = CompletionWriter(body, scheduler.name)
     if body.stream:
-        return StreamingResponse(writer.stream(submission), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        return StreamingResponse(await writer.open_stream(submission),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
     return await respond(writer, submission, request)
