@@ -22,15 +22,15 @@ from starlette.concurrency import run_in_threadpool
 from service.errors import install_error_handlers
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.repository import load_repository
-from service.routes import completions, health, v1, v2
+from service.routes import completions, health, tokenize, v1, v2
 from service.runtime import choose_providers
 from service.settings import Settings
 from service.state import WORKER_FACTORIES, ServiceState
 
 log = logging.getLogger("neutreno.service")
 
-ROUTERS: list[APIRouter] = [health.router, v1.router, completions.router, v2.router,
-                            v2.models]
+ROUTERS: list[APIRouter] = [health.router, v1.router, completions.router, tokenize.router,
+                            v2.router, v2.models]
 STATIC = Path(__file__).parent / "static"  # the web page at / (no build step)
 
 DESCRIPTION = """Serves NeuTRENO transformer bundles (ONNX, one `ai.neutreno::FidelityAttention`

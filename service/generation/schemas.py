@@ -176,3 +176,36 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's `POST /tokenize` (completions form)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"model": "kjv-lm", "prompt": "In the beginning"}]})
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str
+    add_special_tokens: bool = Field(True, description="as vLLM; the shipped tokenizers add none")
+    return_token_strs: bool = Field(False, description="also return each token's text")
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's `POST /detokenize`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"model": "kjv-lm", "tokens": [42, 7, 300]}]})
+
+    model: str = Field(min_length=1, max_length=256)
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

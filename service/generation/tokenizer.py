@@ -22,9 +22,9 @@ class TextTokenizer:
         self.eos_id = eos_id
         self.vocab_size = vocab_size
 
-    def encode(self, text: str) -> list[int]:
-        """Text -> token ids (no special tokens added)."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Text -> token ids (special tokens only when asked and the tokenizer defines them)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text, special tokens (EOS) skipped."""

@@ -54,6 +54,23 @@ class ValidRequest:
         return len(self.prompt_ids) + self.max_new_tokens
 
 
+def check_unicode(text: str, what: str) -> None:
+    """400 unless `text` is valid Unicode: JSON allows escaped lone surrogates ("\ud800"),
+    which are not text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{what} is not valid Unicode: {exc.reason} at character "
+                         f"{exc.start}") from None
+
+
+def check_token_ids(ids: list[int], tokenizer: TextTokenizer, what: str) -> None:
+    """400 when any id is outside the vocabulary."""
+    bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
+    if bad:
+        raise BadRequest(f"{what} has token ids outside [0, {tokenizer.vocab_size}): {bad[:5]}")
+
+
 def _prompt_ids(prompt: str | list[int], index: int, tokenizer: TextTokenizer,
                 limits: ModelLimits) -> tuple[str, tuple[int, ...]]:
     """(text, ids) of one prompt; 413 when it cannot fit the context, 400 when unusable."""
@@ -63,17 +80,10 @@ def _prompt_ids(prompt: str | list[int], index: int, tokenizer: TextTokenizer,
                 f"prompt {index} has {len(prompt)} characters; the limit is "
                 f"{limits.context_length * CHARS_PER_TOKEN_LIMIT} for a context of "
                 f"{limits.context_length} tokens")
-        try:  # JSON allows escaped lone surrogates ("\ud800"); they are not text
-            prompt.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise BadRequest(f"prompt {index} is not valid Unicode: {exc.reason} at "
-                             f"character {exc.start}") from None
+        check_unicode(prompt, f"prompt {index}")
         ids = tuple(tokenizer.encode(prompt))
     else:
-        bad = [t for t in prompt if not 0 <= t < tokenizer.vocab_size]
-        if bad:
-            raise BadRequest(f"prompt {index} has token ids outside [0, {tokenizer.vocab_size}): "
-                             f"{bad[:5]}")
+        check_token_ids(prompt, tokenizer, f"prompt {index}")
         ids = tuple(prompt)
     if not ids:
         raise BadRequest(f"prompt {index} is empty; it must contain at least one token")
@@ -102,10 +112,7 @@ def _max_new_tokens(body: CompletionRequest, prompt_tokens: int, index: int,
 def _penalties(body: CompletionRequest, tokenizer: TextTokenizer) -> Penalties:
     """The request's logit controls; 400 when a logit_bias id is not in the vocabulary."""
     bias = body.logit_bias_items()
-    bad = [t for t, _ in bias if t >= tokenizer.vocab_size]
-    if bad:
-        raise BadRequest(f"logit_bias has token ids outside the vocabulary "
-                         f"[0, {tokenizer.vocab_size}): {bad[:5]}")
+    check_token_ids([t for t, _ in bias], tokenizer, "logit_bias")
     return Penalties(body.presence_penalty, body.frequency_penalty, body.repetition_penalty,
                      bias, body.min_tokens)
 

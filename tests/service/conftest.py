@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from generation_helpers import tiny_lm
+from generation_helpers import add_lm, tiny_lm
 from service_helpers import ROOT, make_settings, write_test_repository
 
 from service import create_app
@@ -37,3 +37,9 @@ def fashion() -> tuple[np.ndarray, np.ndarray]:
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny LM: `checkpoint/` (torch) and `bundle/tiny-lm/1/` (see generation_helpers)."""
     return tiny_lm(request.config, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def lm_repository(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny vision bundles and the tiny LM: a repository for live servers."""
+    return add_lm(write_test_repository(tmp_path_factory.mktemp("lm_repository")), built)

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from generation_helpers import NAME, add_lm, tiny_lm
-from service_helpers import LiveServer, write_test_repository
+from generation_helpers import NAME
+from service_helpers import LiveServer
 from tokenizers import Tokenizer
 
 PROMPT = "In the beginning God created"
@@ -27,14 +27,8 @@ STREAMS = [("And God said,", None), ("Let there be", None), ("The earth was", 3)
 
 
 @pytest.fixture(scope="module")
-def repo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    built = tiny_lm(request.config, tmp_path_factory.getbasetemp())
-    return add_lm(write_test_repository(tmp_path_factory.mktemp("live_lm_repo")), built)
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[LiveServer]:
-    live = LiveServer(repo)
+def server(lm_repository: Path) -> Iterator[LiveServer]:
+    live = LiveServer(lm_repository)
     try:
         live.wait_ready()
         yield live
@@ -139,8 +133,8 @@ def test_client_disconnect_frees_a_non_streaming_sequence(server: LiveServer) ->
     assert 0 < metric(server, "generated_tokens_total") - before < 240
 
 
-def test_sigterm_drains_running_streams(repo: Path) -> None:
-    live = LiveServer(repo)
+def test_sigterm_drains_running_streams(lm_repository: Path) -> None:
+    live = LiveServer(lm_repository)
     live.wait_ready()
     lines: list[str] = []
     started = threading.Event()
@@ -187,15 +181,15 @@ def test_generation_controls_through_the_openai_client(server: LiveServer,
         client.completions.create(model=NAME, prompt=PROMPT, presence_penalty=3)
 
 
-def test_completion_deadline(repo: Path) -> None:
+def test_completion_deadline(lm_repository: Path) -> None:
     """NEUTRENO_REQUEST_TIMEOUT_S on completions: 64 prompts x 250 tokens decoded one sequence
     at a time cannot finish in 2 s; the non-streaming answer is 504, a stream that has started
     ends with a deadline_exceeded event before [DONE], a stream with no output yet is 504, and
     every sequence is freed. The last stream waits behind another request and then generates
     only an incomplete UTF-8 byte (logit_bias), text that is held back until the end."""
-    tok = Tokenizer.from_file(str(repo / NAME / "1" / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(lm_repository / NAME / "1" / "tokenizer.json"))
     partial = next(i for i in range(tok.get_vocab_size()) if tok.decode([i]) == "\ufffd")
-    live = LiveServer(repo, {"NEUTRENO_REQUEST_TIMEOUT_S": "2",
+    live = LiveServer(lm_repository, {"NEUTRENO_REQUEST_TIMEOUT_S": "2",
                              "NEUTRENO_MAX_RUNNING_SEQUENCES": "1"})
     live.wait_ready()
     long = {"model": NAME, "prompt": ["In the"] * 64, "max_tokens": 250, "ignore_eos": True}

@@ -147,7 +147,7 @@ def test_controls_are_per_row_and_seeded(app_client: TestClient) -> None:
     ({"logit_bias": {"-1": 1}}, 422, "logit_bias keys must be token ids"),
     ({"logit_bias": {"1": 100.5}}, 422, "logit_bias values must be in [-100, 100]"),
     ({"logit_bias": {str(i): 1 for i in range(301)}}, 422, "at most 300"),
-    ({"logit_bias": {"512": 1}}, 400, "logit_bias has token ids outside the vocabulary [0, 512)"),
+    ({"logit_bias": {"512": 1}}, 400, "logit_bias has token ids outside [0, 512): [512]"),
     ({"min_tokens": 256, "max_tokens": None}, 400, "min_tokens (256) exceeds the"),
 ])
 def test_control_validation(app_client: TestClient, body: dict, status: int,
