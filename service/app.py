@@ -19,8 +19,11 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from service import tracing
 from service.errors import install_error_handlers
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.logs import access_ok_level
+from service.middleware import (BodyLimitMiddleware, MetricsMiddleware, RequestLogMiddleware,
+                                TracingMiddleware)
 from service.repository import load_repository
 from service.routes import completions, health, tokenize, v1, v2
 from service.runtime import choose_providers
@@ -85,4 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       include_in_schema=False)
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, state=state)
+    app.add_middleware(RequestLogMiddleware,
+                       ok_level=access_ok_level(state.settings.log_format))
+    tracing.configure_from_env()
+    if tracing.enabled():
+        app.add_middleware(TracingMiddleware)
     return app

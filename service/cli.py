@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.logs import logging_config
 from service.runtime import RuntimeSetupError, choose_providers
 from service.settings import Settings
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level,
+                            log_config=logging_config(settings.log_format, settings.log_level),
                             timeout_graceful_shutdown=settings.drain_timeout_s,
                             access_log=False)
     DrainingServer(config, app).run()

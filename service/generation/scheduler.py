@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from service import tracing
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
 from service.generation.kv import Feeds, KVBatch, LMGraph, prefill_feeds, prefilled
 from service.generation.sequence import Chunk, Sequence
@@ -126,7 +127,7 @@ class GenerationScheduler:
     def cancel(self, sequences: list[Sequence]) -> None:
         """Mark sequences cancelled; waiting ones leave now, running ones at the next step."""
         for seq in sequences:
-            seq.cancelled = True
+            seq.cancel()
         self._waiting = deque(s for s in self._waiting if not s.cancelled)
         self._publish_gauges()
         self._wakeup.set()
@@ -249,6 +250,7 @@ class GenerationScheduler:
         self._metrics.inference_duration_seconds.labels(self.name).observe(
             time.perf_counter() - started)
         self._metrics.batch_size.labels(self.name).observe(len(sequences))
+        tracing.record_runs(self.name, (s.trace for s in sequences), started)
         return outputs
 
     def _abort(self, exc: Exception) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service import tracing
 from service.errors import ServiceError
 from service.generation.penalties import LogitsProcessor
 from service.generation.sampling import Sampler, log_softmax, top_logprobs
@@ -55,6 +56,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.cancelled = False
         self.enqueued = time.perf_counter()
+        self.trace = tracing.generation_trace(self.enqueued)
         self.last_token_at: float | None = None
         self._decoder = IncrementalDecoder(tokenizer, list(request.prompt_ids))
         self._base = len(request.prompt_text) if request.echo else 0
@@ -126,7 +128,18 @@ class Sequence:
     def fail(self, error: ServiceError) -> None:
         """End the sequence with an error the HTTP layer reports."""
         self.finish_reason = "error"
+        self._end_trace()
         self._emit(Chunk(self.request.index, error=error))
+
+    def cancel(self) -> None:
+        """The client is gone or its deadline passed: stop at the next step."""
+        self.cancelled = True
+        self._end_trace()
+
+    def _end_trace(self) -> None:
+        if self.trace is not None:
+            self.trace.end(len(self.request.prompt_ids), len(self.generated),
+                           self.finish_reason or "cancelled")
 
     def _top(self, row: np.ndarray) -> dict[str, float] | None:
         n = self.request.logprobs or 0
@@ -154,6 +167,7 @@ class Sequence:
             stop_at = self._stopped_at()
         end = len(self._text) if stop_at is None else stop_at
         self.finish_reason = "stop" if stop_at is not None else reason
+        self._end_trace()
         if stop_at is not None:
             self._pending = [t for t in self._pending if t.offset - self._base < end]
         self._release(end)

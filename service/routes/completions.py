@@ -11,6 +11,7 @@ from service.generation.scheduler import GenerationScheduler
 from service.generation.schemas import Completion, CompletionRequest
 from service.generation.validation import validate
 from service.routes.v1 import ERRORS
+from service.logs import note_model
 from service.security import require_api_key
 from service.state import ServiceState, get_state
 
@@ -24,6 +25,7 @@ STREAM_OK = {200: {"description": "the completion; with stream true, Server-Sent
 
 def scheduler_for(state: ServiceState, name: str) -> GenerationScheduler:
     """The generation worker of a loaded text-generation model (404 / 400 / 503 otherwise)."""
+    note_model(name)
     model = state.model(name, "text-generation")
     worker = state.workers.get(model.name)
     if not isinstance(worker, GenerationScheduler):
