@@ -94,7 +94,7 @@ class CompletionRequest(BaseModel):
             return bias
         if len(bias) > MAX_LOGIT_BIAS:
             raise ValueError(f"logit_bias has {len(bias)} entries; at most {MAX_LOGIT_BIAS}")
-        bad_keys = [k for k in bias if not (k.isascii() and k.isdigit())]
+        bad_keys = [k[:24] for k in bias if not (k.isascii() and k.isdigit() and len(k) <= 18)]
         if bad_keys:
             raise ValueError(f"logit_bias keys must be token ids (non-negative integers), got "
                              f"{bad_keys[:3]}")
