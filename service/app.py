@@ -17,19 +17,22 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from service import tracing
 from service.engine.client import EngineClient, InprocClient
 from service.engine.core import EngineCore
 from service.errors import install_error_handlers
+from service.logs import access_ok_level
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routes import completions, health, v1, v2
+from service.middleware import (BodyLimitMiddleware, MetricsMiddleware, RequestLogMiddleware,
+                                TracingMiddleware)
+from service.routes import completions, health, tokenize, v1, v2
 from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("neutreno.service")
 
-ROUTERS: list[APIRouter] = [health.router, v1.router, completions.router, v2.router,
-                            v2.models]
+ROUTERS: list[APIRouter] = [health.router, v1.router, completions.router, tokenize.router,
+                            v2.router, v2.models]
 STATIC = Path(__file__).parent / "static"  # the web page at / (no build step)
 
 DESCRIPTION = """Serves NeuTRENO transformer bundles (ONNX, one `ai.neutreno::FidelityAttention`
@@ -65,4 +68,9 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
                       include_in_schema=False)
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, state=state)
+    app.add_middleware(RequestLogMiddleware,
+                       ok_level=access_ok_level(state.settings.log_format))
+    tracing.configure_from_env()
+    if tracing.enabled():
+        app.add_middleware(TracingMiddleware)
     return app

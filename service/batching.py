@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service import tracing
 from service.errors import (BadRequest, DeadlineExceeded, InferenceFailed, ModelNotReady,
                             QueueFull)
 from service.metrics import Metrics
@@ -45,6 +46,7 @@ class _Request:
     rows: int
     enqueued: float
     future: asyncio.Future[Feeds] = field(repr=False)
+    trace: object = field(default_factory=tracing.capture, repr=False)  # None when off
 
 
 class DynamicBatcher:
@@ -193,6 +195,7 @@ class DynamicBatcher:
         elapsed = time.perf_counter() - started
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
         self._metrics.inference_duration_seconds.labels(self.model).observe(elapsed)
+        tracing.record_batch(self.model, batch, started)
         self._scatter(batch, outputs)
         if self._on_batch is not None:
             try:

@@ -13,7 +13,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service.logconfig import configure_logging
+from service.logs import configure_logging
 from service.runtime import RuntimeSetupError, choose_providers
 from service.settings import Settings
 from service.supervisor import Supervisor
@@ -49,5 +49,5 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeSetupError as exc:
         print(f"neutreno serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     return Supervisor(settings, overrides_of(args)).run()

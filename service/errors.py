@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.logs import note_error
+
 log = logging.getLogger("neutreno.service")
 
 
@@ -98,6 +100,7 @@ def is_v2(request: Request) -> bool:
 def error_response(request: Request, status: int, type_: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     """Render one error in the shape the route's protocol expects."""
+    note_error(type_, message)
     body: dict[str, object] = (
         {"error": message} if is_v2(request) else {"error": {"type": type_, "message": message}}
     )

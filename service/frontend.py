@@ -20,7 +20,7 @@ import uvicorn
 
 from service.app import create_app
 from service.engine.client import MPClient
-from service.logconfig import configure_logging
+from service.logs import configure_logging, logging_config
 from service.settings import Settings
 
 
@@ -51,13 +51,14 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     """The one uvicorn configuration of a front end."""
     return uvicorn.Config(app, host=settings.host, port=settings.port,
                           log_level=settings.log_level,
+                          log_config=logging_config(settings.log_format, settings.log_level),
                           timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
 
 
 def frontend_main(overrides: dict[str, Any], address: str, sock: socket.socket) -> None:
     """Process entry point (spawned by the supervisor) serving on the shared socket."""
     settings = Settings(**overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     engine = MPClient(address, settings.request_timeout_s, settings.max_queue_size)
     app = create_app(settings, engine)
     DrainingServer(uvicorn_config(app, settings), app, ignore_sigint=True).run(sockets=[sock])

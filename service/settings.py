@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     warmup: bool = True
     drain_timeout_s: int = Field(30, ge=0, le=3600, description="SIGTERM grace period")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one object per line with request_id, trace_id, route, ...")
 
     @field_validator("model_repository")
     @classmethod

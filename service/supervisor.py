@@ -29,7 +29,7 @@ import uvicorn
 from prometheus_client import multiprocess
 
 from service.engine.server import engine_main
-from service.frontend import frontend_main
+from service.frontend import frontend_main, uvicorn_config
 from service.metrics import MULTIPROC_ENV
 from service.settings import Settings
 
@@ -78,8 +78,8 @@ class Supervisor:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _config(self) -> uvicorn.Config:
-        return uvicorn.Config("service.frontend:app", host=self.settings.host,
-                              port=self.settings.port)
+        """The front ends' uvicorn configuration, here only to bind their socket."""
+        return uvicorn_config("service.frontend:app", self.settings)
 
     def _start_frontend(self, index: int) -> multiprocessing.process.BaseProcess:
         proc = self.ctx.Process(target=frontend_main, name=f"neutreno-frontend-{index}",

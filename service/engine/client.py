@@ -22,6 +22,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from service import tracing
 from service.engine import wire
 from service.engine.core import EngineCore
 from service.errors import DeadlineExceeded, ModelNotReady, QueueFull
@@ -169,7 +170,8 @@ class MPClient:
                             f"(limit {self.max_queue_size}); retry later", 1)
 
     async def run(self, name: str, feeds: Feeds) -> Feeds:
-        header, outputs = await self._call({"op": "infer", "model": name}, feeds)
+        header, outputs = await self._call({"op": "infer", "model": name,
+                                            "trace": tracing.carrier()}, feeds)
         return outputs
 
     async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream:
@@ -177,7 +179,7 @@ class MPClient:
         stream = RemoteStream(self, rid, requests)
         self._streams[rid] = stream
         try:
-            await self._call({"op": "generate", "model": name,
+            await self._call({"op": "generate", "model": name, "trace": tracing.carrier(),
                               "requests": [wire.request_to_wire(r) for r in requests]}, rid=rid)
         except BaseException:
             self._streams.pop(rid, None)

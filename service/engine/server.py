@@ -20,11 +20,12 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from service import tracing
 from service.engine import wire
 from service.engine.core import EngineCore
 from service.errors import InferenceFailed, ServiceError
 from service.generation.scheduler import Submission
-from service.logconfig import configure_logging
+from service.logs import configure_logging
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -51,7 +52,13 @@ class EngineServer:
             frames = await self._sock.recv_multipart(copy=False)
             identity = frames[0].bytes
             header, tensors = wire.decode(frames[1:])
-            self._dispatch(identity, header, tensors)
+            try:
+                self._dispatch(identity, header, tensors)
+            except Exception as exc:  # one bad message must not stop the engine answering
+                log.exception("engine could not handle %s", header.get("op"))
+                error = InferenceFailed(f"the engine could not handle the request: {exc}")
+                self._send(identity, {"op": "result", "id": header.get("id", 0),
+                                      "error": wire.error_to_wire(error)})
 
     def _dispatch(self, identity: Identity, header: dict[str, Any],
                   tensors: wire.Feeds) -> None:
@@ -59,7 +66,7 @@ class EngineServer:
         if op == "status":
             self._send(identity, {"op": "status", "id": rid, "status": self.core.status()})
         elif op == "infer":
-            self._spawn(self._infer(identity, rid, header["model"], tensors))
+            self._spawn(self._infer(identity, rid, header, tensors))
         elif op == "generate":
             self._generate(identity, rid, header)
         elif op == "cancel":
@@ -74,10 +81,12 @@ class EngineServer:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _infer(self, identity: Identity, rid: int, model: str,
+    async def _infer(self, identity: Identity, rid: int, header: dict[str, Any],
                      feeds: wire.Feeds) -> None:
+        model = header["model"]
         try:
-            outputs = await self.core.run(model, feeds)
+            with tracing.attached(header.get("trace")):
+                outputs = await self.core.run(model, feeds)
         except ServiceError as exc:
             self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(exc)})
             return
@@ -91,7 +100,8 @@ class EngineServer:
     def _generate(self, identity: Identity, rid: int, header: dict[str, Any]) -> None:
         try:
             requests = [wire.request_from_wire(r) for r in header["requests"]]
-            submission = self.core.generate(header["model"], requests)
+            with tracing.attached(header.get("trace")):
+                submission = self.core.generate(header["model"], requests)
         except ServiceError as exc:
             self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(exc)})
             return
@@ -145,5 +155,6 @@ def engine_main(overrides: dict[str, Any], address: str,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = Settings(**overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings)
+    tracing.configure_from_env()
     asyncio.run(run_engine(settings, address, stop))

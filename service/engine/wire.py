@@ -17,6 +17,7 @@ import msgpack
 import numpy as np
 
 from service.errors import ServiceError
+from service.generation.penalties import Penalties
 from service.generation.sampling import SamplingParams
 from service.generation.sequence import Chunk, TokenLogprob
 from service.generation.validation import ValidRequest
@@ -74,6 +75,9 @@ def request_to_wire(request: ValidRequest) -> dict[str, Any]:
 def request_from_wire(data: dict[str, Any]) -> ValidRequest:
     fields = dict(data)
     fields["sampling"] = SamplingParams(**fields["sampling"])
+    penalties = fields["penalties"]
+    fields["penalties"] = Penalties(**{**penalties, "logit_bias": tuple(
+        (int(token), float(bias)) for token, bias in penalties["logit_bias"])})
     fields["prompt_ids"] = tuple(fields["prompt_ids"])
     fields["stop"] = tuple(fields["stop"])
     return ValidRequest(**fields)

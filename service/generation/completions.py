@@ -4,6 +4,11 @@ Streaming follows OpenAI's legacy completions stream: `data: <chunk JSON>` event
 `text_completion` object with partial choices, then `data: [DONE]`. With
 `stream_options.include_usage` a last chunk carries `usage` and no choices. A failure after the
 stream has started is sent as a `data: {"error": {...}}` event (the openai client raises it).
+
+Every completion has a deadline, `NEUTRENO_REQUEST_TIMEOUT_S` after it arrived, as vision requests
+do: past it the sequences are cancelled and the client gets 504 if nothing was sent yet (a
+stream's first chunk is awaited before the response starts), else a final `deadline_exceeded`
+error event before `data: [DONE]`; never a silent `finish_reason: length`.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from service.engine.client import GenerationStream
+from service.errors import DeadlineExceeded, ServiceError
 from service.generation.schemas import (Completion, CompletionChoice, CompletionRequest,
                                         Logprobs, Usage)
-from service.generation.sequence import TokenLogprob
+from service.generation.sequence import Chunk, TokenLogprob
 
 CLIENT_CLOSED = 499
 
@@ -46,42 +52,76 @@ def logprobs_of(tokens: list[TokenLogprob], wanted: bool) -> Logprobs | None:
 class CompletionWriter:
     """Builds the response objects of one request (shared id, created time and model)."""
 
-    def __init__(self, body: CompletionRequest, model: str) -> None:
+    def __init__(self, body: CompletionRequest, model: str, timeout_s: float) -> None:
         self.body = body
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
+        self.timeout_s = timeout_s
+        self.deadline = asyncio.get_running_loop().time() + timeout_s
 
     def completion(self, choices: list[CompletionChoice], usage: Usage | None) -> Completion:
         return Completion(id=self.id, created=self.created, model=self.model, choices=choices,
                           usage=usage)
+
+    async def timed(self, submission: GenerationStream) -> AsyncIterator[Chunk]:
+        """The submission's chunks until the deadline, then DeadlineExceeded."""
+        chunks = submission.chunks()
+        while True:
+            try:
+                async with asyncio.timeout_at(self.deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"completion on {self.model!r} not finished within {self.timeout_s:.3g} s "
+                    f"(NEUTRENO_REQUEST_TIMEOUT_S)") from None
+            yield chunk
 
     async def collect(self, submission: GenerationStream) -> Completion:
         """Wait for every sequence; one choice per prompt, in prompt order."""
         texts = {r.index: "" for r in submission.requests}
         tokens: dict[int, list[TokenLogprob]] = {i: [] for i in texts}
         reasons: dict[int, str | None] = {i: None for i in texts}
-        async for chunk in submission.chunks():
-            if chunk.error is not None:
-                submission.cancel()
-                raise chunk.error
-            texts[chunk.index] += chunk.text
-            tokens[chunk.index] += chunk.logprobs
-            reasons[chunk.index] = chunk.finish_reason or reasons[chunk.index]
+        try:
+            async for chunk in self.timed(submission):
+                if chunk.error is not None:
+                    raise chunk.error
+                texts[chunk.index] += chunk.text
+                tokens[chunk.index] += chunk.logprobs
+                reasons[chunk.index] = chunk.finish_reason or reasons[chunk.index]
+        except ServiceError:
+            submission.cancel()
+            raise
         wanted = self.body.logprobs is not None
         choices = [CompletionChoice(text=texts[i], index=i, logprobs=logprobs_of(tokens[i], wanted),
                                     finish_reason=reasons[i]) for i in sorted(texts)]
         return self.completion(choices, usage(submission))
 
-    async def stream(self, submission: GenerationStream) -> AsyncIterator[str]:
-        """SSE events for every chunk, then usage (if asked) and [DONE]; a client that goes
-        away cancels the submission (its sequences leave the batch at the next step)."""
+    async def open_stream(self, submission: GenerationStream) -> AsyncIterator[str]:
+        """Wait for the first chunk, so that a failure or the deadline before any output is
+        an HTTP error status; then the SSE events (see `stream`)."""
+        chunks = self.timed(submission)
+        try:
+            first = await anext(chunks)
+            if first.error is not None:
+                raise first.error
+        except BaseException:
+            submission.cancel()
+            raise
+        return self.stream(submission, _chained(first, chunks))
+
+    async def stream(self, submission: GenerationStream,
+                     chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+        """SSE events for every chunk, then usage (if asked) and [DONE]; an error or the
+        deadline ends it with an error event before [DONE]; a client that goes away cancels
+        the submission (its sequences leave the batch at the next step)."""
         wanted = self.body.logprobs is not None
         try:
-            async for chunk in submission.chunks():
+            async for chunk in chunks:
                 if chunk.error is not None:
-                    yield _event({"error": {"type": chunk.error.type,
-                                            "message": chunk.error.message}})
+                    yield _error_event(chunk.error)
                     break
                 choice = CompletionChoice(text=chunk.text, index=chunk.index,
                                           logprobs=logprobs_of(chunk.logprobs, wanted),
@@ -91,9 +131,21 @@ class CompletionWriter:
                 options = self.body.stream_options
                 if options is not None and options.include_usage:
                     yield _event(self.completion([], usage(submission)).model_dump(mode="json"))
-            yield "data: [DONE]\n\n"
+        except DeadlineExceeded as exc:
+            yield _error_event(exc)
         finally:
             submission.cancel()
+        yield "data: [DONE]\n\n"
+
+
+async def _chained(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _error_event(error: ServiceError) -> str:
+    return _event({"error": {"type": error.type, "message": error.message}})
 
 
 def _event(payload: dict) -> str:

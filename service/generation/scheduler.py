@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from service import tracing
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
 from service.generation.kv import (Feeds, KVBatch, LMGraph, Resident, prefill_feeds,
                                    prefilled)
@@ -120,7 +121,7 @@ class GenerationScheduler:
     def cancel(self, sequences: list[Sequence]) -> None:
         """Mark sequences cancelled; waiting ones leave now, running ones at the next step."""
         for seq in sequences:
-            seq.cancelled = True
+            seq.cancel()
         self._waiting = deque(s for s in self._waiting if not s.cancelled)
         self._publish_gauges()
         self._wakeup.set()
@@ -252,6 +253,7 @@ class GenerationScheduler:
         self._metrics.inference_duration_seconds.labels(self.name).observe(
             time.perf_counter() - started)
         self._metrics.batch_size.labels(self.name).observe(len(sequences))
+        tracing.record_runs(self.name, (s.trace for s in sequences), started)
         return outputs
 
     def _abort(self, exc: Exception) -> None:

@@ -14,12 +14,11 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_valida
 MAX_STOP = 4
 MAX_LOGPROBS = 5
 MAX_PROMPTS = 64
+MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 # OpenAI parameters accepted only at their no-op values.
-NEUTRAL: dict[str, tuple[object, ...]] = {
-    "presence_penalty": (0,), "frequency_penalty": (0,), "best_of": (None, 1),
-    "logit_bias": (None, {}), "suffix": (None, "")}
+NEUTRAL: dict[str, tuple[object, ...]] = {"best_of": (None, 1), "suffix": (None, "")}
 
 
 class StreamOptions(BaseModel):
@@ -48,10 +47,19 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     ignore_eos: bool = Field(False, description="extension (as in vLLM): generate past EOS")
-    presence_penalty: float = Field(0.0, description="not supported; only 0")
-    frequency_penalty: float = Field(0.0, description="not supported; only 0")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0,
+                                    description="minus this for every token already generated")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0,
+                                     description="minus this times the token's count so far")
+    repetition_penalty: float = Field(1.0, gt=0.0, description=(
+        "extension (as in vLLM): logits of prompt and output tokens divided by it (when "
+        "positive) or multiplied (negative); 1 = off"))
+    min_tokens: int = Field(0, ge=0, description="extension (as in vLLM): no EOS and no stop "
+                                                 "string before this many tokens")
+    logit_bias: dict[str, float] | None = Field(
+        None, description=f"token id -> bias in [-100, 100] added to its logit "
+                          f"(at most {MAX_LOGIT_BIAS} entries)")
     best_of: int | None = Field(None, description="only 1 is supported")
-    logit_bias: dict[str, float] | None = Field(None, description="not supported; only empty")
     suffix: str | None = Field(None, description="not supported")
     user: str | None = Field(None, max_length=256)
 
@@ -62,7 +70,7 @@ class CompletionRequest(BaseModel):
             raise ValueError(f"n must be 1 (got {n}); send a list of prompts for several choices")
         return n
 
-    @field_validator("presence_penalty", "frequency_penalty", "best_of", "logit_bias", "suffix")
+    @field_validator("best_of", "suffix")
     @classmethod
     def _unsupported(cls, value: object, info: ValidationInfo) -> object:
         if value not in NEUTRAL[info.field_name]:
@@ -78,6 +86,23 @@ class CompletionRequest(BaseModel):
                 and len(prompt) > MAX_PROMPTS:
             raise ValueError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}")
         return prompt
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if not bias:
+            return bias
+        if len(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias has {len(bias)} entries; at most {MAX_LOGIT_BIAS}")
+        bad_keys = [k[:24] for k in bias if not (k.isascii() and k.isdigit() and len(k) <= 18)]
+        if bad_keys:
+            raise ValueError(f"logit_bias keys must be token ids (non-negative integers), got "
+                             f"{bad_keys[:3]}")
+        out_of_range = [k for k, v in bias.items() if not -100.0 <= v <= 100.0]
+        if out_of_range:
+            raise ValueError(f"logit_bias values must be in [-100, 100]; token "
+                             f"{out_of_range[0]} has {bias[out_of_range[0]]}")
+        return bias
 
     @field_validator("stop")
     @classmethod
@@ -96,6 +121,13 @@ class CompletionRequest(BaseModel):
                              "(echo with max_tokens 0 scores the prompt)")
         return self
 
+    @model_validator(mode="after")
+    def _min_tokens_within_max_tokens(self) -> CompletionRequest:
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens "
+                             f"({self.max_tokens})")
+        return self
+
     def prompts(self) -> list[str] | list[list[int]]:
         """The prompts as a list: texts, or token-id lists."""
         p = self.prompt
@@ -104,6 +136,10 @@ class CompletionRequest(BaseModel):
         if isinstance(p[0], int):
             return [p]  # type: ignore[list-item]
         return p  # type: ignore[return-value]
+
+    def logit_bias_items(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias) pairs, ascending ids."""
+        return tuple(sorted((int(k), v) for k, v in (self.logit_bias or {}).items()))
 
     def stop_list(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -140,3 +176,36 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's `POST /tokenize` (completions form)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"model": "kjv-lm", "prompt": "In the beginning"}]})
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str
+    add_special_tokens: bool = Field(True, description="as vLLM; the shipped tokenizers add none")
+    return_token_strs: bool = Field(False, description="also return each token's text")
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's `POST /detokenize`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"model": "kjv-lm", "tokens": [42, 7, 300]}]})
+
+    model: str = Field(min_length=1, max_length=256)
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service import tracing
 from service.errors import ServiceError
+from service.generation.penalties import LogitsProcessor
 from service.generation.sampling import Sampler, log_softmax, top_logprobs
 from service.generation.tokenizer import IncrementalDecoder, TextTokenizer
 from service.generation.validation import ValidRequest
@@ -70,10 +72,12 @@ class Sequence:
         self.tokenizer = tokenizer
         self.outbox = outbox
         self.sampler = Sampler(request.sampling)
+        self.processor = _processor(request, tokenizer)
         self.generated: list[int] = []
         self.finish_reason: str | None = None
         self.cancelled = False
         self.enqueued = time.perf_counter()
+        self.trace = tracing.generation_trace(self.enqueued)
         self.last_token_at: float | None = None
         self._decoder = IncrementalDecoder(tokenizer, list(request.prompt_ids))
         self._base = len(request.prompt_text) if request.echo else 0
@@ -81,6 +85,7 @@ class Sequence:
         self._sent = 0
         self._counted = 0  # tokens reported in chunks so far
         self._pending: list[TokenLogprob] = []
+        self._stop_floor = 0  # stop strings count only if they end after this text index
 
     @property
     def done(self) -> bool:
@@ -111,8 +116,13 @@ class Sequence:
             self._finish("length")
 
     def sample(self, logits: np.ndarray) -> int:
-        """Pick and append the next token from its (vocab,) logits; returns it."""
-        token_id = self.sampler(logits)
+        """Pick and append the next token from its (vocab,) logits (after the request's logit
+        controls; logprobs stay those of the model); returns it."""
+        if self.processor is None:
+            token_id = self.sampler(logits)
+        else:
+            token_id = self.sampler(self.processor(logits))
+            self.processor.observe(token_id)
         self.append(token_id, logits)
         return token_id
 
@@ -126,6 +136,8 @@ class Sequence:
                                               float(row[token_id]), self._top(row),
                                               self._base + len(self._text)))
         self._text += self._decoder.push(token_id)
+        if len(self.generated) < self.request.penalties.min_tokens:
+            self._stop_floor = len(self._text)
         if token_id == self.tokenizer.eos_id and not self.request.ignore_eos:
             self._finish("stop")
         elif self._stopped_at() is not None:
@@ -138,7 +150,18 @@ class Sequence:
     def fail(self, error: ServiceError) -> None:
         """End the sequence with an error the HTTP layer reports."""
         self.finish_reason = "error"
+        self._end_trace()
         self._emit(Chunk(self.request.index, error=error))
+
+    def cancel(self) -> None:
+        """The client is gone or its deadline passed: stop at the next step."""
+        self.cancelled = True
+        self._end_trace()
+
+    def _end_trace(self) -> None:
+        if self.trace is not None:
+            self.trace.end(len(self.request.prompt_ids), len(self.generated),
+                           self.finish_reason or "cancelled")
 
     def _top(self, row: np.ndarray) -> dict[str, float] | None:
         n = self.request.logprobs or 0
@@ -147,7 +170,8 @@ class Sequence:
     def _stopped_at(self) -> int | None:
         """Index in the text where the first stop string starts, if any has appeared."""
         start = max(0, self._sent - max((len(s) for s in self.request.stop), default=0))
-        found = [i for s in self.request.stop if (i := self._text.find(s, start)) >= 0]
+        found = [i for s in self.request.stop
+                 if (i := self._text.find(s, max(start, self._stop_floor - len(s) + 1))) >= 0]
         return min(found) if found else None
 
     def _held_back(self) -> int:
@@ -165,6 +189,7 @@ class Sequence:
             stop_at = self._stopped_at()
         end = len(self._text) if stop_at is None else stop_at
         self.finish_reason = "stop" if stop_at is not None else reason
+        self._end_trace()
         if stop_at is not None:
             self._pending = [t for t in self._pending if t.offset - self._base < end]
         self._release(end)
@@ -184,6 +209,14 @@ class Sequence:
             chunk.new_tokens = len(self.generated) - self._counted
             self._counted = len(self.generated)
             self.outbox.put_nowait(chunk)
+
+
+def _processor(request: ValidRequest, tokenizer: TextTokenizer) -> LogitsProcessor | None:
+    """The request's logit controls, or None when they change nothing (the common case)."""
+    if not request.penalties.changes_logits:
+        return None
+    eos = None if request.ignore_eos else tokenizer.eos_id
+    return LogitsProcessor(request.penalties, request.prompt_ids, tokenizer.vocab_size, eos)
 
 
 def _offsets(tokenizer: TextTokenizer, ids: list[int]) -> list[int]:

@@ -28,9 +28,9 @@ class TextTokenizer:
         return cls(bundle / "tokenizer.json", generation.get("eos_token_id"),
                    generation["vocab_size"])
 
-    def encode(self, text: str) -> list[int]:
-        """Text -> token ids (no special tokens added)."""
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Text -> token ids (special tokens only when asked and the tokenizer defines them)."""
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text, special tokens (EOS) skipped."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.errors import BadRequest, PayloadTooLarge
+from service.generation.penalties import Penalties
 from service.generation.sampling import SamplingParams
 from service.generation.schemas import CompletionRequest
 from service.generation.tokenizer import TextTokenizer
@@ -45,11 +46,29 @@ class ValidRequest:
     logprobs: int | None
     echo: bool
     ignore_eos: bool = False
+    penalties: Penalties = Penalties()
 
     @property
     def reserved_tokens(self) -> int:
         """Cache slots this sequence may fill: prompt + every token it may generate."""
         return len(self.prompt_ids) + self.max_new_tokens
+
+
+def check_unicode(text: str, what: str) -> None:
+    """400 unless `text` is valid Unicode: JSON allows escaped lone surrogates ("\ud800"),
+    which are not text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{what} is not valid Unicode: {exc.reason} at character "
+                         f"{exc.start}") from None
+
+
+def check_token_ids(ids: list[int], tokenizer: TextTokenizer, what: str) -> None:
+    """400 when any id is outside the vocabulary."""
+    bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
+    if bad:
+        raise BadRequest(f"{what} has token ids outside [0, {tokenizer.vocab_size}): {bad[:5]}")
 
 
 def _prompt_ids(prompt: str | list[int], index: int, tokenizer: TextTokenizer,
@@ -61,17 +80,10 @@ def _prompt_ids(prompt: str | list[int], index: int, tokenizer: TextTokenizer,
                 f"prompt {index} has {len(prompt)} characters; the limit is "
                 f"{limits.context_length * CHARS_PER_TOKEN_LIMIT} for a context of "
                 f"{limits.context_length} tokens")
-        try:  # JSON allows escaped lone surrogates ("\ud800"); they are not text
-            prompt.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise BadRequest(f"prompt {index} is not valid Unicode: {exc.reason} at "
-                             f"character {exc.start}") from None
+        check_unicode(prompt, f"prompt {index}")
         ids = tuple(tokenizer.encode(prompt))
     else:
-        bad = [t for t in prompt if not 0 <= t < tokenizer.vocab_size]
-        if bad:
-            raise BadRequest(f"prompt {index} has token ids outside [0, {tokenizer.vocab_size}): "
-                             f"{bad[:5]}")
+        check_token_ids(prompt, tokenizer, f"prompt {index}")
         ids = tuple(prompt)
     if not ids:
         raise BadRequest(f"prompt {index} is empty; it must contain at least one token")
@@ -97,15 +109,31 @@ def _max_new_tokens(body: CompletionRequest, prompt_tokens: int, index: int,
     return body.max_tokens
 
 
+def _penalties(body: CompletionRequest, tokenizer: TextTokenizer) -> Penalties:
+    """The request's logit controls; 400 when a logit_bias id is not in the vocabulary."""
+    bias = body.logit_bias_items()
+    check_token_ids([t for t, _ in bias], tokenizer, "logit_bias")
+    return Penalties(body.presence_penalty, body.frequency_penalty, body.repetition_penalty,
+                     bias, body.min_tokens)
+
+
+def _check_min_tokens(min_tokens: int, max_new_tokens: int, index: int) -> None:
+    """min_tokens beyond what the context lets prompt `index` generate is a 400."""
+    if min_tokens > max_new_tokens:
+        raise BadRequest(f"min_tokens ({min_tokens}) exceeds the {max_new_tokens} tokens "
+                         f"prompt {index} can generate within the model's context")
+
+
 def validate(body: CompletionRequest, tokenizer: TextTokenizer,
              limits: ModelLimits) -> list[ValidRequest]:
     """Every prompt of `body` as a `ValidRequest`, or BadRequest / PayloadTooLarge."""
     sampling = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
+    penalties = _penalties(body, tokenizer)
     requests = []
     for index, prompt in enumerate(body.prompts()):
         text, ids = _prompt_ids(prompt, index, tokenizer, limits)
-        requests.append(ValidRequest(index, text, ids, _max_new_tokens(body, len(ids), index,
-                                                                        limits),
-                                     sampling, body.stop_list(), body.logprobs, body.echo,
-                                     body.ignore_eos))
+        max_new = _max_new_tokens(body, len(ids), index, limits)
+        _check_min_tokens(penalties.min_tokens, max_new, index)
+        requests.append(ValidRequest(index, text, ids, max_new, sampling, body.stop_list(),
+                                     body.logprobs, body.echo, body.ignore_eos, penalties))
     return requests

@@ -8,9 +8,11 @@ from fastapi.responses import Response, StreamingResponse
 from service.generation.completions import CompletionWriter, respond
 from service.generation.schemas import Completion, CompletionRequest
 from service.generation.validation import validate
+from service.logs import note_model
 from service.routes.v1 import ERRORS
+from service.runtime import ModelInfo
 from service.security import require_api_key
-from service.state import ServiceState, get_state
+from service.state import GenerationFront, ServiceState, get_state
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
@@ -20,15 +22,21 @@ STREAM_OK = {200: {"description": "the completion; with stream true, Server-Sent
                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 
+def generation_model(state: ServiceState, name: str) -> tuple[ModelInfo, GenerationFront]:
+    """A loaded text-generation model and its tokenizer and limits (404 / 400 / 503 otherwise)."""
+    note_model(name)
+    model = state.model(name, "text-generation")
+    return model, state.generation_front(model)
+
+
 @router.post("/completions", response_model=Completion, responses={**ERRORS, **STREAM_OK},
              summary="Complete a prompt (OpenAI-compatible; SSE when stream is true)")
 async def completions(body: CompletionRequest, request: Request,
                       state: ServiceState = Depends(get_state)) -> Completion | Response:
-    model = state.model(body.model, "text-generation")
-    front = state.generation_front(model)
+    model, front = generation_model(state, body.model)
+    writer = CompletionWriter(body, model.name, state.settings.request_timeout_s)
     submission = await state.generate(model, validate(body, front.tokenizer, front.limits))
-    writer = CompletionWriter(body, model.name)
     if body.stream:
-        return StreamingResponse(writer.stream(submission), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        return StreamingResponse(await writer.open_stream(submission),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
     return await respond(writer, submission, request)

@@ -292,6 +292,7 @@
     if (controller) return;
     const prompt = $("prompt").value;
     const maxTokens = Math.max(1, Math.min(1024, parseInt($("max-tokens").value, 10) || 64));
+    const penalty = Math.max(0.5, Math.min(2, Number($("repetition-penalty").value) || 1));
     const model = selects["text-generation"].value;
     const out = $("completion"), text = $("completion-text"), status = $("gen-status");
     $("completion-prompt").textContent = prompt;
@@ -308,7 +309,8 @@
         method: "POST", signal: controller.signal,
         headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
         body: JSON.stringify({ model, prompt, max_tokens: maxTokens,
-                               temperature: Number(temperature.value), stream: true }),
+                               temperature: Number(temperature.value),
+                               repetition_penalty: penalty, stream: true }),
       });
       if (!r.ok) throw new Error(await errorText(r));
       if (!r.body) throw new Error("the browser gave no response stream");

@@ -106,7 +106,11 @@ def test_prompt_streams_text_that_grows(page, server: LiveServer, lm: str, shots
     page.fill("#prompt", "And God said")
     page.fill("#temperature", "0")  # greedy: the random-weight test LM never stops early
     page.fill("#max-tokens", "24")
-    page.click("#generate")
+    page.fill("#repetition-penalty", "1.3")
+    with page.expect_request("**/v1/completions") as sent:
+        page.click("#generate")
+    body = sent.value.post_data_json
+    assert body["repetition_penalty"] == 1.3 and body["temperature"] == 0, body
     # mid-stream: some text is there while the stream is still going
     page.wait_for_function("""() => document.getElementById('completion-text').textContent.length > 0""")
     page.wait_for_function("""() => /^Done/.test(document.getElementById('gen-status').textContent)""",
@@ -191,7 +195,7 @@ def test_keyboard_reaches_and_drives_the_main_controls(fresh_page, server: LiveS
         page.keyboard.press("Tab")
     reached = page.evaluate("window.__focus")
     for control in ("drop", "sample", "classifier-model", "segmenter-model", "prompt",
-                    "lm-model", "temperature", "max-tokens", "generate"):
+                    "lm-model", "temperature", "max-tokens", "repetition-penalty", "generate"):
         assert control in reached, (control, reached)
 
     # a sample button from the keyboard: Enter on the focused button

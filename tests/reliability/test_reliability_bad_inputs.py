@@ -292,6 +292,48 @@ def completion_cases() -> list[Case]:
     ]
 
 
+def control_and_tokenize_cases() -> list[Case]:
+    """Hostile generation controls (issue 15) and the /tokenize, /detokenize routes."""
+    def body(**kw: Any) -> dict[str, Any]:
+        return {"json": {"model": LM, "prompt": "In the beginning", "max_tokens": 4, **kw}}
+
+    def tok(path: str, **kw: Any) -> tuple[str, dict[str, Any]]:
+        return path, {"json": {"model": LM, **kw}}
+
+    return [
+        Case("presence-penalty-1e308", COMPLETIONS, body(presence_penalty=1e308), (422,),
+             "validation_error"),
+        Case("repetition-penalty-zero", COMPLETIONS, body(repetition_penalty=0), (422,),
+             "validation_error"),
+        Case("repetition-penalty-tiny", COMPLETIONS, body(repetition_penalty=1e-300), (200,)),
+        Case("repetition-penalty-nan", COMPLETIONS,
+             raw_json(f'{{"model": "{LM}", "prompt": "x", "repetition_penalty": NaN}}'),
+             (422,), "validation_error"),
+        Case("min-tokens-over-max", COMPLETIONS, body(min_tokens=10**9), (422,),
+             "validation_error"),
+        Case("logit-bias-301", COMPLETIONS, body(logit_bias={str(i): 1 for i in range(301)}),
+             (422,), "validation_error"),
+        Case("logit-bias-key-2^59", COMPLETIONS, body(logit_bias={str(2**59): 1}), (400,),
+             "invalid_request"),
+        Case("logit-bias-key-5000-digits", COMPLETIONS, body(logit_bias={"9" * 5000: 1}), (422,),
+             "validation_error"),
+        Case("logit-bias-key-unicode-digit", COMPLETIONS, body(logit_bias={"١": 1}),
+             (422,), "validation_error"),
+        Case("logit-bias-all-banned", COMPLETIONS,
+             body(logit_bias={str(i): -100 for i in range(300)}), (200,)),
+        Case("tokenize-huge-prompt", *tok("/tokenize", prompt="and " * 500_000), (200,)),
+        Case("tokenize-lone-surrogate", "/tokenize",
+             raw_json(f'{{"model": "{LM}", "prompt": "\\ud800"}}'), (400,), "invalid_request"),
+        Case("tokenize-no-model", "/tokenize", {"json": {"prompt": "x"}}, (422,),
+             "validation_error"),
+        Case("detokenize-2^64", *tok("/detokenize", tokens=[2**64]), (400,), "invalid_request"),
+        Case("detokenize-nested", *tok("/detokenize", tokens=[[1]]), (422,),
+             "validation_error"),
+        Case("detokenize-on-classifier", "/detokenize",
+             {"json": {"model": "fashion-classifier", "tokens": [1]}}, (400,), "wrong_task"),
+    ]
+
+
 def _fp32(values: np.ndarray) -> dict[str, Any]:
     header = json.dumps({"inputs": [{"name": "pixel_values", "shape": list(values.shape),
                                      "datatype": "FP32",
@@ -330,7 +372,7 @@ def v2_cases() -> list[Case]:
     ]
 
 
-ALL = image_cases() + completion_cases() + v2_cases()
+ALL = image_cases() + completion_cases() + control_and_tokenize_cases() + v2_cases()
 
 
 def _check(case: Case, r: httpx.Response) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 
 from service.engine import wire
 from service.errors import DeadlineExceeded, QueueFull
+from service.generation.penalties import Penalties
 from service.generation.sampling import SamplingParams
 from service.generation.sequence import Chunk, TokenLogprob
 from service.generation.validation import ValidRequest
@@ -35,7 +36,7 @@ def test_errors_keep_their_class_status_and_headers() -> None:
 
 def test_requests_and_chunks_round_trip() -> None:
     request = ValidRequest(1, "In the", (5, 6), 8, SamplingParams(0.8, 40, 0.9, 1), ("\n",), 2,
-                           False, True)
+                           False, True, Penalties(0.5, 0.25, 1.2, ((7, -100.0), (9, 2.5)), 3))
     header, _ = wire.decode(wire.encode({"r": wire.request_to_wire(request)}))
     assert wire.request_from_wire(header["r"]) == request
     chunk = Chunk(1, " beginning", [TokenLogprob(" beginning", -0.5, {" beginning": -0.5}, 6)],

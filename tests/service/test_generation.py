@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from generation_helpers import NAME, add_lm, tiny_lm
+from generation_helpers import NAME, add_lm
 from service_helpers import ROOT, make_settings
 
 from models.checkpoint import load_checkpoint
@@ -25,11 +25,6 @@ from service.generation.scheduler import GenerationScheduler
 from service.generation.validation import ValidRequest
 
 PROMPTS = ["In the beginning God created", "And the LORD said unto Moses,", "Blessed are"]
-
-
-@pytest.fixture(scope="module")
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_lm(request.config, tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +162,7 @@ def test_echo_logprobs_scores_the_prompt(app_client: TestClient, built: Path) ->
     ({"stop": ["a", "b", "c", "d", "e"]}, 422, "at most 4 stop strings"),
     ({"stop": [""]}, 422, "stop strings must not be empty"),
     ({"prompt": []}, 422, "prompt list must not be empty"),
-    ({"frequency_penalty": 0.5}, 422, "frequency_penalty"),
+    ({"best_of": 2}, 422, "best_of is not supported"),
     ({"unknown_field": 1}, 422, "unknown_field"),
     ({"prompt": ""}, 400, "prompt 0 is empty"),
     ({"prompt": [1, 2, 100000]}, 400, "token ids outside"),

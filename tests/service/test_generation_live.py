@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from generation_helpers import NAME, add_lm, tiny_lm
-from service_helpers import LiveServer, write_test_repository
+from generation_helpers import NAME
+from service_helpers import LiveServer
+from tokenizers import Tokenizer
 
 PROMPT = "In the beginning God created"
 STREAMS = [("And God said,", None), ("Let there be", None), ("The earth was", 3),
@@ -26,14 +27,8 @@ STREAMS = [("And God said,", None), ("Let there be", None), ("The earth was", 3)
 
 
 @pytest.fixture(scope="module")
-def repo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    built = tiny_lm(request.config, tmp_path_factory.getbasetemp())
-    return add_lm(write_test_repository(tmp_path_factory.mktemp("live_lm_repo")), built)
-
-
-@pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[LiveServer]:
-    live = LiveServer(repo)
+def server(lm_repository: Path) -> Iterator[LiveServer]:
+    live = LiveServer(lm_repository)
     try:
         live.wait_ready()
         yield live
@@ -138,8 +133,8 @@ def test_client_disconnect_frees_a_non_streaming_sequence(server: LiveServer) ->
     assert 0 < metric(server, "generated_tokens_total") - before < 240
 
 
-def test_sigterm_drains_running_streams(repo: Path) -> None:
-    live = LiveServer(repo)
+def test_sigterm_drains_running_streams(lm_repository: Path) -> None:
+    live = LiveServer(lm_repository)
     live.wait_ready()
     lines: list[str] = []
     started = threading.Event()
@@ -162,3 +157,65 @@ def test_sigterm_drains_running_streams(repo: Path) -> None:
     assert at_signal < len(lines), "the stream had already ended before SIGTERM"
     assert [ln for ln in lines if ln][-1] == "data: [DONE]"
     assert any('"finish_reason":"length"' in line for line in lines), lines[-4:]
+
+
+def test_generation_controls_through_the_openai_client(server: LiveServer,
+                                                      client: openai.OpenAI) -> None:
+    aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    controls = {"presence_penalty": 1.0, "frequency_penalty": 0.5, "logit_bias": {"7": 2.0},
+                "extra_body": {"repetition_penalty": 1.2, "min_tokens": 16}}
+
+    async def one(prompt: str, seed: int) -> openai.types.Completion:
+        return await aclient.completions.create(model=NAME, prompt=prompt, max_tokens=16,
+                                                temperature=0.8, seed=seed, **controls)
+
+    async def run() -> tuple[list, list]:
+        alone = [await one(p, s or 1) for p, s in STREAMS[:4]]
+        together = await asyncio.gather(*(one(p, s or 1) for p, s in STREAMS[:4]))
+        return alone, list(together)
+
+    alone, together = asyncio.run(run())
+    assert [c.choices[0].text for c in together] == [c.choices[0].text for c in alone]
+    assert all(c.usage.completion_tokens == 16 for c in alone)  # min_tokens: no early EOS
+    with pytest.raises(openai.UnprocessableEntityError, match="presence_penalty"):
+        client.completions.create(model=NAME, prompt=PROMPT, presence_penalty=3)
+
+
+def test_completion_deadline(lm_repository: Path) -> None:
+    """NEUTRENO_REQUEST_TIMEOUT_S on completions: 64 prompts x 250 tokens decoded one sequence
+    at a time cannot finish in 2 s; the non-streaming answer is 504, a stream that has started
+    ends with a deadline_exceeded event before [DONE], a stream with no output yet is 504, and
+    every sequence is freed. The last stream waits behind another request and then generates
+    only an incomplete UTF-8 byte (logit_bias), text that is held back until the end."""
+    tok = Tokenizer.from_file(str(lm_repository / NAME / "1" / "tokenizer.json"))
+    partial = next(i for i in range(tok.get_vocab_size()) if tok.decode([i]) == "\ufffd")
+    live = LiveServer(lm_repository, {"NEUTRENO_REQUEST_TIMEOUT_S": "2",
+                             "NEUTRENO_MAX_RUNNING_SEQUENCES": "1"})
+    live.wait_ready()
+    long = {"model": NAME, "prompt": ["In the"] * 64, "max_tokens": 250, "ignore_eos": True}
+    try:
+        started = time.monotonic()
+        r = httpx.post(live.url + "/v1/completions", json=long, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "deadline_exceeded"
+        assert 2 <= time.monotonic() - started < 6
+        with httpx.stream("POST", live.url + "/v1/completions", json={**long, "stream": True},
+                          timeout=30) as r:
+            assert r.status_code == 200
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and len(events) > 2
+        assert json.loads(events[-2])["error"]["type"] == "deadline_exceeded"
+        finished = {c["choices"][0]["index"] for c in map(json.loads, events[:-2])
+                    if c["choices"][0]["finish_reason"]}
+        assert finished == set(range(len(finished))) and len(finished) < 64  # cut ones: none
+        with httpx.stream("POST", live.url + "/v1/completions", json={**long, "stream": True},
+                          timeout=30) as blocker:  # queued ahead, cancelled just before ours
+            assert blocker.status_code == 200
+            r = httpx.post(live.url + "/v1/completions", timeout=30, json={
+                **long, "prompt": "In the", "stream": True, "logit_bias": {str(partial): 100}})
+            assert r.status_code == 504 and r.json()["error"]["type"] == "deadline_exceeded"
+        deadline = time.monotonic() + 5
+        while metric(live, "running_sequences") + metric(live, "waiting_sequences") != 0:
+            assert time.monotonic() < deadline, "sequences still held after their deadline"
+            time.sleep(0.05)
+    finally:
+        live.stop()
