@@ -1,0 +1,225 @@
+"""Issue 17's training runs, all at once on one GPU, each under the same wall-time budget.
+
+    python -m models.gpu_runs launch --runs gpu-runs --data .gpu-data --budget 300
+    python -m models.gpu_runs pack --runs gpu-runs --out "$OUT"
+
+`launch` starts every run of `plan()` as its own `python -m models.train` process (tiny models:
+they share the GPU; one CPU thread each), stops any that outlive the budget, then measures the
+per-layer token similarity of the depth-study runs on the GPU. `pack` keeps what the CPU side
+needs (metrics, logs, similarity; weights of the candidate shipped models, the language model
+only for the best validation bpc) and writes it as a tar split in parts under the 16 MiB a file
+that come back. bench/gpu_train.sh runs both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import WEIGHTS, load_checkpoint, load_metrics
+from models.data import fashion
+from models.diagnostics import model_similarity
+
+STUDY_DEPTHS = (6, 12, 24)
+STUDY_SEEDS = (0, 1, 2)
+SIMILARITY = "similarity.json"
+PART_BYTES = 15 * 2**20
+PROBE_IMAGES = 1000
+GRACE_S = 90  # after the budget: final evaluation and checkpoint, then the process is stopped
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training process: its folder name and `models.train` arguments (without --out)."""
+
+    name: str
+    args: tuple[str, ...]
+    ship: bool = False  # candidate for a shipped bundle: its weights come back
+
+    @property
+    def study(self) -> bool:
+        return self.name.startswith("depth")
+
+
+def plan(data: Path, budget: float, max_steps: int | None = None) -> list[Run]:
+    """Every run: robust classifier and segmenter candidates, LM candidates, the depth study.
+
+    Each pair of the study shares width, recipe, seed (so data order) and the wall-time
+    budget; steps reached are in each run's metrics.
+    """
+    common = ("--time-limit", str(budget), "--no-progress", "--threads", "1",
+              *(("--max-steps", str(max_steps)) if max_steps else ()))
+    kjv = ("--data-dir", str(data / "kjv"))
+    runs = [
+        Run("classifier-d64", ("vit-fashion", "--depth", "6", "--set", "stem=conv",
+                               "--framing", "0.5", "--batch-size", "256", "--lr", "2e-3",
+                               "--warmup", "300", *common), ship=True),
+        Run("classifier-d96", ("vit-fashion", "--depth", "6", "--set", "stem=conv",
+                               "--set", "dim=96", "--framing", "0.5", "--batch-size", "256",
+                               "--lr", "2e-3", "--warmup", "300", *common), ship=True),
+        Run("segmenter-f50", ("segmenter-fashion", "--set", "stem=conv", "--set", "window=3",
+                              "--set", "refine_channels=16", "--init",
+                              "checkpoints/fashion-segmenter", "--framing", "0.5",
+                              "--batch-size", "64", "--lr", "5e-4", "--warmup", "200",
+                              *common), ship=True),
+        Run("segmenter-f70", ("segmenter-fashion", "--set", "stem=conv", "--set", "window=3",
+                              "--set", "refine_channels=16", "--init",
+                              "checkpoints/fashion-segmenter", "--framing", "0.7",
+                              "--batch-size", "64", "--lr", "1e-3", "--warmup", "200",
+                              *common), ship=True),
+    ]
+    for name, dim, depth, heads, dropout, lr in (("lm-d256x6", 256, 6, 8, 0.1, "1e-3"),
+                                                 ("lm-d256x8", 256, 8, 8, 0.15, "8e-4"),
+                                                 ("lm-d320x6", 320, 6, 5, 0.2, "8e-4")):
+        runs.append(Run(name, ("lm-kjv", *kjv, "--set", f"dim={dim}", "--depth", str(depth),
+                               "--set", f"heads={heads}", "--set", f"dropout={dropout}",
+                               "--batch-size", "64", "--lr", lr, "--warmup", "200",
+                               "--weight-decay", "0.1", "--eval-every", "200",
+                               "--keep-best", "validation_bpc", *common), ship=True))
+    for depth in STUDY_DEPTHS:
+        for seed in STUDY_SEEDS:
+            for attention in ("neutreno", "softmax"):
+                runs.append(Run(f"depth{depth}-{attention}-s{seed}",
+                                ("vit-fashion", "--depth", str(depth), "--attention", attention,
+                                 "--seed", str(seed), "--batch-size", "256", "--lr", "1.5e-3",
+                                 "--warmup", "200", *common)))
+    return runs
+
+
+def launch(runs_dir: Path, data: Path, budget: float, max_steps: int | None,
+           only: str | None) -> None:
+    """Start every run, wait (stopping stragglers at budget + GRACE_S), then measure the study."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "NEUTRENO_FASHION_MNIST_DIR": str(data / "fashion-mnist"),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    selected = [r for r in plan(data, budget, max_steps) if not only or only in r.name]
+    procs = {}
+    for run in selected:
+        log = open(runs_dir / f"{run.name}.log", "w")
+        procs[run.name] = subprocess.Popen(
+            [sys.executable, "-m", "models.train", *run.args, "--out", str(runs_dir / run.name)],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + budget + GRACE_S
+    for name, proc in procs.items():
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"{name}: exit {proc.returncode}", flush=True)
+    for run in selected:
+        if run.study and (runs_dir / run.name / WEIGHTS).exists():
+            measure(runs_dir / run.name, data / "fashion-mnist")
+
+
+def measure(folder: Path, fashion_dir: Path) -> list[float]:
+    """Per-layer token similarity of a classifier on the first PROBE_IMAGES Fashion-MNIST test
+    images (as models.report measures it), saved as similarity.json."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_checkpoint(folder)
+    images, _ = fashion.load_split("test", fashion_dir)
+    probe = torch.from_numpy(fashion.normalize(images[:PROBE_IMAGES])).to(device)
+    values = model_similarity(model.to(device), probe)
+    (folder / SIMILARITY).write_text(json.dumps(values) + "\n")
+    return values
+
+
+HEADLINE = ("top1", "miou", "validation_bpc", "test_bpc")
+
+
+def summary(runs_dir: Path) -> list[str]:
+    """One line per run: final step, wall time and headline metrics (the call's output)."""
+    lines = []
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        m = load_metrics(folder)
+        best = load_metrics(folder / "best")
+        facts = [f"{k}={m[k]:.4f}" for k in HEADLINE if k in m]
+        facts += [f"best_{k}={best[k]:.4f}" for k in HEADLINE if k in best]
+        lines.append(f"{folder.name}: step={m.get('step')} s={m.get('wall_time_s')} "
+                     + " ".join(facts))
+    return lines
+
+
+def best_lm(runs_dir: Path) -> Path | None:
+    """The LM run folder whose kept-best checkpoint has the lowest validation bpc."""
+    scored = [(load_metrics(p / "best")["validation_bpc"], p)
+              for p in sorted(runs_dir.glob("lm-*")) if (p / "best" / WEIGHTS).exists()]
+    return min(scored)[1] if scored else None
+
+
+def pack(runs_dir: Path, out: Path) -> list[Path]:
+    """Tar metrics, logs, similarity and the shippable weights; split into PART_BYTES parts."""
+    lm = best_lm(runs_dir)
+    staging = runs_dir.with_name(runs_dir.name + "-pack")
+    shutil.rmtree(staging, ignore_errors=True)
+    for path in runs_dir.rglob("*"):
+        if path.is_dir() or path.name == "train_state.pt":
+            continue
+        rel = path.relative_to(runs_dir)
+        heavy = path.name == WEIGHTS and not _ships(rel, lm)
+        if not heavy:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / rel)
+    out.mkdir(parents=True, exist_ok=True)
+    tar_path = out / "gpu-runs.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(staging, arcname=runs_dir.name)
+    return split(tar_path)
+
+
+def _ships(rel: Path, lm: Path | None) -> bool:
+    """Weights worth bringing back: classifier/segmenter candidates and the chosen LM's best."""
+    top = rel.parts[0]
+    if top.startswith(("classifier-", "segmenter-")):
+        return True
+    return lm is not None and top == lm.name and rel.parts[1] == "best"
+
+
+def split(path: Path) -> list[Path]:
+    """path -> path.part-00, part-01, ... of at most PART_BYTES each (path removed)."""
+    parts = []
+    with open(path, "rb") as src:
+        while chunk := src.read(PART_BYTES):
+            part = path.with_name(f"{path.name}.part-{len(parts):02d}")
+            part.write_bytes(chunk)
+            parts.append(part)
+    path.unlink()
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["launch", "pack", "plan"])
+    ap.add_argument("--runs", default="gpu-runs", help="folder of the run folders")
+    ap.add_argument("--data", default=".gpu-data", help="holds fashion-mnist/ and kjv/")
+    ap.add_argument("--budget", type=float, default=300.0, help="training seconds per run")
+    ap.add_argument("--max-steps", type=int, help="cap each run (CPU smoke tests)")
+    ap.add_argument("--only", help="launch only the runs whose name contains this")
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
+    args = ap.parse_args(argv)
+    runs_dir, data = Path(args.runs), Path(args.data)
+    if args.command == "plan":
+        for run in plan(data, args.budget, args.max_steps):
+            print(run.name, " ".join(run.args))
+    elif args.command == "launch":
+        launch(runs_dir, data, args.budget, args.max_steps, args.only)
+    else:
+        print("\n".join(summary(runs_dir)))
+        for part in pack(runs_dir, Path(args.out)):
+            print(part, part.stat().st_size)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
