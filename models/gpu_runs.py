@@ -2,13 +2,18 @@
 
     python -m models.gpu_runs launch --runs gpu-runs --data .gpu-data --budget 300
     python -m models.gpu_runs pack --runs gpu-runs --out "$OUT"
+    python -m models.gpu_runs apply --parts <folder with the parts>     # back here, on CPU
 
 `launch` starts every run of `plan()` as its own `python -m models.train` process (tiny models:
 they share the GPU; one CPU thread each), stops any that outlive the budget, then measures the
 per-layer token similarity of the depth-study runs on the GPU. `pack` keeps what the CPU side
 needs (metrics, logs, similarity; weights of the candidate shipped models, the language model
 only for the best validation bpc) and writes it as a tar split in parts under the 16 MiB a file
-that come back. bench/gpu_train.sh runs both.
+that come back. bench/gpu_train.sh runs both. `apply` (on the CPU machine, after the call)
+unpacks the parts, files the depth study under checkpoints/depth-study, picks the classifier,
+segmenter and LM to ship (standard targets kept, then best on the framing cases / validation
+bpc), moves the old ones aside, re-exports the three bundles (with their parity checks),
+evaluates the framing cases and regenerates docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -197,21 +202,112 @@ def split(path: Path) -> list[Path]:
     return parts
 
 
+TARGETS = {"classifier": ("top1", 0.90), "segmenter": ("miou", 0.80)}
+SHIPPED = {"classifier": "fashion-classifier", "segmenter": "fashion-segmenter", "lm": "kjv-lm"}
+BUNDLE_DIR = Path("model_repository")
+
+
+def unpack(parts: Path, dest: Path) -> Path:
+    """Join gpu-runs.tar.part-* from `parts` and extract under dest; returns the runs folder."""
+    tar_path = dest / "gpu-runs.tar"
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(tar_path, "wb") as joined:
+        for part in sorted(parts.glob("gpu-runs.tar.part-*")):
+            joined.write(part.read_bytes())
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(dest, filter="data")
+        top = tar.getnames()[0].split("/")[0]
+    tar_path.unlink()
+    return dest / top
+
+
+def file_study(runs_dir: Path, checkpoints: Path) -> None:
+    """Copy the depth-study runs (config, metrics, similarity; no weights) to checkpoints/."""
+    for run in sorted(runs_dir.glob("depth*")):
+        if run.is_dir() and (run / SIMILARITY).exists():
+            dest = checkpoints / "depth-study" / run.name
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(run, dest, ignore=shutil.ignore_patterns(WEIGHTS, "train_state.pt"))
+
+
+def choose(runs_dir: Path, kind: str) -> Path:
+    """The candidate that meets the standard target with the best framed-case score."""
+    from models import robustness
+
+    metric, target = TARGETS[kind]
+    scored = []
+    for run in sorted(runs_dir.glob(f"{kind}-*")):
+        if (run / WEIGHTS).exists() and load_metrics(run).get(metric, 0.0) >= target:
+            cases = (robustness.segmenter_cases(200) if kind == "segmenter"
+                     else robustness.classifier_cases(2000))[1:]
+            results = robustness.evaluate(run, cases)
+            scored.append((sum(r[robustness.imaging.AREA] for r in results.values()), run))
+            print(f"{run.name}: {metric} {load_metrics(run)[metric]:.4f}, framed {results}")
+    if not scored:
+        raise SystemExit(f"no {kind} run reached {metric} >= {target}: nothing to ship")
+    return max(scored)[1]
+
+
+def install(run: Path, kind: str, checkpoints: Path, old_suffix: str = "-28px") -> Path:
+    """Copy a run's checkpoint to checkpoints/<shipped name>; the old one moves to +old_suffix
+    (LM: the kept-best checkpoint, with the run's tokenizer and command)."""
+    dest = checkpoints / SHIPPED[kind]
+    if kind != "lm" and dest.exists() and not dest.with_name(dest.name + old_suffix).exists():
+        dest.rename(dest.with_name(dest.name + old_suffix))
+    shutil.rmtree(dest, ignore_errors=True)
+    source = run / "best" if kind == "lm" else run
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("train_state.pt", "best"))
+    if kind == "lm":
+        final = load_metrics(run)
+        facts = {k: final[k] for k in ("command", "data", "world_size", "device", "parameters",
+                                       "wall_time_s", "seed") if k in final}
+        metrics = {**load_metrics(source), **facts}
+        (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        shutil.copy(run / "tokenizer.json", dest / "tokenizer.json")
+    return dest
+
+
+def apply(parts: Path, checkpoints: Path = Path("checkpoints")) -> None:
+    """Post-processing on the CPU machine; see the module docstring."""
+    from export.cli import main as export_main
+    from models import report, robustness
+
+    runs_dir = unpack(parts, Path("runs"))
+    file_study(runs_dir, checkpoints)
+    chosen = {"classifier": choose(runs_dir, "classifier"),
+              "segmenter": choose(runs_dir, "segmenter"), "lm": best_lm(runs_dir)}
+    for kind, run in chosen.items():
+        if run is None:
+            raise SystemExit("no LM run kept a best checkpoint")
+        folder = install(run, kind, checkpoints)
+        print(f"shipping {run} as {folder}", flush=True)
+        export_main([str(folder), "--out", str(BUNDLE_DIR / SHIPPED[kind] / "1")])
+    robustness.main([str(checkpoints / name) for name in (
+        "fashion-classifier-28px", "fashion-classifier", "fashion-segmenter-28px",
+        "fashion-segmenter")] + ["--out", str(checkpoints / "robustness.json")])
+    report.main([])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["launch", "pack", "plan"])
+    ap.add_argument("command", choices=["launch", "pack", "plan", "apply"])
     ap.add_argument("--runs", default="gpu-runs", help="folder of the run folders")
     ap.add_argument("--data", default=".gpu-data", help="holds fashion-mnist/ and kjv/")
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds per run")
     ap.add_argument("--max-steps", type=int, help="cap each run (CPU smoke tests)")
     ap.add_argument("--only", help="launch only the runs whose name contains this")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
+    ap.add_argument("--parts", type=Path, help="apply: folder with gpu-runs.tar.part-*")
     args = ap.parse_args(argv)
     runs_dir, data = Path(args.runs), Path(args.data)
     if args.command == "plan":
         for run in plan(data, args.budget, args.max_steps):
             print(run.name, " ".join(run.args))
+    elif args.command == "apply":
+        if not args.parts:
+            raise SystemExit("apply needs --parts")
+        apply(args.parts)
     elif args.command == "launch":
         launch(runs_dir, data, args.budget, args.max_steps, args.only)
     else:
