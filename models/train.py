@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--time-limit", type=float, metavar="SECONDS",
                     help="wall-time budget of the training loop: the LR schedule runs on "
                          "max(step / total, elapsed / limit) and training stops at the limit")
+    ap.add_argument("--no-amp", action="store_true", help="train in float32 on GPU too")
     ap.add_argument("--keep-best", metavar="METRIC",
                     help="also keep the checkpoint with the best METRIC so far in --out/best "
                          "(e.g. validation_bpc: lower is better; top1, miou: higher)")
@@ -153,10 +154,12 @@ def is_best(log: list[dict[str, Any]], metric: str) -> bool:
     return values[-1] == best
 
 
-def schedule_step(step: int, total: int, elapsed: float, time_limit: float | None) -> int:
-    """The step the LR schedule is at: `step`, or further on when the wall-time budget is
-    spent faster than the step budget, so a time-limited run still anneals to its end."""
-    if not time_limit:
+def schedule_step(step: int, total: int, elapsed: float, time_limit: float | None,
+                  warmup: int) -> int:
+    """The step the LR schedule is at: `step` during warm-up or without a time limit, else
+    further on when the wall-time budget is spent faster than the step budget, so a
+    time-limited run (give it a large --epochs) still anneals to its end."""
+    if not time_limit or step < warmup:
         return step
     return max(step, int(total * min(1.0, elapsed / time_limit)))
 
@@ -201,7 +204,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         step, log = state["step"], state["log"]
     if env.world > 1:
         model = nn.parallel.DistributedDataParallel(model)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16,
+                         enabled=env.device.type == "cuda" and not args.no_amp)
     eval_every = args.eval_every or steps_per_epoch
     bar = tqdm(total=total, initial=step, disable=args.no_progress or not env.main,
                desc=f"{cfg.name} {cfg.attention}", dynamic_ncols=True)
@@ -219,7 +223,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
             taken += 1
             for group in opt.param_groups:
                 group["lr"] = lr_at(schedule_step(step, total, time.time() - started,
-                                                  args.time_limit), total, args.lr, args.warmup)
+                                                  args.time_limit, args.warmup),
+                                    total, args.lr, args.warmup)
             with amp:
                 loss = task.loss(model, (x.to(env.device), y.to(env.device)))
             opt.zero_grad(set_to_none=True)

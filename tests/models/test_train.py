@@ -95,10 +95,11 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
 
 
 def test_schedule_step_follows_the_wall_time_budget():
-    assert schedule_step(10, 100, elapsed=5.0, time_limit=None) == 10
-    assert schedule_step(10, 100, elapsed=5.0, time_limit=10.0) == 50
-    assert schedule_step(90, 100, elapsed=1.0, time_limit=10.0) == 90
-    assert schedule_step(10, 100, elapsed=99.0, time_limit=10.0) == 100
+    assert schedule_step(10, 100, elapsed=5.0, time_limit=None, warmup=2) == 10
+    assert schedule_step(10, 100, elapsed=5.0, time_limit=10.0, warmup=2) == 50
+    assert schedule_step(90, 100, elapsed=1.0, time_limit=10.0, warmup=2) == 90
+    assert schedule_step(10, 100, elapsed=99.0, time_limit=10.0, warmup=2) == 100
+    assert schedule_step(1, 100, elapsed=9.0, time_limit=10.0, warmup=2) == 1  # warming up
 
 
 def test_time_limit_stops_training_and_keep_best_keeps_the_best(tmp_path):
