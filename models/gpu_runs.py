@@ -67,8 +67,9 @@ def plan(data: Path, budget: float, max_steps: int | None = None) -> list[Run]:
     kjv = ("--data-dir", str(data / "kjv"))
     runs = [
         Run("classifier-d64", ("vit-fashion", "--depth", "6", "--set", "stem=conv",
-                               "--framing", "0.5", "--batch-size", "256", "--lr", "2e-3",
-                               "--warmup", "300", *common), ship=True),
+                               "--init", "checkpoints/fashion-classifier", "--framing", "0.5",
+                               "--batch-size", "256", "--lr", "1e-3", "--warmup", "300",
+                               *common), ship=True),
         Run("classifier-d96", ("vit-fashion", "--depth", "6", "--set", "stem=conv",
                                "--set", "dim=96", "--framing", "0.5", "--batch-size", "256",
                                "--lr", "2e-3", "--warmup", "300", *common), ship=True),
