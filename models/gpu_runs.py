@@ -270,13 +270,17 @@ def install(run: Path, kind: str, checkpoints: Path, old_suffix: str = "-28px") 
     shutil.rmtree(dest, ignore_errors=True)
     source = run / "best" if kind == "lm" else run
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("train_state.pt", "best"))
-    if kind == "lm":
+    metrics = load_metrics(dest)
+    if kind == "lm":  # the kept-best metrics + what the final metrics say about the run
         final = load_metrics(run)
-        facts = {k: final[k] for k in ("command", "data", "world_size", "device", "parameters",
-                                       "wall_time_s", "seed") if k in final}
-        metrics = {**load_metrics(source), **facts}
-        (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        metrics.update({k: final[k] for k in ("command", "data", "world_size", "device",
+                                              "parameters", "wall_time_s", "seed") if k in final})
         shutil.copy(run / "tokenizer.json", dest / "tokenizer.json")
+    else:  # the run started from the checkpoint that now lives at +old_suffix
+        init = f"--init {checkpoints / SHIPPED[kind]} "
+        metrics["command"] = metrics.get("command", "").replace(
+            init, f"--init {checkpoints / SHIPPED[kind]}{old_suffix} ")
+    (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return dest
 
 
