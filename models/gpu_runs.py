@@ -90,7 +90,7 @@ def plan(data: Path, budget: float, max_steps: int | None = None) -> list[Run]:
         runs.append(Run(name, ("lm-kjv", *kjv, "--set", f"dim={dim}", "--depth", str(depth),
                                "--set", f"heads={heads}", "--set", f"dropout={dropout}",
                                "--batch-size", "64", "--lr", lr, "--warmup", "200",
-                               "--weight-decay", "0.1", "--eval-every", "200",
+                               "--weight-decay", "0.1", "--eval-every", "300",
                                "--keep-best", "validation_bpc", *common), ship=True))
     for depth in STUDY_DEPTHS:
         for seed in STUDY_SEEDS:

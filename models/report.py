@@ -83,8 +83,9 @@ def robustness_section(path: Path) -> list[str]:
     results = json.loads(path.read_text())
     lines = ["", "## Pictures not prepared like the training data (issue 17)", "",
              "Each picture goes through the service's decoding and resize (`bilinear`, the old "
-             "bundles' method, vs `area`, the new one); classifier: top-1 on the 10k test items, "
-             "segmenter: mIoU. Produced by `python -m models.robustness`.", "",
+             "bundles' method, vs `area`, the new one); classifier: top-1 on the first "
+             "2,000 test items, segmenter: mIoU on 500 pictures. Produced by "
+             "`python -m models.robustness`.", "",
              "| checkpoint | case | bilinear | area |", "| --- | --- | --- | --- |"]
     for folder, cases in results.items():
         for case, by_method in cases.items():
