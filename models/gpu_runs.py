@@ -253,7 +253,7 @@ def choose(runs_dir: Path, kind: str) -> Path:
         if (run / WEIGHTS).exists() and load_metrics(run).get(metric, 0.0) >= target:
             cases = (robustness.segmenter_cases(200) if kind == "segmenter"
                      else robustness.classifier_cases(2000))[1:]
-            results = robustness.evaluate(run, cases)
+            results = robustness.evaluate(run, cases, (robustness.imaging.AREA,))
             scored.append((sum(r[robustness.imaging.AREA] for r in results.values()), run))
             print(f"{run.name}: {metric} {load_metrics(run)[metric]:.4f}, framed {results}")
     if not scored:

@@ -117,13 +117,14 @@ def miou(model: torch.nn.Module, case: Case, pre: dict[str, Any]) -> float:
     return mean_iou(pred.long(), target.long(), len(scenes.SCENE_LABELS))[0]
 
 
-def evaluate(folder: Path, cases: list[Case]) -> dict[str, dict[str, float]]:
+def evaluate(folder: Path, cases: list[Case], methods: tuple[str, ...] = RESIZE_METHODS
+             ) -> dict[str, dict[str, float]]:
     """{case: {resize method: top-1 or mIoU}} of one checkpoint."""
     model, cfg = load_checkpoint(folder)
     metric: Callable[[torch.nn.Module, Case, dict[str, Any]], float] = (
         miou if cfg.family == "segmenter" else top1)
     return {case.name: {method: metric(model, case, _with_resize(cfg, method))
-                        for method in RESIZE_METHODS} for case in cases}
+                        for method in methods} for case in cases}
 
 
 def _with_resize(cfg: ModelConfig, method: str) -> dict[str, Any]:
