@@ -28,6 +28,7 @@ from models.checkpoint import CONFIG, WEIGHTS, load_checkpoint, load_metrics
 from models.config import LMConfig, ModelConfig, SegmenterConfig
 from models.registry import build_model
 from neutreno.command import ArgumentParser, CommandError
+from service.imaging import AREA
 
 TASKS = {"vit": "classification", "segmenter": "segmentation", "lm": "text-generation"}
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -55,7 +56,7 @@ def preprocessing_for(cfg: ModelConfig) -> dict[str, Any]:
     return {"image_size": [cfg.img_size, cfg.img_size], "channels": cfg.in_chans,
             "mean": [fashion.MEAN] if grey else IMAGENET_MEAN,
             "std": [fashion.STD] if grey else IMAGENET_STD,
-            "resize": "bilinear", "background": "black"}
+            "resize": AREA, "background": "black"}
 
 
 def generation_for(cfg: LMConfig, tokenizer: Path) -> dict[str, Any]:

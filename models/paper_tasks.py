@@ -73,6 +73,9 @@ class LoaderEpochs:
         yield from train_loader(self.train_set, epoch, batch_size, rank, world, self.seed,
                                 self.num_workers)
 
+    def to(self, device: torch.device) -> None:
+        """Nothing to move: the loader streams from disk and the training loop moves batches."""
+
 
 @dataclass
 class ImageNetTask(LoaderEpochs):

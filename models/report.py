@@ -10,6 +10,7 @@ Everything after the MARKER line of an existing report (the written analysis) is
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from models.checkpoint import load_checkpoint, load_metrics  # noqa: E402
+from models import depth_study  # noqa: E402
 from models.data import fashion, kjv, scenes  # noqa: E402
 from models.diagnostics import model_similarity  # noqa: E402
 
@@ -67,22 +69,37 @@ def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
             sims = run["similarity"]
             ax.plot(range(1, len(sims) + 1), sims, marker="o",
                     label=f"{run['cfg'].attention} (lam={run['cfg'].fidelity_lam})")
-        ax.set_title(title)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("mean pairwise cosine similarity")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        depth_study.finish_panel(ax, title)
+    depth_study.save_figure(fig, path)
 
 
 MARKER = "<!-- generated above by python -m models.report; written analysis below -->"
 
 
-def write_report(groups: dict[str, list[dict[str, Any]]], png: Path, out: Path) -> None:
+def robustness_section(path: Path) -> list[str]:
+    """The framing cases of models.robustness (a JSON it wrote) as a markdown table."""
+    if not path.exists():
+        return []
+    results = json.loads(path.read_text())
+    lines = ["", "## Pictures not prepared like the training data (issue 17)", "",
+             "Each picture goes through the service's decoding and resize (`bilinear`, the old "
+             "bundles' method, vs `area`, the new one); classifier: top-1 on the first "
+             "2,000 test items, segmenter: mIoU on 500 pictures. Produced by "
+             "`python -m models.robustness`.", "",
+             "| checkpoint | case | bilinear | area |", "| --- | --- | --- | --- |"]
+    for folder, cases in results.items():
+        for case, by_method in cases.items():
+            lines.append(f"| {folder} | {case} | {by_method['bilinear']:.4f} | "
+                         f"{by_method['area']:.4f} |")
+    return lines
+
+
+def write_report(groups: dict[str, list[dict[str, Any]]], png: Path, out: Path,
+                 extra: list[str] | None = None) -> None:
     lines = ["# Results: NeuTRENO vs softmax attention", "",
-             "Trained on this repository's 2-core CPU machine (no GPU), one run per row, same seed,",
-             "data order and step budget within each pair. Produced by `python -m models.report`.", "",
+             "One run per row, same seed, data order and step budget within each pair; device",
+             "(the 2-core CPU machine or one GPU) with the wall time. Produced by",
+             "`python -m models.report`.", "",
              "| model | attention | lam | params | held-out result | last-layer similarity | wall time | command |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for runs in groups.values():
@@ -91,13 +108,15 @@ def write_report(groups: dict[str, list[dict[str, Any]]], png: Path, out: Path) 
             lines.append(
                 f"| {cfg.name} (depth {cfg.depth}) | {cfg.attention} | {cfg.fidelity_lam} | "
                 f"{m.get('parameters', 0):,} | {headline(r)} | {r['similarity'][-1]:.3f} | "
-                f"{m.get('wall_time_s', 0) / 60:.1f} min | `{m.get('command', '')}` |")
+                f"{m.get('wall_time_s', 0) / 60:.1f} min ({m.get('device', 'cpu')}) | "
+                f"`{m.get('command', '')}` |")
     lines += ["", f"![per-layer token similarity]({png.name})", "",
               "## Per-layer token cosine similarity", ""]
     for title, runs in groups.items():
         for r in runs:
             vals = ", ".join(f"{v:.3f}" for v in r["similarity"])
             lines.append(f"- {title}, {r['cfg'].attention}: {vals}")
+    lines += extra or []
     old = out.read_text() if out.exists() else ""
     analysis = old.split(MARKER, 1)[1] if MARKER in old else "\n"
     out.write_text("\n".join(lines) + "\n\n" + MARKER + analysis)
@@ -108,11 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--data-dir", default="data/kjv")
     ap.add_argument("--out", default="docs/RESULTS.md")
+    ap.add_argument("--depth-study", default="checkpoints/depth-study",
+                    help="run folders of the depth study (models.gpu_runs)")
+    ap.add_argument("--robustness", default="checkpoints/robustness.json",
+                    help="results of python -m models.robustness --out")
     args = ap.parse_args(argv)
     root = Path(args.checkpoints)
     studies = {  # title -> checkpoint folders; the pairs share seed, data order and budget
         "Fashion-MNIST ViT, depth 12": ["vit-fashion-neutreno", "vit-fashion-softmax"],
         "KJV language model": ["lm-kjv-neutreno", "lm-kjv-softmax"],
+        "Shipped language model": ["kjv-lm"],
         "Shipped classifier (conv stem, depth 6)": ["fashion-classifier"],
         "Shipped segmenter (encoder)": ["fashion-segmenter"],
     }
@@ -125,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     png = out.with_name("oversmoothing.png")
     plot(groups, png)
-    write_report(groups, png, out)
+    extra = [*depth_study.section(Path(args.depth_study), out.with_name("depth_study.png")),
+             *robustness_section(Path(args.robustness))]
+    write_report(groups, png, out, extra)
     print(out.read_text())
     return 0
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ModelConfig
-from models.data import fashion, kjv, scenes
+from models.data import fashion, framing, kjv, scenes
 
 Batch = tuple[Tensor, Tensor]
 
@@ -28,6 +28,7 @@ class Task(Protocol):
     def steps_per_epoch(self, batch_size: int, world: int) -> int: ...
     def loss(self, model: nn.Module, batch: Batch) -> Tensor: ...
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+    def to(self, device: torch.device) -> None: ...
 
 
 def _shard(order: np.ndarray, batch_size: int, rank: int, world: int) -> Iterator[np.ndarray]:
@@ -50,6 +51,17 @@ def _augment_shift(x: Tensor, gen: torch.Generator, pad: int = 2) -> Tensor:
     return padded[:, :, dy:dy + h, dx:dx + w]
 
 
+def _reframed(x: Tensor, fraction: float, gen: torch.Generator) -> Tensor:
+    """The first `fraction` of a normalised batch (B, 1, 28, 28) redrawn at another scale and
+    position (models.data.framing.reframe); the batch is already in random order."""
+    k = round(fraction * len(x))
+    if k == 0:
+        return x
+    items = x[:k] * fashion.STD + fashion.MEAN
+    moved = (framing.reframe(items, gen) - fashion.MEAN) / fashion.STD
+    return torch.cat([moved, x[k:]])
+
+
 @dataclass
 class ClassificationTask:
     """Fashion-MNIST: 60k train, top-1 on the 10k test split."""
@@ -57,6 +69,7 @@ class ClassificationTask:
     root: str | None = None
     eval_limit: int | None = None
     seed: int = 0
+    framing: float = 0.0  # fraction of each batch redrawn at another scale and position
 
     def __post_init__(self) -> None:
         images, self.y_train = fashion.load_split("train", self.root)
@@ -70,11 +83,17 @@ class ClassificationTask:
     def steps_per_epoch(self, batch_size: int, world: int) -> int:
         return len(self.x_train) // (batch_size * world)
 
+    def to(self, device: torch.device) -> None:
+        """Keep the training set on the training device (no per-batch host copies)."""
+        self.x_train, self.y_train = self.x_train.to(device), self.y_train.to(device)
+
     def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x_train))
         gen = torch.Generator().manual_seed(self.seed * 1000 + epoch * world + rank)
         for idx in _shard(order, batch_size, rank, world):
-            yield _augment_shift(self.x_train[idx], gen), self.y_train[idx]
+            rows = torch.from_numpy(idx).to(self.x_train.device)
+            x = _reframed(self.x_train[rows], self.framing, gen)
+            yield _augment_shift(x, gen), self.y_train[rows]
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         x, y = batch
@@ -108,9 +127,13 @@ class SegmentationTask:
     scenes_per_epoch: int = 20000
     test_scenes: int = 500
     seed: int = 0
+    framing: float = 0.0  # fraction of each batch replaced by scenes of 14-64 px items
 
     def __post_init__(self) -> None:
         self.items, self.item_labels = fashion.load_split("train", self.root)
+        self.device = torch.device("cpu")
+        self.items_01 = torch.from_numpy(self.items.astype(np.float32) / 255.0)[:, None]
+        self.labels_t = torch.from_numpy(self.item_labels)
         test_items, test_labels = fashion.load_split("test", self.root)
         images, masks = scenes.make_scenes(self.test_scenes, test_items, test_labels, seed=10_000)
         self.x_test = torch.from_numpy(fashion.normalize(images))
@@ -123,8 +146,20 @@ class SegmentationTask:
         images, masks = scenes.make_scenes(self.scenes_per_epoch, self.items, self.item_labels,
                                            seed=self.seed * 1000 + epoch)
         x, y = torch.from_numpy(fashion.normalize(images)), torch.from_numpy(masks.astype(np.int64))
+        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch * world + rank)
+        k = round(self.framing * batch_size)
         for idx in _shard(np.arange(len(x)), batch_size, rank, world):
-            yield x[idx], y[idx]
+            xb, yb = x[idx].to(self.device), y[idx].to(self.device)
+            if k:
+                drawn, masks_k = framing.scaled_scenes(self.items_01, self.labels_t, k, gen)
+                xb = torch.cat([(drawn - fashion.MEAN) / fashion.STD, xb[k:]])
+                yb = torch.cat([masks_k, yb[k:]])
+            yield xb, yb
+
+    def to(self, device: torch.device) -> None:
+        """Draw the scaled scenes on the training device."""
+        self.device = device
+        self.items_01, self.labels_t = self.items_01.to(device), self.labels_t.to(device)
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         x, y = batch
@@ -167,8 +202,13 @@ class LanguageModelTask:
         n = (len(self.train_ids) - offset - 1) // self.block_size
         starts = offset + rng.permutation(n) * self.block_size
         for idx in _shard(starts, batch_size, rank, world):
-            windows = torch.stack([self.train_ids[s:s + self.block_size + 1] for s in idx])
+            rows = torch.from_numpy(idx).to(self.train_ids.device)[:, None]
+            windows = self.train_ids[rows + torch.arange(self.block_size + 1, device=rows.device)]
             yield windows[:, :-1], windows[:, 1:]
+
+    def to(self, device: torch.device) -> None:
+        """Keep the training token stream on the training device."""
+        self.train_ids = self.train_ids.to(device)
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         x, y = batch

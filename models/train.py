@@ -85,6 +85,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="override any config field, e.g. --set img_size=32 (repeatable)")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    ap.add_argument("--time-limit", type=float, metavar="SECONDS",
+                    help="wall-time budget of the training loop: the LR schedule runs on "
+                         "max(step / total, elapsed / limit) and training stops at the limit")
+    ap.add_argument("--no-amp", action="store_true", help="train in float32 on GPU too")
+    ap.add_argument("--keep-best", metavar="METRIC",
+                    help="also keep the checkpoint with the best METRIC so far in --out/best "
+                         "(e.g. validation_bpc: lower is better; top1, miou: higher)")
+    ap.add_argument("--framing", type=float, default=0.0, metavar="FRACTION",
+                    help="classifier/segmenter: fraction of each batch drawn at other scales "
+                         "and positions (models.data.framing)")
     ap.add_argument("--batch-size", type=int, default=128, help="per process")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -130,6 +140,38 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def task_options(args: argparse.Namespace, cfg: ModelConfig) -> dict[str, Any]:
+    """Task keyword arguments from the command line (only those the model's task takes)."""
+    options: dict[str, Any] = {}
+    if cfg.family == "vit" and args.eval_limit:
+        options["eval_limit"] = args.eval_limit
+    if args.framing:
+        if cfg.family not in ("vit", "segmenter"):
+            raise SystemExit("--framing applies to the classifier and the segmenter")
+        options["framing"] = args.framing
+    return options
+
+
+HIGHER_IS_BETTER = ("top1", "miou", "pixel_accuracy")
+
+
+def is_best(log: list[dict[str, Any]], metric: str) -> bool:
+    """Whether the last evaluation in `log` is the best of all so far on `metric`."""
+    values = [entry[metric] for entry in log]
+    best = max(values) if metric in HIGHER_IS_BETTER else min(values)
+    return values[-1] == best
+
+
+def schedule_step(step: int, total: int, elapsed: float, time_limit: float | None,
+                  warmup: int) -> int:
+    """The step the LR schedule is at: `step` during warm-up or without a time limit, else
+    further on when the wall-time budget is spent faster than the step budget, so a
+    time-limited run (give it a large --epochs) still anneals to its end."""
+    if not time_limit or step < warmup:
+        return step
+    return max(step, int(total * min(1.0, elapsed / time_limit)))
+
+
 def evaluate(task: Task, model: nn.Module, env: Dist) -> dict[str, Any]:
     """Evaluate on rank 0 only (the held-out sets are small)."""
     if not env.main:
@@ -154,18 +196,20 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     runs.check_data(cfg, args.data_dir)
     if args.force and env.main:
         runs.clear_out(out)
-    extra = {"eval_limit": args.eval_limit} if cfg.family == "vit" and args.eval_limit else {}
     try:
-        task = make_task(cfg, args.data_dir, args.seed, **extra)
+        task = make_task(cfg, args.data_dir, args.seed, **task_options(args, cfg))
     except (FileNotFoundError, ValueError) as exc:  # the paper tasks' data checks
         raise CommandError(f"{exc}; docs/PAPER_SCALE.md says how to get the data") from None
+    if env.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        task.to(env.device)
     model = build_model(cfg)
     if args.init:
         init_from(model, args.init)
     model = model.to(env.device)
     raw_model = model
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                            betas=(0.9, 0.98))
+                            betas=(0.9, 0.98), fused=env.device.type == "cuda")
     steps_per_epoch = task.steps_per_epoch(args.batch_size, env.world)
     total = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
     step, log, state = 0, [], None
@@ -180,7 +224,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     history.append(current)
     if env.world > 1:
         model = nn.parallel.DistributedDataParallel(model)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16,
+                         enabled=env.device.type == "cuda" and not args.no_amp)
     eval_every = args.eval_every or steps_per_epoch
     bar = tqdm(total=total, initial=step, disable=args.no_progress or not env.main,
                desc=f"{cfg.name} {cfg.attention}", dynamic_ncols=True)
@@ -197,7 +242,9 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
                 continue
             taken += 1
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, args.lr, args.warmup)
+                group["lr"] = lr_at(schedule_step(step, total, time.time() - started,
+                                                  args.time_limit, args.warmup),
+                                    total, args.lr, args.warmup)
             with amp:
                 loss = task.loss(model, (x.to(env.device), y.to(env.device)))
             opt.zero_grad(set_to_none=True)
@@ -205,8 +252,11 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+            if not bar.disable:  # .item() waits for the device: only when someone watches
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+            if args.time_limit and time.time() - started >= args.time_limit:
+                total = step  # out of time: evaluate, checkpoint and stop here
             if step % eval_every == 0 or step == total:
                 metrics = evaluate(task, raw_model, env)
                 if env.main:
@@ -215,6 +265,8 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
                              "elapsed_s": before + time.time() - started, **metrics}
                     log.append(entry)
                     _write_progress(out, raw_model, opt, cfg, step, log, entry, history)
+                    if args.keep_best and is_best(log, args.keep_best):
+                        save_checkpoint(out / "best", raw_model, cfg, metrics=entry)
             if step >= total:
                 break
         if taken == 0:

@@ -20,7 +20,7 @@ def test_report_regenerates_the_table_and_keeps_the_analysis(tmp_path: Path) -> 
     out.write_text(out.read_text() + "\n## Analysis\n\nhand-written words\n")
     write_report(_groups(0.9123), tmp_path / "plot.png", out)
     text = out.read_text()
-    row = "| vit-fashion (depth 2) | neutreno | 0.6 | 1,234 | top-1 91.23% | 0.250 | 2.0 min |"
+    row = "| vit-fashion (depth 2) | neutreno | 0.6 | 1,234 | top-1 91.23% | 0.250 | 2.0 min (cpu) |"
     assert row in text
     assert "top-1 50.00%" not in text
     assert text.count(MARKER) == 1 and text.endswith("## Analysis\n\nhand-written words\n")

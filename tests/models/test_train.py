@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from models.checkpoint import load_checkpoint
 from models.data import kjv
 from models.tasks import LanguageModelTask
-from models.train import lr_at, main
+from models.train import is_best, lr_at, main, schedule_step
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 FASHION = str(FIXTURES / "fashion-mnist")
@@ -92,3 +92,30 @@ def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
         assert torch.equal(rank0[key], rank1[key]), key
     initial = load_checkpoint(out)[0].state_dict()  # rank 0's checkpoint is the trained weights
     assert torch.equal(initial["head.weight"], rank0["head.weight"])
+
+
+def test_schedule_step_follows_the_wall_time_budget():
+    assert schedule_step(10, 100, elapsed=5.0, time_limit=None, warmup=2) == 10
+    assert schedule_step(10, 100, elapsed=5.0, time_limit=10.0, warmup=2) == 50
+    assert schedule_step(90, 100, elapsed=1.0, time_limit=10.0, warmup=2) == 90
+    assert schedule_step(10, 100, elapsed=99.0, time_limit=10.0, warmup=2) == 100
+    assert schedule_step(1, 100, elapsed=9.0, time_limit=10.0, warmup=2) == 1  # warming up
+
+
+def test_time_limit_stops_training_and_keep_best_keeps_the_best(tmp_path):
+    out = tmp_path / "clf"
+    assert main(["vit-fashion", "--out", str(out), "--data-dir", FASHION, "--depth", "1",
+                 "--batch-size", "32", "--no-progress", "--framing", "0.5",
+                 "--max-steps", "100000", "--time-limit", "1", "--eval-every", "2",
+                 "--keep-best", "top1"]) == 0
+    log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["step"] < 100000 and final["elapsed_s"] >= 1.0
+    best = json.loads((out / "best" / "metrics.json").read_text())
+    assert best["top1"] == max(e["top1"] for e in log)
+    assert load_checkpoint(out / "best")[1].depth == 1
+
+
+def test_is_best_knows_which_way_is_better():
+    log = [{"top1": 0.5, "validation_bpc": 2.0}, {"top1": 0.4, "validation_bpc": 1.9}]
+    assert is_best(log, "validation_bpc") and not is_best(log, "top1")
