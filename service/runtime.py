@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from export.fusion import session_model
 from service.settings import Settings
 
 CUDA = "CUDAExecutionProvider"
@@ -83,8 +84,8 @@ class ModelRuntime:
         self.inputs = [TensorSpec.from_manifest(e) for e in manifest["inputs"]]
         self.outputs = [TensorSpec.from_manifest(e) for e in manifest["outputs"]]
         providers = choose_providers(settings.device)
-        self.session = ort.InferenceSession(str(path / "model.onnx"), _session_options(settings),
-                                            providers=providers)
+        self.session = ort.InferenceSession(session_model(path / "model.onnx"),
+                                            _session_options(settings), providers=providers)
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._executor = concurrent.futures.ThreadPoolExecutor(1, f"ort-{self.name}")

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 from fastapi import Request
 
+from export.telemetry import SIMILARITY_FLAG
 from service.batching import DynamicBatcher
 from service.errors import (BadRequest, DeadlineExceeded, ModelNotFound, ModelNotReady,
                             WrongTask)
@@ -41,23 +42,42 @@ WorkerFactory = Callable[[ModelRuntime, "ServiceState"], Worker]
 
 
 class SimilaritySampler:
-    """Batch hook feeding neutreno_token_similarity from one batch in `every`."""
+    """Batch hook feeding neutreno_token_similarity from one batch in `every`. Called with
+    `feeds` before each run, it decides then, and a gated graph (`export.telemetry`) skips the
+    similarity subgraph on the batches not sampled; without `feeds` it decides after the run."""
 
-    def __init__(self, model: str, metrics: Metrics, every: int) -> None:
-        self.model, self.metrics, self.every = model, metrics, every
+    def __init__(self, model: str, metrics: Metrics, every: int, gated: bool = False) -> None:
+        self.model, self.metrics, self.every, self.gated = model, metrics, every, gated
         self._count = 0
+        self._decided: bool | None = None
+
+    def _due(self) -> bool:
+        self._count += 1
+        return bool(self.every) and self._count % self.every == 0
+
+    def feeds(self, feeds: dict) -> dict:
+        """Before a run: decide whether it is sampled; if not, turn a gated graph's flag off."""
+        self._decided = self._due()
+        if self._decided or not self.gated:
+            return feeds
+        return {**feeds, SIMILARITY_FLAG: np.array(False)}
 
     def __call__(self, outputs: dict) -> None:
-        self._count += 1
-        if self.every and "token_similarity" in outputs and self._count % self.every == 0:
+        due = self._due() if self._decided is None else self._decided
+        self._decided = None
+        if due and "token_similarity" in outputs:
             self.metrics.observe_similarity(self.model, outputs["token_similarity"])
 
 
 def make_batcher(model: ModelRuntime, state: ServiceState) -> DynamicBatcher:
     """The dynamic batcher for a vision model, configured from settings."""
     s = state.settings
-    sampler = SimilaritySampler(model.name, state.metrics, s.similarity_sample_every)
-    return DynamicBatcher(model.name, model.run_async, state.metrics,
+    gated = SIMILARITY_FLAG in {i.name for i in model.session.get_overridable_initializers()}
+    sampler = SimilaritySampler(model.name, state.metrics, s.similarity_sample_every, gated)
+
+    async def run(feeds: dict) -> dict:
+        return await model.run_async(sampler.feeds(feeds))
+    return DynamicBatcher(model.name, run, state.metrics,
                           max_batch_size=s.max_batch_size, max_queue_delay_s=s.max_queue_delay_s,
                           max_queue_size=s.max_queue_size, on_batch=sampler)
 
