@@ -32,6 +32,7 @@ def test_overhead_table_rows(tiny_pair: tuple[Path, Path], portable: bool,
     assert "| batch | FidelityAttention (ms) | softmax Attention (ms) | overhead |" in out
     rows = re.findall(r"^\| (\d+) \| [\d.]+ \| [\d.]+ \| [+-][\d.]+% \|$", out, re.M)
     assert rows == ["1", "3"]
+    assert re.search(r"batch 1: [\d.]+ vs [\d.]+ ms \([+-][\d.]+%\); batch 3:", out)
     assert ("portable function bodies" in out) == portable
 
 
