@@ -84,7 +84,8 @@ class ModelRuntime:
         self.inputs = [TensorSpec.from_manifest(e) for e in manifest["inputs"]]
         self.outputs = [TensorSpec.from_manifest(e) for e in manifest["outputs"]]
         providers = choose_providers(settings.device)
-        self.session = ort.InferenceSession(session_model(path / "model.onnx"),
+        self.session = ort.InferenceSession(session_model(path / "model.onnx",
+                                                          settings.fused_attention),
                                             _session_options(settings), providers=providers)
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses the CUDA execution provider when onnxruntime has it")
     intra_op_threads: int = Field(0, ge=0, le=256, description="ORT threads per model; 0 = ORT")
+    fused_attention: bool = Field(
+        True, description="run attention on ORT's fused kernels (export.fusion) and gate the "
+                          "similarity telemetry; false runs the bundles exactly as shipped")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="1 turns dynamic batching off")
     max_queue_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0,

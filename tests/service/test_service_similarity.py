@@ -34,3 +34,16 @@ def test_only_sampled_batches_compute_similarity() -> None:
     layer0 = metrics.registry.get_sample_value("neutreno_token_similarity",
                                                {"model": model.name, "layer": "0"})
     assert layer0 == pytest.approx(float(sampled["token_similarity"][:, 0].mean()))
+
+
+def test_fused_attention_off_runs_the_bundle_as_shipped() -> None:
+    """NEUTRENO_FUSED_ATTENTION=false: no rewrite, so no telemetry flag and the same outputs."""
+    manifest = json.loads((FOLDER / "manifest.json").read_text())
+    repo = ROOT / "model_repository"
+    fused = ModelRuntime(FOLDER, manifest, make_settings(repo))
+    shipped = ModelRuntime(FOLDER, manifest, make_settings(repo, fused_attention=False))
+    assert not shipped.session.get_overridable_initializers()
+    feeds = {"pixel_values": np.ones((2, 1, 28, 28), np.float32)}
+    a, b = fused.run(feeds), shipped.run(feeds)
+    np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-4)
+    np.testing.assert_allclose(a["token_similarity"], b["token_similarity"], atol=1e-5)
