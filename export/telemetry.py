@@ -67,7 +67,8 @@ def gate_output(model: onnx.ModelProto, name: str = SIMILARITY_OUTPUT,
         return False
     nodes = list(graph.node)
     rest = _needed(nodes, {o.name for o in graph.output if o.name != name})
-    only = [n for i, n in enumerate(nodes) if i in _needed(nodes, {name}) - rest]
+    similarity = _needed(nodes, {name}) - rest
+    only = [n for i, n in enumerate(nodes) if i in similarity]
     if not only:
         return False
     then = helper.make_graph(only, "similarity", [], [_renamed(out, name + "_then")])
