@@ -16,6 +16,9 @@ BENCHMARKS = {
                    "LM tokens/s and TTFT at 1/4/8/16 streams vs a no-cache baseline"),
     "attention": ("bench.attention_overhead",
                   "ORT CPU latency: FidelityAttention vs plain softmax export, batch 1 and 64"),
+    "attention-device": ("bench.attention_device",
+                         "img/s NeuTRENO vs softmax: ORT fp32/fp16 (IO binding) vs torch "
+                         "eager/bf16"),
     "peers": ("bench.peers_bench",
               "same classifier: NeuTRENO Serve vs FastAPI+PyTorch eager vs Ray Serve (wrk)"),
     "roofline": ("bench.roofline",

@@ -9,15 +9,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from export.fusion import session_model
+
 
 def session(model: onnx.ModelProto | str | Path, providers: list[str] | None = None,
-            threads: int = 0) -> ort.InferenceSession:
-    """An ORT session (CPU unless `providers` says otherwise); threads 0 = ORT's default."""
+            threads: int = 0, fused: bool = True) -> ort.InferenceSession:
+    """An ORT session (CPU unless `providers` says otherwise); threads 0 = ORT's default.
+
+    The model goes through `export.fusion.session_model` as in the service: fused attention and
+    gated telemetry by default, the graph as shipped (portable function bodies) with fused=False.
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, opts, providers=providers or ["CPUExecutionProvider"])
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the service
+    return ort.InferenceSession(session_model(model, fused), opts,
+                                providers=providers or ["CPUExecutionProvider"])
 
 
 @dataclass

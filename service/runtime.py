@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from export.fusion import session_model
 from service.settings import Settings
 
 CUDA = "CUDAExecutionProvider"
@@ -102,7 +103,9 @@ class ModelRuntime(ModelInfo):
     it."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], settings: Settings) -> None:
-        session = ort.InferenceSession(str(path / "model.onnx"), _session_options(settings),
+        session = ort.InferenceSession(session_model(path / "model.onnx",
+                                                     settings.fused_attention),
+                                       _session_options(settings),
                                        providers=providers_for(settings))
         super().__init__(path, manifest, "cuda" if session.get_providers()[0] == CUDA else "cpu")
         self.session = session

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
                          description="HTTP front-end processes in front of the one engine "
                                      "process (default: the number of CPUs)")
     intra_op_threads: int = Field(0, ge=0, le=256, description="ORT threads per model; 0 = ORT")
+    fused_attention: bool = Field(
+        True, description="run attention on ORT's fused kernels (export.fusion) and gate the "
+                          "similarity telemetry; false runs the bundles exactly as shipped")
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="1 turns dynamic batching off")
     batch_buckets: str = Field(

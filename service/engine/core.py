@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from export.telemetry import SIMILARITY_FLAG
 from service.batching import DynamicBatcher
 from service.errors import BadRequest, DeadlineExceeded, ModelNotReady, WrongTask
 from service.generation.scheduler import GenerationScheduler, Submission, make_scheduler
@@ -52,22 +53,42 @@ WorkerFactory = Callable[[ModelRuntime, Settings, Metrics], Worker]
 
 
 class SimilaritySampler:
-    """Batch hook feeding neutreno_token_similarity from one batch in `every`."""
+    """Batch hook feeding neutreno_token_similarity from one batch in `every`. Called with
+    `feeds` before each run, it decides then, and a gated graph (`export.telemetry`) skips the
+    similarity subgraph on the batches not sampled; without `feeds` it decides after the run."""
 
-    def __init__(self, model: str, metrics: Metrics, every: int) -> None:
-        self.model, self.metrics, self.every = model, metrics, every
+    def __init__(self, model: str, metrics: Metrics, every: int, gated: bool = False) -> None:
+        self.model, self.metrics, self.every, self.gated = model, metrics, every, gated
         self._count = 0
+        self._decided: bool | None = None
+
+    def _due(self) -> bool:
+        self._count += 1
+        return bool(self.every) and self._count % self.every == 0
+
+    def feeds(self, feeds: Feeds) -> Feeds:
+        """Before a run: decide whether it is sampled; if not, turn a gated graph's flag off."""
+        self._decided = self._due()
+        if self._decided or not self.gated:
+            return feeds
+        return {**feeds, SIMILARITY_FLAG: np.array(False)}
 
     def __call__(self, outputs: Feeds) -> None:
-        self._count += 1
-        if self.every and "token_similarity" in outputs and self._count % self.every == 0:
+        due = self._due() if self._decided is None else self._decided
+        self._decided = None
+        if due and "token_similarity" in outputs:
             self.metrics.observe_similarity(self.model, outputs["token_similarity"])
 
 
 def make_batcher(model: ModelRuntime, settings: Settings, metrics: Metrics) -> DynamicBatcher:
     """The dynamic batcher for a vision model, configured from settings."""
-    sampler = SimilaritySampler(model.name, metrics, settings.similarity_sample_every)
-    return DynamicBatcher(model.name, model.run_async, metrics,
+    gated = SIMILARITY_FLAG in {i.name for i in model.session.get_overridable_initializers()}
+    sampler = SimilaritySampler(model.name, metrics, settings.similarity_sample_every, gated)
+
+    async def run(feeds: Feeds) -> Feeds:
+        return await model.run_async(sampler.feeds(feeds))
+
+    return DynamicBatcher(model.name, run, metrics,
                           max_batch_size=settings.max_batch_size,
                           max_queue_delay_s=settings.max_queue_delay_s,
                           max_queue_size=settings.max_queue_size,
