@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import install_error_handlers
+from service.guards import install_guards
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.repository import load_repository
 from service.routes import completions, health, v1, v2
@@ -83,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_api_route("/", lambda: FileResponse(STATIC / "index.html"), methods=["GET"],
                       include_in_schema=False)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes,
+                       timeout_s=state.settings.body_timeout_s)
+    install_guards(app, state.settings)
     app.add_middleware(MetricsMiddleware, state=state)
     return app

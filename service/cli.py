@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.connections import server_options
 from service.runtime import RuntimeSetupError, choose_providers
 from service.settings import Settings
 
@@ -77,6 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level,
                             timeout_graceful_shutdown=settings.drain_timeout_s,
-                            access_log=False)
+                            access_log=False, **server_options(settings))
     DrainingServer(config, app).run()
     return 0

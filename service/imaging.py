@@ -94,6 +94,16 @@ def preprocess(img: Image.Image, pre: dict[str, Any]) -> np.ndarray:
     return ((arr - mean) / std)[None].astype(np.float32, copy=False)
 
 
+def bounded_rgb(img: Image.Image, max_pixels: int) -> Image.Image:
+    """The image in RGB, scaled down (aspect kept) to at most `max_pixels` pixels."""
+    rgb = to_mode(img, 3)
+    scale = (max_pixels / (rgb.width * rgb.height)) ** 0.5
+    if scale >= 1.0:
+        return rgb
+    size = (max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale)))
+    return rgb.resize(size, Image.Resampling.BILINEAR)
+
+
 def png_base64(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -122,9 +132,10 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
 
 
 def overlay(img: Image.Image, mask: np.ndarray, num_classes: int) -> Image.Image:
-    """The input in RGB with each non-background pixel averaged with its class colour.
+    """The image in RGB with each non-background pixel averaged with its class colour.
 
-    Integer math (uint16) keeps a large image's overlay to a few bytes per pixel.
+    mask (img.height, img.width) class indices. Integer math (uint16) keeps it to a few bytes
+    per pixel; callers pass an image already bounded in size (`bounded_rgb`).
     """
     base = np.asarray(to_mode(img, 3), dtype=np.uint16)
     colours = palette(num_classes).astype(np.uint16)[mask]

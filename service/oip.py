@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.errors import BadRequest
+from service.errors import BadRequest, ResponseTooLarge
+from service.guards import parse_length
 from service.runtime import ModelRuntime, TensorSpec
 from service.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta
 
@@ -46,9 +47,11 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferReques
     """The JSON part as a validated request, and the binary tail (empty for pure JSON)."""
     split = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise BadRequest(f"bad Inference-Header-Content-Length {header_length!r}")
-        split = int(header_length)
+        parsed = parse_length(header_length)
+        if parsed is None or parsed > len(body):
+            raise BadRequest(f"bad Inference-Header-Content-Length {header_length[:40]!r}: "
+                             f"not a byte count within the {len(body)}-byte body")
+        split = parsed
     try:
         return V2InferRequest.model_validate_json(body[:split]), body[split:]
     except ValidationError as exc:
@@ -130,23 +133,60 @@ def batch_rows(feeds: dict[str, np.ndarray]) -> int:
     return rows.pop()
 
 
-def encode_response(model: ModelRuntime, request: V2InferRequest,
-                    outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
-    """The response body and, when any tensor is binary, the JSON header's length."""
+def _selected(model: ModelRuntime, request: V2InferRequest,
+              outputs: dict[str, np.ndarray]) -> tuple[list[str], dict[str, bool]]:
+    """Output names to return, in order, and which of them go as binary data."""
     wanted = request.outputs or []
     names = [o.name for o in wanted] or list(outputs)
     if unknown := sorted(set(names) - set(outputs)):
         raise BadRequest(f"unknown output(s) {unknown}; {model.name!r} has {sorted(outputs)}")
+    if len(set(names)) != len(names):
+        raise BadRequest(f"outputs name a tensor more than once: {names}")
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
-    as_binary = {o.name: bool((o.parameters or {}).get("binary_data", binary_default))
-                 for o in wanted}
+    as_binary = {name: binary_default for name in names}
+    as_binary.update({o.name: bool((o.parameters or {}).get("binary_data", binary_default))
+                      for o in wanted})
+    return names, as_binary
+
+
+def _json_width(dtype: np.dtype) -> int:
+    """Most characters one element of `dtype` takes in the JSON body, comma included."""
+    if dtype.kind == "f":
+        return 25  # "-1.2345678901234567e-308,"
+    if dtype.kind == "b":
+        return 6
+    info = np.iinfo(dtype)
+    return max(len(str(info.min)), len(str(info.max))) + 1
+
+
+def response_bound(model: ModelRuntime, request: V2InferRequest,
+                   outputs: dict[str, np.ndarray], max_bytes: int) -> int:
+    """Upper bound of the response's size in bytes (exact for binary tensors, worst-case text
+    width for JSON ones); ResponseTooLarge when it exceeds `max_bytes`, BadRequest for unknown
+    or repeated output names."""
+    names, as_binary = _selected(model, request, outputs)
+    bound = 256 + 512 * len(names)  # envelope, names, shapes
+    for name in names:
+        array = outputs[name]
+        bound += array.nbytes if as_binary[name] else array.size * _json_width(array.dtype)
+    if bound > max_bytes:
+        raise ResponseTooLarge(
+            f"the response would take up to {bound} bytes, over the limit of {max_bytes} "
+            "(NEUTRENO_MAX_RESPONSE_BYTES); ask for fewer outputs or rows, or binary_data")
+    return bound
+
+
+def encode_response(model: ModelRuntime, request: V2InferRequest,
+                    outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+    """The response body and, when any tensor is binary, the JSON header's length."""
+    names, as_binary = _selected(model, request, outputs)
     tensors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name in names:
         array = np.ascontiguousarray(outputs[name])
         entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype],
                                  "shape": list(array.shape)}
-        if as_binary.get(name, binary_default):
+        if as_binary[name]:
             blobs.append(array.tobytes())
             entry["parameters"] = {"binary_data_size": len(blobs[-1])}
         else:

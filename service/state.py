@@ -80,6 +80,10 @@ class ServiceState:
     started: bool = False
     draining: bool = False
     loop: asyncio.AbstractEventLoop | None = None
+    image_slots: asyncio.Semaphore = field(init=False)  # NEUTRENO_MAX_CONCURRENT_IMAGES
+
+    def __post_init__(self) -> None:
+        self.image_slots = asyncio.Semaphore(self.settings.max_concurrent_images)
 
     @property
     def models(self) -> dict[str, ModelRuntime]:
