@@ -143,16 +143,16 @@ def _segment_response(model: ModelRuntime, decoded: Decoded,
     num_classes = logits.shape[0]
     class_map = logits.argmax(axis=0)
     mask = imaging.mask_at_size(class_map, decoded.size)
-    counts = np.bincount(mask.ravel(), minlength=num_classes)
-    fractions = counts / mask.size
+    counts = np.asarray(mask.histogram()[:num_classes])  # no per-pixel copy of a large mask
+    width, height = decoded.size
+    fractions = counts / (width * height)
     present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     base = decoded.overlay_base
     overlay = None if base is None else imaging.png_base64(imaging.overlay(
-        base, imaging.mask_at_size(class_map, base.size), num_classes))
-    width, height = decoded.size
+        base, np.asarray(imaging.mask_at_size(class_map, base.size)), num_classes))
     return SegmentResponse(
         model=model.name, width=width, height=height,
-        mask_png=imaging.png_base64(Image.fromarray(mask, "L")),
+        mask_png=imaging.png_base64(mask),
         classes=[ClassFraction(index=i, label=_label(model, i), pixel_fraction=float(fractions[i]))
                  for i in present],
         overlay_png=overlay)
