@@ -26,6 +26,7 @@ DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32":
              "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 NUMPY_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
 MAX_ELEMENTS = 1 << 26
+JSON_CHUNK = 16384  # values per json.dumps call when encoding output data
 
 
 def datatype(spec: TensorSpec) -> str:
@@ -178,9 +179,13 @@ def response_bound(model: ModelRuntime, request: V2InferRequest,
 
 def encode_response(model: ModelRuntime, request: V2InferRequest,
                     outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
-    """The response body and, when any tensor is binary, the JSON header's length."""
+    """The response body and, when any tensor is binary, the JSON header's length.
+
+    JSON tensor data is encoded in chunks of `JSON_CHUNK` values: each chunk is one short C
+    call, so when this runs in a worker thread the event loop gets the GIL between chunks.
+    """
     names, as_binary = _selected(model, request, outputs)
-    tensors: list[dict[str, Any]] = []
+    tensors: list[str] = []
     blobs: list[bytes] = []
     for name in names:
         array = np.ascontiguousarray(outputs[name])
@@ -189,19 +194,27 @@ def encode_response(model: ModelRuntime, request: V2InferRequest,
         if as_binary[name]:
             blobs.append(array.tobytes())
             entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+            tensors.append(_dumps(entry))
         else:
-            entry["data"] = _json_values(array)
-        tensors.append(entry)
-    body: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
-                            "outputs": tensors}
-    if request.id is not None:
-        body["id"] = request.id
-    header = json.dumps(body, separators=(",", ":")).encode()
+            tensors.append(f'{_dumps(entry)[:-1]},"data":[{_json_data(array)}]}}')
+    envelope = {"model_name": model.name, "model_version": model.version}
+    tail = "" if request.id is None else f',"id":{_dumps(request.id)}'
+    header = f'{_dumps(envelope)[:-1]},"outputs":[{",".join(tensors)}]{tail}}}'.encode()
     return (header + b"".join(blobs), len(header)) if blobs else (header, None)
 
 
-def _json_values(array: np.ndarray) -> list[Any]:
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json_data(array: np.ndarray) -> str:
+    """The flattened values as JSON array text without brackets (NaN and inf as null)."""
     flat = array.reshape(-1)
+    return ",".join(_dumps(_json_values(flat[i:i + JSON_CHUNK]))[1:-1]
+                    for i in range(0, flat.size, JSON_CHUNK))
+
+
+def _json_values(flat: np.ndarray) -> list[Any]:
     if flat.dtype.kind == "f" and not np.isfinite(flat).all():
         return [v if np.isfinite(v) else None for v in flat.tolist()]
     return flat.tolist()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -100,6 +101,37 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(timeout=10)
+
+
+class Watch:
+    """While its block runs, a thread asks /healthz every `every` s and samples the server's
+    RSS: `worst_s` is the slowest /healthz answer, `rss_growth_mb` the highest RSS sample
+    above the one taken on entry."""
+
+    def __init__(self, server: Server, every: float = 0.02) -> None:
+        self.server, self.every = server, every
+        self.worst_s, self.rss_growth_mb, self.statuses = 0.0, 0.0, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._rss_start = self.server.rss_kb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _poll(self) -> None:
+        with httpx.Client(base_url=self.server.url, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                self.statuses.add(client.get("/healthz").status_code)
+                self.worst_s = max(self.worst_s, time.perf_counter() - started)
+                growth = (self.server.rss_kb() - self._rss_start) / 1024
+                self.rss_growth_mb = max(self.rss_growth_mb, growth)
+                self._stop.wait(self.every)
 
 
 # wrk: a C load generator; the Lua script cycles through one request body per line and
