@@ -108,30 +108,43 @@ class Watch:
     RSS: `worst_s` is the slowest /healthz answer, `rss_growth_mb` the highest RSS sample
     above the one taken on entry."""
 
-    def __init__(self, server: Server, every: float = 0.02) -> None:
+    def __init__(self, server: Server, every: float = 0.02, max_worst_s: float = 1.0,
+                 max_rss_growth_mb: float = 100.0) -> None:
         self.server, self.every = server, every
+        self.max_worst_s, self.max_rss_growth_mb = max_worst_s, max_rss_growth_mb
         self.worst_s, self.rss_growth_mb, self.statuses = 0.0, 0.0, set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def __enter__(self) -> Watch:
         self._rss_start = self.server.rss_kb()
+        self._client = httpx.Client(base_url=self.server.url, timeout=30)
+        self._poll_once()  # connected before the block starts
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self._client.close()
+
+    def check(self) -> None:
+        """/healthz always 200 and never slower than `max_worst_s`; RSS never more than
+        `max_rss_growth_mb` above the start (tests may raise either for their case)."""
+        assert self.statuses == {200}, self.statuses
+        assert self.worst_s < self.max_worst_s, f"/healthz took {self.worst_s:.2f} s"
+        assert self.rss_growth_mb < self.max_rss_growth_mb, f"RSS +{self.rss_growth_mb:.0f} MB"
+
+    def _poll_once(self) -> None:
+        started = time.perf_counter()
+        self.statuses.add(self._client.get("/healthz").status_code)
+        self.worst_s = max(self.worst_s, time.perf_counter() - started)
+        growth = (self.server.rss_kb() - self._rss_start) / 1024
+        self.rss_growth_mb = max(self.rss_growth_mb, growth)
 
     def _poll(self) -> None:
-        with httpx.Client(base_url=self.server.url, timeout=30) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                self.statuses.add(client.get("/healthz").status_code)
-                self.worst_s = max(self.worst_s, time.perf_counter() - started)
-                growth = (self.server.rss_kb() - self._rss_start) / 1024
-                self.rss_growth_mb = max(self.rss_growth_mb, growth)
-                self._stop.wait(self.every)
+        while not self._stop.wait(self.every):
+            self._poll_once()
 
 
 # wrk: a C load generator; the Lua script cycles through one request body per line and

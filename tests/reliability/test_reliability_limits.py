@@ -1,5 +1,6 @@
 """Abuse resistance (issue 19), each attack reproduced small against a live `neutreno serve`:
-every one is refused or bounded, while /healthz stays fast and the server's RSS stays flat.
+every one is refused or bounded, while /healthz stays fast and the server's RSS stays flat
+(the autouse `watch` polls both during every test and checks them after it).
 
 The server runs with tight limits so each case stays short: 24 connections, 1 s to send headers
 and 1 s for the body, 6 requests in flight, 1 MiB bodies, 32 MiB responses, and an API key.
@@ -44,6 +45,14 @@ def server(full_repository: Path) -> Iterator[Server]:
     assert "Traceback" not in live.output(), live.output()[-3000:]
 
 
+@pytest.fixture(autouse=True)
+def watch(server: Server) -> Iterator[Watch]:
+    with Watch(server) as live:
+        yield live
+    print(f"/healthz slowest {live.worst_s * 1000:.0f} ms, RSS +{live.rss_growth_mb:.0f} MB")
+    live.check()
+
+
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
@@ -73,20 +82,20 @@ def _lm_feeds(client: httpx.Client, rows: int, tokens: int,
     return feeds
 
 
-def test_raw_lm_infer_bounded_like_completions(server: Server, client: httpx.Client) -> None:
+def test_raw_lm_infer_bounded_like_completions(client: httpx.Client, watch: Watch) -> None:
     """Issue: input_ids (1, 8000) with an all-zero mask ran 13 s and kept +2.5 GB."""
     url = f"/v2/models/{LM}/infer"
-    with Watch(server) as watch:
-        started = time.perf_counter()
-        long = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 1, 8000)))[0],
+    watch.max_rss_growth_mb = 50
+    started = time.perf_counter()
+    long = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 1, 8000)))[0],
+                       headers=b[1])
+    seconds = time.perf_counter() - started
+    wide = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 64, 4, 1)))[0],
+                       headers=b[1])
+    bad_mask = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 1, 4, 2)))[0],
                            headers=b[1])
-        seconds = time.perf_counter() - started
-        wide = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 64, 4, 1)))[0],
-                           headers=b[1])
-        bad_mask = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 1, 4, 2)))[0],
-                               headers=b[1])
-        ok = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 2, 4, 1)))[0],
-                         headers=b[1])
+    ok = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 2, 4, 1)))[0],
+                     headers=b[1])
     assert long.status_code == 413 and "context" in long.json()["error"], long.text
     assert seconds < 2.0
     assert wide.status_code == 413 and "NEUTRENO_MAX_RUNNING_SEQUENCES" in wide.text, wide.text
@@ -94,7 +103,6 @@ def test_raw_lm_infer_bounded_like_completions(server: Server, client: httpx.Cli
     assert ok.status_code == 200, ok.text
     logits = next(o for o in json.loads(ok.content)["outputs"] if o["name"] == "logits")
     assert logits["shape"][:2] == [2, 4]
-    assert watch.worst_s < 1.0 and watch.rss_growth_mb < 100, vars(watch)
 
 
 def _pixels(rows: int) -> dict[str, object]:
@@ -102,8 +110,7 @@ def _pixels(rows: int) -> dict[str, object]:
             "data": [0.5] * (rows * 64 * 64)}
 
 
-def test_v2_outputs_unique_and_response_size_limited(server: Server,
-                                                     client: httpx.Client) -> None:
+def test_v2_outputs_unique_and_response_size_limited(client: httpx.Client) -> None:
     """Issue: 16 x `logits` made a 3.7 KB request a 67 MB response."""
     url = "/v2/models/fashion-segmenter/infer"
     repeated = client.post(url, json={"inputs": [_pixels(1)], "outputs": [{"name": "logits"}] * 16})
@@ -118,23 +125,21 @@ def test_v2_outputs_unique_and_response_size_limited(server: Server,
     assert len(binary.content) - header == 32 * 11 * 64 * 64 * 4
 
 
-def test_large_json_response_encoded_off_the_event_loop(server: Server,
-                                                        client: httpx.Client) -> None:
+def test_large_json_response_encoded_off_the_event_loop(client: httpx.Client,
+                                                        watch: Watch) -> None:
     """Issue: /healthz stalled for as long as a large JSON response took to encode. 20 rows
     are ~900k floats as JSON: /healthz must answer well within the encoding time."""
     url = "/v2/models/fashion-segmenter/infer"
     body = {"inputs": [_pixels(20)], "outputs": [{"name": "logits"}]}
-    with Watch(server, every=0.01) as watch:
-        started = time.perf_counter()
-        r = client.post(url, json=body)
-        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    r = client.post(url, json=body)
+    seconds = time.perf_counter() - started
     assert r.status_code == 200 and len(r.content) > 10_000_000
-    print(f"20-row JSON response {len(r.content) / 1e6:.1f} MB in {seconds:.2f} s; "
-          f"slowest /healthz {watch.worst_s * 1000:.0f} ms")
-    assert watch.worst_s < max(0.25, seconds / 3), (watch.worst_s, seconds)
+    print(f"20-row JSON response {len(r.content) / 1e6:.1f} MB in {seconds:.2f} s")
+    watch.max_worst_s = max(0.25, seconds / 3)
 
 
-def test_long_stop_strings_cheap_per_token(server: Server, client: httpx.Client) -> None:
+def test_long_stop_strings_cheap_per_token(client: httpx.Client, watch: Watch) -> None:
     """Issue: 4 stop strings of 2M characters cost minutes of event-loop CPU per request.
     Now: 256 characters at most (422 beyond), and the hold-back check scans only unsent text."""
     refused = client.post("/v1/completions", json={
@@ -142,13 +147,12 @@ def test_long_stop_strings_cheap_per_token(server: Server, client: httpx.Client)
     assert refused.status_code == 422 and "256" in refused.text
     body = {"model": LM, "prompt": ["In the"] * 16, "max_tokens": 24, "temperature": 0,
             "stop": [" " * 255 + "x", "e" * 256, "t" * 256, "\n" * 256]}
-    with Watch(server) as watch:
-        started = time.perf_counter()
-        r = client.post("/v1/completions", json=body)
-        seconds = time.perf_counter() - started
+    watch.max_worst_s = 0.5
+    started = time.perf_counter()
+    r = client.post("/v1/completions", json=body)
+    seconds = time.perf_counter() - started
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"]) == 16 and seconds < 10
-    assert watch.worst_s < 0.5, watch.worst_s
 
 
 def test_tiny_temperature_is_greedy(client: httpx.Client) -> None:
@@ -239,8 +243,9 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
 
 def test_idle_connections_capped_then_closed(server: Server) -> None:
     """Issue: 20,000 idle connections used up every descriptor and /healthz timed out.
-    Here 30 idle sockets against a cap of 24: the extra ones get 503 at once, and every idle
-    one is closed by the 1 s header timeout, after which /healthz answers at once."""
+    Here 30 idle sockets against a cap of 24: the extra ones get 503 at once, the watch's
+    established connection is served throughout, and every idle one is closed by the 1 s
+    header timeout, after which new connections are served at once."""
     socks = [_raw_connect(server) for _ in range(30)]
     try:
         time.sleep(0.3)
@@ -252,7 +257,7 @@ def test_idle_connections_capped_then_closed(server: Server) -> None:
             except BlockingIOError:
                 pass
             sock.setblocking(True)
-        assert 30 - CONNECTIONS <= refused <= 30 - CONNECTIONS + 1, refused
+        assert 30 - CONNECTIONS <= refused <= 30 - CONNECTIONS + 2, refused  # + watch, client
         started = time.monotonic()
         closed = [_closed_within(s, 3.0)[0] for s in socks]
         assert all(closed) and time.monotonic() - started < 3.0
@@ -337,7 +342,7 @@ def _png(side: int) -> bytes:
     return buf.getvalue()
 
 
-def test_segmentation_overlay_memory_bounded(server: Server, client: httpx.Client) -> None:
+def test_segmentation_overlay_memory_bounded(client: httpx.Client, watch: Watch) -> None:
     """Issue: a 16 KB black 4096x4096 PNG with overlay cost +460 MB, six at once +2.5 GB.
     Now 4096x4096 is over the default pixel limit (413), and six 2048x2048 overlays at once
     (two decoded at a time) stay within 200 MB; the overlay is at most 1024x1024."""
@@ -349,12 +354,10 @@ def test_segmentation_overlay_memory_bounded(server: Server, client: httpx.Clien
         return client.post(SEGMENT, files={"file": ("x.png", image, "image/png")},
                            data={"overlay": "true"})
 
-    with Watch(server) as watch, ThreadPoolExecutor(6) as pool:
+    watch.max_rss_growth_mb = 200
+    with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(one, range(6)))
     assert all(r.status_code == 200 for r in answers), [r.text[:200] for r in answers]
     body = answers[0].json()
     overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
     assert (body["width"], body["height"]) == (2048, 2048) and overlay.size == (1024, 1024)
-    print(f"six 2048x2048 overlays: RSS +{watch.rss_growth_mb:.0f} MB, slowest /healthz "
-          f"{watch.worst_s * 1000:.0f} ms")
-    assert watch.rss_growth_mb < 200 and watch.worst_s < 1.0, vars(watch)
