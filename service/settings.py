@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 
     max_connections: int = Field(1024, ge=1, description="open HTTP connections; more are "
                                                          "answered 503 and closed")
-    max_inflight_requests: int = Field(256, ge=1, description="requests handled at once; more "
+    max_inflight_requests: int = Field(512, ge=1, description="requests handled at once; more "
                                                               "get 503 (health probes exempt)")
     header_timeout_s: float = Field(10.0, gt=0.0, le=3600.0,
                                     description="a request's headers must arrive within this")
