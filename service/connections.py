@@ -61,8 +61,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)  # its headers are complete: it starts now
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if not pipelined and not self.transport.is_closing():
             self._arm_header_timer()  # the next request's headers get the same deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
