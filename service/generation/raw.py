@@ -5,7 +5,8 @@ the scheduler. Without these checks a request could run any length: an all-zero 
 clamps positions to 0, and attention memory grows with the square of the length. Here a run must
 fit what /v1/completions allows: total length (past + new tokens) within the model's context,
 rows within NEUTRENO_MAX_RUNNING_SEQUENCES, rows x length within NEUTRENO_MAX_CACHED_TOKENS,
-token ids inside the vocabulary and mask values 0 or 1.
+token ids inside the vocabulary and mask values 0 or 1. Raw runs wait for the model's thread
+under the request deadline (504) and the in-flight cap rather than in the generation queue.
 """
 
 from __future__ import annotations
