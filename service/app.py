@@ -21,6 +21,7 @@ from service import tracing
 from service.engine.client import EngineClient, InprocClient
 from service.engine.core import EngineCore
 from service.errors import install_error_handlers
+from service.guards import install_guards
 from service.logs import access_ok_level
 from service.metrics import Metrics
 from service.middleware import (BodyLimitMiddleware, MetricsMiddleware, RequestLogMiddleware,
@@ -66,7 +67,9 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_api_route("/", lambda: FileResponse(STATIC / "index.html"), methods=["GET"],
                       include_in_schema=False)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes,
+                       timeout_s=state.settings.body_timeout_s)
+    install_guards(app, state.settings)
     app.add_middleware(MetricsMiddleware, state=state)
     app.add_middleware(RequestLogMiddleware,
                        ok_level=access_ok_level(state.settings.log_format))

@@ -50,6 +50,12 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ServiceError):
+    """A browser request from another site that the CORS settings do not allow."""
+
+    status, type = 403, "forbidden"
+
+
 class ModelNotFound(ServiceError):
     status, type = 404, "model_not_found"
 
@@ -60,8 +66,20 @@ class WrongTask(ServiceError):
     status, type = 400, "wrong_task"
 
 
+class RequestTimeout(ServiceError):
+    """The request body did not arrive within NEUTRENO_BODY_TIMEOUT_S."""
+
+    status, type = 408, "request_timeout"
+
+
 class PayloadTooLarge(ServiceError):
     status, type = 413, "payload_too_large"
+
+
+class ResponseTooLarge(ServiceError):
+    """The response asked for would exceed NEUTRENO_MAX_RESPONSE_BYTES."""
+
+    status, type = 413, "response_too_large"
 
 
 class UnsupportedMediaType(ServiceError):
@@ -77,6 +95,15 @@ class QueueFull(ServiceError):
 
 class ModelNotReady(ServiceError):
     status, type = 503, "model_not_ready"
+
+
+class Overloaded(ServiceError):
+    """More requests in flight than NEUTRENO_MAX_INFLIGHT_REQUESTS."""
+
+    status, type = 503, "overloaded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class InferenceFailed(ServiceError):
@@ -99,7 +126,8 @@ def is_v2(request: Request) -> bool:
 
 def error_response(request: Request, status: int, type_: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    """Render one error in the shape the route's protocol expects."""
+    """Render one error in the shape the route's protocol expects; the request's access record
+    (one log line) carries it."""
     note_error(type_, message)
     body: dict[str, object] = (
         {"error": message} if is_v2(request) else {"error": {"type": type_, "message": message}}

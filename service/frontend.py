@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from service.app import create_app
+from service.connections import server_options
 from service.engine.client import MPClient
 from service.logs import configure_logging, logging_config
 from service.settings import Settings
@@ -52,7 +53,8 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(app, host=settings.host, port=settings.port,
                           log_level=settings.log_level,
                           log_config=logging_config(settings.log_format, settings.log_level),
-                          timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
+                          timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False,
+                          **server_options(settings))
 
 
 def frontend_main(overrides: dict[str, Any], address: str, sock: socket.socket) -> None:

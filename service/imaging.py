@@ -23,6 +23,7 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
             "nearest": Image.Resampling.NEAREST}
 AREA = "area"  # box (area-average) reduction when shrinking, bilinear when enlarging
 HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
+RESIZABLE_MODES = {"L", "RGB", "RGBA", "I", "F"}  # bilinear resize works in these directly
 
 
 def decode_base64(text: str) -> bytes:
@@ -70,9 +71,9 @@ def load_pixels(img: Image.Image) -> Image.Image:
 def to_mode(img: Image.Image, channels: int, background: str = "black") -> Image.Image:
     """Grey (`channels` 1) or RGB, compositing transparency onto the background colour."""
     if img.mode in HIGH_DEPTH_MODES:
-        arr = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if arr.max(initial=0.0) > 255.0 else 255.0
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+        arr = np.array(img, dtype=np.float32)  # scaled in place: one float copy at most
+        arr *= 255.0 / (65535.0 if arr.max(initial=0.0) > 255.0 else 255.0)
+        img = Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         fill = (255, 255, 255, 255) if background == "white" else (0, 0, 0, 255)
@@ -112,18 +113,31 @@ def preprocess(img: Image.Image, pre: dict[str, Any],
     return ((arr - mean) / std)[None].astype(dtype, copy=False)
 
 
+def bounded_rgb(img: Image.Image, max_pixels: int) -> Image.Image:
+    """The image in RGB, scaled down (aspect kept) to at most `max_pixels` pixels.
+
+    Common modes are scaled before the RGB conversion, so a large input is never copied at
+    full size.
+    """
+    scale = (max_pixels / (img.width * img.height)) ** 0.5
+    if scale >= 1.0:
+        return to_mode(img, 3)
+    size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+    if img.mode in RESIZABLE_MODES:
+        return to_mode(img.resize(size, Image.Resampling.BILINEAR), 3)
+    return to_mode(img, 3).resize(size, Image.Resampling.BILINEAR)
+
+
 def png_base64(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def mask_at_size(class_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) class indices resized to the input's (width, height) by nearest neighbour."""
+def mask_at_size(class_map: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """(h, w) class indices as an 8-bit image of the input's (width, height) (nearest)."""
     mask = Image.fromarray(class_map.astype(np.uint8), "L")
-    if mask.size != size:
-        mask = mask.resize(size, Image.Resampling.NEAREST)
-    return np.asarray(mask)
+    return mask if mask.size == size else mask.resize(size, Image.Resampling.NEAREST)
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -140,9 +154,10 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
 
 
 def overlay(img: Image.Image, mask: np.ndarray, num_classes: int) -> Image.Image:
-    """The input in RGB with each non-background pixel averaged with its class colour.
+    """The image in RGB with each non-background pixel averaged with its class colour.
 
-    Integer math (uint16) keeps a large image's overlay to a few bytes per pixel.
+    mask (img.height, img.width) class indices. Integer math (uint16) keeps it to a few bytes
+    per pixel; callers pass an image already bounded in size (`bounded_rgb`).
     """
     base = np.asarray(to_mode(img, 3), dtype=np.uint16)
     colours = palette(num_classes).astype(np.uint16)[mask]

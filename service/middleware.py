@@ -1,5 +1,5 @@
-"""ASGI middleware: the request-body size limit, the per-request metrics, the request log and
-the request's trace span.
+"""ASGI middleware: the request-body size and time limits, the per-request metrics, the
+request log and the request's trace span.
 
 Both are plain ASGI (not BaseHTTPMiddleware) so streamed responses, which the generation routes
 use for SSE, pass through untouched and unbuffered.
@@ -7,14 +7,16 @@ use for SSE, pass through untouched and unbuffered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, tracing
-from service.errors import PayloadTooLarge, error_response
+from service.errors import BadRequest, PayloadTooLarge, RequestTimeout, ServiceError
+from service.guards import parse_length, reject
 from service.state import ServiceState
 
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
@@ -43,40 +45,74 @@ class StatusSend:
 
 
 class BodyLimitMiddleware:
-    """413 when Content-Length or the bytes actually received exceed `max_bytes`."""
+    """413 when Content-Length or the bytes actually received exceed `max_bytes`; 408 when the
+    body has not fully arrived `timeout_s` after the request started.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    A chunked body that crosses the limit is answered 413 from here, at once: the app then sees
+    a disconnect, and whatever it answers to that is dropped.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._reject(scope, receive, send, f"request body of {declared.decode()} bytes")
-            return
-        received = 0
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:
+            length = parse_length(declared)
+            if length is None or length > self.max_bytes:
+                await reject(scope, receive, send, PayloadTooLarge(self._message(
+                    f"request body of {declared[:40]!r} bytes")) if length is not None
+                    else BadRequest(f"bad Content-Length {declared[:40]!r}"))
+                return
+        await self.app(scope, *self._guarded(scope, receive, send))
+
+    def _guarded(self, scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
+        """(receive, send) for the app: receive enforces size and time until the body is
+        complete; send drops the app's own reply once this middleware has answered."""
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        received, body_done, started, answered = 0, False, False, False
+
+        async def refuse(error: ServiceError) -> Message:
+            nonlocal answered
+            if not started and not answered:
+                answered = True
+                await reject(scope, receive, send, error)
+            return {"type": "http.disconnect"}
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or answered:
+                return await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+            except TimeoutError:
+                return await refuse(RequestTimeout(
+                    f"the request body did not arrive within {self.timeout_s:g} s "
+                    "(NEUTRENO_BODY_TIMEOUT_S)"))
             received += len(message.get("body", b""))
+            body_done = message["type"] != "http.request" or not message.get("more_body")
             if received > self.max_bytes:
-                raise PayloadTooLarge(self._message(f"request body of over {received} bytes"))
+                return await refuse(PayloadTooLarge(
+                    self._message(f"request body of over {received} bytes")))
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            started = True
+            await send(message)
+
+        return limited_receive, guarded_send
 
     def _message(self, what: str) -> str:
         return f"{what} exceeds the limit of {self.max_bytes} (NEUTRENO_MAX_BODY_BYTES)"
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
-        request = Request(scope, receive)
-        response = error_response(request, PayloadTooLarge.status, PayloadTooLarge.type,
-                                  self._message(what), {"Connection": "close"})
-        await response(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -146,12 +182,18 @@ class RequestLogMiddleware:
             return
         route = route_of(scope) or "unmatched"
         model = scope.get("path_params", {}).get("name") or context.model
-        access_log.log(level, "%s %s %d %.1f ms", scope["method"], scope["path"], status,
-                       seconds * 1000, extra={
+        error = f": {_escaped(context.error, 300)}" if context.error else ""
+        access_log.log(level, "%s %s %d %.1f ms%s", scope["method"],
+                       _escaped(scope["path"], 200), status, seconds * 1000, error, extra={
                            "request_id": context.request_id, "trace_id": context.trace_id,
                            "route": route, "method": scope["method"], "status": status,
                            "duration_ms": round(seconds * 1000, 3), "model": model,
                            "error_type": context.error_type, "error": context.error})
+
+
+def _escaped(text: str, limit: int) -> str:
+    """Hostile values logged safely: non-ASCII and control characters escaped, cut short."""
+    return ascii(text)[1:-1][:limit]
 
 
 class TracingMiddleware:

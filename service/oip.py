@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.errors import BadRequest
+from service.errors import BadRequest, ResponseTooLarge
+from service.guards import parse_length
 from service.runtime import ModelInfo, TensorSpec
 from service.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta
 
@@ -25,6 +26,7 @@ DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32":
              "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 NUMPY_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
 MAX_ELEMENTS = 1 << 26
+JSON_CHUNK = 16384  # values per json.dumps call when encoding output data
 
 
 def datatype(spec: TensorSpec) -> str:
@@ -46,9 +48,11 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferReques
     """The JSON part as a validated request, and the binary tail (empty for pure JSON)."""
     split = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise BadRequest(f"bad Inference-Header-Content-Length {header_length!r}")
-        split = int(header_length)
+        parsed = parse_length(header_length)
+        if parsed is None or parsed > len(body):
+            raise BadRequest(f"bad Inference-Header-Content-Length {header_length[:40]!r}: "
+                             f"not a byte count within the {len(body)}-byte body")
+        split = parsed
     try:
         return V2InferRequest.model_validate_json(body[:split]), body[split:]
     except ValidationError as exc:
@@ -130,38 +134,87 @@ def batch_rows(feeds: dict[str, np.ndarray]) -> int:
     return rows.pop()
 
 
-def encode_response(model: ModelInfo, request: V2InferRequest,
-                    outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
-    """The response body and, when any tensor is binary, the JSON header's length."""
+def _selected(model: ModelInfo, request: V2InferRequest,
+              outputs: dict[str, np.ndarray]) -> tuple[list[str], dict[str, bool]]:
+    """Output names to return, in order, and which of them go as binary data."""
     wanted = request.outputs or []
     names = [o.name for o in wanted] or list(outputs)
     if unknown := sorted(set(names) - set(outputs)):
         raise BadRequest(f"unknown output(s) {unknown}; {model.name!r} has {sorted(outputs)}")
+    if len(set(names)) != len(names):
+        raise BadRequest(f"outputs name a tensor more than once: {names}")
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
-    as_binary = {o.name: bool((o.parameters or {}).get("binary_data", binary_default))
-                 for o in wanted}
-    tensors: list[dict[str, Any]] = []
+    as_binary = {name: binary_default for name in names}
+    as_binary.update({o.name: bool((o.parameters or {}).get("binary_data", binary_default))
+                      for o in wanted})
+    return names, as_binary
+
+
+def _json_width(dtype: np.dtype) -> int:
+    """Most characters one element of `dtype` takes in the JSON body, comma included."""
+    if dtype.kind == "f":
+        return 25  # "-1.2345678901234567e-308,"
+    if dtype.kind == "b":
+        return 6
+    info = np.iinfo(dtype)
+    return max(len(str(info.min)), len(str(info.max))) + 1
+
+
+def response_bound(model: ModelInfo, request: V2InferRequest,
+                   outputs: dict[str, np.ndarray], max_bytes: int) -> int:
+    """Upper bound of the response's size in bytes (exact for binary tensors, worst-case text
+    width for JSON ones); ResponseTooLarge when it exceeds `max_bytes`, BadRequest for unknown
+    or repeated output names."""
+    names, as_binary = _selected(model, request, outputs)
+    bound = 256 + 512 * len(names)  # envelope, names, shapes
+    for name in names:
+        array = outputs[name]
+        bound += array.nbytes if as_binary[name] else array.size * _json_width(array.dtype)
+    if bound > max_bytes:
+        raise ResponseTooLarge(
+            f"the response would take up to {bound} bytes, over the limit of {max_bytes} "
+            "(NEUTRENO_MAX_RESPONSE_BYTES); ask for fewer outputs or rows, or binary_data")
+    return bound
+
+
+def encode_response(model: ModelInfo, request: V2InferRequest,
+                    outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+    """The response body and, when any tensor is binary, the JSON header's length.
+
+    JSON tensor data is encoded in chunks of `JSON_CHUNK` values: each chunk is one short C
+    call, so when this runs in a worker thread the event loop gets the GIL between chunks.
+    """
+    names, as_binary = _selected(model, request, outputs)
+    tensors: list[str] = []
     blobs: list[bytes] = []
     for name in names:
         array = np.ascontiguousarray(outputs[name])
         entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype],
                                  "shape": list(array.shape)}
-        if as_binary.get(name, binary_default):
+        if as_binary[name]:
             blobs.append(array.tobytes())
             entry["parameters"] = {"binary_data_size": len(blobs[-1])}
+            tensors.append(_dumps(entry))
         else:
-            entry["data"] = _json_values(array)
-        tensors.append(entry)
-    body: dict[str, Any] = {"model_name": model.name, "model_version": model.version,
-                            "outputs": tensors}
-    if request.id is not None:
-        body["id"] = request.id
-    header = json.dumps(body, separators=(",", ":")).encode()
+            tensors.append(f'{_dumps(entry)[:-1]},"data":[{_json_data(array)}]}}')
+    envelope = {"model_name": model.name, "model_version": model.version}
+    tail = "" if request.id is None else f',"id":{_dumps(request.id)}'
+    header = f'{_dumps(envelope)[:-1]},"outputs":[{",".join(tensors)}]{tail}}}'.encode()
     return (header + b"".join(blobs), len(header)) if blobs else (header, None)
 
 
-def _json_values(array: np.ndarray) -> list[Any]:
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json_data(array: np.ndarray) -> str:
+    """The flattened values as JSON array text without brackets (NaN and inf as null)."""
     flat = array.reshape(-1)
+    return ",".join(_dumps(_json_values(flat[i:i + JSON_CHUNK]))[1:-1]
+                    for i in range(0, flat.size, JSON_CHUNK))
+
+
+def _json_values(flat: np.ndarray) -> list[Any]:
     if flat.dtype.kind == "f" and not np.isfinite(flat).all():
         return [v if np.isfinite(v) else None for v in flat.tolist()]
     return flat.tolist()

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -54,8 +54,29 @@ class Settings(BaseSettings):
                                  "(prompt + max_tokens each)")
 
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="413 above this")
-    max_image_pixels: int = Field(4096 * 4096, ge=1,
+    max_image_pixels: int = Field(2048 * 2048, ge=1,
                                   description="decoded width x height limit (decompression bombs)")
+    max_concurrent_images: int = Field(
+        2, ge=1, le=256, description="images decoded or rendered at once (memory ceiling)")
+    max_overlay_pixels: int = Field(1024 * 1024, ge=1,
+                                    description="segmentation overlays are rendered at most "
+                                                "this large (aspect kept)")
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                    description="/v2 infer responses above this are refused (413)")
+
+    max_connections: int = Field(1024, ge=1, description="open HTTP connections; more are "
+                                                         "answered 503 and closed")
+    max_inflight_requests: int = Field(512, ge=1, description="requests handled at once; more "
+                                                              "get 503 (health probes exempt)")
+    header_timeout_s: float = Field(10.0, gt=0.0, le=3600.0,
+                                    description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(30.0, gt=0.0, le=3600.0,
+                                  description="a request's body must arrive within this (408)")
+    keepalive_timeout_s: float = Field(5.0, ge=0.0, le=3600.0,
+                                       description="idle keep-alive connections close after this")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated browser origins allowed to call the "
+                                          "API cross-site (CORS); empty = none")
 
     cuda_device_id: int = Field(0, ge=0, description="GPU the engine uses")
     cuda_cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
@@ -80,6 +101,13 @@ class Settings(BaseSettings):
         if not path.is_dir():
             raise ValueError(f"model repository {str(path)!r} is not a directory")
         return path
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
 
     @field_validator("api_key")
     @classmethod

@@ -9,6 +9,7 @@ the engine process (`MPClient`) or an `EngineCore` in this process (`InprocClien
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ class ServiceState:
     draining: bool = False
     _models: dict[str, ModelInfo] = field(default_factory=dict)
     _fronts: dict[str, GenerationFront] = field(default_factory=dict)
+    image_slots: asyncio.Semaphore = field(init=False)  # NEUTRENO_MAX_CONCURRENT_IMAGES
+
+    def __post_init__(self) -> None:
+        self.image_slots = asyncio.Semaphore(self.settings.max_concurrent_images)
 
     def _status(self) -> dict[str, Any] | None:
         return self.engine.status()

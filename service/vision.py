@@ -7,6 +7,7 @@ goes through the model's dynamic batcher.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -16,9 +17,10 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from service import imaging
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, UnsupportedMediaType
 from service.schemas import (ClassFraction, ClassifyResponse, ImageField, Prediction,
                              SegmentResponse)
 from service.runtime import ModelInfo
@@ -47,7 +49,7 @@ async def read_image_request(request: Request, json_model: type[BaseModel],
 async def _read_multipart(request: Request, form_model: type[P]) -> tuple[bytes, P]:
     try:
         form = await request.form(max_files=1, max_fields=16)
-    except PayloadTooLarge:
+    except ClientDisconnect:  # also what the body limit leaves after answering 413 / 408
         raise
     except Exception as exc:  # starlette's multipart parser errors, whatever their class
         raise BadRequest(f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
@@ -71,22 +73,40 @@ def _validated(model: type[P], data: object, *, json: bool) -> P:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
 
 
-def _decode(img: Image.Image, model: ModelInfo) -> np.ndarray:
-    return imaging.preprocess(imaging.load_pixels(img), model.preprocessing,
-                              model.inputs[0].numpy_dtype)
+@dataclass
+class Decoded:
+    """What a request keeps of its image once decoded (the full-size pixels are dropped).
+
+    pixels (1, C, H, W) float32 in the model's layout; size the input's (width, height);
+    overlay_base the input in RGB at most NEUTRENO_MAX_OVERLAY_PIXELS large, when asked.
+    """
+
+    pixels: np.ndarray
+    size: tuple[int, int]
+    overlay_base: Image.Image | None
 
 
-async def _infer(state: ServiceState, model: ModelInfo, data: bytes
-                 ) -> tuple[Image.Image, dict[str, np.ndarray]]:
+def _decode(img: Image.Image, model: ModelInfo, overlay_pixels: int | None) -> Decoded:
+    with img:
+        loaded = imaging.load_pixels(img)
+        base = None if overlay_pixels is None else imaging.bounded_rgb(loaded, overlay_pixels)
+        return Decoded(imaging.preprocess(loaded, model.preprocessing,
+                                          model.inputs[0].numpy_dtype), img.size, base)
+
+
+async def _infer(state: ServiceState, model: ModelInfo, data: bytes,
+                 overlay_pixels: int | None = None) -> tuple[Decoded, dict[str, np.ndarray]]:
     """Admit (a full queue refuses before any decoding), decode (small images inline, large
-    ones in a thread), then run through the batcher."""
+    ones in a thread, at most NEUTRENO_MAX_CONCURRENT_IMAGES at once), then run through the
+    batcher."""
     state.admit(model)
     img = imaging.open_image(data, state.settings.max_image_pixels)
     if img.width * img.height <= INLINE_PIXELS:
-        pixels = _decode(img, model)
+        decoded = _decode(img, model, overlay_pixels)
     else:
-        pixels = await run_in_threadpool(_decode, img, model)
-    return img, await state.run(model, {model.inputs[0].name: pixels})
+        async with state.image_slots:
+            decoded = await run_in_threadpool(_decode, img, model, overlay_pixels)
+    return decoded, await state.run(model, {model.inputs[0].name: decoded.pixels})
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -111,23 +131,29 @@ async def classify(state: ServiceState, model: ModelInfo, data: bytes,
 
 async def segment(state: ServiceState, model: ModelInfo, data: bytes,
                   with_overlay: bool) -> SegmentResponse:
-    """Class-index mask PNG at the input's size, class pixel fractions, optional overlay."""
-    img, outputs = await _infer(state, model, data)
-    return await run_in_threadpool(_segment_response, model, img, outputs["logits"][0],
-                                   with_overlay)
+    """Class-index mask PNG at the input's size, class pixel fractions, optional overlay
+    (rendered at most NEUTRENO_MAX_OVERLAY_PIXELS large)."""
+    overlay_pixels = state.settings.max_overlay_pixels if with_overlay else None
+    decoded, outputs = await _infer(state, model, data, overlay_pixels)
+    async with state.image_slots:
+        return await run_in_threadpool(_segment_response, model, decoded, outputs["logits"][0])
 
 
-def _segment_response(model: ModelInfo, img: Image.Image, logits: np.ndarray,
-                      with_overlay: bool) -> SegmentResponse:
+def _segment_response(model: ModelInfo, decoded: Decoded,
+                      logits: np.ndarray) -> SegmentResponse:
     num_classes = logits.shape[0]
-    mask = imaging.mask_at_size(logits.argmax(axis=0), img.size)
-    counts = np.bincount(mask.ravel(), minlength=num_classes)
-    fractions = counts / mask.size
+    class_map = logits.argmax(axis=0)
+    mask = imaging.mask_at_size(class_map, decoded.size)
+    counts = np.asarray(mask.histogram()[:num_classes])  # no per-pixel copy of a large mask
+    width, height = decoded.size
+    fractions = counts / (width * height)
     present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    base = decoded.overlay_base
+    overlay = None if base is None else imaging.png_base64(imaging.overlay(
+        base, np.asarray(imaging.mask_at_size(class_map, base.size)), num_classes))
     return SegmentResponse(
-        model=model.name, width=img.width, height=img.height,
-        mask_png=imaging.png_base64(Image.fromarray(mask, "L")),
+        model=model.name, width=width, height=height,
+        mask_png=imaging.png_base64(mask),
         classes=[ClassFraction(index=i, label=_label(model, i), pixel_fraction=float(fractions[i]))
                  for i in present],
-        overlay_png=imaging.png_base64(imaging.overlay(img, mask, num_classes))
-        if with_overlay else None)
+        overlay_png=overlay)

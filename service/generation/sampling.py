@@ -40,7 +40,11 @@ class Sampler:
         p = self.params
         if p.temperature == 0.0:
             return int(np.argmax(logits))
-        scores = logits.astype(np.float64) / p.temperature
+        # Shift before dividing: (x - max) <= 0, so a tiny temperature gives -inf (never
+        # inf - inf = NaN) everywhere but at the maxima: greedy, as the limit should be.
+        x = logits.astype(np.float64)
+        with np.errstate(over="ignore"):  # the -inf is the point
+            scores = (x - x.max()) / p.temperature
         if 0 < p.top_k < scores.shape[0]:
             kth = np.partition(scores, -p.top_k)[-p.top_k]
             scores = np.where(scores >= kth, scores, -np.inf)

@@ -12,6 +12,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_valida
                       model_validator)
 
 MAX_STOP = 4
+MAX_STOP_CHARS = 256
 MAX_LOGPROBS = 5
 MAX_PROMPTS = 64
 MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
@@ -112,6 +113,9 @@ class CompletionRequest(BaseModel):
             raise ValueError(f"at most {MAX_STOP} stop strings, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"stop strings may have at most {MAX_STOP_CHARS} characters, got "
+                             f"{max(len(s) for s in stops)}")
         return stop
 
     @model_validator(mode="after")

@@ -175,10 +175,15 @@ class Sequence:
         return min(found) if found else None
 
     def _held_back(self) -> int:
-        """Length of the longest text suffix that is a proper prefix of a stop string."""
-        for size in range(max((len(s) for s in self.request.stop), default=1) - 1, 0, -1):
-            tail = self._text[-size:]
-            if len(tail) == size and any(s.startswith(tail) for s in self.request.stop):
+        """Length of the longest text suffix that is a proper prefix of a stop string.
+
+        Only the unsent text can start one (text was sent because no stop string could start
+        in it), so the search is bounded by that length, not by the longest stop string.
+        """
+        unsent = self._text[self._sent:]
+        longest = max((len(s) for s in self.request.stop), default=1) - 1
+        for size in range(min(longest, len(unsent)), 0, -1):
+            if any(unsent.endswith(s[:size]) for s in self.request.stop if len(s) > size):
                 return size
         return 0
 

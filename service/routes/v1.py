@@ -17,8 +17,10 @@ router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in {
-        400: "invalid image or request", 401: "missing or wrong API key", 404: "unknown model",
-        413: "body or decoded image too large", 415: "unsupported content type",
+        400: "invalid image or request", 401: "missing or wrong API key",
+        403: "cross-site browser request", 404: "unknown model",
+        408: "body not received in time", 413: "body or decoded image too large",
+        415: "unsupported content type",
         422: "parameter out of range", 429: "queue full (see Retry-After)",
         503: "model not ready or inference failed", 504: "deadline exceeded"}.items()}
 

@@ -6,9 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from service import oip
 from service.errors import ModelNotReady
+from service.generation.raw import check_raw_feeds
+from service.routes.completions import generation_model
 from service.schemas import V2Error, V2InferRequest, V2ModelMetadata, V2ModelReady
 from service.security import require_api_key
 from service.state import ServiceState, get_state
@@ -21,7 +24,9 @@ models = APIRouter(prefix="/v2/models/{name}", tags=["v2 (Open Inference Protoco
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the protocol's flat `{"error": "..."}` bodies."""
     text = {400: "malformed request or tensors", 401: "missing or wrong API key",
-            404: "unknown model", 413: "body too large", 422: "invalid parameter",
+            403: "cross-site browser request", 404: "unknown model",
+            408: "body not received in time", 413: "body, tokens or response too large",
+            415: "form or text body", 422: "invalid parameter",
             429: "queue full (see Retry-After)", 503: "model not ready or inference failed",
             504: "deadline exceeded"}
     return {c: {"model": V2Error, "description": text[c]} for c in codes}
@@ -47,6 +52,7 @@ INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
                                  "description": "JSON header + binary tensors "
                                                 "(Inference-Header-Content-Length)"}}}}
+INLINE_RESPONSE_BYTES = 1 << 20  # encoded on the event loop below this bound, in a thread above
 INFER_OK: dict[int | str, dict[str, Any]] = {200: {"description": "output tensors", "content": {
     "application/json": {}, "application/octet-stream": {
         "schema": {"type": "string", "format": "binary"}}}}}
@@ -90,7 +96,8 @@ async def model_ready(name: str, state: ServiceState = Depends(get_state)) -> JS
 
 
 @models.post("/infer", summary="Run the model on its own input tensors",
-             responses={**INFER_OK, **_errors(400, 401, 404, 413, 429, 503, 504)},
+             responses={**INFER_OK, **_errors(400, 401, 403, 404, 408, 413, 415, 429, 503,
+                                               504)},
              openapi_extra=INFER_BODY)
 @models.post("/versions/{version}/infer", include_in_schema=False)
 async def infer(name: str, request: Request, state: ServiceState = Depends(get_state)) -> Response:
@@ -98,8 +105,16 @@ async def infer(name: str, request: Request, state: ServiceState = Depends(get_s
     req, binary = oip.parse_request(await request.body(), request.headers.get(oip.HEADER_LENGTH))
     feeds = oip.decode_inputs(model, req, binary)
     oip.batch_rows(feeds)
+    if model.task == "text-generation":
+        front = generation_model(state, name)[1]
+        check_raw_feeds(feeds, front.limits, front.tokenizer.vocab_size,
+                        state.settings.max_running_sequences)
     outputs = await state.run(model, feeds)
-    body, header_length = oip.encode_response(model, req, outputs)
+    if oip.response_bound(model, req, outputs, state.settings.max_response_bytes) \
+            <= INLINE_RESPONSE_BYTES:
+        body, header_length = oip.encode_response(model, req, outputs)
+    else:  # large JSON encodings would stall the event loop
+        body, header_length = await run_in_threadpool(oip.encode_response, model, req, outputs)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream",

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class Server:
         self.log = Path(tempfile.mkstemp(prefix="neutreno-serve-", suffix=".log")[1])
         full_env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repo),
                     "NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_LOG_LEVEL": "warning",
+                    "NEUTRENO_WORKERS": "1",
                     **(env or {})}
         self.started = time.monotonic()
         with self.log.open("w") as out:
@@ -100,6 +102,50 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(timeout=10)
+
+
+class Watch:
+    """While its block runs, a thread asks /healthz every `every` s and samples the server's
+    RSS: `worst_s` is the slowest /healthz answer, `rss_growth_mb` the highest RSS sample
+    above the one taken on entry."""
+
+    def __init__(self, server: Server, every: float = 0.02, max_worst_s: float = 1.0,
+                 max_rss_growth_mb: float = 100.0) -> None:
+        self.server, self.every = server, every
+        self.max_worst_s, self.max_rss_growth_mb = max_worst_s, max_rss_growth_mb
+        self.worst_s, self.rss_growth_mb, self.statuses = 0.0, 0.0, set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> Watch:
+        self._rss_start = self.server.rss_kb()
+        self._client = httpx.Client(base_url=self.server.url, timeout=30)
+        self._poll_once()  # connected before the block starts
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._client.close()
+
+    def check(self) -> None:
+        """/healthz always 200 and never slower than `max_worst_s`; RSS never more than
+        `max_rss_growth_mb` above the start (tests may raise either for their case)."""
+        assert self.statuses == {200}, self.statuses
+        assert self.worst_s < self.max_worst_s, f"/healthz took {self.worst_s:.2f} s"
+        assert self.rss_growth_mb < self.max_rss_growth_mb, f"RSS +{self.rss_growth_mb:.0f} MB"
+
+    def _poll_once(self) -> None:
+        started = time.perf_counter()
+        self.statuses.add(self._client.get("/healthz").status_code)
+        self.worst_s = max(self.worst_s, time.perf_counter() - started)
+        growth = (self.server.rss_kb() - self._rss_start) / 1024
+        self.rss_growth_mb = max(self.rss_growth_mb, growth)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every):
+            self._poll_once()
 
 
 # wrk: a C load generator; the Lua script cycles through one request body per line and

@@ -165,6 +165,11 @@ def image_cases() -> list[Case]:
         Case("multipart-no-file", CLASSIFY, {"files": {"other": ("x.png", good_png,
                                                                   "image/png")}},
              (400,), "invalid_request"),
+        Case("multipart-cross-site", CLASSIFY, {**file_part(good_png), "headers": {
+            "sec-fetch-site": "cross-site", "origin": "https://evil.example"}}, (403,),
+             "forbidden"),
+        Case("multipart-same-origin-page", CLASSIFY, {**file_part(good_png), "headers": {
+            "sec-fetch-site": "same-origin"}}, (200,), check=_top_k(5)),
         Case("multipart-text-part", CLASSIFY, file_part(good_png, "x.txt", "text/plain"), (415,),
              "unsupported_media_type"),
         Case("multipart-bad-boundary", CLASSIFY, {
@@ -225,6 +230,12 @@ def image_cases() -> list[Case]:
     return bad + odd
 
 
+def _finite_completion(body: dict[str, Any]) -> None:
+    """A completion with one choice of real text (no NaN-driven garbage ids)."""
+    assert body["choices"] and isinstance(body["choices"][0]["text"], str)
+    assert body["usage"]["completion_tokens"] >= 1
+
+
 def completion_cases() -> list[Case]:
     def body(**kw: Any) -> dict[str, Any]:
         return {"json": {"model": LM, "prompt": "In the beginning", "max_tokens": 4, **kw}}
@@ -259,6 +270,23 @@ def completion_cases() -> list[Case]:
         Case("n-2", COMPLETIONS, body(n=2), (422,), "validation_error"),
         Case("stop-many", COMPLETIONS, body(stop=["a"] * 100), (422,), "validation_error"),
         Case("stop-empty-string", COMPLETIONS, body(stop=""), (422,), "validation_error"),
+        Case("stop-257-chars", COMPLETIONS, body(stop=["x" * 257]), (422,), "validation_error"),
+        Case("stop-4x300k", COMPLETIONS, body(prompt=["a"] * 16, stop=["x" * 300_000] * 4,
+                                              max_tokens=6), (422,), "validation_error"),
+        Case("stop-256-chars-ok", COMPLETIONS, body(stop=["a" * 255 + "b", "\n"]), (200,)),
+        Case("temperature-5e-324", COMPLETIONS, body(temperature=5e-324), (200,),
+             check=_finite_completion),
+        Case("temperature-denormal-top-k", COMPLETIONS, body(temperature=1e-310, top_k=3,
+                                                             top_p=1e-300), (200,),
+             check=_finite_completion),
+        Case("form-urlencoded", COMPLETIONS, {"content": b"model=tiny-lm&prompt=x", "headers": {
+            "content-type": "application/x-www-form-urlencoded"}}, (415,),
+             "unsupported_media_type"),
+        Case("text-plain-json", COMPLETIONS, {"content": b'{"model": "tiny-lm", "prompt": "x"}',
+                                              "headers": {"content-type": "text/plain"}},
+             (415,), "unsupported_media_type"),
+        Case("cross-site-origin", COMPLETIONS, {**body(), "headers": {
+            "origin": "https://evil.example"}}, (403,), "forbidden"),
         Case("empty-prompt", COMPLETIONS, body(prompt=""), (400,), "invalid_request"),
         Case("empty-prompt-list", COMPLETIONS, body(prompt=[]), (422,), "validation_error"),
         Case("prompt-list-1000", COMPLETIONS, body(prompt=["a"] * 1000), (422,),
@@ -368,6 +396,29 @@ def v2_cases() -> list[Case]:
             **_fp32(np.zeros((1, 1, 28, 28))),
             "headers": {"Inference-Header-Content-Length": "5"}}, (400,)),
         Case("v2-not-json", INFER, {"content": b"\x00\x01garbage"}, (400,)),
+        Case("v2-header-length-superscript-two", INFER, {
+            **_fp32(np.zeros((1, 1, 28, 28))),
+            "headers": {"Inference-Header-Content-Length": b"\xb2",
+                        "content-type": "application/octet-stream"}}, (400,)),
+        Case("v2-header-length-5000-digits", INFER, {
+            **_fp32(np.zeros((1, 1, 28, 28))),
+            "headers": {"Inference-Header-Content-Length": "1" * 5000,
+                        "content-type": "application/octet-stream"}}, (400,)),
+        Case("v2-header-length-negative", INFER, {
+            **_fp32(np.zeros((1, 1, 28, 28))),
+            "headers": {"Inference-Header-Content-Length": "-1"}}, (400,)),
+        Case("v2-dim-10^30", INFER, tensor(shape=[10**30, 1, 28, 28]), (400,)),
+        Case("v2-dim-float", INFER, tensor(shape=[1.5, 1, 28, 28]), (400,)),
+        Case("v2-duplicate-outputs", INFER, {"json": {**tensor()["json"], "outputs": [
+            {"name": "logits"}] * 16}}, (400,)),
+        Case("v2-text-plain", INFER, {"content": json.dumps(tensor()["json"]).encode(),
+                                      "headers": {"content-type": "text/plain"}}, (415,)),
+        Case("v2-cross-site-no-content-type", INFER, {
+            "content": json.dumps(tensor()["json"]).encode(),
+            "headers": {"sec-fetch-site": "cross-site"}}, (403,)),
+        Case("v2-deep-parameters", INFER, {"content": (
+            b'{"parameters": {"a": ' + b"[" * 5000 + b"]" * 5000
+            + b'}, "inputs": []}'), "headers": {"content-type": "application/json"}}, (400,)),
         Case("v2-unknown-model", "/v2/models/nope/infer", tensor(), (404,)),
     ]
 

@@ -108,5 +108,5 @@ def test_text_format_carries_the_request_id(lm_repository: Path) -> None:
     assert not any("[ok-1]" in line for line in lines)
     [line] = [line for line in lines if "[bad-2]" in line]
     assert re.fullmatch(r"\S+ \S+ WARNING neutreno\.access \[bad-2\] POST /tokenize 404 "
-                        r"[\d.]+ ms", line), line
+                        r"[\d.]+ ms: no model named 'nope'.*", line), line
     assert any("INFO uvicorn.error [-] Uvicorn running" in line for line in lines)
