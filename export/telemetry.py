@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 SIMILARITY_OUTPUT = "token_similarity"
@@ -82,3 +83,13 @@ def gate_output(model: onnx.ModelProto, name: str = SIMILARITY_OUTPUT,
     graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
     graph.initializer.append(numpy_helper.from_array(np.array(True), flag))
     return True
+
+
+def is_gated(session: ort.InferenceSession) -> bool:
+    """Whether a session's graph went through `gate_output` (takes the flag)."""
+    return SIMILARITY_FLAG in {i.name for i in session.get_overridable_initializers()}
+
+
+def skip_similarity(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` plus the flag that turns the gated similarity subgraph off for this run."""
+    return {**feeds, SIMILARITY_FLAG: np.array(False)}

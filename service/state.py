@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 from fastapi import Request
 
-from export.telemetry import SIMILARITY_FLAG
+from export.telemetry import is_gated, skip_similarity
 from service.batching import DynamicBatcher
 from service.errors import (BadRequest, DeadlineExceeded, ModelNotFound, ModelNotReady,
                             WrongTask)
@@ -58,9 +58,7 @@ class SimilaritySampler:
     def feeds(self, feeds: dict) -> dict:
         """Before a run: decide whether it is sampled; if not, turn a gated graph's flag off."""
         self._decided = self._due()
-        if self._decided or not self.gated:
-            return feeds
-        return {**feeds, SIMILARITY_FLAG: np.array(False)}
+        return feeds if self._decided or not self.gated else skip_similarity(feeds)
 
     def __call__(self, outputs: dict) -> None:
         due = self._due() if self._decided is None else self._decided
@@ -72,8 +70,8 @@ class SimilaritySampler:
 def make_batcher(model: ModelRuntime, state: ServiceState) -> DynamicBatcher:
     """The dynamic batcher for a vision model, configured from settings."""
     s = state.settings
-    gated = SIMILARITY_FLAG in {i.name for i in model.session.get_overridable_initializers()}
-    sampler = SimilaritySampler(model.name, state.metrics, s.similarity_sample_every, gated)
+    sampler = SimilaritySampler(model.name, state.metrics, s.similarity_sample_every,
+                                is_gated(model.session))
 
     async def run(feeds: dict) -> dict:
         return await model.run_async(sampler.feeds(feeds))

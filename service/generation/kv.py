@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from export.telemetry import skip_similarity
+
 Feeds = dict[str, np.ndarray]
 
 
@@ -24,6 +26,7 @@ class LMGraph:
     num_heads: int
     head_dim: int
     dtype: np.dtype
+    gated: bool = False  # the session takes export.telemetry's flag: decode steps skip it
 
     def past_names(self) -> list[str]:
         return [f"past_key_values.{i}.{k}" for i in range(self.num_layers)
@@ -89,7 +92,7 @@ class KVBatch:
         mask = np.concatenate([self.mask, np.ones((self.rows, 1), np.int64)], axis=1)
         feeds = {"input_ids": tokens.reshape(-1, 1).astype(np.int64), "attention_mask": mask}
         feeds.update(zip(graph.past_names(), self.past, strict=True))
-        return feeds
+        return skip_similarity(feeds) if graph.gated else feeds
 
     def advanced(self, graph: LMGraph, outputs: Feeds) -> KVBatch:
         """The batch after a decode step: presents become the past, the mask grows by one."""

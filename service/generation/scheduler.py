@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from export.telemetry import is_gated
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
 from service.generation.kv import Feeds, KVBatch, LMGraph, prefill_feeds, prefilled
 from service.generation.sequence import Chunk, Sequence
@@ -70,7 +71,7 @@ class GenerationScheduler:
         self.model = model
         self.tokenizer = tokenizer
         self.graph = LMGraph(gen["num_layers"], gen["num_heads"], gen["head_dim"],
-                             past.numpy_dtype)
+                             past.numpy_dtype, is_gated(model.session))
         self.limits = ModelLimits(gen["context_length"], max_cached_tokens)
         self.max_running = max_running
         self.max_queue_size = max_queue_size

@@ -1,14 +1,18 @@
-"""Similarity telemetry on live batches: the shipped classifier's session is gated, unsampled
-batches skip the similarity subgraph (NaN out) and sampled ones set the gauge."""
+"""Similarity telemetry on live batches: the shipped bundles' sessions are gated, unsampled
+vision batches and LM decode steps skip the similarity subgraph (NaN out), sampled batches set
+the gauge."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 from service_helpers import ROOT, make_settings
 
+from export.telemetry import is_gated
+from service.generation.kv import LMGraph, prefill_feeds, prefilled
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
 from service.state import SimilaritySampler
@@ -47,3 +51,22 @@ def test_fused_attention_off_runs_the_bundle_as_shipped() -> None:
     a, b = fused.run(feeds), shipped.run(feeds)
     np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-4)
     np.testing.assert_allclose(a["token_similarity"], b["token_similarity"], atol=1e-5)
+
+
+def test_lm_decode_steps_skip_similarity() -> None:
+    """Prefill computes the telemetry (the scheduler samples it); decode steps of a gated LM
+    session do not, with the same logits."""
+    folder = ROOT / "model_repository/kjv-lm/1"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    model = ModelRuntime(folder, manifest, make_settings(ROOT / "model_repository"))
+    gen = manifest["generation"]
+    graph = LMGraph(gen["num_layers"], gen["num_heads"], gen["head_dim"], np.dtype(np.float32),
+                    is_gated(model.session))
+    feeds = prefill_feeds(graph, [(5, 6, 7), (8, 9)])
+    out = model.run(feeds)
+    assert graph.gated and np.isfinite(out["token_similarity"]).all()
+    batch, tokens = prefilled(graph, feeds, out), np.array([10, 11])
+    step = model.run(batch.decode_feeds(graph, tokens))
+    full = model.run(batch.decode_feeds(dataclasses.replace(graph, gated=False), tokens))
+    assert np.isnan(step["token_similarity"]).all() and np.isfinite(full["token_similarity"]).all()
+    np.testing.assert_allclose(step["logits"], full["logits"], atol=1e-6)
