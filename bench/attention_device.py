@@ -15,6 +15,7 @@ Works on CPU too (`--device cpu`), which the tests use as a smoke run with tiny 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -41,6 +42,8 @@ def ort_runner(path: Path, device: str, batch: int, fp16: bool) -> Runner:
         ort.preload_dlls()  # CUDA / cuDNN from the nvidia wheels torch installed
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     sess = session(path, providers=providers)
+    if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"onnxruntime did not start its CUDA provider ({sess.get_providers()})")
     spec = sess.get_inputs()[0]
     x = np.random.default_rng(0).standard_normal([batch, *spec.shape[1:]])
     binding = sess.io_binding()
@@ -91,13 +94,24 @@ def torch_pair(name: str, overrides: dict[str, object]) -> tuple[torch.nn.Module
     return neutreno, softmax
 
 
+def exported(args: argparse.Namespace, folder: Path, fp16: bool) -> tuple[Path, Path]:
+    """The (NeuTRENO, softmax) pair in folder/fp32 or folder/fp16, exported unless already there
+    (so a pair exported on one machine can be timed on another)."""
+    sub = folder / ("fp16" if fp16 else "fp32")
+    paths = sub / "fidelity.onnx", sub / "softmax.onnx"
+    if not all(p.is_file() for p in paths):
+        sub.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        paths = export_pair(args.random, sub, fp16=fp16, baseline=args.baseline,
+                            overrides=args.overrides)
+    return paths
+
+
 def measure(args: argparse.Namespace, folder: Path) -> list[tuple[str, str, float, float]]:
     """(runtime, precision, NeuTRENO s/call, softmax s/call) for every row of the table."""
     rows = []
     for fp16 in (False, True):
-        torch.manual_seed(0)
-        paths = export_pair(args.random, folder, fp16=fp16, baseline=args.baseline,
-                            overrides=args.overrides)
+        paths = exported(args, folder, fp16)
         pair = [ort_runner(p, args.device, args.batch, fp16) for p in paths]
         rows.append(("ORT, IO binding", "fp16" if fp16 else "fp32",
                      *time_pair(*pair, args.repeats)))
@@ -112,7 +126,8 @@ def measure(args: argparse.Namespace, folder: Path) -> list[tuple[str, str, floa
 def markdown(rows: list[tuple[str, str, float, float]], args: argparse.Namespace) -> str:
     """The images/s table and the ratios the issue's targets name."""
     ips = {(r, p): (args.batch / n, args.batch / s) for r, p, n, s in rows}
-    lines = [f"`{args.random}`, batch {args.batch}, {args.device}; {machine()}; torch "
+    gpu = f"{torch.cuda.get_device_name()}, " if args.device == "cuda" else ""
+    lines = [f"`{args.random}`, batch {args.batch}, {args.device}; {gpu}{machine()}; torch "
              f"{torch.__version__}; median of {args.repeats} alternating calls", "",
              "| runtime | precision | NeuTRENO (img/s) | softmax (img/s) | overhead |",
              "| --- | --- | ---: | ---: | ---: |"]
@@ -142,6 +157,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--baseline", choices=["standard", "fused"], default="standard",
                     help="ORT softmax export: standard Attention or lam=0 FidelityAttention")
+    ap.add_argument("--exports", type=Path, metavar="DIR",
+                    help="keep the exported pairs in DIR/fp32, DIR/fp16 and reuse them there")
     ap.add_argument("--set", dest="overrides", type=override, nargs="*", default=[],
                     metavar="KEY=VALUE", help="model config overrides (e.g. depth=2 dim=32)")
     args = ap.parse_args(argv)
@@ -151,8 +168,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        print(markdown(measure(args, Path(tmp)), args))
+    keep = contextlib.nullcontext(args.exports) if args.exports else tempfile.TemporaryDirectory()
+    with keep as folder:
+        print(markdown(measure(args, Path(folder)), args))
     return 0
 
 

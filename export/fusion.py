@@ -23,6 +23,7 @@ materialises the body's present_key/present_value copies of K and V in every lay
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.opdef import DOMAIN, OP_TYPE, attention_nodes
 from export.telemetry import gate_output
+
+log = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
 HEAD_SPLIT_PERM = [2, 0, 3, 1, 4]  # (B, T, 3, H, D) -> (3, B, H, T, D)
@@ -338,6 +341,10 @@ def session_model(source: str | Path | onnx.ModelProto, fused: bool = True) -> b
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     if not fused:
         return model.SerializeToString()
-    model = fuse_attention(model)[0]
-    gate_output(model)
+    model, report = fuse_attention(model)
+    gated = gate_output(model)
+    log.info("%s: FidelityAttention %d fused, %d portable%s; similarity telemetry %s",
+             source if not isinstance(source, onnx.ModelProto) else model.graph.name,
+             report.fused, report.portable,
+             "".join(f"; {r}" for r in report.reasons), "gated" if gated else "always on")
     return model.SerializeToString()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 SIMILARITY_OUTPUT = "token_similarity"
@@ -37,13 +38,14 @@ def _batch_nan(model: onnx.ModelProto, out: onnx.ValueInfoProto) -> onnx.GraphPr
     if len(dims) != 2 or not dims[1].dim_value or not first or \
             not dims[0].dim_param or dims[0].dim_param != first[0].dim_param:
         return None
-    layers = numpy_helper.from_array(np.array([dims[1].dim_value], np.int64), "gate_layers")
-    nan = helper.make_tensor("nan", out.type.tensor_type.elem_type, [1], [float("nan")])
-    nodes = [helper.make_node("Shape", [model.graph.input[0].name], ["gate_batch"], end=1),
-             helper.make_node("Constant", [], ["gate_layers"], value=layers),
-             helper.make_node("Concat", ["gate_batch", "gate_layers"], ["gate_shape"], axis=0),
-             helper.make_node("ConstantOfShape", ["gate_shape"], ["gate_nan"], value=nan)]
-    return helper.make_graph(nodes, "skip_similarity", [], [_renamed(out, "gate_nan")])
+    p = f"{out.name}_skip_"  # names local to the branch, distinct from the outer graph's
+    layers = numpy_helper.from_array(np.array([dims[1].dim_value], np.int64), p + "layers")
+    nan = helper.make_tensor(p + "nan", out.type.tensor_type.elem_type, [1], [float("nan")])
+    nodes = [helper.make_node("Shape", [model.graph.input[0].name], [p + "batch"], end=1),
+             helper.make_node("Constant", [], [p + "layers"], value=layers),
+             helper.make_node("Concat", [p + "batch", p + "layers"], [p + "shape"], axis=0),
+             helper.make_node("ConstantOfShape", [p + "shape"], [p + "out"], value=nan)]
+    return helper.make_graph(nodes, "skip_similarity", [], [_renamed(out, p + "out")])
 
 
 def _renamed(info: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
@@ -81,3 +83,13 @@ def gate_output(model: onnx.ModelProto, name: str = SIMILARITY_OUTPUT,
     graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
     graph.initializer.append(numpy_helper.from_array(np.array(True), flag))
     return True
+
+
+def is_gated(session: ort.InferenceSession) -> bool:
+    """Whether a session's graph went through `gate_output` (takes the flag)."""
+    return SIMILARITY_FLAG in {i.name for i in session.get_overridable_initializers()}
+
+
+def skip_similarity(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` plus the flag that turns the gated similarity subgraph off for this run."""
+    return {**feeds, SIMILARITY_FLAG: np.array(False)}

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from export.telemetry import SIMILARITY_FLAG
+from export.telemetry import is_gated, skip_similarity
 from service.batching import DynamicBatcher
 from service.errors import BadRequest, DeadlineExceeded, ModelNotReady, WrongTask
 from service.generation.scheduler import GenerationScheduler, Submission, make_scheduler
@@ -71,7 +71,7 @@ class SimilaritySampler:
         self._decided = self._due()
         if self._decided or not self.gated:
             return feeds
-        return {**feeds, SIMILARITY_FLAG: np.array(False)}
+        return skip_similarity(feeds)
 
     def __call__(self, outputs: Feeds) -> None:
         due = self._due() if self._decided is None else self._decided
@@ -82,8 +82,8 @@ class SimilaritySampler:
 
 def make_batcher(model: ModelRuntime, settings: Settings, metrics: Metrics) -> DynamicBatcher:
     """The dynamic batcher for a vision model, configured from settings."""
-    gated = SIMILARITY_FLAG in {i.name for i in model.session.get_overridable_initializers()}
-    sampler = SimilaritySampler(model.name, metrics, settings.similarity_sample_every, gated)
+    sampler = SimilaritySampler(model.name, metrics, settings.similarity_sample_every,
+                                is_gated(model.session))
 
     async def run(feeds: Feeds) -> Feeds:
         return await model.run_async(sampler.feeds(feeds))

@@ -36,8 +36,9 @@ def test_overhead_table_rows(tiny_pair: tuple[Path, Path], portable: bool,
     assert ("portable function bodies" in out) == portable
 
 
-def test_device_bench_runs_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--device", "cpu", "--batch", "2", "--repeats", "1", "--set", *TINY]
+def test_device_bench_runs_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--device", "cpu", "--batch", "2", "--repeats", "1", "--exports", str(tmp_path),
+            "--set", *TINY]
     assert attention_device.main(argv) == 0
     out = capsys.readouterr().out
     for runtime, precision in [("ORT, IO binding", "fp32"), ("ORT, IO binding", "fp16"),
@@ -45,3 +46,7 @@ def test_device_bench_runs_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
         assert re.search(rf"^\| {runtime} \| {precision} \| [\d,]+ \| [\d,]+ \| [+-][\d.]+% \|$",
                          out, re.M), (runtime, precision, out)
     assert re.search(r"ORT fp16 / torch bf16 autocast = [\d.]+x", out)
+    exported = tmp_path / "fp16" / "fidelity.onnx"
+    stamp = exported.stat().st_mtime_ns
+    assert attention_device.main(argv) == 0  # a second run times the exports it finds
+    assert exported.stat().st_mtime_ns == stamp

@@ -1,5 +1,6 @@
-"""Similarity telemetry on live batches: the shipped classifier's session is gated, unsampled
-batches skip the similarity subgraph (NaN out) and sampled ones set the gauge."""
+"""Similarity telemetry on live batches: the shipped bundles' sessions are gated, unsampled
+vision batches and LM decode steps skip the similarity subgraph (NaN out), sampled batches set
+the gauge."""
 
 from __future__ import annotations
 
