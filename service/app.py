@@ -26,14 +26,14 @@ from service.logs import access_ok_level
 from service.metrics import Metrics
 from service.middleware import (BodyLimitMiddleware, MetricsMiddleware, RequestLogMiddleware,
                                 TracingMiddleware)
-from service.routes import completions, health, tokenize, v1, v2
+from service.routes import completions, health, repository, tokenize, v1, v2
 from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("neutreno.service")
 
 ROUTERS: list[APIRouter] = [health.router, v1.router, completions.router, tokenize.router,
-                            v2.router, v2.models]
+                            v2.router, v2.models, repository.router]
 STATIC = Path(__file__).parent / "static"  # the web page at / (no build step)
 
 DESCRIPTION = """Serves NeuTRENO transformer bundles (ONNX, one `ai.neutreno::FidelityAttention`

@@ -94,9 +94,10 @@ class Metrics:
         for family in families:
             family.labels(model)
 
-    def set_model_info(self, model: str, labels: Sequence[str]) -> None:
-        """Publish one bundle's metadata; labels follow `model_info`'s label order after model."""
-        self.model_info.labels(model, *labels).set(1)
+    def set_model_info(self, model: str, labels: Sequence[str], value: int = 1) -> None:
+        """Publish one bundle's metadata (1 loaded, 0 unloaded or replaced); labels follow
+        `model_info`'s label order after model."""
+        self.model_info.labels(model, *labels).set(value)
 
     def render(self) -> bytes:
         """The Prometheus text exposition: every process's samples in multiprocess mode, else

@@ -49,6 +49,20 @@ class Repository:
             return "ready"
         return f"ready (serving version {model.version}; {self.skipped[name]})"
 
+    def adopt(self, name: str, fresh: Repository) -> None:
+        """Take over `name` as `fresh` loaded it (its model and skipped versions)."""
+        self.models[name] = fresh.models[name]
+        self.failures.pop(name, None)
+        self.skipped.pop(name, None)
+        if name in fresh.skipped:
+            self.skipped[name] = fresh.skipped[name]
+
+    def forget(self, name: str) -> ModelRuntime | None:
+        """Stop tracking `name` (unloaded); returns its model, if one was loaded."""
+        self.failures.pop(name, None)
+        self.skipped.pop(name, None)
+        return self.models.pop(name, None)
+
     def close(self) -> None:
         for model in self.models.values():
             model.close()
@@ -97,7 +111,8 @@ def load_model(name: str, path: Path, settings: Settings) -> ModelRuntime:
     if bundle.name != name:
         log.warning("bundle %s: manifest name %r differs from its folder; serving it as %r",
                     path, bundle.name, name)
-    model = ModelRuntime(bundle.path, {**bundle.manifest, "name": name}, settings)
+    model = ModelRuntime(bundle.path, {**bundle.manifest, "name": name, "version": path.name},
+                         settings)
     if settings.warmup:
         model.warmup(settings.buckets(model.device) if model.task != "text-generation" else ())
     return model
@@ -151,3 +166,31 @@ def log_outcome(repo: Repository) -> None:
     log.info("model repository %s: serving %s; not loaded: %s; older version serving: %s",
              repo.root.resolve(), ", ".join(sorted(repo.models)) or "nothing",
              ", ".join(sorted(repo.failures)) or "none", ", ".join(sorted(repo.skipped)) or "none")
+
+
+def folder_signatures(root: Path) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Per model folder, its version folders and their files' newest mtime: what poll mode
+    compares to see that a model changed."""
+    found = {}
+    for folder in model_folders(root):
+        found[folder.name] = tuple(
+            (v.name, max((f.stat().st_mtime for f in v.iterdir() if f.is_file()), default=0.0))
+            for v in version_folders(folder))
+    return found
+
+
+def repository_index(repo: Repository) -> list[dict[str, str]]:
+    """Every version folder with its state, as the repository extension lists them: READY for
+    the version that serves, UNAVAILABLE with the reason for the others."""
+    entries = []
+    for folder in model_folders(repo.root):
+        name, model = folder.name, repo.models.get(folder.name)
+        for version in version_folders(folder):
+            if model is not None and model.path.name == version.name:
+                entries.append({"name": name, "version": version.name, "state": "READY"})
+                continue
+            reason = repo.failures.get(name) or repo.skipped.get(name) or (
+                f"version {model.path.name} serves" if model is not None else "not loaded")
+            entries.append({"name": name, "version": version.name, "state": "UNAVAILABLE",
+                            "reason": reason})
+    return entries

@@ -151,3 +151,12 @@ class V2Error(BaseModel):
 class V2ModelReady(BaseModel):
     name: str
     ready: bool
+
+
+class V2RepositoryEntry(BaseModel):
+    """One model version in `POST /v2/repository/index`."""
+
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str | None = None

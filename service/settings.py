@@ -21,6 +21,12 @@ class Settings(BaseSettings):
 
     model_repository: Path = Field(Path("model_repository"),
                                    description="folder of <model>/<version>/ bundles")
+    model_control: Literal["none", "explicit", "poll"] = Field(
+        "none", description="as Triton: none = load at start only; explicit = the repository "
+                            "API loads and unloads; poll = reload changed folders every "
+                            "repository_poll_s")
+    repository_poll_s: float = Field(15.0, gt=0.0, le=86400.0,
+                                     description="seconds between repository scans (poll mode)")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = Field(

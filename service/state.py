@@ -95,8 +95,9 @@ class ServiceState:
         status = self._status()
         return dict(status["statuses"]) if status else {}
 
-    def model(self, name: str, task: str | None = None) -> ModelInfo:
-        """A loaded model by name (404 unknown, 503 broken or draining, 400 wrong task)."""
+    def model(self, name: str, task: str | None = None, version: str | None = None) -> ModelInfo:
+        """A loaded model by name (404 unknown or not that version, 503 broken or draining,
+        400 wrong task)."""
         failures = self.failures
         if name in failures:
             raise ModelNotReady(f"model {name!r} is not available: {failures[name]}")
@@ -108,6 +109,9 @@ class ServiceState:
         if self.draining:
             raise ModelNotReady("the service is shutting down")
         found = models[name]
+        if version is not None and version != found.version:
+            raise ModelNotFound(f"version {version} of {name!r} is not loaded; version "
+                                f"{found.version} serves")
         if task is not None and found.task != task:
             raise WrongTask(f"model {name!r} does a {found.task} task, not {task}")
         return found

@@ -68,6 +68,14 @@ class EngineClient(Protocol):
 
     async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream: ...
 
+    async def control(self, op: str, name: str | None = None) -> Any:
+        """Model repository control: "index" (every version and its state), "load" or
+        "unload" a model (`EngineCore.index`, `load`, `unload`)."""
+        ...
+
+
+CONTROL_OPS = ("index", "load", "unload")
+
 
 class InprocClient:
     """The engine core in this process."""
@@ -95,6 +103,9 @@ class InprocClient:
 
     async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream:
         return self.core.generate(name, requests)
+
+    async def control(self, op: str, name: str | None = None) -> Any:
+        return await self.core.control(op, name)
 
 
 class RemoteStream(ChunkReader):
@@ -186,6 +197,10 @@ class MPClient:
             raise
         return stream
 
+    async def control(self, op: str, name: str | None = None) -> Any:
+        reply, _ = await self._call({"op": op, "model": name})
+        return reply.get("data")
+
     def cancel(self, rid: int) -> None:
         if self._streams.pop(rid, None) is not None:
             self._send({"op": "cancel", "id": rid})
@@ -230,6 +245,8 @@ class MPClient:
                 if stream is not None:
                     stream.outbox.put_nowait(wire.chunk_from_wire(header["chunk"]))
             else:
+                if "status" in header:  # a control op's reply: the change is visible at once
+                    self._status, self._status_at = header["status"], time.monotonic()
                 future = self._pending.get(header["id"])
                 if future is not None and not future.done():
                     future.set_result((header, tensors))

@@ -11,6 +11,7 @@ one router in `service.app.ROUTERS`. The core never sees HTTP: it takes validate
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,14 +19,18 @@ import numpy as np
 
 from export.telemetry import is_gated, skip_similarity
 from service.batching import DynamicBatcher
-from service.errors import BadRequest, DeadlineExceeded, ModelNotReady, WrongTask
+from service.errors import (BadRequest, DeadlineExceeded, ModelNotFound, ModelNotReady,
+                            ServiceError, WrongTask)
 from service.generation.scheduler import GenerationScheduler, Submission, make_scheduler
 from service.generation.validation import ValidRequest
 from service.metrics import Metrics
-from service.repository import Repository, load_repository
+from service.repository import (Repository, folder_signatures, load_newest, load_repository,
+                                repository_index)
 from service.runtime import ModelRuntime, choose_providers
 from service.settings import Settings
 
+
+log = logging.getLogger("neutreno.service")
 
 Feeds = dict[str, np.ndarray]
 
@@ -119,23 +124,116 @@ class EngineCore:
         self.workers: dict[str, Worker] = {}
         self.started = False
         self.draining = False
+        self._poller: asyncio.Task[None] | None = None
 
     @property
     def models(self) -> dict[str, ModelRuntime]:
         return self.repository.models if self.repository else {}
 
     async def start(self) -> None:
-        """Load every bundle (off the event loop), then start a worker per model."""
+        """Load every bundle (off the event loop), then start a worker per model; in poll mode
+        also watch the repository."""
         choose_providers(self.settings.device)
         self.repository = await asyncio.to_thread(load_repository, self.settings)
         for name, model in self.models.items():
-            self.metrics.set_model_info(name, model.info_labels())
-            self.metrics.declare_model(name, generates=model.task == "text-generation")
-            factory = WORKER_FACTORIES.get(model.task)
-            if factory is not None:
-                self.workers[name] = factory(model, self.settings, self.metrics)
-                self.workers[name].start()
+            self._serve(name, model)
         self.started = True
+        if self.settings.model_control == "poll":
+            self._poller = asyncio.create_task(self._poll(), name="repository-poll")
+
+    def _serve(self, name: str, model: ModelRuntime) -> None:
+        """Publish a loaded model and start its worker (no await: requests see it at once)."""
+        self.metrics.set_model_info(name, model.info_labels())
+        self.metrics.declare_model(name, generates=model.task == "text-generation")
+        factory = WORKER_FACTORIES.get(model.task)
+        if factory is not None:
+            self.workers[name] = factory(model, self.settings, self.metrics)
+            self.workers[name].start()
+
+    async def _retire(self, name: str, model: ModelRuntime | None,
+                      worker: Worker | None) -> None:
+        """Let a replaced or unloaded model finish what it accepted, then close it."""
+        if model is not None:
+            self.metrics.set_model_info(name, model.info_labels(), 0)
+        if worker is not None:
+            await worker.stop()
+        if model is not None:
+            await asyncio.to_thread(model.close)
+
+    def index(self) -> list[dict[str, str]]:
+        """Every model version in the repository with its state (the repository extension)."""
+        assert self.repository is not None
+        return repository_index(self.repository)
+
+    async def control(self, op: str, name: str | None) -> Any:
+        """One repository-control operation by name (what front ends send)."""
+        if op == "index":
+            return self.index()
+        if name is None:
+            raise BadRequest(f"{op} needs a model name")
+        await (self.load(name) if op == "load" else self.unload(name))
+        return None
+
+    async def load(self, name: str) -> None:
+        """Re-read model folder `name`: its newest healthy version is loaded and warmed up, then
+        takes new requests while the version it replaces finishes what it accepted; a removed
+        folder is unloaded. A failed load leaves what serves in place."""
+        self._controllable()
+        await self._reload(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`: new requests get 404, accepted ones finish."""
+        self._controllable()
+        if name not in self.models:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        await self._unload(name)
+
+    def _controllable(self) -> None:
+        if self.settings.model_control != "explicit":
+            raise BadRequest(f"NEUTRENO_MODEL_CONTROL is {self.settings.model_control!r}: "
+                             "loading and unloading on request needs 'explicit'")
+
+    async def _reload(self, name: str) -> None:
+        assert self.repository is not None
+        folder = self.repository.root / name
+        if not folder.is_dir():
+            if name in self.models:
+                await self._unload(name)
+                return
+            raise ModelNotFound(f"no model folder {name!r} in the repository")
+        fresh = Repository(self.repository.root)
+        await asyncio.to_thread(load_newest, fresh, folder, self.settings)
+        if name not in fresh.models:
+            if name not in self.models:
+                self.repository.failures[name] = fresh.failures[name]
+            raise BadRequest(f"model {name!r} not loaded: {fresh.failures[name]}")
+        old, worker = self.repository.models.get(name), self.workers.pop(name, None)
+        self.repository.adopt(name, fresh)
+        self._serve(name, fresh.models[name])
+        log.info("model %s version %s loaded", name, fresh.models[name].version)
+        await self._retire(name, old, worker)
+
+    async def _unload(self, name: str) -> None:
+        assert self.repository is not None
+        model, worker = self.repository.forget(name), self.workers.pop(name, None)
+        log.info("model %s unloaded", name)
+        await self._retire(name, model, worker)
+
+    async def _poll(self) -> None:
+        """NEUTRENO_MODEL_CONTROL=poll: reload folders whose versions changed, load new ones,
+        unload removed ones, every NEUTRENO_REPOSITORY_POLL_S."""
+        assert self.repository is not None
+        seen = await asyncio.to_thread(folder_signatures, self.repository.root)
+        while not self.draining:
+            await asyncio.sleep(self.settings.repository_poll_s)
+            now = await asyncio.to_thread(folder_signatures, self.repository.root)
+            for name in sorted(set(seen) | set(now)):
+                if seen.get(name) != now.get(name):
+                    try:
+                        await self._reload(name)
+                    except ServiceError as exc:
+                        log.error("repository poll: %s", exc.message)
+            seen = now
 
     def flush(self) -> None:
         """A drain has begun: refuse new work, run what is queued without waiting."""
@@ -146,6 +244,8 @@ class EngineCore:
     async def stop(self) -> None:
         """Workers finish what they accepted, then sessions close."""
         self.draining = True
+        if self._poller is not None:
+            self._poller.cancel()
         for worker in self.workers.values():
             await worker.stop()
         if self.repository is not None:

@@ -22,6 +22,7 @@ import zmq.asyncio
 
 from service import tracing
 from service.engine import wire
+from service.engine.client import CONTROL_OPS
 from service.engine.core import EngineCore
 from service.errors import InferenceFailed, ServiceError
 from service.generation.scheduler import Submission
@@ -69,6 +70,8 @@ class EngineServer:
             self._spawn(self._infer(identity, rid, header, tensors))
         elif op == "generate":
             self._generate(identity, rid, header)
+        elif op in CONTROL_OPS:
+            self._spawn(self._control(identity, rid, op, header.get("model")))
         elif op == "cancel":
             stream = self._streams.pop((identity, rid), None)
             if stream is not None:  # cancelled sequences send nothing more: stop forwarding
@@ -96,6 +99,16 @@ class EngineServer:
             self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(error)})
             return
         self._send(identity, {"op": "result", "id": rid}, outputs)
+
+    async def _control(self, identity: Identity, rid: int, op: str, name: str | None) -> None:
+        """A repository-control op; the reply carries the new status so front ends follow."""
+        try:
+            data = await self.core.control(op, name)
+        except ServiceError as exc:
+            self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(exc)})
+            return
+        self._send(identity, {"op": "result", "id": rid, "data": data,
+                              "status": self.core.status()})
 
     def _generate(self, identity: Identity, rid: int, header: dict[str, Any]) -> None:
         try:

@@ -21,7 +21,7 @@ models = APIRouter(prefix="/v2/models/{name}", tags=["v2 (Open Inference Protoco
                    dependencies=[Depends(require_api_key)])
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the protocol's flat `{"error": "..."}` bodies."""
     text = {400: "malformed request or tensors", 401: "missing or wrong API key",
             403: "cross-site browser request", 404: "unknown model",
@@ -77,31 +77,33 @@ async def server_metadata() -> dict[str, object]:
 
 
 @models.get("", response_model=V2ModelMetadata, summary="Model metadata",
-            responses=_errors(401, 404, 503))
+            responses=error_responses(401, 404, 503))
 @models.get("/versions/{version}", response_model=V2ModelMetadata, include_in_schema=False)
-async def model_metadata(name: str, state: ServiceState = Depends(get_state)) -> V2ModelMetadata:
-    return oip.metadata(state.model(name))
+async def model_metadata(name: str, request: Request,
+                         state: ServiceState = Depends(get_state)) -> V2ModelMetadata:
+    return oip.metadata(state.model(name, version=request.path_params.get("version")))
 
 
 @models.get("/ready", summary="Model readiness", response_model=V2ModelReady,
-            responses={**_errors(401, 404),
+            responses={**error_responses(401, 404),
                        503: {"model": V2ModelReady, "description": "not ready"}})
 @models.get("/versions/{version}/ready", include_in_schema=False)
-async def model_ready(name: str, state: ServiceState = Depends(get_state)) -> JSONResponse:
+async def model_ready(name: str, request: Request,
+                      state: ServiceState = Depends(get_state)) -> JSONResponse:
     try:
-        state.model(name)
+        state.model(name, version=request.path_params.get("version"))
     except ModelNotReady:
         return JSONResponse({"name": name, "ready": False}, status_code=503)
     return JSONResponse({"name": name, "ready": True})
 
 
 @models.post("/infer", summary="Run the model on its own input tensors",
-             responses={**INFER_OK, **_errors(400, 401, 403, 404, 408, 413, 415, 429, 503,
+             responses={**INFER_OK, **error_responses(400, 401, 403, 404, 408, 413, 415, 429, 503,
                                                504)},
              openapi_extra=INFER_BODY)
 @models.post("/versions/{version}/infer", include_in_schema=False)
 async def infer(name: str, request: Request, state: ServiceState = Depends(get_state)) -> Response:
-    model = state.model(name)
+    model = state.model(name, version=request.path_params.get("version"))
     req, binary = oip.parse_request(await request.body(), request.headers.get(oip.HEADER_LENGTH))
     feeds = oip.decode_inputs(model, req, binary)
     oip.batch_rows(feeds)
