@@ -2,7 +2,7 @@
 
 It must build, stay under 400 MB, become healthy (its HEALTHCHECK, i.e. /readyz) within the
 HEALTHCHECK start period, classify Fashion-MNIST images, run as uid 10001 without torch, and on
-SIGTERM drain and exit 0. Containers use the host network (sandboxes have no other) with
+SIGTERM finish a completion it is streaming and exit 0. Containers use the host network (sandboxes have no other) with
 NEUTRENO_PORT set to a free port, which the CMD and the HEALTHCHECK both read.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
 import subprocess
 import time
 import urllib.request
@@ -73,6 +74,42 @@ def classify(port: int, images: np.ndarray) -> list[int]:
     return out
 
 
+def start_stream(port: int) -> tuple[socket.socket, bytearray]:
+    """A streamed kjv-lm completion (Server-Sent Events, raw HTTP/1.1), read up to its first
+    event: the socket and what it has received so far."""
+    body = json.dumps({"model": "kjv-lm", "prompt": "In the beginning", "max_tokens": 240,
+                       "stream": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(body), body))
+    received = bytearray()
+    while b"data: {" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, bytes(received)
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), bytes(received[:200])
+    return sock, received
+
+
+def drain_available(sock: socket.socket, received: bytearray) -> None:
+    """Appends what has already arrived, without waiting for more."""
+    sock.setblocking(False)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(60)
+
+
+def read_to_end(sock: socket.socket, received: bytearray) -> None:
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+
+
 def test_cpu_image_size_user_and_no_torch(engine, image):
     config = inspect(engine, "image", image)
     size_mb = config["Size"] / 1e6
@@ -109,12 +146,25 @@ def test_cpu_container_becomes_ready_classifies_and_drains(engine, image):
         assert correct >= 16, f"{correct}/20 correct: {predicted}"
         uid = run(engine, "exec", name, "python", "-c", "import os; print(os.getuid())")
         assert uid.stdout.strip() == "10001", uid.stderr
-        stop = run(engine, "stop", "-t", "30", name, timeout=60)
-        assert stop.returncode == 0, stop.stderr
+        # SIGTERM while 8 completions stream: each must still run to its end ([DONE]), and at
+        # least one must not have ended when the signal was sent (so the drain is what ran it).
+        streams = [start_stream(port) for _ in range(8)]
+        kill = run(engine, "kill", "--signal", "TERM", name)
+        assert kill.returncode == 0, kill.stderr
+        for sock, received in streams:
+            drain_available(sock, received)
+        in_flight = sum(b"data: [DONE]" not in received for _, received in streams)
+        for sock, received in streams:
+            read_to_end(sock, received)
+            assert b"data: [DONE]" in received, bytes(received[-300:])
+        assert in_flight >= 1
+        wait = run(engine, "wait", name, timeout=60)
+        assert wait.returncode == 0, wait.stderr
         state = inspect(engine, "container", name)["State"]
         logs = run(engine, "logs", name)
         assert state["ExitCode"] == 0, logs.stdout[-2000:] + logs.stderr[-2000:]
         assert "Application shutdown complete" in logs.stdout + logs.stderr
-        print(f"{image}: healthy {ready_s:.1f}s after `run`")
+        print(f"{image}: healthy {ready_s:.1f}s after `run`, {in_flight}/8 streams in flight "
+              "at SIGTERM")
     finally:
         run(engine, "rm", "-f", name)
