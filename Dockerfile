@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # NeuTRENO Serve image: ONNX Runtime + FastAPI on Debian's Python 3.11, no torch.
 #
 #   make image        # --target cpu -> neutreno-serve:cpu (onnxruntime)
@@ -12,6 +10,8 @@
 #   --build-arg PIP_INDEX_URL=...   a PyPI mirror (default https://pypi.org/simple)
 #   --secret id=ca_bundle,src=FILE  a PEM bundle pip trusts, e.g. a TLS-intercepting proxy's CA
 #                                   (`make image CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt`)
+# RUN --mount needs BuildKit (docker's default builder) or podman/buildah; no `# syntax=` line, so
+# no frontend image is pulled from a registry.
 # Both targets run /opt/venv as the non-root user `neutreno` (uid 10001), serving
 # /app/model_repository on NEUTRENO_PORT (8000); the HEALTHCHECK is readiness (/readyz). The
 # gpu target's NVIDIA driver comes from the host (nvidia-container-toolkit); the CUDA libraries

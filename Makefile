@@ -45,7 +45,7 @@ deploy-tools: $(VENV)/.deploy-tools
 		  apt-get install -y -q --no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; } || \
 		echo "make: could not apt-get install $(DEPLOY_PACKAGES); the tests needing them will skip" >&2
 
-test-deploy: $(VENV)/.dev deploy-tools
+test-deploy: $(VENV)/.dev deploy-tools container-engine
 	$(BIN)/python -m pytest -q tests/deploy
 
 # Container images: docker when its daemon answers, else podman (Debian package, installed here
