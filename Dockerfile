@@ -32,7 +32,9 @@ RUN apt-get update \
 # ---------------------------------------------------------------------------------------------
 # deps-cpu: a venv with the `serve` extra's third-party packages (never `train`: no torch), read
 # from pyproject.toml; cached until pyproject.toml changes. pip runs from Debian's pip wheel
-# (/opt/pip.whl) so that the images carry no pip. The test suites of numpy and onnx (35 MB) go.
+# (/opt/pip.whl) so that the images carry no pip. The test suites of numpy and onnx (35 MB) go,
+# and the extension modules lose their symbol tables (20 MB; the wheels' vendored *.libs stay as
+# auditwheel wrote them).
 FROM runtime AS deps-cpu
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
@@ -41,7 +43,7 @@ ENV PIP_INDEX_URL=${PIP_INDEX_URL} \
     PIP_ROOT_USER_ACTION=ignore
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3-venv=3.11.2-1+b1 \
+    && apt-get install -y --no-install-recommends python3-venv=3.11.2-1+b1 binutils=2.40-2 \
     && apt-get clean && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv --without-pip /opt/venv \
     && ln -s /usr/share/python-wheels/pip-*.whl /opt/pip.whl
@@ -56,6 +58,7 @@ open("requirements-gpu.txt", "w").write("\n".join(p["optional-dependencies"]["gp
     && site=/opt/venv/lib/python3.11/site-packages \
     && find "$site/numpy" -depth -type d -name tests -exec rm -rf {} + \
     && rm -rf "$site/onnx/backend/test" \
+    && find "$site" -name '*.libs' -prune -o -type f -name '*.so' -exec strip --strip-unneeded {} + \
     && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch must not be installed" >&2; exit 1; fi
 
 # deps-gpu: onnxruntime-gpu with its CUDA / cuDNN wheels (pyproject's `gpu` extra) replaces the CPU
