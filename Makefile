@@ -106,8 +106,9 @@ image: base-image
 image-gpu: base-image
 	$(IMAGE_BUILD) --target gpu -t $(IMAGE):gpu .
 
-# The GPU image build downloads ~3 GB of CUDA wheels, too long for `make test` on a small CI
-# machine; .ci/run runs it after the rest (tests/deploy/test_deploy_image_gpu.py).
+# The GPU image build downloads ~3 GB of CUDA wheels (about 4 minutes here), too long for
+# `make test` on a small CI machine; .ci/run runs this target after the rest when its time budget
+# allows (tests/deploy/test_deploy_image_gpu.py).
 test-image-gpu: $(VENV)/.dev image-gpu
 	NEUTRENO_IMAGE_GPU=1 $(BIN)/python -m pytest -q tests/deploy/test_deploy_image_gpu.py
 
