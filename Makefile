@@ -73,6 +73,8 @@ IMAGE_BUILD := $(ENGINE) build $(ENGINE_BUILD_FLAGS) --build-arg BASE_IMAGE=$(BA
 # The base made with mmdebstrap: Debian bookworm minbase with bookworm-slim's trimmings (no docs,
 # man pages or translations, which later apt-get installs skip too) and merged /usr set up by
 # mmdebstrap's hook rather than the usrmerge package (which brings perl).
+# The PATH and CMD Debian's own images have.
+BASE_PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 SLIM_DPKG := $(foreach o,path-exclude=/usr/share/man/* path-exclude=/usr/share/info/* \
 	path-exclude=/usr/share/doc/* path-include=/usr/share/doc/*/copyright \
 	path-exclude=/usr/share/locale/* path-include=/usr/share/locale/locale.alias,--dpkgopt='$(o)')
@@ -98,7 +100,8 @@ base-image: container-engine
 		tar=$$(mktemp --suffix=.tar) && \
 		mmdebstrap --quiet --variant=minbase $(SLIM_DPKG) \
 		  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr bookworm $$tar >/dev/null && \
-		$(ENGINE) import $$tar $(BASE_IMAGE) >/dev/null; status=$$?; rm -f $$tar; exit $$status; }
+		$(ENGINE) import --change 'ENV PATH=$(BASE_PATH)' --change 'CMD ["bash"]' $$tar \
+		  $(BASE_IMAGE) >/dev/null; status=$$?; rm -f $$tar; exit $$status; }
 
 image: base-image
 	$(IMAGE_BUILD) --target cpu -t $(IMAGE):cpu .

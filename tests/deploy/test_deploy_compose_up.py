@@ -1,13 +1,13 @@
-"""`docker compose up` for real: the api (the image `make image` built), Prometheus and
-Alertmanager, from docker-compose.yml + docker-compose.cpu.yml, on docker or on podman's
-Docker-compatible API (`podman system service`).
+"""`docker compose up` for real: the api (the image `make image` built), the nginx edge,
+Prometheus and Alertmanager, from docker-compose.yml + docker-compose.cpu.yml, on docker or on
+podman's Docker-compatible API (`podman system service`).
 
 tests/deploy/docker-compose.test.yml only swaps images that cannot be pulled where just package
 registries are reachable: Prometheus and Alertmanager run the Debian packages' binaries on the
-Debian base image, grafana and the nginx edge stay down (nginx is checked in
-test_deploy_nginx.py). Everything else (commands, mounts, the prometheus.yml scrape and alerting
-targets by service name, rules) is the production file's. Prometheus must scrape the api, load and
-evaluate every rule, and find Alertmanager.
+Debian base image, the edge runs Debian's nginx (an image built from the base), grafana stays
+down. Everything else (commands, mounts, the nginx upstream, prometheus.yml's scrape and alerting
+targets by service name, rules) is the production file's. The edge must proxy the api, Prometheus
+must scrape the api, load and evaluate every rule, and find Alertmanager.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from conftest import PROMETHEUS_DIR, ROOT, compose_command, make_image, require_tool
-from test_deploy_prometheus_live import free_port, wait_for
+from test_deploy_prometheus_live import free_port, get, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -66,18 +66,21 @@ def stack(docker_host) -> Iterator[dict[str, str]]:
     require_tool("prometheus", "Debian package prometheus")
     require_tool("prometheus-alertmanager", "Debian package prometheus-alertmanager")
     make_image("cpu")
-    ports = {"NEUTRENO_PORT": free_port(), "PROMETHEUS_PORT": free_port(),
-             "ALERTMANAGER_PORT": free_port()}
+    ports = {"NEUTRENO_PORT": free_port(), "NEUTRENO_EDGE_PORT": free_port(),
+             "PROMETHEUS_PORT": free_port(), "ALERTMANAGER_PORT": free_port()}
     env = {**docker_host, **{k: str(v) for k, v in ports.items()}}
     cmd = [*compose, "-p", f"neutreno-test-{uuid.uuid4().hex[:8]}", "-f", "docker-compose.yml",
            "-f", "docker-compose.cpu.yml", "-f", str(TEST_OVERRIDE)]
+    build = subprocess.run([*cmd, "build", "edge"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
     up = subprocess.run([*cmd, "up", "-d", "--no-build"], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         yield {name: f"http://127.0.0.1:{ports[var]}" for name, var in (
-            ("api", "NEUTRENO_PORT"), ("prometheus", "PROMETHEUS_PORT"),
-            ("alertmanager", "ALERTMANAGER_PORT"))}
+            ("api", "NEUTRENO_PORT"), ("edge", "NEUTRENO_EDGE_PORT"),
+            ("prometheus", "PROMETHEUS_PORT"), ("alertmanager", "ALERTMANAGER_PORT"))}
     finally:
         logs = subprocess.run([*cmd, "logs", "--no-color", "--tail", "20"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=60)
@@ -108,6 +111,12 @@ def test_prometheus_scrapes_the_api_by_service_name(stack):
     models = poll("neutreno_model_info in Prometheus", lambda: get_json(
         f"{stack['prometheus']}/api/v1/query?query={query}")["data"]["result"], 60)
     assert {m["metric"]["model"] for m in models} >= {"fashion-classifier"}
+
+
+def test_edge_proxies_the_api_by_service_name(stack):
+    models = poll("the api through the edge", lambda: get_json(f"{stack['edge']}/v1/models"), 120)
+    assert "fashion-classifier" in json.dumps(models)
+    assert get(f"{stack['edge']}/metrics")[0] == 404
 
 
 def test_every_rule_loads_and_evaluates(stack):
