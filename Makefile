@@ -66,6 +66,9 @@ export CONTAINERS_CONF ?= $(abspath deploy/podman/containers.conf)
 # podman writes OCI images by default, which drop HEALTHCHECK; build steps use the host's network
 # (sandboxes without container networking, and proxies the host reaches).
 ENGINE_BUILD_FLAGS := --format docker --network host
+else
+# RUN --mount (the CA bundle secret) needs BuildKit.
+export DOCKER_BUILDKIT := 1
 endif
 IMAGE_BUILD := $(ENGINE) build $(ENGINE_BUILD_FLAGS) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	$(if $(PIP_INDEX_URL),--build-arg PIP_INDEX_URL=$(PIP_INDEX_URL)) \
