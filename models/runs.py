@@ -139,4 +139,4 @@ def new_run(argv: list[str], step: int, init: str | None) -> dict[str, Any]:
 def history_facts(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """metrics.json fields: the last command, every command, total wall time, the runs."""
     return {"command": runs[-1]["command"], "commands": [r["command"] for r in runs],
-            "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 1), "runs": runs}
+            "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 3), "runs": runs}

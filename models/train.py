@@ -260,7 +260,7 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
             if step % eval_every == 0 or step == total:
                 metrics = evaluate(task, raw_model, env)
                 if env.main:
-                    current.update(to_step=step, wall_time_s=round(time.time() - started, 1))
+                    current.update(to_step=step, wall_time_s=round(time.time() - started, 3))
                     entry = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
                              "elapsed_s": before + time.time() - started, **metrics}
                     log.append(entry)
@@ -275,7 +275,7 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     bar.close()
     final = dict(log[-1]) if log else {}
     if env.main:
-        current.update(to_step=step, wall_time_s=round(time.time() - started, 1))
+        current.update(to_step=step, wall_time_s=round(time.time() - started, 3))
         final.update(_run_facts(args, cfg, env, raw_model, final))
         final.update(runs.history_facts(history))
         save_checkpoint(out, raw_model, cfg, metrics=final)
