@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 HOST ?= 0.0.0.0
 PORT ?= 8000
 
-.PHONY: serve test data train export bench bench-peers wrk clean deploy-tools test-deploy chromium test-e2e test-reliability \
+.PHONY: serve test lint data train export bench bench-peers wrk clean deploy-tools test-deploy chromium test-e2e test-reliability \
 	container-engine base-image image image-gpu test-image-gpu
 
 $(BIN)/python:
@@ -23,6 +23,11 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 
 serve: $(VENV)/.serve
 	$(BIN)/neutreno serve --host $(HOST) --port $(PORT)
+
+# Lint: ruff's checks (pyproject.toml [tool.ruff.lint]) and its formatter, over the whole tree.
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(VENV)/.dev deploy-tools chromium container-engine
 	$(BIN)/python -m pytest -q tests

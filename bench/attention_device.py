@@ -47,13 +47,16 @@ def ort_runner(path: Path, device: str, batch: int, fp16: bool) -> Runner:
     spec = sess.get_inputs()[0]
     x = np.random.default_rng(0).standard_normal([batch, *spec.shape[1:]])
     binding = sess.io_binding()
-    binding.bind_ortvalue_input(spec.name, ort.OrtValue.ortvalue_from_numpy(
-        x.astype(np.float16 if fp16 else np.float32), device, 0))
+    binding.bind_ortvalue_input(
+        spec.name,
+        ort.OrtValue.ortvalue_from_numpy(x.astype(np.float16 if fp16 else np.float32), device, 0),
+    )
     if SIMILARITY_FLAG in {i.name for i in sess.get_overridable_initializers()}:
         # bind_cpu_input refuses an overridable initializer; an OrtValue (on the CPU, where
         # If reads its condition) is accepted
-        binding.bind_ortvalue_input(SIMILARITY_FLAG, ort.OrtValue.ortvalue_from_numpy(
-            np.array(False)))
+        binding.bind_ortvalue_input(
+            SIMILARITY_FLAG, ort.OrtValue.ortvalue_from_numpy(np.array(False))
+        )
     for out in sess.get_outputs():
         binding.bind_output(out.name, device)
     return lambda: sess.run_with_iobinding(binding)
@@ -70,6 +73,7 @@ def torch_runner(model: torch.nn.Module, device: str, batch: int, bf16: bool) ->
             model(x)
         if device == "cuda":
             torch.cuda.synchronize()
+
     return run
 
 
@@ -102,8 +106,9 @@ def exported(args: argparse.Namespace, folder: Path, fp16: bool) -> tuple[Path, 
     if not all(p.is_file() for p in paths):
         sub.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(0)
-        paths = export_pair(args.random, sub, fp16=fp16, baseline=args.baseline,
-                            overrides=args.overrides)
+        paths = export_pair(
+            args.random, sub, fp16=fp16, baseline=args.baseline, overrides=args.overrides
+        )
     return paths
 
 
@@ -113,13 +118,15 @@ def measure(args: argparse.Namespace, folder: Path) -> list[tuple[str, str, floa
     for fp16 in (False, True):
         paths = exported(args, folder, fp16)
         pair = [ort_runner(p, args.device, args.batch, fp16) for p in paths]
-        rows.append(("ORT, IO binding", "fp16" if fp16 else "fp32",
-                     *time_pair(*pair, args.repeats)))
+        rows.append(
+            ("ORT, IO binding", "fp16" if fp16 else "fp32", *time_pair(*pair, args.repeats))
+        )
     models = torch_pair(args.random, args.overrides)
     for bf16 in (False, True):
         pair = [torch_runner(m, args.device, args.batch, bf16) for m in models]
-        rows.append(("torch", "bf16 autocast" if bf16 else "fp32 eager",
-                     *time_pair(*pair, args.repeats)))
+        rows.append(
+            ("torch", "bf16 autocast" if bf16 else "fp32 eager", *time_pair(*pair, args.repeats))
+        )
     return rows
 
 
@@ -127,17 +134,26 @@ def markdown(rows: list[tuple[str, str, float, float]], args: argparse.Namespace
     """The images/s table and the ratios the issue's targets name."""
     ips = {(r, p): (args.batch / n, args.batch / s) for r, p, n, s in rows}
     gpu = f"{torch.cuda.get_device_name()}, " if args.device == "cuda" else ""
-    lines = [f"`{args.random}`, batch {args.batch}, {args.device}; {gpu}{machine()}; torch "
-             f"{torch.__version__}; median of {args.repeats} alternating calls", "",
-             "| runtime | precision | NeuTRENO (img/s) | softmax (img/s) | overhead |",
-             "| --- | --- | ---: | ---: | ---: |"]
-    lines += [f"| {r} | {p} | {ips[r, p][0]:,.0f} | {ips[r, p][1]:,.0f} | "
-              f"{100 * (ips[r, p][1] / ips[r, p][0] - 1):+.1f}% |" for r, p, _, _ in rows]
+    lines = [
+        f"`{args.random}`, batch {args.batch}, {args.device}; {gpu}{machine()}; torch "
+        f"{torch.__version__}; median of {args.repeats} alternating calls",
+        "",
+        "| runtime | precision | NeuTRENO (img/s) | softmax (img/s) | overhead |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {r} | {p} | {ips[r, p][0]:,.0f} | {ips[r, p][1]:,.0f} | "
+        f"{100 * (ips[r, p][1] / ips[r, p][0] - 1):+.1f}% |"
+        for r, p, _, _ in rows
+    ]
     ort16, ort32 = ips["ORT, IO binding", "fp16"][0], ips["ORT, IO binding", "fp32"][0]
     bf16, eager = ips["torch", "bf16 autocast"][0], ips["torch", "fp32 eager"][0]
-    lines += ["", f"NeuTRENO: ORT fp16 / torch bf16 autocast = {ort16 / bf16:.2f}x "
-              f"(target >= 0.8); ORT fp32 / torch eager fp32 = {ort32 / eager:.2f}x "
-              "(target >= 1.0)"]
+    lines += [
+        "",
+        f"NeuTRENO: ORT fp16 / torch bf16 autocast = {ort16 / bf16:.2f}x "
+        f"(target >= 0.8); ORT fp32 / torch eager fp32 = {ort32 / eager:.2f}x "
+        "(target >= 1.0)",
+    ]
     return "\n".join(lines)
 
 
@@ -148,19 +164,41 @@ def override(text: str) -> tuple[str, object]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="neutreno bench attention-device", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--random", metavar="VARIANT", default="deit-tiny",
-                    help="registry vision model, random weights")
+    ap = argparse.ArgumentParser(
+        prog="neutreno bench attention-device",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--random",
+        metavar="VARIANT",
+        default="deit-tiny",
+        help="registry vision model, random weights",
+    )
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    ap.add_argument("--baseline", choices=["standard", "fused"], default="standard",
-                    help="ORT softmax export: standard Attention or lam=0 FidelityAttention")
-    ap.add_argument("--exports", type=Path, metavar="DIR",
-                    help="keep the exported pairs in DIR/fp32, DIR/fp16 and reuse them there")
-    ap.add_argument("--set", dest="overrides", type=override, nargs="*", default=[],
-                    metavar="KEY=VALUE", help="model config overrides (e.g. depth=2 dim=32)")
+    ap.add_argument(
+        "--baseline",
+        choices=["standard", "fused"],
+        default="standard",
+        help="ORT softmax export: standard Attention or lam=0 FidelityAttention",
+    )
+    ap.add_argument(
+        "--exports",
+        type=Path,
+        metavar="DIR",
+        help="keep the exported pairs in DIR/fp32, DIR/fp16 and reuse them there",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        type=override,
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config overrides (e.g. depth=2 dim=32)",
+    )
     args = ap.parse_args(argv)
     args.overrides = dict(args.overrides)
     return args

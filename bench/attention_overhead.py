@@ -2,7 +2,8 @@
 
     python -m bench.attention_overhead \
         --fidelity model_repository/fashion-classifier/1/model.onnx \
-        --softmax build/fashion-classifier-softmax.onnx      # from `neutreno export --softmax-baseline`
+        --softmax build/fashion-classifier-softmax.onnx      # from `neutreno export
+        --softmax-baseline`
     python -m bench.attention_overhead --random vit-fashion  # export both from random weights
 
 Sessions are created as the service creates them (`export.fusion.session_model`: attention fused
@@ -28,8 +29,14 @@ import onnxruntime as ort
 from export.runtime import session
 
 
-def export_pair(name: str, folder: Path, *, fp16: bool = False, baseline: str = "standard",
-                overrides: dict[str, object] | None = None) -> tuple[Path, Path]:
+def export_pair(
+    name: str,
+    folder: Path,
+    *,
+    fp16: bool = False,
+    baseline: str = "standard",
+    overrides: dict[str, object] | None = None,
+) -> tuple[Path, Path]:
     """Both graphs of a randomly initialised registry classifier (latency does not need training),
     same weights: NeuTRENO, and softmax as the standard opset-23 `Attention` (baseline
     "standard") or as FidelityAttention with lam = 0 (baseline "fused")."""
@@ -47,8 +54,10 @@ def export_pair(name: str, folder: Path, *, fp16: bool = False, baseline: str = 
     softmax.load_state_dict(model.state_dict())
     paths = folder / "fidelity.onnx", folder / "softmax.onnx"
     onnx.save(export_model(model, model.cfg, fp16=fp16), str(paths[0]))
-    onnx.save(export_model(softmax, baseline_cfg, standard=baseline == "standard", fp16=fp16),
-              str(paths[1]))
+    onnx.save(
+        export_model(softmax, baseline_cfg, standard=baseline == "standard", fp16=fp16),
+        str(paths[1]),
+    )
     return paths
 
 
@@ -58,8 +67,9 @@ def pixel_batch(sess: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]
     return {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
 
 
-def time_pair(a: ort.InferenceSession, b: ort.InferenceSession, batch: int,
-              repeats: int) -> tuple[float, float, float, float]:
+def time_pair(
+    a: ort.InferenceSession, b: ort.InferenceSession, batch: int, repeats: int
+) -> tuple[float, float, float, float]:
     """Median seconds per call of a and b, measured alternately after a warm-up: wall clock
     (a, b), then process CPU time (a, b), which other load on the machine barely moves."""
     feed_a, feed_b = pixel_batch(a, batch), pixel_batch(b, batch)
@@ -76,27 +86,47 @@ def time_pair(a: ort.InferenceSession, b: ort.InferenceSession, batch: int,
 
 def table(rows: list[tuple[int, float, float, float, float]], threads: int, mode: str) -> str:
     """The markdown table (wall clock), then the same ratios in process CPU time."""
-    lines = [f"ORT {ort.__version__} CPU, {threads} intra-op thread(s), {mode}, median latency",
-             "", "| batch | FidelityAttention (ms) | softmax Attention (ms) | overhead |",
-             "| ---: | ---: | ---: | ---: |"]
-    lines += [f"| {b} | {f * 1e3:.3f} | {s * 1e3:.3f} | {100 * (f / s - 1):+.1f}% |"
-              for b, f, s, _, _ in rows]
-    lines += ["", "Process CPU time per call (robust to other load): " + "; ".join(
-        f"batch {b}: {f * 1e3:.3f} vs {s * 1e3:.3f} ms ({100 * (f / s - 1):+.1f}%)"
-        for b, _, _, f, s in rows)]
+    lines = [
+        f"ORT {ort.__version__} CPU, {threads} intra-op thread(s), {mode}, median latency",
+        "",
+        "| batch | FidelityAttention (ms) | softmax Attention (ms) | overhead |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {b} | {f * 1e3:.3f} | {s * 1e3:.3f} | {100 * (f / s - 1):+.1f}% |"
+        for b, f, s, _, _ in rows
+    ]
+    lines += [
+        "",
+        "Process CPU time per call (robust to other load): "
+        + "; ".join(
+            f"batch {b}: {f * 1e3:.3f} vs {s * 1e3:.3f} ms ({100 * (f / s - 1):+.1f}%)"
+            for b, _, _, f, s in rows
+        ),
+    ]
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="bench.attention_overhead", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench.attention_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--fidelity", type=Path, help="FidelityAttention model.onnx")
     ap.add_argument("--softmax", type=Path, help="plain softmax (standard Attention) .onnx")
     ap.add_argument("--random", metavar="VARIANT", help="export both from a random registry model")
-    ap.add_argument("--baseline", choices=["standard", "fused"], default="standard",
-                    help="softmax export for --random: standard Attention or lam=0 fused")
-    ap.add_argument("--portable", action="store_true",
-                    help="run the graphs as shipped (function bodies), not fused")
+    ap.add_argument(
+        "--baseline",
+        choices=["standard", "fused"],
+        default="standard",
+        help="softmax export for --random: standard Attention or lam=0 fused",
+    )
+    ap.add_argument(
+        "--portable",
+        action="store_true",
+        help="run the graphs as shipped (function bodies), not fused",
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (0 = ORT default)")
@@ -109,8 +139,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = (export_pair(args.random, Path(tmp), baseline=args.baseline) if args.random
-                 else (args.fidelity, args.softmax))
+        paths = (
+            export_pair(args.random, Path(tmp), baseline=args.baseline)
+            if args.random
+            else (args.fidelity, args.softmax)
+        )
         fid, soft = (session(p, threads=args.threads, fused=not args.portable) for p in paths)
     rows = []
     for batch in args.batches:

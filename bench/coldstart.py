@@ -32,8 +32,11 @@ def exercise(url: str, models: dict[str, str]) -> None:
         elif task == "segmentation":
             r = httpx.post(f"{url}/v1/models/{name}/segment", json={"image": image}, timeout=60)
         else:
-            r = httpx.post(f"{url}/v1/completions", timeout=60, json={
-                "model": name, "prompt": "In the beginning", "max_tokens": 16})
+            r = httpx.post(
+                f"{url}/v1/completions",
+                timeout=60,
+                json={"model": name, "prompt": "In the beginning", "max_tokens": 16},
+            )
         r.raise_for_status()
 
 
@@ -55,10 +58,13 @@ def one_start(repository: Path, env: dict[str, str]) -> dict[str, float]:
 
 
 def import_seconds() -> float:
-    code = "import time; t = time.perf_counter(); import service.app, uvicorn; " \
-           "print(time.perf_counter() - t)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "import time; t = time.perf_counter(); import service.app, uvicorn; "
+        "print(time.perf_counter() - t)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     return float(out)
 
 
@@ -74,8 +80,9 @@ def single_model_repositories(repository: Path, tmp: Path) -> dict[str, Path]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="neutreno bench coldstart",
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="neutreno bench coldstart", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--out", type=Path)
@@ -89,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     full = [one_start(args.repository, env) for _ in range(args.runs)]
     print(f"all models: {full}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        singles = {name: one_start(repo, env) for name, repo in
-                   single_model_repositories(args.repository, Path(tmp)).items()}
+        singles = {
+            name: one_start(repo, env)
+            for name, repo in single_model_repositories(args.repository, Path(tmp)).items()
+        }
         empty = Path(tmp, "empty")
         empty.mkdir()
         none = one_start(empty, env)
@@ -113,12 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name in models:
         r = singles[name]
-        lines.append(f"| {name} only | {r['ready_s']:.2f} s | {r['rss_ready_mib']:.0f} MiB | "
-                     f"{r['rss_used_mib']:.0f} MiB | {r['hwm_mib']:.0f} MiB |")
-    lines.append(f"| no models (process + stack) | {none['ready_s']:.2f} s | "
-                 f"{none['rss_ready_mib']:.0f} MiB | - | {none['hwm_mib']:.0f} MiB |")
-    lines += ["", f"Importing the serving stack (`import service.app, uvicorn`) alone takes "
-              f"{np.median(imports):.2f} s of that start time."]
+        lines.append(
+            f"| {name} only | {r['ready_s']:.2f} s | {r['rss_ready_mib']:.0f} MiB | "
+            f"{r['rss_used_mib']:.0f} MiB | {r['hwm_mib']:.0f} MiB |"
+        )
+    lines.append(
+        f"| no models (process + stack) | {none['ready_s']:.2f} s | "
+        f"{none['rss_ready_mib']:.0f} MiB | - | {none['hwm_mib']:.0f} MiB |"
+    )
+    lines += [
+        "",
+        f"Importing the serving stack (`import service.app, uvicorn`) alone takes "
+        f"{np.median(imports):.2f} s of that start time.",
+    ]
     print_markdown("\n".join(lines) + "\n", args.out)
     return 0
 

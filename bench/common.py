@@ -62,8 +62,7 @@ def request_bodies(count: int) -> list[str]:
     for img in images:
         buf = io.BytesIO()
         Image.fromarray(img, "L").save(buf, format="PNG")
-        bodies.append(json.dumps({"image": base64.b64encode(buf.getvalue()).decode(),
-                                  "top_k": 1}))
+        bodies.append(json.dumps({"image": base64.b64encode(buf.getvalue()).decode(), "top_k": 1}))
     return bodies
 
 
@@ -76,10 +75,18 @@ def free_port() -> int:
 
 def machine() -> str:
     """CPU model, CPU count and runtime versions, so a table says where its numbers come from."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), platform.processor())
-    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"onnxruntime {onnxruntime.__version__}")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -123,13 +130,29 @@ class Server:
     def __init__(self, repository: Path, settings: dict[str, str], quiet: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repository),
-               "NEUTRENO_LOG_LEVEL": "warning", **settings}
+        env = {
+            **os.environ,
+            "NEUTRENO_MODEL_REPOSITORY": str(repository),
+            "NEUTRENO_LOG_LEVEL": "warning",
+            **settings,
+        }
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1", "--port",
-             str(self.port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL if quiet else None)
+            [
+                sys.executable,
+                "-m",
+                "neutreno.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if quiet else None,
+        )
 
     def __enter__(self) -> Server:
         return self
@@ -137,8 +160,7 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def wait(self, path: str = "/readyz", timeout: float = 300.0,
-             interval: float = 0.1) -> float:
+    def wait(self, path: str = "/readyz", timeout: float = 300.0, interval: float = 0.1) -> float:
         """Poll GET `path` every `interval` s until it answers 200; seconds since the start."""
         while time.perf_counter() - self.started < timeout:
             if self.proc.poll() is not None:
@@ -185,14 +207,36 @@ def write_wrk_files(directory: Path, bodies: list[str]) -> WrkFiles:
     return files
 
 
-def run_wrk(url: str, path: str, files: WrkFiles, clients: int, seconds: float,
-            pause_ms: int | None = None, threads: int = 1) -> dict:
+def run_wrk(
+    url: str,
+    path: str,
+    files: WrkFiles,
+    clients: int,
+    seconds: float,
+    pause_ms: int | None = None,
+    threads: int = 1,
+) -> dict:
     """One wrk run of `clients` connections POSTing to url + path; with `pause_ms` each
     connection waits that long between requests (wrk `delay`), else it is a closed loop.
     Returns the script's RESULT fields (requests, duration_us, p50_us, p90_us, p99_us, p999_us,
     max_us, non2xx, errors) plus `rate`, requests per second."""
-    cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:g}s",
-           "--timeout", "30s", "-s", str(files.script), url, "--", path, str(files.bodies)]
+    cmd = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(clients),
+        "-d",
+        f"{seconds:g}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(files.script),
+        url,
+        "--",
+        path,
+        str(files.bodies),
+    ]
     if pause_ms is not None:
         cmd.append(str(pause_ms))
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.common import ROOT, Server, machine, print_markdown
+
 TEXT = ROOT / "tests/fixtures/kjv-sample.txt"
 
 
@@ -61,11 +62,19 @@ def prompts(count: int) -> list[str]:
     return [" ".join(words[:6]) for words in lines[:count]] or ["In the beginning"] * count
 
 
-async def one_stream(http: httpx.AsyncClient, model: str, prompt: str,
-                     max_tokens: int) -> tuple[int, float]:
+async def one_stream(
+    http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int
+) -> tuple[int, float]:
     """(completion tokens, seconds to the first token) of one streamed request."""
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     started, first, tokens = time.perf_counter(), None, 0
     async with http.stream("POST", "/v1/completions", json=body) as r:
         r.raise_for_status()
@@ -80,8 +89,9 @@ async def one_stream(http: httpx.AsyncClient, model: str, prompt: str,
     return tokens, first if first is not None else time.perf_counter() - started
 
 
-async def _share(url: str, model: str, texts: list[str], streams: int,
-                 max_tokens: int) -> tuple[int, list[float]]:
+async def _share(
+    url: str, model: str, texts: list[str], streams: int, max_tokens: int
+) -> tuple[int, list[float]]:
     """`streams` clients of one load process in a closed loop over `texts`:
     (completion tokens, TTFTs)."""
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -107,21 +117,36 @@ def run_share(args: tuple[str, str, list[str], int, int]) -> tuple[int, list[flo
     return asyncio.run(_share(*args))
 
 
-def level(server: Server, model: str, streams: int, requests: int, max_tokens: int,
-          pool: ProcessPoolExecutor | None = None, procs: int = 1) -> Result:
+def level(
+    server: Server,
+    model: str,
+    streams: int,
+    requests: int,
+    max_tokens: int,
+    pool: ProcessPoolExecutor | None = None,
+    procs: int = 1,
+) -> Result:
     """`streams` clients in a closed loop until `requests` requests are done, spread over the
     pool's processes when one is given (one Python process parsing every SSE event of 64
     streams would measure itself, not the server); `procs` is the pool's size."""
     texts = prompts(requests)
     procs = min(streams, procs) if pool is not None else 1
-    shares = [(server.url, model, texts[i::procs], len(range(i, streams, procs)), max_tokens)
-              for i in range(procs)]
+    shares = [
+        (server.url, model, texts[i::procs], len(range(i, streams, procs)), max_tokens)
+        for i in range(procs)
+    ]
     started, cpu = time.perf_counter(), server.cpu_seconds()
     parts = list(pool.map(run_share, shares)) if pool is not None else [run_share(shares[0])]
     seconds, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu
-    return Result("server, continuous batching", streams, requests,
-                  sum(tokens for tokens, _ in parts), seconds, cpu,
-                  [t for _, ttft in parts for t in ttft])
+    return Result(
+        "server, continuous batching",
+        streams,
+        requests,
+        sum(tokens for tokens, _ in parts),
+        seconds,
+        cpu,
+        [t for _, ttft in parts for t in ttft],
+    )
 
 
 class Direct:
@@ -135,27 +160,31 @@ class Direct:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the server
-        self.sess = ort.InferenceSession(str(bundle / "model.onnx"), opts,
-                                         providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(
+            str(bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
         self.tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
-        self.past_names = [i.name for i in self.sess.get_inputs()
-                           if i.name.startswith("past_key_values.")]
+        self.past_names = [
+            i.name for i in self.sess.get_inputs() if i.name.startswith("past_key_values.")
+        ]
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
         dtype = np.float16 if "float16" in self.sess.get_inputs()[2].type else np.float32
         self.empty = np.zeros((1, self.gen["num_heads"], 0, self.gen["head_dim"]), dtype)
 
-    def _run(self, ids: list[int], mask_len: int, past: list[np.ndarray] | None
-             ) -> list[np.ndarray]:
-        feeds = {"input_ids": np.array([ids], np.int64),
-                 "attention_mask": np.ones((1, mask_len), np.int64)}
-        feeds.update(zip(self.past_names, past or [self.empty] * len(self.past_names),
-                         strict=True))
+    def _run(
+        self, ids: list[int], mask_len: int, past: list[np.ndarray] | None
+    ) -> list[np.ndarray]:
+        feeds = {
+            "input_ids": np.array([ids], np.int64),
+            "attention_mask": np.ones((1, mask_len), np.int64),
+        }
+        feeds.update(zip(self.past_names, past or [self.empty] * len(self.past_names), strict=True))
         return self.sess.run(["logits", *self.present_names], feeds)
 
     def naive(self, prompt: str, max_tokens: int) -> tuple[int, float]:
         """No cache: every token re-runs the whole prefix. (tokens, TTFT seconds)."""
         ids, started, first = self.tok.encode(prompt).ids, time.perf_counter(), 0.0
-        for i in range(max_tokens):
+        for _ in range(max_tokens):
             logits = self._run(ids, len(ids), None)[0]
             ids.append(int(logits[0, -1].argmax()))
             first = first or time.perf_counter() - started
@@ -181,40 +210,60 @@ class Direct:
             n, first = fn(text, max_tokens)
             tokens += n
             ttft.append(first)
-        return Result(mode, 1, requests, tokens, time.perf_counter() - started,
-                      time.process_time() - cpu, ttft)
+        return Result(
+            mode,
+            1,
+            requests,
+            tokens,
+            time.perf_counter() - started,
+            time.process_time() - cpu,
+            ttft,
+        )
 
 
 def markdown(results: list[Result], args: argparse.Namespace) -> str:
     rows = {(r.mode, r.streams): r for r in results}
-    lines = [f"Model `{args.model}`, {args.max_tokens} generated tokens per request (greedy, "
-             f"ignore_eos), streaming POST /v1/completions; median of {max(1, args.repeat)} "
-             f"run(s) per row; {machine()}.", "",
-             "| mode | concurrent streams | requests | tokens/s (aggregate) | tokens per CPU-s "
-             "| TTFT p50 ms | TTFT p99 ms |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Model `{args.model}`, {args.max_tokens} generated tokens per request (greedy, "
+        f"ignore_eos), streaming POST /v1/completions; median of {max(1, args.repeat)} "
+        f"run(s) per row; {machine()}.",
+        "",
+        "| mode | concurrent streams | requests | tokens/s (aggregate) | tokens per CPU-s "
+        "| TTFT p50 ms | TTFT p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
-        lines.append(f"| {r.mode} | {r.streams} | {r.requests} | {r.tokens_per_s:.1f} "
-                     f"| {r.tokens_per_cpu_s:.1f} | {r.ttft_ms(50):.1f} | {r.ttft_ms(99):.1f} |")
+        lines.append(
+            f"| {r.mode} | {r.streams} | {r.requests} | {r.tokens_per_s:.1f} "
+            f"| {r.tokens_per_cpu_s:.1f} | {r.ttft_ms(50):.1f} | {r.ttft_ms(99):.1f} |"
+        )
     server = {s: r for (m, s), r in rows.items() if m.startswith("server")}
     naive = rows.get(("naive, no cache (in-process)", 1))
     cached = rows.get(("KV cache (in-process)", 1))
     lines.append("")
     if 1 in server and max(server) > 1:
         top = max(server)
-        lines.append(f"Aggregate tokens/s at {top} streams vs 1 stream: "
-                     f"{server[top].tokens_per_s / server[1].tokens_per_s:.1f}x "
-                     f"(per CPU-second: "
-                     f"{server[top].tokens_per_cpu_s / server[1].tokens_per_cpu_s:.1f}x).")
+        lines.append(
+            f"Aggregate tokens/s at {top} streams vs 1 stream: "
+            f"{server[top].tokens_per_s / server[1].tokens_per_s:.1f}x "
+            f"(per CPU-second: "
+            f"{server[top].tokens_per_cpu_s / server[1].tokens_per_cpu_s:.1f}x)."
+        )
     if naive and cached:
-        lines.append(f"KV cache vs no cache at {args.max_tokens} tokens (one request at a time): "
-                     f"{cached.tokens_per_s / naive.tokens_per_s:.1f}x (per CPU-second: "
-                     f"{cached.tokens_per_cpu_s / naive.tokens_per_cpu_s:.1f}x).")
+        lines.append(
+            f"KV cache vs no cache at {args.max_tokens} tokens (one request at a time): "
+            f"{cached.tokens_per_s / naive.tokens_per_s:.1f}x (per CPU-second: "
+            f"{cached.tokens_per_cpu_s / naive.tokens_per_cpu_s:.1f}x)."
+        )
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="neutreno bench generation", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="neutreno bench generation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--model", default="kjv-lm")
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -223,11 +272,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--baseline-requests", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = ORT)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per row; the median is shown")
-    ap.add_argument("--client-procs", type=int, default=1,
-                    help="load-generator processes the streams are spread over")
+    ap.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="load-generator processes the streams are spread over",
+    )
     ap.add_argument("--workers", type=int, default=1, help="NEUTRENO_WORKERS of the server")
-    ap.add_argument("--no-baselines", action="store_true",
-                    help="skip the in-process no-cache and KV-cache baselines")
+    ap.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the in-process no-cache and KV-cache baselines",
+    )
     ap.add_argument("--out", type=Path, help="also write the markdown table here")
     return ap.parse_args(argv)
 
@@ -249,25 +305,52 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     if not args.no_baselines:
         direct = Direct(latest_bundle(args.model_repository, args.model), args.threads)
-        results += [median_run([direct.measure(mode, fn, args.baseline_requests,
-                                               args.max_tokens) for _ in reps])
-                    for mode, fn in (("naive, no cache (in-process)", "naive"),
-                                     ("KV cache (in-process)", "cached"))]
+        results += [
+            median_run(
+                [direct.measure(mode, fn, args.baseline_requests, args.max_tokens) for _ in reps]
+            )
+            for mode, fn in (
+                ("naive, no cache (in-process)", "naive"),
+                ("KV cache (in-process)", "cached"),
+            )
+        ]
         del direct
-    pool = (ProcessPoolExecutor(args.client_procs, multiprocessing.get_context("spawn"))
-            if args.client_procs > 1 else None)
-    with Server(args.model_repository, {
+    pool = (
+        ProcessPoolExecutor(args.client_procs, multiprocessing.get_context("spawn"))
+        if args.client_procs > 1
+        else None
+    )
+    with Server(
+        args.model_repository,
+        {
             "NEUTRENO_MAX_RUNNING_SEQUENCES": str(max(levels)),
-            "NEUTRENO_MAX_QUEUE_SIZE": "1024", "NEUTRENO_WORKERS": str(args.workers),
-            "NEUTRENO_INTRA_OP_THREADS": str(args.threads)}) as server:
+            "NEUTRENO_MAX_QUEUE_SIZE": "1024",
+            "NEUTRENO_WORKERS": str(args.workers),
+            "NEUTRENO_INTRA_OP_THREADS": str(args.threads),
+        },
+    ) as server:
         server.wait()
-        level(server, args.model, args.client_procs, args.client_procs, 4, pool,
-              args.client_procs)  # warm-up, and every load process started
+        level(
+            server, args.model, args.client_procs, args.client_procs, 4, pool, args.client_procs
+        )  # warm-up, and every load process started
         for streams in levels:
             requests = max(args.requests, streams)
-            results.append(median_run([level(server, args.model, streams, requests,
-                                             args.max_tokens, pool, args.client_procs)
-                                       for _ in reps]))
+            results.append(
+                median_run(
+                    [
+                        level(
+                            server,
+                            args.model,
+                            streams,
+                            requests,
+                            args.max_tokens,
+                            pool,
+                            args.client_procs,
+                        )
+                        for _ in reps
+                    ]
+                )
+            )
     if pool is not None:
         pool.shutdown()
     print_markdown(markdown(results, args), args.out)

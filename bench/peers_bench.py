@@ -31,8 +31,16 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import (ROOT, free_port, machine, print_markdown, tree_cpu_seconds,
-                          request_bodies, run_wrk, write_wrk_files)
+from bench.common import (
+    ROOT,
+    free_port,
+    machine,
+    print_markdown,
+    request_bodies,
+    run_wrk,
+    tree_cpu_seconds,
+    write_wrk_files,
+)
 
 RAY_PYTHON = ROOT / "bench/.venv-ray/bin/python"
 
@@ -52,14 +60,21 @@ class Point:
 class Peer:
     """One system under test as a subprocess (its own process group, so Ray's helpers die)."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int,
-                 path: str) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], env: dict[str, str], port: int, path: str
+    ) -> None:
         self.name, self.port, self.path = name, port, path
         self.url = f"http://127.0.0.1:{port}"
         self.log = Path(tempfile.mkstemp(prefix=f"peer-{name}-", suffix=".log")[1])
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env={**os.environ, **env},
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_ready(self, body: str, timeout: float = 300.0) -> float:
         started = time.monotonic()
@@ -67,8 +82,12 @@ class Peer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
             try:
-                r = httpx.post(self.url + self.path, content=body, timeout=10,
-                               headers={"content-type": "application/json"})
+                r = httpx.post(
+                    self.url + self.path,
+                    content=body,
+                    timeout=10,
+                    headers={"content-type": "application/json"},
+                )
                 if r.status_code == 200:
                     return time.monotonic() - started
             except httpx.TransportError:
@@ -88,29 +107,66 @@ class Peer:
 def systems(args: argparse.Namespace) -> dict[str, tuple[list[str], dict[str, str]]]:
     bundle = args.repository / args.model / str(args.version)
     found = {
-        "neutreno": ([sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1",
-                      "--port", "{port}"],
-                     {"NEUTRENO_MODEL_REPOSITORY": str(args.repository),
-                      "NEUTRENO_LOG_LEVEL": "warning",
-                      "NEUTRENO_MAX_BATCH_SIZE": str(args.max_batch_size),
-                      "NEUTRENO_MAX_QUEUE_DELAY_MS": str(args.batch_wait_ms),
-                      "NEUTRENO_MAX_QUEUE_SIZE": "1024",
-                      "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "8"}),
-        "torch-eager": ([sys.executable, "-m", "uvicorn", "bench.peers.torch_eager_app:app",
-                         "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning",
-                         "--no-access-log"],
-                        {"PEER_CHECKPOINT": str(args.checkpoint), "PEER_BUNDLE": str(bundle)}),
+        "neutreno": (
+            [
+                sys.executable,
+                "-m",
+                "neutreno.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+            ],
+            {
+                "NEUTRENO_MODEL_REPOSITORY": str(args.repository),
+                "NEUTRENO_LOG_LEVEL": "warning",
+                "NEUTRENO_MAX_BATCH_SIZE": str(args.max_batch_size),
+                "NEUTRENO_MAX_QUEUE_DELAY_MS": str(args.batch_wait_ms),
+                "NEUTRENO_MAX_QUEUE_SIZE": "1024",
+                "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "8",
+            },
+        ),
+        "torch-eager": (
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.peers.torch_eager_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            {"PEER_CHECKPOINT": str(args.checkpoint), "PEER_BUNDLE": str(bundle)},
+        ),
     }
     if args.ray_python.exists():
-        found["ray-serve"] = ([str(args.ray_python), "bench/peers/ray_serve_app.py",
-                               "--bundle", str(bundle), "--port", "{port}",
-                               "--max-batch-size", str(args.max_batch_size),
-                               "--batch-wait-ms", str(args.batch_wait_ms)],
-                              {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"})
+        found["ray-serve"] = (
+            [
+                str(args.ray_python),
+                "bench/peers/ray_serve_app.py",
+                "--bundle",
+                str(bundle),
+                "--port",
+                "{port}",
+                "--max-batch-size",
+                str(args.max_batch_size),
+                "--batch-wait-ms",
+                str(args.batch_wait_ms),
+            ],
+            {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"},
+        )
     else:
-        print(f"ray-serve skipped: {args.ray_python} not found (make bench/.venv-ray: python -m "
-              "venv bench/.venv-ray && bench/.venv-ray/bin/pip install 'ray[serve]' "
-              "onnxruntime pillow numpy)", file=sys.stderr)
+        print(
+            f"ray-serve skipped: {args.ray_python} not found (make bench/.venv-ray: python -m "
+            "venv bench/.venv-ray && bench/.venv-ray/bin/pip install 'ray[serve]' "
+            "onnxruntime pillow numpy)",
+            file=sys.stderr,
+        )
     return {k: v for k, v in found.items() if k in args.systems}
 
 
@@ -132,14 +188,23 @@ def measure(args: argparse.Namespace) -> tuple[list[Point], dict[str, float]]:
                     cpu0 = tree_cpu_seconds(peer.proc.pid)
                     r = run_wrk(peer.url, path, files, c, args.duration)
                     cpu = tree_cpu_seconds(peer.proc.pid) - cpu0
-                    point = Point(name, c, r["rate"], r["p50_us"] / 1e3, r["p90_us"] / 1e3,
-                                  r["p99_us"] / 1e3, r["non2xx"] + r["errors"],
-                                  1e3 * cpu / max(r["requests"], 1))
+                    point = Point(
+                        name,
+                        c,
+                        r["rate"],
+                        r["p50_us"] / 1e3,
+                        r["p90_us"] / 1e3,
+                        r["p99_us"] / 1e3,
+                        r["non2xx"] + r["errors"],
+                        1e3 * cpu / max(r["requests"], 1),
+                    )
                     points.append(point)
-                    print(f"  {name:<12} clients={c:>3}: {point.rate:8.1f} req/s  p50 "
-                          f"{point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  "
-                          f"server CPU {point.cpu_ms:.2f} ms/req  failures {point.failures}",
-                          file=sys.stderr)
+                    print(
+                        f"  {name:<12} clients={c:>3}: {point.rate:8.1f} req/s  p50 "
+                        f"{point.p50_ms:7.2f} ms  p99 {point.p99_ms:7.2f} ms  "
+                        f"server CPU {point.cpu_ms:.2f} ms/req  failures {point.failures}",
+                        file=sys.stderr,
+                    )
             finally:
                 peer.stop()
     return points, ready_s
@@ -158,25 +223,38 @@ def markdown(points: list[Point], ready_s: dict[str, float], args: argparse.Name
         "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in sorted(points, key=lambda p: (p.clients, p.system)):
-        lines.append(f"| {p.system} | {p.clients} | {p.rate:.1f} | {p.p50_ms:.2f} | "
-                     f"{p.p90_ms:.2f} | {p.p99_ms:.2f} | {p.cpu_ms:.2f} | {p.failures} |")
+        lines.append(
+            f"| {p.system} | {p.clients} | {p.rate:.1f} | {p.p50_ms:.2f} | "
+            f"{p.p90_ms:.2f} | {p.p99_ms:.2f} | {p.cpu_ms:.2f} | {p.failures} |"
+        )
     ours = {p.clients: p for p in points if p.system == "neutreno"}
     peers = sorted({p.system for p in points} - {"neutreno"}) if ours else []  # ratios need ours
     for peer in peers:
         theirs = {p.clients: p for p in points if p.system == peer}
-        lines += ["", f"| clients | neutreno / {peer} throughput | p99 neutreno | p99 {peer} |",
-                  "| ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"| clients | neutreno / {peer} throughput | p99 neutreno | p99 {peer} |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
         for c in sorted(set(ours) & set(theirs)):
-            lines.append(f"| {c} | {ours[c].rate / max(theirs[c].rate, 1e-9):.2f}x | "
-                         f"{ours[c].p99_ms:.2f} | {theirs[c].p99_ms:.2f} |")
+            lines.append(
+                f"| {c} | {ours[c].rate / max(theirs[c].rate, 1e-9):.2f}x | "
+                f"{ours[c].p99_ms:.2f} | {theirs[c].p99_ms:.2f} |"
+            )
         best_ours = max(ours.values(), key=lambda p: p.rate)
         best_theirs = max(theirs.values(), key=lambda p: p.rate)
-        lines.append(f"| best | {best_ours.rate / max(best_theirs.rate, 1e-9):.2f}x "
-                     f"({best_ours.rate:.0f} vs {best_theirs.rate:.0f} req/s) | "
-                     f"{best_ours.p99_ms:.2f} (c={best_ours.clients}) | "
-                     f"{best_theirs.p99_ms:.2f} (c={best_theirs.clients}) |")
-    lines += ["", "Time from process start to first successful classify: " + ", ".join(
-        f"{k} {v:.1f} s" for k, v in ready_s.items()) + "."]
+        lines.append(
+            f"| best | {best_ours.rate / max(best_theirs.rate, 1e-9):.2f}x "
+            f"({best_ours.rate:.0f} vs {best_theirs.rate:.0f} req/s) | "
+            f"{best_ours.p99_ms:.2f} (c={best_ours.clients}) | "
+            f"{best_theirs.p99_ms:.2f} (c={best_theirs.clients}) |"
+        )
+    lines += [
+        "",
+        "Time from process start to first successful classify: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in ready_s.items())
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -185,8 +263,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--model", default="fashion-classifier")
     p.add_argument("--version", default="1")
-    p.add_argument("--checkpoint", type=Path,
-                   help="torch checkpoint of the bundle (default: training.checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="torch checkpoint of the bundle (default: training.checkpoint)",
+    )
     p.add_argument("--clients", default="1,8,32,64")
     p.add_argument("--duration", type=float, default=15.0)
     p.add_argument("--warmup", type=float, default=3.0)
@@ -205,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.systems = set(args.systems.split(","))
     if args.checkpoint is None:
-        manifest = json.loads((args.repository / args.model / str(args.version)
-                               / "manifest.json").read_text())
+        manifest = json.loads(
+            (args.repository / args.model / str(args.version) / "manifest.json").read_text()
+        )
         args.checkpoint = ROOT / manifest["training"]["checkpoint"]
     points, ready_s = measure(args)
     print_markdown(markdown(points, ready_s, args), args.out)

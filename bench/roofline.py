@@ -35,9 +35,11 @@ from onnx import TensorProto, helper
 
 from bench.common import ROOT, machine, print_markdown, request_bodies
 
-LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-          "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-          "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 def timed(fn, min_seconds: float = 1.0, min_runs: int = 3) -> float:
@@ -62,27 +64,31 @@ def timed(fn, min_seconds: float = 1.0, min_runs: int = 3) -> float:
 def numpy_peak(n: int = 2048) -> float:
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     b = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    return 2 * n ** 3 / timed(lambda: a @ b, 3.0)
+    return 2 * n**3 / timed(lambda: a @ b, 3.0)
 
 
 def ort_matmul_session(m: int, k: int, n: int, threads: int = 0) -> ort.InferenceSession:
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "mm",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, n])],
-        [onnx.numpy_helper.from_array(
-            np.random.default_rng(1).random((k, n), dtype=np.float32), "b")])
+        [
+            onnx.numpy_helper.from_array(
+                np.random.default_rng(1).random((k, n), dtype=np.float32), "b"
+            )
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def ort_peak(n: int = 2048, threads: int = 0) -> float:
     sess = ort_matmul_session(n, n, n, threads)
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    return 2 * n ** 3 / timed(lambda: sess.run(None, {"a": a}), 3.0)
+    return 2 * n**3 / timed(lambda: sess.run(None, {"a": a}), 3.0)
 
 
 # 2. FLOPs -----------------------------------------------------------------------------------
@@ -101,8 +107,7 @@ def _all_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[st
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     shapes = {n: tuple(np.shape(v)) for n, v in zip(names, sess.run(names, feeds), strict=True)}
     shapes.update({k: tuple(v.shape) for k, v in feeds.items()})
@@ -110,8 +115,9 @@ def _all_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[st
     return shapes
 
 
-def count_flops(path: Path, input_shape: tuple[int, ...]) -> tuple[float, dict[str, float],
-                                                                    list[tuple]]:
+def count_flops(
+    path: Path, input_shape: tuple[int, ...]
+) -> tuple[float, dict[str, float], list[tuple]]:
     """(FLOPs per image, FLOPs by op type, distinct (M, K, N) matmul shapes) at batch 1."""
     model = onnx.inliner.inline_local_functions(onnx.load(str(path)))
     name = model.graph.input[0].name
@@ -135,8 +141,9 @@ def count_flops(path: Path, input_shape: tuple[int, ...]) -> tuple[float, dict[s
             flops = 2.0 * float(np.prod(out)) * ins[1][1] * float(np.prod(ins[1][2:]))
         elif node.op_type == "Attention" and ins[0] and ins[1] and ins[2]:
             q, k_, v = ins[0], ins[1], ins[2]
-            present = shapes.get(node.output[1]) if len(node.output) > 1 and node.output[1] \
-                else None
+            present = (
+                shapes.get(node.output[1]) if len(node.output) > 1 and node.output[1] else None
+            )
             length = present[-2] if present else k_[-2]
             if len(q) == 4:  # (B, H, S, D)
                 b, h, s, d = q
@@ -156,8 +163,9 @@ def count_flops(path: Path, input_shape: tuple[int, ...]) -> tuple[float, dict[s
 # 3. throughput ------------------------------------------------------------------------------
 
 
-def session(path: Path, threads: int, level: str = "all", spinning: bool = False,
-            profile: str | None = None) -> ort.InferenceSession:
+def session(
+    path: Path, threads: int, level: str = "all", spinning: bool = False, profile: str | None = None
+) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = LEVELS[level]
     opts.intra_op_num_threads = threads
@@ -170,8 +178,13 @@ def session(path: Path, threads: int, level: str = "all", spinning: bool = False
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def images_per_second(sess: ort.InferenceSession, input_shape: tuple[int, ...], batch: int,
-                      io_binding: bool = False, seconds: float = 1.5) -> float:
+def images_per_second(
+    sess: ort.InferenceSession,
+    input_shape: tuple[int, ...],
+    batch: int,
+    io_binding: bool = False,
+    seconds: float = 1.5,
+) -> float:
     x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(np.float32)
     name = sess.get_inputs()[0].name
     if not io_binding:
@@ -186,13 +199,13 @@ def images_per_second(sess: ort.InferenceSession, input_shape: tuple[int, ...], 
 # 4. profile ---------------------------------------------------------------------------------
 
 
-def profile_ops(path: Path, input_shape: tuple[int, ...], batch: int, threads: int,
-                runs: int = 30) -> list[tuple[str, float, int]]:
+def profile_ops(
+    path: Path, input_shape: tuple[int, ...], batch: int, threads: int, runs: int = 30
+) -> list[tuple[str, float, int]]:
     """(op type, share of node time, node count) from ORT's profiler, largest first."""
     with tempfile.TemporaryDirectory() as tmp:
         sess = session(path, threads, profile=os.path.join(tmp, "ort"))
-        x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(
-            np.float32)
+        x = np.random.default_rng(0).standard_normal((batch, *input_shape[1:])).astype(np.float32)
         name = sess.get_inputs()[0].name
         for _ in range(runs):
             sess.run(None, {name: x})
@@ -205,13 +218,13 @@ def profile_ops(path: Path, input_shape: tuple[int, ...], batch: int, threads: i
             by_op[op] += event["dur"]
             nodes[op].add(event["name"])
     total = sum(by_op.values()) or 1.0
-    return sorted(((op, t / total, len(nodes[op])) for op, t in by_op.items()),
-                  key=lambda r: -r[1])
+    return sorted(((op, t / total, len(nodes[op])) for op, t in by_op.items()), key=lambda r: -r[1])
 
 
 def preprocessing_us(manifest: dict) -> float:
     """Per-image cost of the serving path before ORT: base64 + PNG decode + normalise."""
     from service import imaging
+
     bodies = [json.loads(b)["image"] for b in request_bodies(64)]
     pre = manifest["preprocessing"]
 
@@ -227,8 +240,7 @@ def preprocessing_us(manifest: dict) -> float:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="neutreno bench roofline",
-                                description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="neutreno bench roofline", description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, default=ROOT / "model_repository/fashion-classifier/1")
     p.add_argument("--batches", default="1,8,32,64,128,256")
     p.add_argument("--threads", default="1,2")
@@ -251,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     peak_ort = ort_peak()
     peak_1 = ort_peak(threads=1)
     peak = max(peak_np, peak_ort)
-    log(f"peak: numpy {peak_np / 1e9:.1f}, ORT {peak_ort / 1e9:.1f}, "
-        f"ORT 1 thread {peak_1 / 1e9:.1f} GFLOP/s")
+    log(
+        f"peak: numpy {peak_np / 1e9:.1f}, ORT {peak_ort / 1e9:.1f}, "
+        f"ORT 1 thread {peak_1 / 1e9:.1f} GFLOP/s"
+    )
     flops, by_op, gemms = count_flops(path, shape)
     log(f"model: {flops / 1e6:.2f} MFLOP/image {by_op}")
 
@@ -260,23 +274,47 @@ def main(argv: list[str] | None = None) -> int:
     for t in threads:
         sess = session(path, t)
         for b in batches:
-            rows.append((t, "all", False, False, b, images_per_second(sess, shape, b,
-                                                                      seconds=args.seconds)))
+            rows.append(
+                (t, "all", False, False, b, images_per_second(sess, shape, b, seconds=args.seconds))
+            )
             log(f"  threads={t} batch={b}: {rows[-1][-1]:.0f} img/s")
     best = max(rows, key=lambda r: r[-1])
     best_t, best_b = best[0], best[4]
     variants = []
     for level in ("basic", "extended"):
         sess = session(path, best_t, level)
-        variants.append((best_t, level, False, False, best_b,
-                         images_per_second(sess, shape, best_b, seconds=args.seconds)))
+        variants.append(
+            (
+                best_t,
+                level,
+                False,
+                False,
+                best_b,
+                images_per_second(sess, shape, best_b, seconds=args.seconds),
+            )
+        )
     sess = session(path, best_t, "all", spinning=True)
-    variants.append((best_t, "all", True, False, best_b,
-                     images_per_second(sess, shape, best_b, seconds=args.seconds)))
+    variants.append(
+        (
+            best_t,
+            "all",
+            True,
+            False,
+            best_b,
+            images_per_second(sess, shape, best_b, seconds=args.seconds),
+        )
+    )
     sess = session(path, best_t)
-    variants.append((best_t, "all", False, True, best_b,
-                     images_per_second(sess, shape, best_b, io_binding=True,
-                                       seconds=args.seconds)))
+    variants.append(
+        (
+            best_t,
+            "all",
+            False,
+            True,
+            best_b,
+            images_per_second(sess, shape, best_b, io_binding=True, seconds=args.seconds),
+        )
+    )
     for v in variants:
         log(f"  variant {v}")
     top = max(rows + variants, key=lambda r: r[-1])
@@ -288,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     for m, k, n in gemms:
         mm = ort_matmul_session(m * top[4], k, n, top[0])
         a = np.random.default_rng(0).random((m * top[4], k), dtype=np.float32)
-        gemm_rows.append((m, k, n, 2 * m * top[4] * k * n
-                          / timed(lambda: mm.run(None, {"a": a}), 0.5)))  # noqa: B023
+        flops = 2 * m * top[4] * k * n
+        gemm_rows.append((m, k, n, flops / timed(lambda mm=mm, a=a: mm.run(None, {"a": a}), 0.5)))
 
     def eff(img_s: float) -> str:
         return f"{100 * flops * img_s / peak:.1f}%"
@@ -313,17 +351,29 @@ def main(argv: list[str] | None = None) -> int:
         "| ---: | :--- | :--- | :--- | ---: | ---: | ---: | ---: |",
     ]
     for t, level, spin, iob, b, img_s in rows + variants:
-        lines.append(f"| {t} | {level} | {'on' if spin else 'off'} | {'on' if iob else 'off'} "
-                     f"| {b} | {img_s:.0f} | {flops * img_s / 1e9:.1f} | {eff(img_s)} |")
-    lines += ["", f"Best: {top[-1]:.0f} images/s = {flops * top[-1] / 1e9:.1f} GFLOP/s = "
-              f"**{eff(top[-1])} of the measured peak** (threads {top[0]}, batch {top[4]}).",
-              "", "ORT profile at that configuration (node time by operator type):", "",
-              "| op | share of node time | nodes |", "| :--- | ---: | ---: |"]
+        lines.append(
+            f"| {t} | {level} | {'on' if spin else 'off'} | {'on' if iob else 'off'} "
+            f"| {b} | {img_s:.0f} | {flops * img_s / 1e9:.1f} | {eff(img_s)} |"
+        )
+    lines += [
+        "",
+        f"Best: {top[-1]:.0f} images/s = {flops * top[-1] / 1e9:.1f} GFLOP/s = "
+        f"**{eff(top[-1])} of the measured peak** (threads {top[0]}, batch {top[4]}).",
+        "",
+        "ORT profile at that configuration (node time by operator type):",
+        "",
+        "| op | share of node time | nodes |",
+        "| :--- | ---: | ---: |",
+    ]
     for op, share, count in ops[:14]:
         lines.append(f"| {op} | {100 * share:.1f}% | {count} |")
-    lines += ["", f"The model's GEMM shapes alone (rows x batch {top[4]}), ORT MatMul, "
-              f"{top[0]} thread(s):", "", "| M (per image) | K | N | GFLOP/s | % of peak |",
-              "| ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        f"The model's GEMM shapes alone (rows x batch {top[4]}), ORT MatMul, {top[0]} thread(s):",
+        "",
+        "| M (per image) | K | N | GFLOP/s | % of peak |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
     for m, k, n, rate in gemm_rows:
         lines.append(f"| {m} | {k} | {n} | {rate / 1e9:.1f} | {100 * rate / peak:.1f}% |")
     print_markdown("\n".join(lines) + "\n", args.out)

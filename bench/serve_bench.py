@@ -23,8 +23,16 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import (ROOT, Server, WrkFiles, machine, print_markdown, request_bodies,
-                          run_wrk, write_wrk_files)
+from bench.common import (
+    ROOT,
+    Server,
+    WrkFiles,
+    machine,
+    print_markdown,
+    request_bodies,
+    run_wrk,
+    write_wrk_files,
+)
 
 
 @dataclass
@@ -57,8 +65,14 @@ def batch_totals(server: Server, model: str) -> tuple[float, float]:
     return found["sum"], found["count"]
 
 
-def measure(server: Server, config: str, model: str, clients: list[int], seconds: float,
-            load: Callable[[int, float], dict]) -> list[Result]:
+def measure(
+    server: Server,
+    config: str,
+    model: str,
+    clients: list[int],
+    seconds: float,
+    load: Callable[[int, float], dict],
+) -> list[Result]:
     """Warm up, then one run per concurrency level against a running server."""
     load(8, min(2.0, seconds))
     results = []
@@ -68,14 +82,26 @@ def measure(server: Server, config: str, model: str, clients: list[int], seconds
         r = load(c, seconds)
         cpu_ms = (server.cpu_seconds() - cpu0) * 1e3 / max(r["requests"], 1)
         rows1, batches1 = batch_totals(server, model)
-        result = Result(config, c, r["requests"], r["duration_us"] / 1e6, r["p50_us"] / 1e3,
-                        r["p99_us"] / 1e3, r["p999_us"] / 1e3, r["non2xx"] + r["errors"],
-                        (rows1 - rows0) / max(1.0, batches1 - batches0), cpu_ms)
+        result = Result(
+            config,
+            c,
+            r["requests"],
+            r["duration_us"] / 1e6,
+            r["p50_us"] / 1e3,
+            r["p99_us"] / 1e3,
+            r["p999_us"] / 1e3,
+            r["non2xx"] + r["errors"],
+            (rows1 - rows0) / max(1.0, batches1 - batches0),
+            cpu_ms,
+        )
         results.append(result)
-        print(f"  {config:<22} clients={c:>4}: {result.throughput:9.1f} req/s  "
-              f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
-              f"batch {result.mean_batch:5.1f}  cpu {cpu_ms:5.2f} ms/req  "
-              f"failures {result.failures}", file=sys.stderr)
+        print(
+            f"  {config:<22} clients={c:>4}: {result.throughput:9.1f} req/s  "
+            f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+            f"batch {result.mean_batch:5.1f}  cpu {cpu_ms:5.2f} ms/req  "
+            f"failures {result.failures}",
+            file=sys.stderr,
+        )
     return results
 
 
@@ -93,9 +119,11 @@ def markdown(results: list[Result], args: argparse.Namespace, configs: list[str]
         "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in sorted(results, key=lambda r: (r.clients, configs.index(r.config))):
-        lines.append(f"| {r.config} | {r.clients} | {r.throughput:.1f} | {r.p50_ms:.2f} | "
-                     f"{r.p99_ms:.2f} | {r.p999_ms:.2f} | {r.p999_ms / max(r.p50_ms, 1e-9):.2f} "
-                     f"| {r.mean_batch:.1f} | {r.cpu_ms:.2f} | {r.failures} |")
+        lines.append(
+            f"| {r.config} | {r.clients} | {r.throughput:.1f} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {r.p999_ms:.2f} | {r.p999_ms / max(r.p50_ms, 1e-9):.2f} "
+            f"| {r.mean_batch:.1f} | {r.cpu_ms:.2f} | {r.failures} |"
+        )
     base = configs[0]
     by = {(r.config, r.clients): r for r in results}
     lines += ["", f"| clients | configuration | throughput / {base} |", "| ---: | :--- | ---: |"]
@@ -113,12 +141,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default="fashion-classifier")
     p.add_argument("--clients", default="1,8,32,64", help="comma-separated concurrency levels")
     p.add_argument("--workers", default="1", help="comma-separated NEUTRENO_WORKERS counts")
-    p.add_argument("--no-batching-off", action="store_true",
-                   help="skip the batching-off configuration")
+    p.add_argument(
+        "--no-batching-off", action="store_true", help="skip the batching-off configuration"
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--queue-delay-ms", type=float, default=5.0,
-                   help="NEUTRENO_MAX_QUEUE_DELAY_MS with batching on")
+    p.add_argument(
+        "--queue-delay-ms",
+        type=float,
+        default=5.0,
+        help="NEUTRENO_MAX_QUEUE_DELAY_MS with batching on",
+    )
     p.add_argument("--threads", type=int, default=0, help="NEUTRENO_INTRA_OP_THREADS")
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (at most clients)")
     p.add_argument("--out", type=Path, help="also write the markdown table here")
@@ -128,17 +161,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def configurations(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
     """(name, NEUTRENO_* settings) of each server the benchmark starts."""
     workers = [int(w) for w in args.workers.split(",")]
-    common = {"NEUTRENO_MAX_QUEUE_DELAY_MS": str(args.queue_delay_ms),
-              "NEUTRENO_MAX_QUEUE_SIZE": str(max(256, 4 * max(int(c) for c in
-                                                             args.clients.split(",")))),
-              "NEUTRENO_INTRA_OP_THREADS": str(args.threads)}
-    configs = [(f"batching on, {w} worker(s)",
-                {**common, "NEUTRENO_WORKERS": str(w),
-                 "NEUTRENO_MAX_BATCH_SIZE": str(args.max_batch_size)}) for w in workers]
+    common = {
+        "NEUTRENO_MAX_QUEUE_DELAY_MS": str(args.queue_delay_ms),
+        "NEUTRENO_MAX_QUEUE_SIZE": str(max(256, 4 * max(int(c) for c in args.clients.split(",")))),
+        "NEUTRENO_INTRA_OP_THREADS": str(args.threads),
+    }
+    configs = [
+        (
+            f"batching on, {w} worker(s)",
+            {
+                **common,
+                "NEUTRENO_WORKERS": str(w),
+                "NEUTRENO_MAX_BATCH_SIZE": str(args.max_batch_size),
+            },
+        )
+        for w in workers
+    ]
     if not args.no_batching_off:
-        configs.append((f"batching off, {workers[0]} worker(s)",
-                        {**common, "NEUTRENO_WORKERS": str(workers[0]),
-                         "NEUTRENO_MAX_BATCH_SIZE": "1"}))
+        configs.append(
+            (
+                f"batching off, {workers[0]} worker(s)",
+                {**common, "NEUTRENO_WORKERS": str(workers[0]), "NEUTRENO_MAX_BATCH_SIZE": "1"},
+            )
+        )
     return configs
 
 

@@ -19,8 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import (ROOT, Server, machine, print_markdown, request_bodies, run_wrk,
-                          write_wrk_files)
+from bench.common import (
+    ROOT,
+    Server,
+    machine,
+    print_markdown,
+    request_bodies,
+    run_wrk,
+    write_wrk_files,
+)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     path = f"/v1/models/{args.model}/classify"
     segments = []
-    with Server(args.repository, {"NEUTRENO_MAX_QUEUE_SIZE": "1024"}) as server, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        Server(args.repository, {"NEUTRENO_MAX_QUEUE_SIZE": "1024"}) as server,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         server.wait()
         files = write_wrk_files(Path(tmp), request_bodies(64))
 
@@ -55,21 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(3):  # calibrate the pause to the target rate
             trial = wrk(8, pause)
             pause = max(1, int(pause * trial["rate"] / target))
-        print(f"capacity {capacity['rate']:.0f} req/s (p99 "
-              f"{capacity['p99_us'] / 1e3:.1f} ms); target {target:.0f} req/s; pause "
-              f"{pause} ms x {args.clients} connections", file=sys.stderr)
+        print(
+            f"capacity {capacity['rate']:.0f} req/s (p99 "
+            f"{capacity['p99_us'] / 1e3:.1f} ms); target {target:.0f} req/s; pause "
+            f"{pause} ms x {args.clients} connections",
+            file=sys.stderr,
+        )
         start = time.monotonic()
         while time.monotonic() - start < args.minutes * 60:
             r = wrk(args.segment, pause)
             r["rss_mib"] = server.memory_mib()["VmRSS"]
             r["t_min"] = (time.monotonic() - start) / 60
             segments.append(r)
-            print(f"  t={r['t_min']:5.1f} min {r['rate']:7.1f} req/s p50 "
-                  f"{r['p50_us'] / 1e3:6.2f} ms p99 {r['p99_us'] / 1e3:6.2f} ms "
-                  f"non2xx {r['non2xx']} errors {r['errors']} RSS {r['rss_mib']:.1f} MiB",
-                  file=sys.stderr)
+            print(
+                f"  t={r['t_min']:5.1f} min {r['rate']:7.1f} req/s p50 "
+                f"{r['p50_us'] / 1e3:6.2f} ms p99 {r['p99_us'] / 1e3:6.2f} ms "
+                f"non2xx {r['non2xx']} errors {r['errors']} RSS {r['rss_mib']:.1f} MiB",
+                file=sys.stderr,
+            )
     third = max(1, (len(segments) - 1) // 3)
-    first = [s["p99_us"] / 1e3 for s in segments[1:1 + third]]
+    first = [s["p99_us"] / 1e3 for s in segments[1 : 1 + third]]
     last = [s["p99_us"] / 1e3 for s in segments[-third:]]
     p99_ratio = float(np.median(last) / np.median(first))
     rss_growth = (segments[-1]["rss_mib"] - segments[0]["rss_mib"]) / segments[0]["rss_mib"]
@@ -84,12 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in segments:
-        lines.append(f"| {s['t_min']:.1f} | {s['rate']:.0f} | {s['p50_us'] / 1e3:.2f} | "
-                     f"{s['p99_us'] / 1e3:.2f} | {s['max_us'] / 1e3:.1f} | "
-                     f"{s['non2xx'] + s['errors']} | {s['rss_mib']:.1f} |")
-    lines += ["", f"p99 last third / first third (median): {p99_ratio:.2f}; RSS growth after "
-              f"the first segment: {100 * rss_growth:+.2f}%; failures: {failures}. "
-              f"**{'PASS' if ok else 'FAIL'}** (p99 ratio < 1.5, RSS growth < 5%, no failures)."]
+        lines.append(
+            f"| {s['t_min']:.1f} | {s['rate']:.0f} | {s['p50_us'] / 1e3:.2f} | "
+            f"{s['p99_us'] / 1e3:.2f} | {s['max_us'] / 1e3:.1f} | "
+            f"{s['non2xx'] + s['errors']} | {s['rss_mib']:.1f} |"
+        )
+    lines += [
+        "",
+        f"p99 last third / first third (median): {p99_ratio:.2f}; RSS growth after "
+        f"the first segment: {100 * rss_growth:+.2f}%; failures: {failures}. "
+        f"**{'PASS' if ok else 'FAIL'}** (p99 ratio < 1.5, RSS growth < 5%, no failures).",
+    ]
     print_markdown("\n".join(lines) + "\n", args.out)
     return 0 if ok else 1
 

@@ -23,12 +23,29 @@ MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "manifest.json", "toke
 TASKS = ("classification", "segmentation", "text-generation")
 ATTENTIONS = ("neutreno", "softmax")
 # Op types that would mean attention computed outside FidelityAttention.
-OTHER_ATTENTION = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
-                   "Softmax"}
+OTHER_ATTENTION = {
+    "Attention",
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "PackedAttention",
+    "Softmax",
+}
 REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "format_version": int, "name": str, "version": str, "task": str, "attention": str,
-    "lam": (int, float), "opset": int, "custom_ops": list, "model": dict, "inputs": list,
-    "outputs": list, "preprocessing": dict, "labels": list, "files": dict, "sha256": str,
+    "format_version": int,
+    "name": str,
+    "version": str,
+    "task": str,
+    "attention": str,
+    "lam": (int, float),
+    "opset": int,
+    "custom_ops": list,
+    "model": dict,
+    "inputs": list,
+    "outputs": list,
+    "preprocessing": dict,
+    "labels": list,
+    "files": dict,
+    "sha256": str,
     "training": dict,
 }
 
@@ -86,10 +103,14 @@ def sha256_file(path: Path) -> str:
 
 def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[dict[str, Any]]:
     """Graph inputs/outputs as [{"name", "shape" (str for dynamic axes), "dtype"}]."""
-    return [{"name": v.name,
-             "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
-             "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
-            for v in values]
+    return [
+        {
+            "name": v.name,
+            "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+        }
+        for v in values
+    ]
 
 
 def _fail(path: Path, message: str) -> BundleError:
@@ -118,20 +139,32 @@ def _check_schema(path: Path, m: dict[str, Any]) -> None:
         if not isinstance(m[key], kind) or isinstance(m[key], bool):
             raise _fail(path, f"manifest field {key!r} has type {type(m[key]).__name__}")
     checks = [
-        (m["format_version"] == FORMAT_VERSION,
-         f"format_version {m['format_version']} is not supported (expected {FORMAT_VERSION})"),
-        (m["version"].isdigit() and int(m["version"]) > 0,
-         f"version {m['version']!r} is not a positive integer string"),
+        (
+            m["format_version"] == FORMAT_VERSION,
+            f"format_version {m['format_version']} is not supported (expected {FORMAT_VERSION})",
+        ),
+        (
+            m["version"].isdigit() and int(m["version"]) > 0,
+            f"version {m['version']!r} is not a positive integer string",
+        ),
         (m["task"] in TASKS, f"task {m['task']!r} is not one of {list(TASKS)}"),
-        (m["attention"] in ATTENTIONS,
-         f"attention {m['attention']!r} is not one of {list(ATTENTIONS)}"),
+        (
+            m["attention"] in ATTENTIONS,
+            f"attention {m['attention']!r} is not one of {list(ATTENTIONS)}",
+        ),
         (MODEL_FILE in m["files"], f"manifest 'files' does not list {MODEL_FILE}"),
-        (m["task"] != "text-generation" or TOKENIZER_FILE in m["files"],
-         f"text-generation bundle does not list {TOKENIZER_FILE}"),
-        (m["task"] != "text-generation" or isinstance(m.get("generation"), dict),
-         "text-generation manifest field 'generation' is missing"),
-        ({"domain": DOMAIN, "op_type": OP_TYPE, "version": OP_VERSION} in m["custom_ops"],
-         f"custom_ops does not declare {DOMAIN}::{OP_TYPE} version {OP_VERSION}"),
+        (
+            m["task"] != "text-generation" or TOKENIZER_FILE in m["files"],
+            f"text-generation bundle does not list {TOKENIZER_FILE}",
+        ),
+        (
+            m["task"] != "text-generation" or isinstance(m.get("generation"), dict),
+            "text-generation manifest field 'generation' is missing",
+        ),
+        (
+            {"domain": DOMAIN, "op_type": OP_TYPE, "version": OP_VERSION} in m["custom_ops"],
+            f"custom_ops does not declare {DOMAIN}::{OP_TYPE} version {OP_VERSION}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -143,8 +176,11 @@ def _bundle_file(path: Path, name: str) -> Path:
     name (no absolute path, no `..`), a regular file, not a link, resolving inside the folder."""
     parts = PurePosixPath(name).parts
     if not name or "\\" in name or PurePosixPath(name).is_absolute() or ".." in parts:
-        raise _fail(path, f"file entry {name!r} in {MANIFEST_FILE} is not a plain relative name "
-                          "inside the bundle folder")
+        raise _fail(
+            path,
+            f"file entry {name!r} in {MANIFEST_FILE} is not a plain relative name "
+            "inside the bundle folder",
+        )
     file = path.joinpath(*parts)
     if file.is_symlink() or (file.exists() and not file.is_file()):
         raise _fail(path, f"file {name} listed in {MANIFEST_FILE} is not a regular file")
@@ -161,11 +197,17 @@ def _check_files(path: Path, m: dict[str, Any]) -> None:
             raise _fail(path, f"manifest 'files' entry {name!r} must be an object with sha256")
         actual = sha256_file(_bundle_file(path, name))
         if actual != meta.get("sha256"):
-            raise _fail(path, f"sha256 mismatch for {name}: file has {actual}, "
-                              f"manifest says {meta.get('sha256')}")
+            raise _fail(
+                path,
+                f"sha256 mismatch for {name}: file has {actual}, "
+                f"manifest says {meta.get('sha256')}",
+            )
     if m["sha256"] != m["files"][MODEL_FILE]["sha256"]:
-        raise _fail(path, f"manifest sha256 {m['sha256']} is not the sha256 of {MODEL_FILE} "
-                          f"({m['files'][MODEL_FILE]['sha256']})")
+        raise _fail(
+            path,
+            f"manifest sha256 {m['sha256']} is not the sha256 of {MODEL_FILE} "
+            f"({m['files'][MODEL_FILE]['sha256']})",
+        )
 
 
 def _check_attention(path: Path, model: onnx.ModelProto) -> None:
@@ -174,15 +216,18 @@ def _check_attention(path: Path, model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         label = f"node {node.name or '?'} ({node.domain or 'ai.onnx'}::{node.op_type})"
         if node.op_type == OP_TYPE and node.domain != DOMAIN:
-            raise _fail(path, f"{label} has the wrong op domain {node.domain!r}, "
-                              f"expected {DOMAIN!r}")
+            raise _fail(
+                path, f"{label} has the wrong op domain {node.domain!r}, expected {DOMAIN!r}"
+            )
         if node.op_type in OTHER_ATTENTION:
             raise _fail(path, f"{label} computes attention outside {DOMAIN}::{OP_TYPE}")
         if node.op_type == OP_TYPE:
             found += 1
             if (DOMAIN, OP_TYPE, node.overload) not in functions:
-                raise _fail(path, f"{label} has no function body (overload "
-                                  f"{node.overload!r}) in {MODEL_FILE}")
+                raise _fail(
+                    path,
+                    f"{label} has no function body (overload {node.overload!r}) in {MODEL_FILE}",
+                )
     if not found:
         raise _fail(path, f"{MODEL_FILE} has no {DOMAIN}::{OP_TYPE} node")
 
@@ -203,8 +248,9 @@ def _check_graph(path: Path, m: dict[str, Any]) -> None:
     _check_attention(path, model)
     for kind, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
         if tensor_specs(values) != m[kind]:
-            raise _fail(path, f"graph {kind} {tensor_specs(values)} do not match the "
-                              f"manifest's {m[kind]}")
+            raise _fail(
+                path, f"graph {kind} {tensor_specs(values)} do not match the manifest's {m[kind]}"
+            )
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -217,8 +263,12 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(path, manifest)
 
 
-def write_bundle(out: str | Path, model: onnx.ModelProto, manifest: dict[str, Any],
-                 tokenizer: str | Path | None = None) -> Bundle:
+def write_bundle(
+    out: str | Path,
+    model: onnx.ModelProto,
+    manifest: dict[str, Any],
+    tokenizer: str | Path | None = None,
+) -> Bundle:
     """Write model.onnx (+ tokenizer.json) and manifest.json to `out`, then load it back.
 
     `manifest` carries the descriptive fields (name, version, task, attention, lam, model,
@@ -232,14 +282,17 @@ def write_bundle(out: str | Path, model: onnx.ModelProto, manifest: dict[str, An
     if tokenizer is not None:
         shutil.copyfile(tokenizer, out / TOKENIZER_FILE)
         names.append(TOKENIZER_FILE)
-    files = {n: {"sha256": sha256_file(out / n), "bytes": (out / n).stat().st_size}
-             for n in names}
+    files = {n: {"sha256": sha256_file(out / n), "bytes": (out / n).stat().st_size} for n in names}
     full = {
-        "format_version": FORMAT_VERSION, **manifest, "opset": model_opset(model),
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "opset": model_opset(model),
         "custom_ops": [{"domain": DOMAIN, "op_type": OP_TYPE, "version": OP_VERSION}],
-        "inputs": tensor_specs(model.graph.input), "outputs": tensor_specs(model.graph.output),
-        "files": files, "sha256": files[MODEL_FILE]["sha256"],
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "inputs": tensor_specs(model.graph.input),
+        "outputs": tensor_specs(model.graph.output),
+        "files": files,
+        "sha256": files[MODEL_FILE]["sha256"],
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     (out / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
     return load_bundle(out)

@@ -53,10 +53,14 @@ def preprocessing_for(cfg: ModelConfig) -> dict[str, Any]:
     if isinstance(cfg, LMConfig):
         return {"tokenizer": "tokenizer.json", "padding_side": "left"}
     grey = cfg.in_chans == 1
-    return {"image_size": [cfg.img_size, cfg.img_size], "channels": cfg.in_chans,
-            "mean": [fashion.MEAN] if grey else IMAGENET_MEAN,
-            "std": [fashion.STD] if grey else IMAGENET_STD,
-            "resize": AREA, "background": "black"}
+    return {
+        "image_size": [cfg.img_size, cfg.img_size],
+        "channels": cfg.in_chans,
+        "mean": [fashion.MEAN] if grey else IMAGENET_MEAN,
+        "std": [fashion.STD] if grey else IMAGENET_STD,
+        "resize": AREA,
+        "background": "black",
+    }
 
 
 def generation_for(cfg: LMConfig, tokenizer: Path) -> dict[str, Any]:
@@ -64,10 +68,15 @@ def generation_for(cfg: LMConfig, tokenizer: Path) -> dict[str, Any]:
 
     from models.data.kjv import EOS
 
-    return {"context_length": cfg.block_size, "num_layers": cfg.depth, "num_heads": cfg.heads,
-            "head_dim": cfg.dim // cfg.heads, "vocab_size": cfg.vocab_size,
-            "eos_token_id": Tokenizer.from_file(str(tokenizer)).token_to_id(EOS),
-            "bos_token_id": None}
+    return {
+        "context_length": cfg.block_size,
+        "num_layers": cfg.depth,
+        "num_heads": cfg.heads,
+        "head_dim": cfg.dim // cfg.heads,
+        "vocab_size": cfg.vocab_size,
+        "eos_token_id": Tokenizer.from_file(str(tokenizer)).token_to_id(EOS),
+        "bos_token_id": None,
+    }
 
 
 def training_for(checkpoint: Path) -> dict[str, Any]:
@@ -76,24 +85,43 @@ def training_for(checkpoint: Path) -> dict[str, Any]:
     metrics = load_metrics(checkpoint)
     data, command = metrics.pop("data", None), metrics.pop("command", None)
     commands = metrics.pop("commands", [command] if command else [])
-    return {"data": data, "command": command, "commands": commands, "runs": metrics.pop("runs", []),
-            "wall_time_s": metrics.pop("wall_time_s", None), "checkpoint": str(checkpoint),
-            "metrics": metrics}
+    return {
+        "data": data,
+        "command": command,
+        "commands": commands,
+        "runs": metrics.pop("runs", []),
+        "wall_time_s": metrics.pop("wall_time_s", None),
+        "checkpoint": str(checkpoint),
+        "metrics": metrics,
+    }
 
 
 def exporter_versions() -> dict[str, str]:
-    return {p: importlib.metadata.version(p) for p in ("torch", "onnx", "onnxscript",
-                                                       "onnxruntime")}
+    return {
+        p: importlib.metadata.version(p) for p in ("torch", "onnx", "onnxscript", "onnxruntime")
+    }
 
 
-def build_manifest(cfg: ModelConfig, name: str, version: str, checkpoint: Path,
-                   checks: list[Parity], fp16: bool, tokenizer: Path | None) -> dict[str, Any]:
+def build_manifest(
+    cfg: ModelConfig,
+    name: str,
+    version: str,
+    checkpoint: Path,
+    checks: list[Parity],
+    fp16: bool,
+    tokenizer: Path | None,
+) -> dict[str, Any]:
     """The descriptive manifest fields; write_bundle adds files, hashes, opset and tensors."""
     manifest: dict[str, Any] = {
-        "name": name, "version": version, "task": TASKS[cfg.family],
-        "attention": cfg.attention, "lam": cfg.fidelity_lam, "precision":
-        "float16" if fp16 else "float32", "model": cfg.to_dict(),
-        "preprocessing": preprocessing_for(cfg), "labels": labels_for(cfg),
+        "name": name,
+        "version": version,
+        "task": TASKS[cfg.family],
+        "attention": cfg.attention,
+        "lam": cfg.fidelity_lam,
+        "precision": "float16" if fp16 else "float32",
+        "model": cfg.to_dict(),
+        "preprocessing": preprocessing_for(cfg),
+        "labels": labels_for(cfg),
         "training": training_for(checkpoint),
         "verification": [dataclasses.asdict(c) for c in checks],
         "exporter": exporter_versions(),
@@ -120,13 +148,17 @@ def export_softmax_baseline(checkpoint: Path, path: Path) -> list[Parity]:
 def bundle_name(out: Path, name: str | None) -> str:
     """The name of the bundle written to `out` = <repository>/<name>/<version>: its folder's."""
     if not out.name.isdigit() or int(out.name) < 1:
-        raise CommandError(f"--out must be <repository>/<name>/<version> with a positive integer "
-                           f"version folder, e.g. model_repository/my-classifier/1; got {out}")
+        raise CommandError(
+            f"--out must be <repository>/<name>/<version> with a positive integer "
+            f"version folder, e.g. model_repository/my-classifier/1; got {out}"
+        )
     folder = out.resolve().parent.name
     if name is not None and name != folder:
         fix = out.parent.parent / name / out.name
-        raise CommandError(f"--name {name} differs from the bundle folder {folder!r} in --out, "
-                           f"the name the service serves it under; use --out {fix}")
+        raise CommandError(
+            f"--name {name} differs from the bundle folder {folder!r} in --out, "
+            f"the name the service serves it under; use --out {fix}"
+        )
     return folder
 
 
@@ -134,12 +166,19 @@ def check_checkpoint(checkpoint: Path) -> None:
     """A folder written by `neutreno train` (config.json + model.safetensors)."""
     for file in (CONFIG, WEIGHTS):
         if not (checkpoint / file).is_file():
-            raise CommandError(f"{checkpoint / file} does not exist; pass a checkpoint folder "
-                               "written by neutreno train")
+            raise CommandError(
+                f"{checkpoint / file} does not exist; pass a checkpoint folder "
+                "written by neutreno train"
+            )
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, name: str | None = None,
-                      fp16: bool = False, force: bool = False) -> Bundle:
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    fp16: bool = False,
+    force: bool = False,
+) -> Bundle:
     """Export, check and verify `checkpoint`, then write the bundle to `out` (.../<name>/<version>).
 
     An existing `out` is refused unless `force`, and then replaced only once the new bundle has
@@ -148,8 +187,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, name: str | None 
     checkpoint, out = Path(checkpoint), Path(out)
     name = bundle_name(out, name)
     if out.exists() and not force:
-        raise CommandError(f"{out} already exists; export to a new version folder "
-                           f"({out.parent}/{int(out.name) + 1}) or pass --force to replace it")
+        raise CommandError(
+            f"{out} already exists; export to a new version folder "
+            f"({out.parent}/{int(out.name) + 1}) or pass --force to replace it"
+        )
     check_checkpoint(checkpoint)
     try:
         model, cfg = load_checkpoint(checkpoint)
@@ -157,8 +198,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, name: str | None 
         raise CommandError(f"{exc}; export a folder as neutreno train wrote it") from None
     tokenizer = checkpoint / "tokenizer.json" if isinstance(cfg, LMConfig) else None
     if tokenizer is not None and not tokenizer.is_file():
-        raise CommandError(f"{checkpoint} has no tokenizer.json, which the LM bundle needs; "
-                           "train with --data-dir holding tokenizer.json (make data writes it)")
+        raise CommandError(
+            f"{checkpoint} has no tokenizer.json, which the LM bundle needs; "
+            "train with --data-dir holding tokenizer.json (make data writes it)"
+        )
     proto = export_model(model, cfg, fp16=fp16)
     checks = verify(model, cfg, session(proto), tokenizer, fp16=fp16)
     manifest = build_manifest(cfg, name, out.name, checkpoint, checks, fp16, tokenizer)
@@ -168,16 +211,24 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, name: str | None 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = ArgumentParser(prog="neutreno export", description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(
+        prog="neutreno export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("checkpoint", type=Path, help="folder with config.json + model.safetensors")
-    ap.add_argument("--out", type=Path, required=True,
-                    help="bundle folder, model_repository/<name>/<version>")
+    ap.add_argument(
+        "--out", type=Path, required=True, help="bundle folder, model_repository/<name>/<version>"
+    )
     ap.add_argument("--name", help="bundle name; must equal the <name> folder of --out")
     ap.add_argument("--force", action="store_true", help="replace an existing --out folder")
     ap.add_argument("--fp16", action="store_true", help="half-precision graph (GPU serving)")
-    ap.add_argument("--softmax-baseline", type=Path, metavar="PATH",
-                    help="also write the plain-softmax ONNX graph of the same weights to PATH")
+    ap.add_argument(
+        "--softmax-baseline",
+        type=Path,
+        metavar="PATH",
+        help="also write the plain-softmax ONNX graph of the same weights to PATH",
+    )
     return ap.parse_args(argv)
 
 
@@ -186,10 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     bundle = export_checkpoint(args.checkpoint, args.out, args.name, args.fp16, args.force)
     worst = max(c["max_abs_diff"] for c in bundle.manifest["verification"])
-    print(f"wrote {bundle.path} ({bundle.name} v{bundle.version}, {bundle.task}, "
-          f"max |ORT - torch| = {worst:.2g})")
+    print(
+        f"wrote {bundle.path} ({bundle.name} v{bundle.version}, {bundle.task}, "
+        f"max |ORT - torch| = {worst:.2g})"
+    )
     if args.softmax_baseline:
         checks = export_softmax_baseline(args.checkpoint, args.softmax_baseline)
-        print(f"wrote {args.softmax_baseline} (softmax baseline, max |ORT - torch| = "
-              f"{max(c.max_abs_diff for c in checks):.2g})")
+        print(
+            f"wrote {args.softmax_baseline} (softmax baseline, max |ORT - torch| = "
+            f"{max(c.max_abs_diff for c in checks):.2g})"
+        )
     return 0

@@ -118,8 +118,9 @@ def _head_split(g: _Graph, name: str) -> tuple[_HeadSplit, int] | None:
     if starts is None or ends is None or axes is None or list(axes) != [0]:
         return None
     index = int(starts[0])
-    if int(ends[0]) != index + 1 or list(g.const(squeeze.input[1]) if len(squeeze.input) > 1
-                                         else [0]) != [0]:
+    if int(ends[0]) != index + 1 or list(
+        g.const(squeeze.input[1]) if len(squeeze.input) > 1 else [0]
+    ) != [0]:
         return None
     transpose = g.producer.get(slice_.input[0])
     if transpose is None or transpose.op_type != "Transpose":
@@ -128,8 +129,15 @@ def _head_split(g: _Graph, name: str) -> tuple[_HeadSplit, int] | None:
         return None
     reshape = g.producer.get(transpose.input[0])
     dims = g.dims(transpose.output[0])  # (3, B, H, T, D)
-    if reshape is None or reshape.op_type != "Reshape" or not dims or len(dims) != 5 or \
-            dims[0] != 3 or not isinstance(dims[2], int) or not isinstance(dims[4], int):
+    if (
+        reshape is None
+        or reshape.op_type != "Reshape"
+        or not dims
+        or len(dims) != 5
+        or dims[0] != 3
+        or not isinstance(dims[2], int)
+        or not isinstance(dims[4], int)
+    ):
         return None
     projected = g.dims(reshape.input[0])  # (B, T, 3*H*D)
     if projected is None or len(projected) != 3 or projected[2] != 3 * dims[2] * dims[4]:
@@ -190,8 +198,14 @@ class _Builder:
     def split_node(self, plan: _Plan) -> onnx.NodeProto:
         """Split (B, T, 3C) into Q, K, V (B, T, C); emitted where the head-split Transpose was."""
         outputs = self.splits[id(plan.split.transpose)]
-        return helper.make_node("Split", [plan.split.projected], outputs, axis=-1, num_outputs=3,
-                                name=f"{plan.split.projected}__split")
+        return helper.make_node(
+            "Split",
+            [plan.split.projected],
+            outputs,
+            axis=-1,
+            num_outputs=3,
+            name=f"{plan.split.projected}__split",
+        )
 
     def scalar(self, value: float, like: str, out: list[onnx.NodeProto]) -> str:
         """A scalar of `like`'s dtype (CastLike of a float32 initializer; folded by ORT)."""
@@ -212,8 +226,9 @@ class _Builder:
             rank = len(self.g.dims(mask))
             if rank < 4:
                 axes = f"{bias}_axes"
-                self.initializers.append(numpy_helper.from_array(
-                    np.arange(4 - rank, dtype=np.int64), axes))
+                self.initializers.append(
+                    numpy_helper.from_array(np.arange(4 - rank, dtype=np.int64), axes)
+                )
                 out.append(helper.make_node("Where", [mask, zero, low], [f"{bias}_r"]))
                 out.append(helper.make_node("Unsqueeze", [f"{bias}_r", axes], [bias]))
             else:
@@ -226,8 +241,9 @@ class _Builder:
         key = ("scaled", tensor, repr(lam))
         if key not in self.shared:
             self.shared[key] = f"{tensor}__x{len(self.shared)}"
-            out.append(helper.make_node("Mul", [tensor, self.scalar(lam, tensor, out)],
-                                        [self.shared[key]]))
+            out.append(
+                helper.make_node("Mul", [tensor, self.scalar(lam, tensor, out)], [self.shared[key]])
+            )
         return self.shared[key]
 
     def attention(self, plan: _Plan) -> list[onnx.NodeProto] | None:
@@ -242,10 +258,17 @@ class _Builder:
         bias = self.attention_bias(inputs[4], q, out) if inputs[4] else ""
         fused = plan.merge.output[0]
         attn = f"{fused}__attn" if v0 else fused
-        out.append(helper.make_node(
-            "MultiHeadAttention", [q, k, v, "", "", bias, inputs[5], inputs[6]],
-            [attn, *list(node.output[1:3])], domain=MS_DOMAIN, name=f"{fused}__mha",
-            num_heads=plan.split.heads, unidirectional=int(_attr(node, "causal", 0))))
+        out.append(
+            helper.make_node(
+                "MultiHeadAttention",
+                [q, k, v, "", "", bias, inputs[5], inputs[6]],
+                [attn, *list(node.output[1:3])],
+                domain=MS_DOMAIN,
+                name=f"{fused}__mha",
+                num_heads=plan.split.heads,
+                unidirectional=int(_attr(node, "causal", 0)),
+            )
+        )
         if v0:
             lam_v0 = self.scaled(self.flat[v0], lam, out)
             neg_lam_v = self.scaled(v, -lam, out)
@@ -343,8 +366,12 @@ def session_model(source: str | Path | onnx.ModelProto, fused: bool = True) -> b
         return model.SerializeToString()
     model, report = fuse_attention(model)
     gated = gate_output(model)
-    log.info("%s: FidelityAttention %d fused, %d portable%s; similarity telemetry %s",
-             source if not isinstance(source, onnx.ModelProto) else model.graph.name,
-             report.fused, report.portable,
-             "".join(f"; {r}" for r in report.reasons), "gated" if gated else "always on")
+    log.info(
+        "%s: FidelityAttention %d fused, %d portable%s; similarity telemetry %s",
+        source if not isinstance(source, onnx.ModelProto) else model.graph.name,
+        report.fused,
+        report.portable,
+        "".join(f"; {r}" for r in report.reasons),
+        "gated" if gated else "always on",
+    )
     return model.SerializeToString()

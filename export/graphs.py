@@ -44,8 +44,12 @@ class LMGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor,
-                past_key_values: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, ...]:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        past_key_values: list[tuple[Tensor, Tensor]],
+    ) -> tuple[Tensor, ...]:
         out = self.model(input_ids, attention_mask, list(past_key_values))
         presents = [t for kv in out.presents for t in kv]
         return (out.logits, *presents, self.model.similarity(out, attention_mask))
@@ -69,24 +73,36 @@ def kv_names(depth: int, prefix: str) -> list[str]:
 
 def vision_spec(model: nn.Module, cfg: ViTConfig, dtype: torch.dtype) -> GraphSpec:
     x = torch.randn(EXAMPLE_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, dtype=dtype)
-    return GraphSpec(VisionGraph(model), (x,), ["pixel_values"], ["logits", "token_similarity"],
-                     {"pixel_values": {0: "batch"}})
+    return GraphSpec(
+        VisionGraph(model),
+        (x,),
+        ["pixel_values"],
+        ["logits", "token_similarity"],
+        {"pixel_values": {0: "batch"}},
+    )
 
 
 def lm_spec(model: nn.Module, cfg: LMConfig, dtype: torch.dtype) -> GraphSpec:
     b, t, p, d = EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST, cfg.dim // cfg.heads
     ids = torch.randint(0, cfg.vocab_size, (b, t))
     mask = torch.ones(b, p + t, dtype=torch.long)
-    past = [(torch.randn(b, cfg.heads, p, d, dtype=dtype), torch.randn(b, cfg.heads, p, d,
-                                                                       dtype=dtype))
-            for _ in range(cfg.depth)]
+    past = [
+        (torch.randn(b, cfg.heads, p, d, dtype=dtype), torch.randn(b, cfg.heads, p, d, dtype=dtype))
+        for _ in range(cfg.depth)
+    ]
     kv_axes = {0: "batch", 2: "past_sequence"}
-    dynamic = {"input_ids": {0: "batch", 1: "sequence"},
-               "attention_mask": {0: "batch", 1: "total_sequence"},
-               "past_key_values": [(kv_axes, kv_axes) for _ in range(cfg.depth)]}
-    return GraphSpec(LMGraph(model), (ids, mask, past),
-                     ["input_ids", "attention_mask", *kv_names(cfg.depth, "past_key_values")],
-                     ["logits", *kv_names(cfg.depth, "present"), "token_similarity"], dynamic)
+    dynamic = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "past_key_values": [(kv_axes, kv_axes) for _ in range(cfg.depth)],
+    }
+    return GraphSpec(
+        LMGraph(model),
+        (ids, mask, past),
+        ["input_ids", "attention_mask", *kv_names(cfg.depth, "past_key_values")],
+        ["logits", *kv_names(cfg.depth, "present"), "token_similarity"],
+        dynamic,
+    )
 
 
 def graph_spec(model: nn.Module, cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> GraphSpec:
@@ -96,8 +112,9 @@ def graph_spec(model: nn.Module, cfg: ModelConfig, dtype: torch.dtype = torch.fl
     return vision_spec(model, cfg, dtype)
 
 
-def export_model(model: nn.Module, cfg: ModelConfig, *, standard: bool = False,
-                 fp16: bool = False) -> onnx.ModelProto:
+def export_model(
+    model: nn.Module, cfg: ModelConfig, *, standard: bool = False, fp16: bool = False
+) -> onnx.ModelProto:
     """Export `model` (eval mode) to ONNX with one FidelityAttention node per attention layer.
 
     standard=True exports the standard opset-23 Attention instead (softmax baseline, lam = 0).
@@ -109,10 +126,17 @@ def export_model(model: nn.Module, cfg: ModelConfig, *, standard: bool = False,
     with custom_op_attention(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            spec.module, spec.args, dynamo=True, opset_version=23,
-            input_names=spec.input_names, output_names=spec.output_names,
-            dynamic_shapes=spec.dynamic_shapes, custom_translation_table=translation_table(standard),
-            external_data=False, verbose=False)
+            spec.module,
+            spec.args,
+            dynamo=True,
+            opset_version=23,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_shapes=spec.dynamic_shapes,
+            custom_translation_table=translation_table(standard),
+            external_data=False,
+            verbose=False,
+        )
     proto = program.model_proto
     if not standard:
         attach_functions(proto)

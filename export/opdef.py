@@ -33,20 +33,40 @@ def op_schema() -> onnx.defs.OpSchema:
     """The ONNX schema of FidelityAttention (what the checker and the exporter consult)."""
     p = onnx.defs.OpSchema.FormalParameter
     opt = onnx.defs.OpSchema.FormalParameterOption.Optional
-    inputs = [p("Q", "T"), p("K", "T"), p("V", "T"), p("V0", "T", param_option=opt),
-              p("attn_mask", "M", param_option=opt), p("past_key", "T", param_option=opt),
-              p("past_value", "T", param_option=opt)]
-    attrs = [onnx.defs.OpSchema.Attribute("lam", helper.make_attribute("lam", 0.0),
-                                          "fidelity weight"),
-             onnx.defs.OpSchema.Attribute("causal", helper.make_attribute("causal", 0),
-                                          "bottom-right aligned causal mask (0 or 1)")]
+    inputs = [
+        p("Q", "T"),
+        p("K", "T"),
+        p("V", "T"),
+        p("V0", "T", param_option=opt),
+        p("attn_mask", "M", param_option=opt),
+        p("past_key", "T", param_option=opt),
+        p("past_value", "T", param_option=opt),
+    ]
+    attrs = [
+        onnx.defs.OpSchema.Attribute("lam", helper.make_attribute("lam", 0.0), "fidelity weight"),
+        onnx.defs.OpSchema.Attribute(
+            "causal",
+            helper.make_attribute("causal", 0),
+            "bottom-right aligned causal mask (0 or 1)",
+        ),
+    ]
     return onnx.defs.OpSchema(
-        OP_TYPE, DOMAIN, OP_VERSION, DOC,
-        inputs=inputs, attributes=attrs,
-        outputs=[p("Y", "T"), p("present_key", "T", param_option=opt),
-                 p("present_value", "T", param_option=opt)],
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
-                          ("M", ["tensor(bool)"], "")])
+        OP_TYPE,
+        DOMAIN,
+        OP_VERSION,
+        DOC,
+        inputs=inputs,
+        attributes=attrs,
+        outputs=[
+            p("Y", "T"),
+            p("present_key", "T", param_option=opt),
+            p("present_value", "T", param_option=opt),
+        ],
+        type_constraints=[
+            ("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], ""),
+            ("M", ["tensor(bool)"], ""),
+        ],
+    )
 
 
 def register_schema() -> None:
@@ -63,8 +83,11 @@ def _ref_attr(name: str, ref: str, kind: int) -> onnx.AttributeProto:
 
 
 def _attention_node(y: str) -> onnx.NodeProto:
-    node = helper.make_node("Attention", ["Q", "K", "V", "attn_mask", "past_key", "past_value"],
-                            [y, "present_key", "present_value"])
+    node = helper.make_node(
+        "Attention",
+        ["Q", "K", "V", "attn_mask", "past_key", "past_value"],
+        [y, "present_key", "present_value"],
+    )
     node.attribute.append(_ref_attr("is_causal", "causal", onnx.AttributeProto.INT))
     return node
 
@@ -75,15 +98,26 @@ def function_body(opset: int = OPSET, fidelity: bool = True) -> onnx.FunctionPro
     if fidelity:
         lam = helper.make_node("Constant", [], ["lam_f"])
         lam.attribute.append(_ref_attr("value_float", "lam", onnx.AttributeProto.FLOAT))
-        nodes += [lam, helper.make_node("CastLike", ["lam_f", "Q"], ["lam_t"]),
-                  helper.make_node("Sub", ["V0", "V"], ["diff"]),
-                  helper.make_node("Mul", ["lam_t", "diff"], ["fid"]),
-                  helper.make_node("Add", ["A", "fid"], ["Y"])]
-    fn = helper.make_function(DOMAIN, OP_TYPE, INPUTS, OUTPUTS, nodes,
-                              [helper.make_opsetid("", opset)], attributes=[],
-                              doc_string=DOC)
-    fn.attribute_proto.extend([helper.make_attribute("lam", 0.0),
-                               helper.make_attribute("causal", 0)])
+        nodes += [
+            lam,
+            helper.make_node("CastLike", ["lam_f", "Q"], ["lam_t"]),
+            helper.make_node("Sub", ["V0", "V"], ["diff"]),
+            helper.make_node("Mul", ["lam_t", "diff"], ["fid"]),
+            helper.make_node("Add", ["A", "fid"], ["Y"]),
+        ]
+    fn = helper.make_function(
+        DOMAIN,
+        OP_TYPE,
+        INPUTS,
+        OUTPUTS,
+        nodes,
+        [helper.make_opsetid("", opset)],
+        attributes=[],
+        doc_string=DOC,
+    )
+    fn.attribute_proto.extend(
+        [helper.make_attribute("lam", 0.0), helper.make_attribute("causal", 0)]
+    )
     if not fidelity:
         fn.overload = NO_FIDELITY
     return fn

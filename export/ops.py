@@ -10,7 +10,7 @@ then adds the function bodies after export. `translate_softmax` emits the standa
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import onnxscript
 import torch
@@ -24,31 +24,56 @@ NEUTRENO = onnxscript.values.Opset(DOMAIN, OP_VERSION)
 
 
 @torch.library.custom_op("neutreno::fidelity_attention", mutates_args=())
-def fidelity_attention_op(q: Tensor, k: Tensor, v: Tensor, v0: Tensor | None,
-                          mask: Tensor | None, past_key: Tensor | None,
-                          past_value: Tensor | None, lam: float,
-                          causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+def fidelity_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    v0: Tensor | None,
+    mask: Tensor | None,
+    past_key: Tensor | None,
+    past_value: Tensor | None,
+    lam: float,
+    causal: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """models.attention.attention_core as one op: (Y, present_key, present_value)."""
     past = None if past_key is None else (past_key, past_value)
-    out, (k_all, v_all) = attention_core(q, k, v, v0, lam=lam, causal=causal, mask=mask,
-                                         past=past, fused=False)
+    out, (k_all, v_all) = attention_core(
+        q, k, v, v0, lam=lam, causal=causal, mask=mask, past=past, fused=False
+    )
     if past is None:  # a custom op's outputs may not alias its inputs
         k_all, v_all = k_all.clone(), v_all.clone()
     return out, k_all, v_all
 
 
 @fidelity_attention_op.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, v0: Tensor | None, mask: Tensor | None,
-      past_key: Tensor | None, past_value: Tensor | None, lam: float,
-      causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    v0: Tensor | None,
+    mask: Tensor | None,
+    past_key: Tensor | None,
+    past_value: Tensor | None,
+    lam: float,
+    causal: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     if past_key is not None:
         k, v = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
     return q.new_empty(q.shape[:-1] + v.shape[-1:]), torch.empty_like(k), torch.empty_like(v)
 
 
-def onnx_core(q: Tensor, k: Tensor, v: Tensor, v0: Tensor | None, *, lam: float, causal: bool,
-              mask: Tensor | None = None, past: KVCache | None = None,
-              fused: bool = True) -> tuple[Tensor, KVCache]:
+def onnx_core(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    v0: Tensor | None,
+    *,
+    lam: float,
+    causal: bool,
+    mask: Tensor | None = None,
+    past: KVCache | None = None,
+    fused: bool = True,
+) -> tuple[Tensor, KVCache]:
     """Drop-in for `attention_core` that calls the custom op.
 
     Causality is folded into the bool mask, so the node's attn_mask is the complete mask
@@ -61,8 +86,9 @@ def onnx_core(q: Tensor, k: Tensor, v: Tensor, v0: Tensor | None, *, lam: float,
         mask = c if mask is None else mask & c
     if v0 is None or lam == 0.0:
         v0, lam = None, 0.0
-    out, k_all, v_all = fidelity_attention_op(q, k, v, v0, mask, past_key, past_value,
-                                              float(lam), False)
+    out, k_all, v_all = fidelity_attention_op(
+        q, k, v, v0, mask, past_key, past_value, float(lam), False
+    )
     return out, (k_all, v_all)
 
 
@@ -76,24 +102,44 @@ def custom_op_attention(model: nn.Module) -> Iterator[nn.Module]:
     try:
         yield model
     finally:
-        for m, core in zip(layers, saved):
+        for m, core in zip(layers, saved, strict=False):
             m.core = core
 
 
-def translate_fidelity(q, k, v, v0=None, mask=None, past_key=None, past_value=None,
-                       lam: float = 0.0, causal: bool = False):
+def translate_fidelity(
+    q,
+    k,
+    v,
+    v0=None,
+    mask=None,
+    past_key=None,
+    past_value=None,
+    lam: float = 0.0,
+    causal: bool = False,
+):
     """Exporter translation: the bare ai.neutreno::FidelityAttention node."""
-    return getattr(NEUTRENO, OP_TYPE)(q, k, v, v0, mask, past_key, past_value, lam=lam,
-                                      causal=int(causal), _num_outputs=3)
+    return getattr(NEUTRENO, OP_TYPE)(
+        q, k, v, v0, mask, past_key, past_value, lam=lam, causal=int(causal), _num_outputs=3
+    )
 
 
-def translate_softmax(q, k, v, v0=None, mask=None, past_key=None, past_value=None,
-                      lam: float = 0.0, causal: bool = False):
+def translate_softmax(
+    q,
+    k,
+    v,
+    v0=None,
+    mask=None,
+    past_key=None,
+    past_value=None,
+    lam: float = 0.0,
+    causal: bool = False,
+):
     """Exporter translation for the softmax baseline: the standard opset-23 Attention node."""
     if v0 is not None:
         raise ValueError("the standard Attention export needs lam = 0 (no V0)")
-    y, present_key, present_value, _ = opset23.Attention(q, k, v, mask, past_key, past_value,
-                                                         is_causal=int(causal))
+    y, present_key, present_value, _ = opset23.Attention(
+        q, k, v, mask, past_key, past_value, is_causal=int(causal)
+    )
     return y, present_key, present_value
 
 
@@ -102,5 +148,3 @@ def translation_table(standard: bool = False) -> dict[Callable, Callable]:
     register_schema()
     fn = translate_softmax if standard else translate_fidelity
     return {torch.ops.neutreno.fidelity_attention.default: fn}
-
-

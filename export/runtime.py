@@ -12,8 +12,12 @@ import onnxruntime as ort
 from export.fusion import session_model
 
 
-def session(model: onnx.ModelProto | str | Path, providers: list[str] | None = None,
-            threads: int = 0, fused: bool = True) -> ort.InferenceSession:
+def session(
+    model: onnx.ModelProto | str | Path,
+    providers: list[str] | None = None,
+    threads: int = 0,
+    fused: bool = True,
+) -> ort.InferenceSession:
     """An ORT session (CPU unless `providers` says otherwise); threads 0 = ORT's default.
 
     The model goes through `export.fusion.session_model` as in the service: fused attention and
@@ -24,8 +28,9 @@ def session(model: onnx.ModelProto | str | Path, providers: list[str] | None = N
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the service
-    return ort.InferenceSession(session_model(model, fused), opts,
-                                providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        session_model(model, fused), opts, providers=providers or ["CPUExecutionProvider"]
+    )
 
 
 @dataclass
@@ -52,21 +57,31 @@ def empty_past(sess: ort.InferenceSession, batch: int) -> list[tuple[np.ndarray,
     return [(z, z) for _ in range(layers)]
 
 
-def lm_step(sess: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray,
-            past: list[tuple[np.ndarray, np.ndarray]] | None = None) -> LMStep:
+def lm_step(
+    sess: ort.InferenceSession,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    past: list[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> LMStep:
     """input_ids (B, T) int64, attention_mask (B, P + T) int64, past per layer (B, H, P, D)."""
     past = empty_past(sess, input_ids.shape[0]) if past is None else past
-    feed = {"input_ids": input_ids.astype(np.int64),
-            "attention_mask": attention_mask.astype(np.int64)}
+    feed = {
+        "input_ids": input_ids.astype(np.int64),
+        "attention_mask": attention_mask.astype(np.int64),
+    }
     for i, (k, v) in enumerate(past):
         feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = k, v
     out = sess.run(None, feed)
-    presents = list(zip(out[1:-1:2], out[2:-1:2]))
+    presents = list(zip(out[1:-1:2], out[2:-1:2], strict=False))
     return LMStep(out[0], presents, out[-1])
 
 
-def greedy(sess: ort.InferenceSession, input_ids: np.ndarray, max_new_tokens: int,
-           attention_mask: np.ndarray | None = None) -> np.ndarray:
+def greedy(
+    sess: ort.InferenceSession,
+    input_ids: np.ndarray,
+    max_new_tokens: int,
+    attention_mask: np.ndarray | None = None,
+) -> np.ndarray:
     """Greedy decoding with the KV cache: (B, T) (left padding allowed) -> (B, max_new_tokens)."""
     mask = np.ones_like(input_ids) if attention_mask is None else attention_mask.astype(np.int64)
     step = lm_step(sess, input_ids, mask)

@@ -35,16 +35,23 @@ def _batch_nan(model: onnx.ModelProto, out: onnx.ValueInfoProto) -> onnx.GraphPr
     output is not (batch, static layers) with the first input's batch dim."""
     dims = out.type.tensor_type.shape.dim
     first = model.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 2 or not dims[1].dim_value or not first or \
-            not dims[0].dim_param or dims[0].dim_param != first[0].dim_param:
+    if (
+        len(dims) != 2
+        or not dims[1].dim_value
+        or not first
+        or not dims[0].dim_param
+        or dims[0].dim_param != first[0].dim_param
+    ):
         return None
     p = f"{out.name}_skip_"  # names local to the branch, distinct from the outer graph's
     layers = numpy_helper.from_array(np.array([dims[1].dim_value], np.int64), p + "layers")
     nan = helper.make_tensor(p + "nan", out.type.tensor_type.elem_type, [1], [float("nan")])
-    nodes = [helper.make_node("Shape", [model.graph.input[0].name], [p + "batch"], end=1),
-             helper.make_node("Constant", [], [p + "layers"], value=layers),
-             helper.make_node("Concat", [p + "batch", p + "layers"], [p + "shape"], axis=0),
-             helper.make_node("ConstantOfShape", [p + "shape"], [p + "out"], value=nan)]
+    nodes = [
+        helper.make_node("Shape", [model.graph.input[0].name], [p + "batch"], end=1),
+        helper.make_node("Constant", [], [p + "layers"], value=layers),
+        helper.make_node("Concat", [p + "batch", p + "layers"], [p + "shape"], axis=0),
+        helper.make_node("ConstantOfShape", [p + "shape"], [p + "out"], value=nan),
+    ]
     return helper.make_graph(nodes, "skip_similarity", [], [_renamed(out, p + "out")])
 
 
@@ -55,8 +62,9 @@ def _renamed(info: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
     return copy
 
 
-def gate_output(model: onnx.ModelProto, name: str = SIMILARITY_OUTPUT,
-                flag: str = SIMILARITY_FLAG) -> bool:
+def gate_output(
+    model: onnx.ModelProto, name: str = SIMILARITY_OUTPUT, flag: str = SIMILARITY_FLAG
+) -> bool:
     """Put the nodes only `name` needs under If(flag); flag is a bool graph input defaulting to
     True. Modifies `model`; returns False (model unchanged) when the graph has no such output or
     its shape is not (batch, layers)."""
@@ -76,8 +84,9 @@ def gate_output(model: onnx.ModelProto, name: str = SIMILARITY_OUTPUT,
     then = helper.make_graph(only, "similarity", [], [_renamed(out, name + "_then")])
     for node in then.node:
         node.output[:] = [name + "_then" if o == name else o for o in node.output]
-    gate = helper.make_node("If", [flag], [name], then_branch=then, else_branch=skip,
-                            name="similarity_gate")
+    gate = helper.make_node(
+        "If", [flag], [name], then_branch=then, else_branch=skip, name="similarity_gate"
+    )
     del graph.node[:]
     graph.node.extend([n for i, n in enumerate(nodes) if i in rest] + [gate])
     graph.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -18,9 +18,11 @@ from models.config import LMConfig, ModelConfig, SegmenterConfig
 TOLERANCE = 1e-4  # max abs difference, fp32
 FP16_RELATIVE = 1e-2  # fp16 graph vs fp32 torch: max abs diff / max(1, max |torch|)
 # Real prompts for LM parity when no data folder is given (Genesis 1:1-3, public domain).
-KJV_PROMPTS = ["In the beginning God created the heaven and the earth.",
-               "And the earth was without form, and void; and darkness was upon the face of the deep.",
-               "And God said, Let there be light: and there was light."]
+KJV_PROMPTS = [
+    "In the beginning God created the heaven and the earth.",
+    "And the earth was without form, and void; and darkness was upon the face of the deep.",
+    "And God said, Let there be light: and there was light.",
+]
 
 
 class ParityError(RuntimeError):
@@ -35,11 +37,13 @@ class Parity:
     max_abs_diff: float
     max_abs_torch: float
 
-    def check(self, fp16: bool = False) -> "Parity":
+    def check(self, fp16: bool = False) -> Parity:
         limit = FP16_RELATIVE * max(1.0, self.max_abs_torch) if fp16 else TOLERANCE
         if not self.max_abs_diff <= limit:
-            raise ParityError(f"ONNX Runtime vs PyTorch on {self.inputs}: max abs diff "
-                              f"{self.max_abs_diff:.3g} > {limit:.3g}")
+            raise ParityError(
+                f"ONNX Runtime vs PyTorch on {self.inputs}: max abs diff "
+                f"{self.max_abs_diff:.3g} > {limit:.3g}"
+            )
         return self
 
 
@@ -65,8 +69,9 @@ def vision_parity(model: nn.Module, sess: ort.InferenceSession, x: Tensor, input
     return compare(inputs, got, want)
 
 
-def _torch_step(model: nn.Module, ids: Tensor, mask: Tensor,
-                past: list[KVCache] | None) -> list[Tensor]:
+def _torch_step(
+    model: nn.Module, ids: Tensor, mask: Tensor, past: list[KVCache] | None
+) -> list[Tensor]:
     out = model(ids, mask, past)
     return [out.logits, *[t for kv in out.presents for t in kv], model.similarity(out, mask)]
 
@@ -76,8 +81,9 @@ def _ort_outputs(step: LMStep) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def lm_parity(model: nn.Module, sess: ort.InferenceSession, ids: Tensor, mask: Tensor,
-              inputs: str) -> Parity:
+def lm_parity(
+    model: nn.Module, sess: ort.InferenceSession, ids: Tensor, mask: Tensor, inputs: str
+) -> Parity:
     """Prefill (empty past) on ids (B, T) with mask (B, T), then one decode step with the cache."""
     want = _torch_step(model, ids, mask, None)
     got = lm_step(sess, ids.numpy(), mask.numpy())
@@ -88,8 +94,11 @@ def lm_parity(model: nn.Module, sess: ort.InferenceSession, ids: Tensor, mask: T
     want2 = _torch_step(model, nxt, mask2, past)
     got2 = lm_step(sess, nxt.numpy(), mask2.numpy(), got.presents)
     second = compare(inputs, _ort_outputs(got2), want2)
-    return Parity(inputs, max(first.max_abs_diff, second.max_abs_diff),
-                  max(first.max_abs_torch, second.max_abs_torch))
+    return Parity(
+        inputs,
+        max(first.max_abs_diff, second.max_abs_diff),
+        max(first.max_abs_torch, second.max_abs_torch),
+    )
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
@@ -99,8 +108,8 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tenso
     mask = torch.zeros(len(sequences), t, dtype=torch.long)
     for i, s in enumerate(sequences):
         if s:
-            ids[i, t - len(s):] = torch.tensor(s)
-            mask[i, t - len(s):] = 1
+            ids[i, t - len(s) :] = torch.tensor(s)
+            mask[i, t - len(s) :] = 1
     return ids, mask
 
 
@@ -121,15 +130,17 @@ def real_vision(cfg: ModelConfig, batch: int) -> tuple[Tensor, str] | None:
         canvases, _ = scenes.make_scenes(batch, images, labels, seed=10_000)
         return torch.from_numpy(fashion.normalize(canvases)), f"{batch} Fashion-MNIST test scenes"
     if cfg.img_size == images.shape[-1] and cfg.in_chans == 1:
-        return torch.from_numpy(fashion.normalize(images[:batch])), \
-            f"{batch} Fashion-MNIST test images"
+        return torch.from_numpy(
+            fashion.normalize(images[:batch])
+        ), f"{batch} Fashion-MNIST test images"
     return None
 
 
 def random_lm(cfg: LMConfig, lengths: Sequence[int], seed: int = 0) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return left_pad([torch.randint(0, cfg.vocab_size, (n,), generator=gen).tolist()
-                     for n in lengths])
+    return left_pad(
+        [torch.randint(0, cfg.vocab_size, (n,), generator=gen).tolist() for n in lengths]
+    )
 
 
 def real_lm(tokenizer: str | Path) -> tuple[Tensor, Tensor]:
@@ -140,20 +151,30 @@ def real_lm(tokenizer: str | Path) -> tuple[Tensor, Tensor]:
     return left_pad([tok.encode(p).ids for p in KJV_PROMPTS])
 
 
-def verify(model: nn.Module, cfg: ModelConfig, sess: ort.InferenceSession,
-           tokenizer: str | Path | None = None, fp16: bool = False) -> list[Parity]:
+def verify(
+    model: nn.Module,
+    cfg: ModelConfig,
+    sess: ort.InferenceSession,
+    tokenizer: str | Path | None = None,
+    fp16: bool = False,
+) -> list[Parity]:
     """Parity on random inputs at batch 1 and 8 (the LM: 1 and 3 padded prompts) and on real
     inputs when available; raises ParityError beyond the tolerance."""
     model = model.eval()
     if isinstance(cfg, LMConfig):
-        checks = [lm_parity(model, sess, *random_lm(cfg, [9]), "random tokens, batch 1"),
-                  lm_parity(model, sess, *random_lm(cfg, [5, 12, 8]),
-                            "random tokens, batch 3, left padded")]
+        checks = [
+            lm_parity(model, sess, *random_lm(cfg, [9]), "random tokens, batch 1"),
+            lm_parity(
+                model, sess, *random_lm(cfg, [5, 12, 8]), "random tokens, batch 3, left padded"
+            ),
+        ]
         if tokenizer is not None:
             checks.append(lm_parity(model, sess, *real_lm(tokenizer), "3 KJV verses, left padded"))
     else:
-        checks = [vision_parity(model, sess, random_vision(cfg, b), f"random images, batch {b}")
-                  for b in (1, 8)]
+        checks = [
+            vision_parity(model, sess, random_vision(cfg, b), f"random images, batch {b}")
+            for b in (1, 8)
+        ]
         real = real_vision(cfg, 16)
         if real is not None:
             checks.append(vision_parity(model, sess, *real))

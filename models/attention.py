@@ -15,7 +15,8 @@ the KV cache). The export package swaps `Attention.core` for a custom op with th
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -116,8 +117,9 @@ class Attention(nn.Module):
     replaces it with a function that emits one `ai.neutreno::FidelityAttention` node.
     """
 
-    def __init__(self, dim: int, heads: int, *, lam: float = 0.0, causal: bool = False,
-                 qkv_bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, heads: int, *, lam: float = 0.0, causal: bool = False, qkv_bias: bool = True
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
@@ -143,8 +145,9 @@ class Attention(nn.Module):
         b, t, c = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, T, D)
-        y, present = self.core(q, k, v, v0, lam=self.lam, causal=self.causal, mask=mask,
-                               past=past, fused=self.fused)
+        y, present = self.core(
+            q, k, v, v0, lam=self.lam, causal=self.causal, mask=mask, past=past, fused=self.fused
+        )
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.proj(y), v, present
 

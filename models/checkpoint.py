@@ -21,8 +21,9 @@ STATE = "train_state.pt"
 METRICS = "metrics.json"
 
 
-def save_checkpoint(folder: str | Path, model: nn.Module, cfg: ModelConfig,
-                    metrics: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    folder: str | Path, model: nn.Module, cfg: ModelConfig, metrics: dict[str, Any] | None = None
+) -> Path:
     """Write weights (tied tensors stored once) and config; metrics.json when given."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,8 +46,10 @@ def load_checkpoint(folder: str | Path, map_location: str = "cpu") -> tuple[nn.M
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "head.weight" or "tok_emb.weight" not in state]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {folder} does not match its config: missing={missing} "
-                         f"unexpected={unexpected}")
+        raise ValueError(
+            f"checkpoint {folder} does not match its config: missing={missing} "
+            f"unexpected={unexpected}"
+        )
     return model.eval(), cfg
 
 
@@ -69,8 +72,9 @@ def init_from(model: nn.Module, folder: str | Path) -> list[str]:
         if name.endswith("pos_embed") and value.shape != tensor.shape:
             value = resize_pos_embed(value, tensor.shape[1])
         if value.shape != tensor.shape:
-            raise ValueError(f"{folder}: {name} is {tuple(value.shape)}, the model needs "
-                             f"{tuple(tensor.shape)}")
+            raise ValueError(
+                f"{folder}: {name} is {tuple(value.shape)}, the model needs {tuple(tensor.shape)}"
+            )
         copied[name] = value
     if not copied:
         raise ValueError(f"{folder}: no weight name matches the model")
@@ -82,8 +86,9 @@ def resize_pos_embed(pos: torch.Tensor, tokens: int) -> torch.Tensor:
     """(1, 1 + g*g, dim) -> (1, tokens, dim): the cls slot kept, the patch grid resized."""
     old, new = math.isqrt(pos.shape[1] - 1), math.isqrt(tokens - 1)
     if old * old != pos.shape[1] - 1 or new * new != tokens - 1:
-        raise ValueError(f"position embeddings of {pos.shape[1]} and {tokens} tokens are not "
-                         "cls + a square grid")
+        raise ValueError(
+            f"position embeddings of {pos.shape[1]} and {tokens} tokens are not cls + a square grid"
+        )
     grid = pos[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)  # (1, dim, g, g)
     grid = F.interpolate(grid, size=(new, new), mode="bilinear", align_corners=False)
     return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, -1)], dim=1)

@@ -92,7 +92,9 @@ def config_from_dict(data: dict[str, Any]) -> ModelConfig:
     data = dict(data)
     family = data.pop("family", None)
     if family not in CONFIG_CLASSES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(CONFIG_CLASSES)}")
+        raise ValueError(
+            f"unknown model family {family!r}; expected one of {sorted(CONFIG_CLASSES)}"
+        )
     cls = CONFIG_CLASSES[family]
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known

@@ -52,44 +52,65 @@ def load_rows(folder: Path) -> list[Row]:
     rows = []
     for (depth, attention), runs in sorted(groups.items()):
         metrics = [load_metrics(r) for r in runs]
-        command = re.sub(r"--seed \d+", "--seed {" + ",".join(
-            str(m["seed"]) for m in metrics) + "}", metrics[0].get("command", ""))
+        command = re.sub(
+            r"--seed \d+",
+            "--seed {" + ",".join(str(m["seed"]) for m in metrics) + "}",
+            metrics[0].get("command", ""),
+        )
         command = re.sub(r"-s\d+\b", "-s{seed}", command)
-        rows.append(Row(depth, attention, [m["top1"] for m in metrics],
-                        [m["step"] for m in metrics],
-                        np.array([json.loads((r / SIMILARITY).read_text()) for r in runs]),
-                        command))
+        rows.append(
+            Row(
+                depth,
+                attention,
+                [m["top1"] for m in metrics],
+                [m["step"] for m in metrics],
+                np.array([json.loads((r / SIMILARITY).read_text()) for r in runs]),
+                command,
+            )
+        )
     return rows
 
 
 def table(rows: list[Row]) -> list[str]:
     """Markdown: top-1 and last-layer similarity as mean +- std over seeds, per row."""
-    lines = ["| depth | attention | seeds | steps (mean) | top-1 % (mean +- std) | "
-             "last-layer similarity (mean +- std) | max over layers (mean) | command |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| depth | attention | seeds | steps (mean) | top-1 % (mean +- std) | "
+        "last-layer similarity (mean +- std) | max over layers (mean) | command |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         acc, acc_sd = Row.mean_std([100 * v for v in r.top1])
         last, last_sd = Row.mean_std(r.similarity[:, -1])
-        lines.append(f"| {r.depth} | {r.attention} | {len(r.top1)} | "
-                     f"{statistics.fmean(r.steps):.0f} | {acc:.2f} +- {acc_sd:.2f} | "
-                     f"{last:.3f} +- {last_sd:.3f} | {r.similarity.max(1).mean():.3f} | "
-                     f"`{r.command}` |")
+        lines.append(
+            f"| {r.depth} | {r.attention} | {len(r.top1)} | "
+            f"{statistics.fmean(r.steps):.0f} | {acc:.2f} +- {acc_sd:.2f} | "
+            f"{last:.3f} +- {last_sd:.3f} | {r.similarity.max(1).mean():.3f} | "
+            f"`{r.command}` |"
+        )
     return lines
 
 
 def per_layer(rows: list[Row]) -> list[str]:
     """Markdown bullets: each layer's mean +- std similarity."""
-    return [f"- depth {r.depth}, {r.attention}: " + ", ".join(
-        f"{m:.3f}+-{s:.3f}" for m, s in zip(r.similarity.mean(0), r.similarity.std(0, ddof=1)
-                                           if len(r.top1) > 1 else np.zeros(r.depth)))
-        for r in rows]
+    return [
+        f"- depth {r.depth}, {r.attention}: "
+        + ", ".join(
+            f"{m:.3f}+-{s:.3f}"
+            for m, s in zip(
+                r.similarity.mean(0),
+                r.similarity.std(0, ddof=1) if len(r.top1) > 1 else np.zeros(r.depth),
+                strict=False,
+            )
+        )
+        for r in rows
+    ]
 
 
 def plot(rows: list[Row], path: Path) -> None:
     """One panel per depth: mean per-layer similarity with a +-1 std band per attention."""
     depths = sorted({r.depth for r in rows})
     fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 3.6), squeeze=False)
-    for ax, depth in zip(axes[0], depths):
+    for ax, depth in zip(axes[0], depths, strict=False):
         for r in (r for r in rows if r.depth == depth):
             mean, std = r.similarity.mean(0), r.similarity.std(0)
             layers = np.arange(1, depth + 1)
@@ -121,9 +142,19 @@ def section(folder: Path, png: Path) -> list[str]:
     if not rows:
         return []
     plot(rows, png)
-    return ["", "## Depth study: NeuTRENO vs softmax at depth 6, 12, 24 (3 seeds each)", "",
-            "Same width, recipe, seed (so initial weights and data order) and wall-time budget "
-            "within each pair, all runs at once on one GPU; similarity on 1,000 test images. "
-            "Produced by `python -m models.report` from the runs of `bench/gpu_train.sh`.", "",
-            *table(rows), "", f"![depth study]({png.name})", "", "Per-layer similarity:", "",
-            *per_layer(rows)]
+    return [
+        "",
+        "## Depth study: NeuTRENO vs softmax at depth 6, 12, 24 (3 seeds each)",
+        "",
+        "Same width, recipe, seed (so initial weights and data order) and wall-time budget "
+        "within each pair, all runs at once on one GPU; similarity on 1,000 test images. "
+        "Produced by `python -m models.report` from the runs of `bench/gpu_train.sh`.",
+        "",
+        *table(rows),
+        "",
+        f"![depth study]({png.name})",
+        "",
+        "Per-layer similarity:",
+        "",
+        *per_layer(rows),
+    ]

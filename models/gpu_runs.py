@@ -62,48 +62,175 @@ def plan(data: Path, budget: float, max_steps: int | None = None) -> list[Run]:
     Each pair of the study shares width, recipe, seed (so data order) and the wall-time
     budget; steps reached are in each run's metrics.
     """
-    common = ("--time-limit", str(budget), "--no-progress", "--threads", "1",
-              *(("--max-steps", str(max_steps)) if max_steps else ("--epochs", "1000")))
+    common = (
+        "--time-limit",
+        str(budget),
+        "--no-progress",
+        "--threads",
+        "1",
+        *(("--max-steps", str(max_steps)) if max_steps else ("--epochs", "1000")),
+    )
     kjv = ("--data-dir", str(data / "kjv"))
     runs = [
-        Run("classifier-d64", ("vit-fashion", "--depth", "6", "--set", "stem=conv",
-                               "--init", "checkpoints/fashion-classifier", "--framing", "0.5",
-                               "--batch-size", "256", "--lr", "1e-3", "--warmup", "300",
-                               *common), ship=True),
-        Run("classifier-d96", ("vit-fashion", "--depth", "6", "--set", "stem=conv",
-                               "--set", "dim=96", "--framing", "0.5", "--batch-size", "256",
-                               "--lr", "2e-3", "--warmup", "300", *common), ship=True),
-        Run("segmenter-f50", ("segmenter-fashion", "--set", "stem=conv", "--set", "window=3",
-                              "--set", "refine_channels=16", "--init",
-                              "checkpoints/fashion-segmenter", "--framing", "0.5",
-                              "--batch-size", "64", "--lr", "5e-4", "--warmup", "200",
-                              *common), ship=True),
-        Run("segmenter-f70", ("segmenter-fashion", "--set", "stem=conv", "--set", "window=3",
-                              "--set", "refine_channels=16", "--init",
-                              "checkpoints/fashion-segmenter", "--framing", "0.7",
-                              "--batch-size", "64", "--lr", "1e-3", "--warmup", "200",
-                              *common), ship=True),
+        Run(
+            "classifier-d64",
+            (
+                "vit-fashion",
+                "--depth",
+                "6",
+                "--set",
+                "stem=conv",
+                "--init",
+                "checkpoints/fashion-classifier",
+                "--framing",
+                "0.5",
+                "--batch-size",
+                "256",
+                "--lr",
+                "1e-3",
+                "--warmup",
+                "300",
+                *common,
+            ),
+            ship=True,
+        ),
+        Run(
+            "classifier-d96",
+            (
+                "vit-fashion",
+                "--depth",
+                "6",
+                "--set",
+                "stem=conv",
+                "--set",
+                "dim=96",
+                "--framing",
+                "0.5",
+                "--batch-size",
+                "256",
+                "--lr",
+                "2e-3",
+                "--warmup",
+                "300",
+                *common,
+            ),
+            ship=True,
+        ),
+        Run(
+            "segmenter-f50",
+            (
+                "segmenter-fashion",
+                "--set",
+                "stem=conv",
+                "--set",
+                "window=3",
+                "--set",
+                "refine_channels=16",
+                "--init",
+                "checkpoints/fashion-segmenter",
+                "--framing",
+                "0.5",
+                "--batch-size",
+                "64",
+                "--lr",
+                "5e-4",
+                "--warmup",
+                "200",
+                *common,
+            ),
+            ship=True,
+        ),
+        Run(
+            "segmenter-f70",
+            (
+                "segmenter-fashion",
+                "--set",
+                "stem=conv",
+                "--set",
+                "window=3",
+                "--set",
+                "refine_channels=16",
+                "--init",
+                "checkpoints/fashion-segmenter",
+                "--framing",
+                "0.7",
+                "--batch-size",
+                "64",
+                "--lr",
+                "1e-3",
+                "--warmup",
+                "200",
+                *common,
+            ),
+            ship=True,
+        ),
     ]
-    for name, dim, depth, heads, dropout, lr in (("lm-d256x6", 256, 6, 8, 0.1, "1e-3"),
-                                                 ("lm-d256x8", 256, 8, 8, 0.15, "8e-4"),
-                                                 ("lm-d320x6", 320, 6, 5, 0.2, "8e-4")):
-        runs.append(Run(name, ("lm-kjv", *kjv, "--set", f"dim={dim}", "--depth", str(depth),
-                               "--set", f"heads={heads}", "--set", f"dropout={dropout}",
-                               "--batch-size", "64", "--lr", lr, "--warmup", "200",
-                               "--weight-decay", "0.1", "--eval-every", "300",
-                               "--keep-best", "validation_bpc", *common), ship=True))
+    for name, dim, depth, heads, dropout, lr in (
+        ("lm-d256x6", 256, 6, 8, 0.1, "1e-3"),
+        ("lm-d256x8", 256, 8, 8, 0.15, "8e-4"),
+        ("lm-d320x6", 320, 6, 5, 0.2, "8e-4"),
+    ):
+        runs.append(
+            Run(
+                name,
+                (
+                    "lm-kjv",
+                    *kjv,
+                    "--set",
+                    f"dim={dim}",
+                    "--depth",
+                    str(depth),
+                    "--set",
+                    f"heads={heads}",
+                    "--set",
+                    f"dropout={dropout}",
+                    "--batch-size",
+                    "64",
+                    "--lr",
+                    lr,
+                    "--warmup",
+                    "200",
+                    "--weight-decay",
+                    "0.1",
+                    "--eval-every",
+                    "300",
+                    "--keep-best",
+                    "validation_bpc",
+                    *common,
+                ),
+                ship=True,
+            )
+        )
     for depth in STUDY_DEPTHS:
         for seed in STUDY_SEEDS:
             for attention in ("neutreno", "softmax"):
-                runs.append(Run(f"depth{depth}-{attention}-s{seed}",
-                                ("vit-fashion", "--depth", str(depth), "--attention", attention,
-                                 "--seed", str(seed), "--batch-size", "256", "--lr", "1.5e-3",
-                                 "--warmup", "200", *common)))
+                runs.append(
+                    Run(
+                        f"depth{depth}-{attention}-s{seed}",
+                        (
+                            "vit-fashion",
+                            "--depth",
+                            str(depth),
+                            "--attention",
+                            attention,
+                            "--seed",
+                            str(seed),
+                            "--batch-size",
+                            "256",
+                            "--lr",
+                            "1.5e-3",
+                            "--warmup",
+                            "200",
+                            *common,
+                        ),
+                    )
+                )
     return runs
 
 
-def launch(runs_dir: Path, data: Path, budget: float, max_steps: int | None,
-           only: str | None) -> None:
+def launch(
+    runs_dir: Path, data: Path, budget: float, max_steps: int | None, only: str | None
+) -> None:
     """Start every run, wait (stopping stragglers at budget + GRACE_S), then measure the study.
 
     A run that fails within the first half of the budget is started once more without bf16
@@ -111,22 +238,34 @@ def launch(runs_dir: Path, data: Path, budget: float, max_steps: int | None,
     precision, not the call.
     """
     runs_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "NEUTRENO_FASHION_MNIST_DIR": str(data / "fashion-mnist"),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "NEUTRENO_FASHION_MNIST_DIR": str(data / "fashion-mnist"),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     selected = [r for r in plan(data, budget, max_steps) if not only or only in r.name]
     started = time.time()
     procs = {run.name: _start(runs_dir, run, run.args, env) for run in selected}
     retried: set[str] = set()
-    while any(p.poll() is None for p in procs.values()) and time.time() < started + budget + GRACE_S:
+    while (
+        any(p.poll() is None for p in procs.values()) and time.time() < started + budget + GRACE_S
+    ):
         for run in selected:
             left = budget - (time.time() - started)
-            if procs[run.name].poll() not in (None, 0) and run.name not in retried \
-                    and left > budget / 2:
-                print(f"{run.name}: exit {procs[run.name].returncode}; again without autocast",
-                      flush=True)
+            if (
+                procs[run.name].poll() not in (None, 0)
+                and run.name not in retried
+                and left > budget / 2
+            ):
+                print(
+                    f"{run.name}: exit {procs[run.name].returncode}; again without autocast",
+                    flush=True,
+                )
                 retried.add(run.name)
-                procs[run.name] = _start(runs_dir, run, (*run.args, "--no-amp", "--time-limit",
-                                                         str(int(left))), env)
+                procs[run.name] = _start(
+                    runs_dir, run, (*run.args, "--no-amp", "--time-limit", str(int(left))), env
+                )
         time.sleep(2)
     for name, proc in procs.items():
         if proc.poll() is None:
@@ -137,13 +276,17 @@ def launch(runs_dir: Path, data: Path, budget: float, max_steps: int | None,
             measure(runs_dir / run.name, data / "fashion-mnist")
 
 
-def _start(runs_dir: Path, run: Run, args: tuple[str, ...],
-           env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(
+    runs_dir: Path, run: Run, args: tuple[str, ...], env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     """`python -m models.train ARGS --out RUNS/NAME`, output appended to RUNS/NAME.log."""
     with open(runs_dir / f"{run.name}.log", "a") as log:
-        return subprocess.Popen([sys.executable, "-m", "models.train", *args, "--out",
-                                 str(runs_dir / run.name)], stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "models.train", *args, "--out", str(runs_dir / run.name)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
 def measure(folder: Path, fashion_dir: Path) -> list[float]:
@@ -169,15 +312,19 @@ def summary(runs_dir: Path) -> list[str]:
         best = load_metrics(folder / "best")
         facts = [f"{k}={m[k]:.4f}" for k in HEADLINE if k in m]
         facts += [f"best_{k}={best[k]:.4f}" for k in HEADLINE if k in best]
-        lines.append(f"{folder.name}: step={m.get('step')} s={m.get('wall_time_s')} "
-                     + " ".join(facts))
+        lines.append(
+            f"{folder.name}: step={m.get('step')} s={m.get('wall_time_s')} " + " ".join(facts)
+        )
     return lines
 
 
 def best_lm(runs_dir: Path) -> Path | None:
     """The LM run folder whose kept-best checkpoint has the lowest validation bpc."""
-    scored = [(load_metrics(p / "best")["validation_bpc"], p)
-              for p in sorted(runs_dir.glob("lm-*")) if (p / "best" / WEIGHTS).exists()]
+    scored = [
+        (load_metrics(p / "best")["validation_bpc"], p)
+        for p in sorted(runs_dir.glob("lm-*"))
+        if (p / "best" / WEIGHTS).exists()
+    ]
     return min(scored)[1] if scored else None
 
 
@@ -251,8 +398,11 @@ def choose(runs_dir: Path, kind: str) -> Path:
     scored = []
     for run in sorted(runs_dir.glob(f"{kind}-*")):
         if (run / WEIGHTS).exists() and load_metrics(run).get(metric, 0.0) >= target:
-            cases = (robustness.segmenter_cases(200) if kind == "segmenter"
-                     else robustness.classifier_cases(2000))[1:]
+            cases = (
+                robustness.segmenter_cases(200)
+                if kind == "segmenter"
+                else robustness.classifier_cases(2000)
+            )[1:]
             results = robustness.evaluate(run, cases, (robustness.imaging.AREA,))
             scored.append((sum(r[robustness.imaging.AREA] for r in results.values()), run))
             print(f"{run.name}: {metric} {load_metrics(run)[metric]:.4f}, framed {results}")
@@ -273,13 +423,27 @@ def install(run: Path, kind: str, checkpoints: Path, old_suffix: str = "-28px") 
     metrics = load_metrics(dest)
     if kind == "lm":  # the kept-best metrics + what the final metrics say about the run
         final = load_metrics(run)
-        metrics.update({k: final[k] for k in ("command", "data", "world_size", "device",
-                                              "parameters", "wall_time_s", "seed") if k in final})
+        metrics.update(
+            {
+                k: final[k]
+                for k in (
+                    "command",
+                    "data",
+                    "world_size",
+                    "device",
+                    "parameters",
+                    "wall_time_s",
+                    "seed",
+                )
+                if k in final
+            }
+        )
         shutil.copy(run / "tokenizer.json", dest / "tokenizer.json")
     else:  # the run started from the checkpoint that now lives at +old_suffix
         init = f"--init {checkpoints / SHIPPED[kind]} "
         metrics["command"] = metrics.get("command", "").replace(
-            init, f"--init {checkpoints / SHIPPED[kind]}{old_suffix} ")
+            init, f"--init {checkpoints / SHIPPED[kind]}{old_suffix} "
+        )
     (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return dest
 
@@ -291,23 +455,36 @@ def apply(parts: Path, checkpoints: Path = Path("checkpoints")) -> None:
 
     runs_dir = unpack(parts, Path("runs"))
     file_study(runs_dir, checkpoints)
-    chosen = {"classifier": choose(runs_dir, "classifier"),
-              "segmenter": choose(runs_dir, "segmenter"), "lm": best_lm(runs_dir)}
+    chosen = {
+        "classifier": choose(runs_dir, "classifier"),
+        "segmenter": choose(runs_dir, "segmenter"),
+        "lm": best_lm(runs_dir),
+    }
     for kind, run in chosen.items():
         if run is None:
             raise SystemExit("no LM run kept a best checkpoint")
         folder = install(run, kind, checkpoints)
         print(f"shipping {run} as {folder}", flush=True)
         export_main([str(folder), "--out", str(BUNDLE_DIR / SHIPPED[kind] / "1")])
-    robustness.main([str(checkpoints / name) for name in (
-        "fashion-classifier-28px", "fashion-classifier", "fashion-segmenter-28px",
-        "fashion-segmenter")] + ["--out", str(checkpoints / "robustness.json")])
+    robustness.main(
+        [
+            str(checkpoints / name)
+            for name in (
+                "fashion-classifier-28px",
+                "fashion-classifier",
+                "fashion-segmenter-28px",
+                "fashion-segmenter",
+            )
+        ]
+        + ["--out", str(checkpoints / "robustness.json")]
+    )
     report.main([])
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("command", choices=["launch", "pack", "plan", "apply"])
     ap.add_argument("--runs", default="gpu-runs", help="folder of the run folders")
     ap.add_argument("--data", default=".gpu-data", help="holds fashion-mnist/ and kjv/")

@@ -26,8 +26,16 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """x + attn(ln(x)); x + mlp(ln(x)). Returns the block's values too, for NeuTRENO's v0."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, *, lam: float, causal: bool,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        *,
+        lam: float,
+        causal: bool,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads, lam=lam, causal=causal)
@@ -35,8 +43,14 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, v0: Tensor | None = None, *, mask: Tensor | None = None,
-                past: KVCache | None = None) -> tuple[Tensor, Tensor, KVCache]:
+    def forward(
+        self,
+        x: Tensor,
+        v0: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        past: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor, KVCache]:
         """x: (B, T, C) -> (x (B, T, C), v (B, H, T, D), present KV cache)."""
         a, v, present = self.attn(self.norm1(x), v0, mask=mask, past=past)
         x = x + self.drop(a)
@@ -53,8 +67,13 @@ class StackOutput:
     presents: list[KVCache] = field(default_factory=list)
 
 
-def run_blocks(blocks: nn.ModuleList, x: Tensor, *, mask: Tensor | None = None,
-               past: list[KVCache] | None = None) -> StackOutput:
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: Tensor,
+    *,
+    mask: Tensor | None = None,
+    past: list[KVCache] | None = None,
+) -> StackOutput:
     """Run blocks in order; layer 0 has no fidelity term and its values become v0 for the rest.
 
     x: (B, T, C). hidden[i] is layer i's output (B, T, C); presents[i] its (k, v) cache.

@@ -47,8 +47,14 @@ class CausalLM(nn.Module):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, lam=cfg.fidelity_lam, causal=True,
-                  dropout=cfg.dropout)
+            Block(
+                cfg.dim,
+                cfg.heads,
+                cfg.mlp_ratio,
+                lam=cfg.fidelity_lam,
+                causal=True,
+                dropout=cfg.dropout,
+            )
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
@@ -76,7 +82,7 @@ class CausalLM(nn.Module):
         out = run_blocks(self.blocks, x, mask=mask, past=past)
         return LMOutput(self.head(self.norm(out.x)), out.presents, out.hidden)
 
-    def forward_features(self, idx: Tensor) -> "LMOutput":
+    def forward_features(self, idx: Tensor) -> LMOutput:
         """Same as forward; named like the vision models so diagnostics can call any model."""
         return self.forward(idx)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -38,14 +38,16 @@ def _require(data_dir: str | None, cfg: ModelConfig, layout: str) -> str:
     return data_dir
 
 
-def train_loader(dataset: Dataset, epoch: int, batch_size: int, rank: int, world: int,
-                 seed: int, workers: int) -> DataLoader:
+def train_loader(
+    dataset: Dataset, epoch: int, batch_size: int, rank: int, world: int, seed: int, workers: int
+) -> DataLoader:
     """This rank's batches of one epoch: `_shard` of a permutation seeded by (seed, epoch)."""
     dataset.set_epoch(epoch)
     order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
     shards = [idx.tolist() for idx in _shard(order, batch_size, rank, world)]
-    return DataLoader(dataset, batch_sampler=shards, num_workers=workers,
-                      pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset, batch_sampler=shards, num_workers=workers, pin_memory=torch.cuda.is_available()
+    )
 
 
 def spread(n: int, limit: int | None) -> list[int]:
@@ -70,8 +72,9 @@ class LoaderEpochs:
 
     def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
         """This rank's (inputs, targets) batches of one epoch, as the train set yields them."""
-        yield from train_loader(self.train_set, epoch, batch_size, rank, world, self.seed,
-                                self.num_workers)
+        yield from train_loader(
+            self.train_set, epoch, batch_size, rank, world, self.seed, self.num_workers
+        )
 
     def to(self, device: torch.device) -> None:
         """Nothing to move: the loader streams from disk and the training loop moves batches."""
@@ -92,14 +95,16 @@ class ImageNetTask(LoaderEpochs):
     eval_batch_size: int = 250
 
     def __post_init__(self) -> None:
-        self.train_set = imagenet.ImageNet(self.root, "train", self.img_size, train=True,
-                                           seed=self.seed)
+        self.train_set = imagenet.ImageNet(
+            self.root, "train", self.img_size, train=True, seed=self.seed
+        )
         val = imagenet.ImageNet(self.root, "val", self.img_size, classes=self.train_set.classes)
         self.val_set = Subset(val, spread(len(val), self.eval_limit))
 
     @classmethod
-    def from_config(cls, cfg: ViTConfig, data_dir: str | None, seed: int,
-                    **kwargs: object) -> ImageNetTask:
+    def from_config(
+        cls, cfg: ViTConfig, data_dir: str | None, seed: int, **kwargs: object
+    ) -> ImageNetTask:
         root = _require(data_dir, cfg, "an ImageNet folder with train/ and val/")
         return cls(root, img_size=cfg.img_size, seed=seed, **kwargs)
 
@@ -133,14 +138,17 @@ def slide_logits(model: nn.Module, x: Tensor, crop: int, stride: int) -> Tensor:
     """
     h, w = x.shape[-2:]
     x = F.pad(x, (0, max(crop - w, 0), 0, max(crop - h, 0)))
-    boxes = [(t, s) for t in window_starts(x.shape[-2], crop, stride)
-             for s in window_starts(x.shape[-1], crop, stride)]
-    out = model(torch.cat([x[..., t:t + crop, s:s + crop] for t, s in boxes]))
+    boxes = [
+        (t, s)
+        for t in window_starts(x.shape[-2], crop, stride)
+        for s in window_starts(x.shape[-1], crop, stride)
+    ]
+    out = model(torch.cat([x[..., t : t + crop, s : s + crop] for t, s in boxes]))
     logits = out.new_zeros(1, out.shape[1], *x.shape[-2:])
     count = out.new_zeros(1, 1, *x.shape[-2:])
-    for (t, s), window in zip(boxes, out):
-        logits[0, :, t:t + crop, s:s + crop] += window
-        count[0, :, t:t + crop, s:s + crop] += 1
+    for (t, s), window in zip(boxes, out, strict=False):
+        logits[0, :, t : t + crop, s : s + crop] += window
+        count[0, :, t : t + crop, s : s + crop] += 1
     return (logits / count)[..., :h, :w]
 
 
@@ -178,8 +186,9 @@ class ADE20KTask(LoaderEpochs):
         self.val_set = ade20k.ADE20K(self.root, "validation", self.crop)
 
     @classmethod
-    def from_config(cls, cfg: SegmenterConfig, data_dir: str | None, seed: int,
-                    **kwargs: object) -> ADE20KTask:
+    def from_config(
+        cls, cfg: SegmenterConfig, data_dir: str | None, seed: int, **kwargs: object
+    ) -> ADE20KTask:
         if cfg.num_classes != ade20k.NUM_CLASSES:
             raise ValueError(f"ADE20K has {ade20k.NUM_CLASSES} classes, not {cfg.num_classes}")
         root = _require(data_dir, cfg, "ADEChallengeData2016")
@@ -202,8 +211,12 @@ class ADE20KTask(LoaderEpochs):
             conf += confusion(logits.argmax(1).cpu(), y, n, ade20k.IGNORE)
         miou, per_class = iou_from_confusion(conf)
         accuracy = conf.diag().sum().item() / max(conf.sum().item(), 1)
-        return {"miou": miou, "pixel_accuracy": accuracy,
-                "iou_per_class": per_class, "val_images": len(self.val_set)}
+        return {
+            "miou": miou,
+            "pixel_accuracy": accuracy,
+            "iou_per_class": per_class,
+            "val_images": len(self.val_set),
+        }
 
 
 @dataclass
@@ -226,8 +239,9 @@ class WikiTextTask(LanguageModelTask):
         self.eval_text = {s: wikitext.read_split(folder, s) for s in ("validation", "test")}
 
     @classmethod
-    def from_config(cls, cfg: LMConfig, data_dir: str | None, seed: int,
-                    **kwargs: object) -> WikiTextTask:
+    def from_config(
+        cls, cfg: LMConfig, data_dir: str | None, seed: int, **kwargs: object
+    ) -> WikiTextTask:
         root = _require(data_dir, cfg, "a folder with wiki.{train,valid,test}.raw")
         return cls(root, cfg.block_size, seed=seed, vocab_size=cfg.vocab_size, **kwargs)
 

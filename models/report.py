@@ -1,7 +1,8 @@
 """`python -m models.report`: the NeuTRENO vs softmax study, written to docs/RESULTS.md + a PNG.
 
 For each pair of checkpoints trained with the same recipe (attention="neutreno" vs "softmax"),
-and for the shipped models, it reads the final metrics and measures the per-layer mean pairwise cosine similarity of token
+and for the shipped models, it reads the final metrics and measures the per-layer mean pairwise
+cosine similarity of token
 vectors (models.diagnostics) on held-out data: 1,000 Fashion-MNIST test images for the
 classifier, 64 windows of Revelation for the LM, 200 test scenes for the segmenter.
 Everything after the MARKER line of an existing report (the written analysis) is kept.
@@ -20,8 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from models.checkpoint import load_checkpoint, load_metrics  # noqa: E402
 from models import depth_study  # noqa: E402
+from models.checkpoint import load_checkpoint, load_metrics  # noqa: E402
 from models.data import fashion, kjv, scenes  # noqa: E402
 from models.diagnostics import model_similarity  # noqa: E402
 
@@ -64,11 +65,15 @@ def headline(run: dict[str, Any]) -> str:
 
 def plot(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
-    for ax, (title, runs) in zip(axes[0], groups.items()):
+    for ax, (title, runs) in zip(axes[0], groups.items(), strict=False):
         for run in runs:
             sims = run["similarity"]
-            ax.plot(range(1, len(sims) + 1), sims, marker="o",
-                    label=f"{run['cfg'].attention} (lam={run['cfg'].fidelity_lam})")
+            ax.plot(
+                range(1, len(sims) + 1),
+                sims,
+                marker="o",
+                label=f"{run['cfg'].attention} (lam={run['cfg'].fidelity_lam})",
+            )
         depth_study.finish_panel(ax, title)
     depth_study.save_figure(fig, path)
 
@@ -81,27 +86,40 @@ def robustness_section(path: Path) -> list[str]:
     if not path.exists():
         return []
     results = json.loads(path.read_text())
-    lines = ["", "## Pictures not prepared like the training data (issue 17)", "",
-             "Each picture goes through the service's decoding and resize (`bilinear`, the old "
-             "bundles' method, vs `area`, the new one); classifier: top-1 on the first "
-             "2,000 test items, segmenter: mIoU on 500 pictures. Produced by "
-             "`python -m models.robustness`.", "",
-             "| checkpoint | case | bilinear | area |", "| --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "## Pictures not prepared like the training data (issue 17)",
+        "",
+        "Each picture goes through the service's decoding and resize (`bilinear`, the old "
+        "bundles' method, vs `area`, the new one); classifier: top-1 on the first "
+        "2,000 test items, segmenter: mIoU on 500 pictures. Produced by "
+        "`python -m models.robustness`.",
+        "",
+        "| checkpoint | case | bilinear | area |",
+        "| --- | --- | --- | --- |",
+    ]
     for folder, cases in results.items():
         for case, by_method in cases.items():
-            lines.append(f"| {folder} | {case} | {by_method['bilinear']:.4f} | "
-                         f"{by_method['area']:.4f} |")
+            lines.append(
+                f"| {folder} | {case} | {by_method['bilinear']:.4f} | {by_method['area']:.4f} |"
+            )
     return lines
 
 
-def write_report(groups: dict[str, list[dict[str, Any]]], png: Path, out: Path,
-                 extra: list[str] | None = None) -> None:
-    lines = ["# Results: NeuTRENO vs softmax attention", "",
-             "One run per row, same seed, data order and step budget within each pair; device",
-             "(the 2-core CPU machine or one GPU) with the wall time. Produced by",
-             "`python -m models.report`.", "",
-             "| model | attention | lam | params | held-out result | last-layer similarity | wall time | command |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+def write_report(
+    groups: dict[str, list[dict[str, Any]]], png: Path, out: Path, extra: list[str] | None = None
+) -> None:
+    lines = [
+        "# Results: NeuTRENO vs softmax attention",
+        "",
+        "One run per row, same seed, data order and step budget within each pair; device",
+        "(the 2-core CPU machine or one GPU) with the wall time. Produced by",
+        "`python -m models.report`.",
+        "",
+        "| model | attention | lam | params | held-out result | last-layer similarity "
+        "| wall time | command |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for runs in groups.values():
         for r in runs:
             m, cfg = r["metrics"], r["cfg"]
@@ -109,9 +127,15 @@ def write_report(groups: dict[str, list[dict[str, Any]]], png: Path, out: Path,
                 f"| {cfg.name} (depth {cfg.depth}) | {cfg.attention} | {cfg.fidelity_lam} | "
                 f"{m.get('parameters', 0):,} | {headline(r)} | {r['similarity'][-1]:.3f} | "
                 f"{m.get('wall_time_s', 0) / 60:.1f} min ({m.get('device', 'cpu')}) | "
-                f"`{m.get('command', '')}` |")
-    lines += ["", f"![per-layer token similarity]({png.name})", "",
-              "## Per-layer token cosine similarity", ""]
+                f"`{m.get('command', '')}` |"
+            )
+    lines += [
+        "",
+        f"![per-layer token similarity]({png.name})",
+        "",
+        "## Per-layer token cosine similarity",
+        "",
+    ]
     for title, runs in groups.items():
         for r in runs:
             vals = ", ".join(f"{v:.3f}" for v in r["similarity"])
@@ -127,10 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--data-dir", default="data/kjv")
     ap.add_argument("--out", default="docs/RESULTS.md")
-    ap.add_argument("--depth-study", default="checkpoints/depth-study",
-                    help="run folders of the depth study (models.gpu_runs)")
-    ap.add_argument("--robustness", default="checkpoints/robustness.json",
-                    help="results of python -m models.robustness --out")
+    ap.add_argument(
+        "--depth-study",
+        default="checkpoints/depth-study",
+        help="run folders of the depth study (models.gpu_runs)",
+    )
+    ap.add_argument(
+        "--robustness",
+        default="checkpoints/robustness.json",
+        help="results of python -m models.robustness --out",
+    )
     args = ap.parse_args(argv)
     root = Path(args.checkpoints)
     studies = {  # title -> checkpoint folders; the pairs share seed, data order and budget
@@ -142,15 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     groups = {}
     for title, names in studies.items():
-        runs = [study(root / name, args.data_dir) for name in names
-                if (root / name / "model.safetensors").exists()]
+        runs = [
+            study(root / name, args.data_dir)
+            for name in names
+            if (root / name / "model.safetensors").exists()
+        ]
         if runs:
             groups[title] = runs
     out = Path(args.out)
     png = out.with_name("oversmoothing.png")
     plot(groups, png)
-    extra = [*depth_study.section(Path(args.depth_study), out.with_name("depth_study.png")),
-             *robustness_section(Path(args.robustness))]
+    extra = [
+        *depth_study.section(Path(args.depth_study), out.with_name("depth_study.png")),
+        *robustness_section(Path(args.robustness)),
+    ]
     write_report(groups, png, out, extra)
     print(out.read_text())
     return 0

@@ -58,10 +58,19 @@ def classifier_cases(limit: int | None = None) -> list[Case]:
     return [
         Case("test items 28x28", [encode(Image.fromarray(i)) for i in items], labels),
         Case("4x upscaled 112x112 PNG", [encode(framing.upscaled(i, 4)) for i in items], labels),
-        Case("4x upscaled 112x112 JPEG q90",
-             [encode(framing.upscaled(i, 4), "JPEG") for i in items], labels),
-        Case("one garment 40-90 px on 96x96",
-             [encode(framing.placed_item(i, c, rng)[0]) for i, c in zip(items, labels)], labels),
+        Case(
+            "4x upscaled 112x112 JPEG q90",
+            [encode(framing.upscaled(i, 4), "JPEG") for i in items],
+            labels,
+        ),
+        Case(
+            "one garment 40-90 px on 96x96",
+            [
+                encode(framing.placed_item(i, c, rng)[0])
+                for i, c in zip(items, labels, strict=False)
+            ],
+            labels,
+        ),
     ]
 
 
@@ -72,14 +81,16 @@ def segmenter_cases(limit: int = 500) -> list[Case]:
     images, masks = scenes.make_scenes(limit, items, labels, seed=10_000)
     up_masks = [np.kron(m, np.ones((2, 2), np.uint8)) for m in masks]
     rng = np.random.default_rng(SEED)
-    placed = [framing.placed_item(items[k], int(labels[k]), rng)
-              for k in rng.choice(len(items), limit, replace=False)]
+    placed = [
+        framing.placed_item(items[k], int(labels[k]), rng)
+        for k in rng.choice(len(items), limit, replace=False)
+    ]
     return [
         Case("test scenes 64x64", [encode(Image.fromarray(i)) for i in images], list(masks)),
-        Case("test scenes upscaled 2x", [encode(framing.upscaled(i, 2)) for i in images],
-             up_masks),
-        Case("one garment 40-90 px on 96x96", [encode(p) for p, _ in placed],
-             [m for _, m in placed]),
+        Case("test scenes upscaled 2x", [encode(framing.upscaled(i, 2)) for i in images], up_masks),
+        Case(
+            "one garment 40-90 px on 96x96", [encode(p) for p, _ in placed], [m for _, m in placed]
+        ),
     ]
 
 
@@ -89,12 +100,16 @@ def decoded(picture: bytes, pre: dict[str, Any]) -> tuple[np.ndarray, tuple[int,
     return imaging.preprocess(img, pre), img.size
 
 
-def batched(case: Case, pre: dict[str, Any], size: int = 250
-            ) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]], list[Any]]]:
+def batched(
+    case: Case, pre: dict[str, Any], size: int = 250
+) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]], list[Any]]]:
     for start in range(0, len(case.pictures), size):
-        rows = [decoded(p, pre) for p in case.pictures[start:start + size]]
-        yield (torch.from_numpy(np.concatenate([r[0] for r in rows])), [r[1] for r in rows],
-               case.truth[start:start + size])
+        rows = [decoded(p, pre) for p in case.pictures[start : start + size]]
+        yield (
+            torch.from_numpy(np.concatenate([r[0] for r in rows])),
+            [r[1] for r in rows],
+            case.truth[start : start + size],
+        )
 
 
 @torch.no_grad()
@@ -110,21 +125,25 @@ def miou(model: torch.nn.Module, case: Case, pre: dict[str, Any]) -> float:
     """mIoU over all pictures' pixels at picture size (masks resized as the service does)."""
     preds, truths = [], []
     for x, sizes, truth in batched(case, pre, 100):
-        for logits, size, mask in zip(model(x), sizes, truth):
+        for logits, size, mask in zip(model(x), sizes, truth, strict=False):
             preds.append(imaging.mask_at_size(logits.argmax(0).numpy(), size).ravel())
             truths.append(np.asarray(mask).ravel())
     pred, target = torch.from_numpy(np.concatenate(preds)), torch.from_numpy(np.concatenate(truths))
     return mean_iou(pred.long(), target.long(), len(scenes.SCENE_LABELS))[0]
 
 
-def evaluate(folder: Path, cases: list[Case], methods: tuple[str, ...] = RESIZE_METHODS
-             ) -> dict[str, dict[str, float]]:
+def evaluate(
+    folder: Path, cases: list[Case], methods: tuple[str, ...] = RESIZE_METHODS
+) -> dict[str, dict[str, float]]:
     """{case: {resize method: top-1 or mIoU}} of one checkpoint."""
     model, cfg = load_checkpoint(folder)
     metric: Callable[[torch.nn.Module, Case, dict[str, Any]], float] = (
-        miou if cfg.family == "segmenter" else top1)
-    return {case.name: {method: metric(model, case, _with_resize(cfg, method))
-                        for method in methods} for case in cases}
+        miou if cfg.family == "segmenter" else top1
+    )
+    return {
+        case.name: {method: metric(model, case, _with_resize(cfg, method)) for method in methods}
+        for case in cases
+    }
 
 
 def _with_resize(cfg: ModelConfig, method: str) -> dict[str, Any]:
@@ -132,19 +151,22 @@ def _with_resize(cfg: ModelConfig, method: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("checkpoints", nargs="+", type=Path)
-    ap.add_argument("--limit", type=int, default=CLASSIFIER_ITEMS,
-                    help="classifier: the first N test items")
+    ap.add_argument(
+        "--limit", type=int, default=CLASSIFIER_ITEMS, help="classifier: the first N test items"
+    )
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
     results, cases = {}, {}
     for folder in args.checkpoints:
         family = load_checkpoint(folder)[1].family
         if family not in cases:  # the same pictures for every checkpoint of a family
-            cases[family] = (segmenter_cases() if family == "segmenter"
-                             else classifier_cases(args.limit))
+            cases[family] = (
+                segmenter_cases() if family == "segmenter" else classifier_cases(args.limit)
+            )
         results[str(folder)] = evaluate(folder, cases[family])
     text = json.dumps(results, indent=2)
     if args.out:

@@ -32,24 +32,29 @@ KJV_FILES = (TOKENIZER, "train.txt", "validation.txt", "test.txt")
 def guard_out(out: Path, resume: bool, force: bool) -> None:
     """Refuse to train into a folder holding a checkpoint unless resuming it or forced."""
     if resume and force:
-        raise CommandError("--resume continues the checkpoint in --out and --force deletes it; "
-                           "pass one of them")
+        raise CommandError(
+            "--resume continues the checkpoint in --out and --force deletes it; pass one of them"
+        )
     if resume and not (out / STATE).is_file():
         raise CommandError(
             f"nothing to resume: {out / STATE} does not exist (git does not track it, so a "
             f"fresh clone has only the weights); start a new folder with --init {out} "
-            "--out <new folder> to continue from its weights")
+            "--out <new folder> to continue from its weights"
+        )
     if not resume and not force and out.is_dir() and any(out.iterdir()):
-        raise CommandError(f"--out {out} is not empty; train into a new folder, pass --resume "
-                           "to continue its run, or --force to delete its checkpoint and start "
-                           "over")
+        raise CommandError(
+            f"--out {out} is not empty; train into a new folder, pass --resume "
+            "to continue its run, or --force to delete its checkpoint and start "
+            "over"
+        )
 
 
 def check_init(init: str | None) -> None:
     """--init names a checkpoint folder with weights."""
     if init and not (Path(init) / WEIGHTS).is_file():
-        raise CommandError(f"--init {init}: no {WEIGHTS} there; pass a folder written by "
-                           "neutreno train")
+        raise CommandError(
+            f"--init {init}: no {WEIGHTS} there; pass a folder written by neutreno train"
+        )
 
 
 def clear_out(out: Path) -> list[str]:
@@ -65,11 +70,16 @@ def resumed_config(out: Path, model: str, overrides: dict[str, Any]) -> ModelCon
     cfg = load_config(out / CONFIG)
     if model != cfg.name:
         raise CommandError(f"--resume: {out} holds a {cfg.name} checkpoint, not {model}")
-    conflicts = [f"{key}={value!r} (checkpoint: {getattr(cfg, key)!r})"
-                 for key, value in overrides.items() if getattr(cfg, key) != value]
+    conflicts = [
+        f"{key}={value!r} (checkpoint: {getattr(cfg, key)!r})"
+        for key, value in overrides.items()
+        if getattr(cfg, key) != value
+    ]
     if conflicts:
-        raise CommandError(f"--resume: {', '.join(conflicts)} conflicts with {out / CONFIG}; "
-                           "drop the flag (the checkpoint's config is used)")
+        raise CommandError(
+            f"--resume: {', '.join(conflicts)} conflicts with {out / CONFIG}; "
+            "drop the flag (the checkpoint's config is used)"
+        )
     return cfg
 
 
@@ -78,8 +88,10 @@ def check_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> None:
     fields = [f.name for f in dataclasses.fields(cfg)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise CommandError(f"--set {', '.join(unknown)}: {cfg.name} has no such field; valid "
-                           f"fields: {', '.join(fields)}")
+        raise CommandError(
+            f"--set {', '.join(unknown)}: {cfg.name} has no such field; valid "
+            f"fields: {', '.join(fields)}"
+        )
     hints = typing.get_type_hints(type(cfg))
     for key, value in overrides.items():
         expected = _expected(hints[key], value)
@@ -109,8 +121,10 @@ def check_data(cfg: ModelConfig, data_dir: str | None) -> None:
         files = [root / name for pair in fashion.FILES.values() for name in pair]
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise CommandError(f"training data not found: {missing[0]}; run `make data` (needs root "
-                           "for apt-get) or pass --data-dir")
+        raise CommandError(
+            f"training data not found: {missing[0]}; run `make data` (needs root "
+            "for apt-get) or pass --data-dir"
+        )
 
 
 def previous_runs(out: Path, state: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -127,16 +141,26 @@ def previous_runs(out: Path, state: dict[str, Any] | None) -> list[dict[str, Any
 
 def new_run(argv: list[str], step: int, init: str | None) -> dict[str, Any]:
     """This run's history entry; `to_step` and `wall_time_s` are updated as it trains."""
-    run: dict[str, Any] = {"command": "neutreno train " + shlex.join(argv), "from_step": step,
-                           "to_step": step, "wall_time_s": 0.0}
+    run: dict[str, Any] = {
+        "command": "neutreno train " + shlex.join(argv),
+        "from_step": step,
+        "to_step": step,
+        "wall_time_s": 0.0,
+    }
     if init:
         source = load_metrics(init)
-        run["init"] = {"checkpoint": init, "commands": source.get("commands")
-                       or [c for c in [source.get("command")] if c]}
+        run["init"] = {
+            "checkpoint": init,
+            "commands": source.get("commands") or [c for c in [source.get("command")] if c],
+        }
     return run
 
 
 def history_facts(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """metrics.json fields: the last command, every command, total wall time, the runs."""
-    return {"command": runs[-1]["command"], "commands": [r["command"] for r in runs],
-            "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 3), "runs": runs}
+    return {
+        "command": runs[-1]["command"],
+        "commands": [r["command"] for r in runs],
+        "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 3),
+        "runs": runs,
+    }

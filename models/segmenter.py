@@ -1,4 +1,5 @@
-"""Segmenter (Strudel et al., ICCV 2021): ViT encoder + mask-transformer decoder, NeuTRENO in both."""
+"""Segmenter (Strudel et al., ICCV 2021): ViT encoder + mask-transformer decoder, NeuTRENO in
+both."""
 
 from __future__ import annotations
 
@@ -25,8 +26,14 @@ class MaskTransformer(nn.Module):
         self.proj_dec = nn.Linear(cfg.dim, cfg.dim)
         self.cls_emb = nn.Parameter(torch.zeros(1, cfg.num_classes, cfg.dim))
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.decoder_heads, cfg.mlp_ratio, lam=cfg.fidelity_lam, causal=False,
-                  dropout=cfg.dropout)
+            Block(
+                cfg.dim,
+                cfg.decoder_heads,
+                cfg.mlp_ratio,
+                lam=cfg.fidelity_lam,
+                causal=False,
+                dropout=cfg.dropout,
+            )
             for _ in range(cfg.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
@@ -72,13 +79,17 @@ class Segmenter(nn.Module):
     def __init__(self, cfg: SegmenterConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        encoder_cfg = ViTConfig(**{k: v for k, v in vars(cfg).items()
-                                   if k in ViTConfig.__dataclass_fields__})
+        encoder_cfg = ViTConfig(
+            **{k: v for k, v in vars(cfg).items() if k in ViTConfig.__dataclass_fields__}
+        )
         encoder_cfg.num_classes = 0
         self.encoder = ViT(encoder_cfg)
         self.decoder = MaskTransformer(cfg)
-        self.refiner = (PixelRefiner(cfg.num_classes, cfg.in_chans, cfg.refine_channels)
-                        if cfg.refine_channels else None)
+        self.refiner = (
+            PixelRefiner(cfg.num_classes, cfg.in_chans, cfg.refine_channels)
+            if cfg.refine_channels
+            else None
+        )
 
     def forward_features(self, x: Tensor) -> StackOutput:
         """Encoder tokens (B, 1 + N, dim) and the encoder's per-layer hidden states."""

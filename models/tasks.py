@@ -8,9 +8,10 @@ model on the held-out split.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def _shard(order: np.ndarray, batch_size: int, rank: int, world: int) -> Iterato
     """Global batches of batch_size * world; this rank takes its slice of each (drop last)."""
     step = batch_size * world
     for start in range(0, len(order) - step + 1, step):
-        yield order[start + rank * batch_size: start + (rank + 1) * batch_size]
+        yield order[start + rank * batch_size : start + (rank + 1) * batch_size]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -48,7 +49,7 @@ def _augment_shift(x: Tensor, gen: torch.Generator, pad: int = 2) -> Tensor:
     b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), value=float(-fashion.MEAN / fashion.STD))
     dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-    return padded[:, :, dy:dy + h, dx:dx + w]
+    return padded[:, :, dy : dy + h, dx : dx + w]
 
 
 def _reframed(x: Tensor, fraction: float, gen: torch.Generator) -> Tensor:
@@ -103,8 +104,8 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         correct = 0
         for i in range(0, len(self.x_test), 500):
-            logits = model(self.x_test[i:i + 500].to(model_device(model))).cpu()
-            correct += (logits.argmax(-1) == self.y_test[i:i + 500]).sum().item()
+            logits = model(self.x_test[i : i + 500].to(model_device(model))).cpu()
+            correct += (logits.argmax(-1) == self.y_test[i : i + 500]).sum().item()
         return {"top1": correct / len(self.x_test), "test_images": len(self.x_test)}
 
 
@@ -143,8 +144,9 @@ class SegmentationTask:
         return self.scenes_per_epoch // (batch_size * world)
 
     def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
-        images, masks = scenes.make_scenes(self.scenes_per_epoch, self.items, self.item_labels,
-                                           seed=self.seed * 1000 + epoch)
+        images, masks = scenes.make_scenes(
+            self.scenes_per_epoch, self.items, self.item_labels, seed=self.seed * 1000 + epoch
+        )
         x, y = torch.from_numpy(fashion.normalize(images)), torch.from_numpy(masks.astype(np.int64))
         gen = torch.Generator().manual_seed(self.seed * 1000 + epoch * world + rank)
         k = round(self.framing * batch_size)
@@ -167,11 +169,19 @@ class SegmentationTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        preds = torch.cat([model(self.x_test[i:i + 100].to(model_device(model))).argmax(1).cpu()
-                           for i in range(0, len(self.x_test), 100)])
+        preds = torch.cat(
+            [
+                model(self.x_test[i : i + 100].to(model_device(model))).argmax(1).cpu()
+                for i in range(0, len(self.x_test), 100)
+            ]
+        )
         miou, per_class = mean_iou(preds, self.y_test, len(scenes.SCENE_LABELS))
-        return {"miou": miou, "pixel_accuracy": (preds == self.y_test).float().mean().item(),
-                "iou_per_class": per_class, "test_scenes": len(self.x_test)}
+        return {
+            "miou": miou,
+            "pixel_accuracy": (preds == self.y_test).float().mean().item(),
+            "iou_per_class": per_class,
+            "test_scenes": len(self.x_test),
+        }
 
 
 @dataclass
@@ -226,7 +236,7 @@ class LanguageModelTask:
         ids = torch.tensor([eos, *self.encode(text)])
         total, stride, counted = 0.0, self.block_size // 2, 0
         for start in range(0, len(ids) - 1, stride):
-            window = ids[start:start + self.block_size + 1]
+            window = ids[start : start + self.block_size + 1]
             if len(window) < 2:
                 break
             logits = model(window[None, :-1].to(model_device(model))).logits[0].float().cpu()
@@ -258,5 +268,6 @@ def make_task(cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: objec
         return ClassificationTask(root=data_dir, seed=seed, **kwargs)
     if cfg.family == "segmenter":
         return SegmentationTask(root=data_dir, seed=seed, **kwargs)
-    return LanguageModelTask(data_dir=data_dir or "data/kjv", block_size=cfg.block_size, seed=seed,
-                             **kwargs)
+    return LanguageModelTask(
+        data_dir=data_dir or "data/kjv", block_size=cfg.block_size, seed=seed, **kwargs
+    )

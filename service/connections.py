@@ -28,11 +28,21 @@ FD_HEADROOM = 64  # descriptors kept for model files, logs and the listening soc
 
 
 def _busy_response() -> bytes:
-    body = json.dumps({"error": {"type": "overloaded", "message": "too many open connections "
-                                 "(NEUTRENO_MAX_CONNECTIONS); retry shortly"}}).encode()
-    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
-            + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = json.dumps(
+        {
+            "error": {
+                "type": "overloaded",
+                "message": "too many open connections (NEUTRENO_MAX_CONNECTIONS); retry shortly",
+            }
+        }
+    ).encode()
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 BUSY = _busy_response()
@@ -95,7 +105,12 @@ def max_connections(settings: Settings) -> int:
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.Config keyword arguments for the connection and keep-alive limits."""
-    protocol = type("LimitedHttpProtocol", (LimitedHttpProtocol,), {
-        "max_connections": max_connections(settings),
-        "header_timeout_s": settings.header_timeout_s})
+    protocol = type(
+        "LimitedHttpProtocol",
+        (LimitedHttpProtocol,),
+        {
+            "max_connections": max_connections(settings),
+            "header_timeout_s": settings.header_timeout_s,
+        },
+    )
     return {"http": protocol, "timeout_keep_alive": settings.keepalive_timeout_s}

@@ -15,8 +15,8 @@ from typing import ClassVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.logs import note_error
 
@@ -124,8 +124,9 @@ def is_v2(request: Request) -> bool:
     return request.url.path.startswith("/v2")
 
 
-def error_response(request: Request, status: int, type_: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    request: Request, status: int, type_: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """Render one error in the shape the route's protocol expects; the request's access record
     (one log line) carries it."""
     note_error(type_, message)
@@ -149,15 +150,19 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, 422, "validation_error", "; ".join(parts) or "invalid request")
 
 
-_HTTP_TYPES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large", 415: "unsupported_media_type"}
+_HTTP_TYPES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
-    return error_response(request, exc.status_code, type_, str(exc.detail),
-                          dict(exc.headers or {}))
+    return error_response(request, exc.status_code, type_, str(exc.detail), dict(exc.headers or {}))
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

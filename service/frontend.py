@@ -50,11 +50,16 @@ class DrainingServer(uvicorn.Server):
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     """The one uvicorn configuration of a front end."""
-    return uvicorn.Config(app, host=settings.host, port=settings.port,
-                          log_level=settings.log_level,
-                          log_config=logging_config(settings.log_format, settings.log_level),
-                          timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False,
-                          **server_options(settings))
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=logging_config(settings.log_format, settings.log_level),
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+        access_log=False,
+        **server_options(settings),
+    )
 
 
 def frontend_main(overrides: dict[str, Any], address: str, sock: socket.socket) -> None:

@@ -29,27 +29,55 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import (Forbidden, Overloaded, ServiceError, Unauthorized,
-                            UnsupportedMediaType, error_response)
+from service.errors import (
+    Forbidden,
+    Overloaded,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+    error_response,
+)
 from service.security import check_api_key
 from service.settings import Settings
 
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect",
-                        "/redoc", "/openapi.json", "/v2", "/v2/health/live",
-                        "/v2/health/ready"})
+OPEN_PATHS = frozenset(
+    {
+        "/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
+)
 OPEN_PREFIXES = ("/static/",)
 PROBES = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 DOCS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded"})
 SAME_SITE = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values of our own page / typed
-CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-       "frame-ancestors 'none'")
-PAGE_HEADERS = {"content-security-policy": CSP, "x-frame-options": "DENY",
-                "referrer-policy": "no-referrer"}
-CORS_HEADERS = ["authorization", "content-type", "inference-header-content-length",
-                "x-request-id", "traceparent"]
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+CORS_HEADERS = [
+    "authorization",
+    "content-type",
+    "inference-header-content-length",
+    "x-request-id",
+    "traceparent",
+]
 _DECIMAL = re.compile(r"[0-9]{1,18}")
 
 
@@ -61,8 +89,13 @@ def parse_length(value: str) -> int | None:
 
 async def reject(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
     """Send `error` as the response, closing the connection (the body is left unread)."""
-    response = error_response(Request(scope, receive), error.status, error.type, error.message,
-                              {**error.headers, "Connection": "close"})
+    response = error_response(
+        Request(scope, receive),
+        error.status,
+        error.type,
+        error.message,
+        {**error.headers, "Connection": "close"},
+    )
     await response(scope, receive, send)
 
 
@@ -78,8 +111,12 @@ class ApiKeyMiddleware:
         self.key = settings.api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.key is not None and scope["type"] == "http" and scope["method"] != "OPTIONS"
-                and not is_open(scope["path"])):
+        if (
+            self.key is not None
+            and scope["type"] == "http"
+            and scope["method"] != "OPTIONS"
+            and not is_open(scope["path"])
+        ):
             try:
                 check_api_key(self.key, Headers(scope=scope).get("authorization"))
             except Unauthorized as exc:
@@ -123,14 +160,26 @@ class CrossSiteMiddleware:
         headers = Headers(scope=scope)
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type in FORM_TYPES:
-            await reject(scope, receive, send, UnsupportedMediaType(
-                f"content type {content_type!r} is not accepted; send application/json "
-                "(or the route's documented type)"))
+            await reject(
+                scope,
+                receive,
+                send,
+                UnsupportedMediaType(
+                    f"content type {content_type!r} is not accepted; send application/json "
+                    "(or the route's documented type)"
+                ),
+            )
             return
         if (why := cross_site(headers, self.allowed)) is not None:
-            await reject(scope, receive, send, Forbidden(
-                f"cross-site request refused ({why}); allow the origin with "
-                "NEUTRENO_CORS_ORIGINS"))
+            await reject(
+                scope,
+                receive,
+                send,
+                Forbidden(
+                    f"cross-site request refused ({why}); allow the origin with "
+                    "NEUTRENO_CORS_ORIGINS"
+                ),
+            )
             return
         await self.app(scope, receive, send)
 
@@ -148,9 +197,15 @@ class InflightLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if self.inflight >= self.limit:
-            await reject(scope, receive, send, Overloaded(
-                f"{self.inflight} requests in flight, the limit "
-                "(NEUTRENO_MAX_INFLIGHT_REQUESTS); retry shortly"))
+            await reject(
+                scope,
+                receive,
+                send,
+                Overloaded(
+                    f"{self.inflight} requests in flight, the limit "
+                    "(NEUTRENO_MAX_INFLIGHT_REQUESTS); retry shortly"
+                ),
+            )
             return
         self.inflight += 1
         try:
@@ -191,8 +246,12 @@ def install_guards(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     app.add_middleware(InflightLimitMiddleware, limit=settings.max_inflight_requests)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                           allow_methods=["GET", "POST"], allow_headers=CORS_HEADERS,
-                           expose_headers=["inference-header-content-length", "retry-after",
-                                           "x-request-id"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=CORS_HEADERS,
+            expose_headers=["inference-header-content-length", "retry-after", "x-request-id"],
+            max_age=600,
+        )
     app.add_middleware(SecurityHeadersMiddleware)

@@ -19,8 +19,11 @@ from PIL import Image, UnidentifiedImageError
 from service.errors import InvalidImage, PayloadTooLarge
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-            "nearest": Image.Resampling.NEAREST}
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 AREA = "area"  # box (area-average) reduction when shrinking, bilinear when enlarging
 HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 RESIZABLE_MODES = {"L", "RGB", "RGBA", "I", "F"}  # bilinear resize works in these directly
@@ -54,8 +57,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise InvalidImage(f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels; the "
-                              f"limit is {max_pixels} (NEUTRENO_MAX_IMAGE_PIXELS)")
+        raise PayloadTooLarge(
+            f"image is {width}x{height} = {width * height} pixels; the "
+            f"limit is {max_pixels} (NEUTRENO_MAX_IMAGE_PIXELS)"
+        )
     return img
 
 
@@ -96,8 +101,9 @@ def resize(img: Image.Image, size: tuple[int, int], method: str) -> Image.Image:
     return img.resize(size, RESAMPLE.get(method, Image.Resampling.BILINEAR))
 
 
-def preprocess(img: Image.Image, pre: dict[str, Any],
-               dtype: np.dtype | type = np.float32) -> np.ndarray:
+def preprocess(
+    img: Image.Image, pre: dict[str, Any], dtype: np.dtype | type = np.float32
+) -> np.ndarray:
     """The bundle's pixel preprocessing: mode, resize, [0, 1], (x - mean) / std; (1, C, H, W).
 
     Computed in float32 and cast once to `dtype`, the graph input's type (float16 bundles).

@@ -29,8 +29,17 @@ ACCESS_LOGGER = "neutreno.access"
 REQUEST_ID_HEADER = "x-request-id"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # Record attributes a JSON line carries when set (context ones come from ContextFilter).
-FIELDS = ("request_id", "trace_id", "model", "route", "method", "status", "duration_ms",
-          "error_type", "error")
+FIELDS = (
+    "request_id",
+    "trace_id",
+    "model",
+    "route",
+    "method",
+    "status",
+    "duration_ms",
+    "error_type",
+    "error",
+)
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
@@ -57,8 +66,7 @@ def request_id_from(header: bytes | None) -> str:
 
 def trace_id_from(traceparent: bytes | None) -> str | None:
     """The trace id of a W3C `traceparent` header (None when absent or malformed)."""
-    match = _TRACEPARENT.fullmatch(traceparent.decode("latin-1").strip()) if traceparent \
-        else None
+    match = _TRACEPARENT.fullmatch(traceparent.decode("latin-1").strip()) if traceparent else None
     trace_id = match.group(1) if match else None
     return None if trace_id == "0" * 32 else trace_id
 
@@ -97,9 +105,11 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(), "logger": record.name,
+            "level": record.levelname.lower(),
+            "logger": record.name,
             "process": record.processName,
-            "message": record.getMessage()}
+            "message": record.getMessage(),
+        }
         for name in FIELDS:
             value = getattr(record, name, None)
             if value is not None and value != "-":
@@ -117,14 +127,24 @@ def access_ok_level(log_format: LogFormat) -> int:
 def logging_config(log_format: LogFormat, level: str) -> dict[str, Any]:
     """dictConfig for uvicorn (its `log_config`) and the `neutreno.*` loggers, to stderr."""
     formatter = {"()": JsonFormatter} if log_format == "json" else {"format": TEXT_FORMAT}
-    handler = {"main": {"class": "logging.StreamHandler", "formatter": "main",
-                        "filters": ["context"], "stream": "ext://sys.stderr"}}
+    handler = {
+        "main": {
+            "class": "logging.StreamHandler",
+            "formatter": "main",
+            "filters": ["context"],
+            "stream": "ext://sys.stderr",
+        }
+    }
     own = {"handlers": ["main"], "level": level.upper(), "propagate": False}
-    return {"version": 1, "disable_existing_loggers": False,
-            "filters": {"context": {"()": ContextFilter}},
-            "formatters": {"main": formatter}, "handlers": handler,
-            "loggers": {"uvicorn": own, "uvicorn.access": own, "neutreno": own},
-            "root": {"handlers": ["main"], "level": "WARNING"}}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": ContextFilter}},
+        "formatters": {"main": formatter},
+        "handlers": handler,
+        "loggers": {"uvicorn": own, "uvicorn.access": own, "neutreno": own},
+        "root": {"handlers": ["main"], "level": "WARNING"},
+    }
 
 
 def configure_logging(settings: Settings) -> None:

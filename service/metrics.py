@@ -22,8 +22,22 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -34,46 +48,92 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests_total = Counter(
-            "neutreno_requests_total", "Requests by model, endpoint and HTTP status",
-            ["model", "endpoint", "status"], registry=r)
+            "neutreno_requests_total",
+            "Requests by model, endpoint and HTTP status",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
         self.request_duration_seconds = Histogram(
-            "neutreno_request_duration_seconds", "Request latency from receipt to response",
-            ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+            "neutreno_request_duration_seconds",
+            "Request latency from receipt to response",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_duration_seconds = Histogram(
-            "neutreno_queue_duration_seconds", "Time a request waited in the batch queue",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+            "neutreno_queue_duration_seconds",
+            "Time a request waited in the batch queue",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inference_duration_seconds = Histogram(
-            "neutreno_inference_duration_seconds", "ONNX Runtime time per batch",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+            "neutreno_inference_duration_seconds",
+            "ONNX Runtime time per batch",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
-            "neutreno_batch_size", "Rows per executed batch", ["model"], buckets=BATCH_BUCKETS,
-            registry=r)
+            "neutreno_batch_size",
+            "Rows per executed batch",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "neutreno_queue_depth", "Requests waiting in the batch queue", ["model"], registry=r,
-            multiprocess_mode="livesum")
+            "neutreno_queue_depth",
+            "Requests waiting in the batch queue",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.time_to_first_token_seconds = Histogram(
-            "neutreno_time_to_first_token_seconds", "Time from request to first generated token",
-            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+            "neutreno_time_to_first_token_seconds",
+            "Time from request to first generated token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inter_token_latency_seconds = Histogram(
-            "neutreno_inter_token_latency_seconds", "Time between consecutive generated tokens",
-            ["model"], buckets=TOKEN_BUCKETS, registry=r)
+            "neutreno_inter_token_latency_seconds",
+            "Time between consecutive generated tokens",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
         self.generated_tokens_total = Counter(
-            "neutreno_generated_tokens_total", "Tokens generated", ["model"], registry=r)
+            "neutreno_generated_tokens_total", "Tokens generated", ["model"], registry=r
+        )
         self.running_sequences = Gauge(
-            "neutreno_running_sequences", "Sequences in the running decode batch", ["model"],
-            registry=r, multiprocess_mode="livesum")
+            "neutreno_running_sequences",
+            "Sequences in the running decode batch",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.waiting_sequences = Gauge(
-            "neutreno_waiting_sequences", "Generation requests waiting for admission", ["model"],
-            registry=r, multiprocess_mode="livesum")
+            "neutreno_waiting_sequences",
+            "Generation requests waiting for admission",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.token_similarity = Gauge(
             "neutreno_token_similarity",
             "Mean pairwise cosine similarity of token vectors per layer on sampled live traffic "
             "(over-smoothing telemetry: near 1 means collapsed representations)",
-            ["model", "layer"], registry=r, multiprocess_mode="livemostrecent")
+            ["model", "layer"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.model_info = Gauge(
-            "neutreno_model_info", "Loaded model bundles (value 1) with their metadata",
-            ["model", "version", "task", "attention", "lam", "device"], registry=r,
-            multiprocess_mode="livemax")
+            "neutreno_model_info",
+            "Loaded model bundles (value 1) with their metadata",
+            ["model", "version", "task", "attention", "lam", "device"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
     def observe_similarity(self, model: str, similarity: np.ndarray) -> None:
         """Set the per-layer gauge from a (rows, layers) array: the mean over rows."""
@@ -85,12 +145,20 @@ class Metrics:
     def declare_model(self, model: str, generates: bool) -> None:
         """Create a model's series at zero, so every family it will feed is listed from the
         start (in multiprocess mode a family with no series is not listed at all)."""
-        families = [self.queue_duration_seconds, self.inference_duration_seconds,
-                    self.batch_size, self.queue_depth]
+        families = [
+            self.queue_duration_seconds,
+            self.inference_duration_seconds,
+            self.batch_size,
+            self.queue_depth,
+        ]
         if generates:
-            families += [self.time_to_first_token_seconds, self.inter_token_latency_seconds,
-                         self.generated_tokens_total, self.running_sequences,
-                         self.waiting_sequences]
+            families += [
+                self.time_to_first_token_seconds,
+                self.inter_token_latency_seconds,
+                self.generated_tokens_total,
+                self.running_sequences,
+                self.waiting_sequences,
+            ]
         for family in families:
             family.labels(model)
 

@@ -65,9 +65,14 @@ class BodyLimitMiddleware:
         if declared is not None:
             length = parse_length(declared)
             if length is None or length > self.max_bytes:
-                await reject(scope, receive, send, PayloadTooLarge(self._message(
-                    f"request body of {declared[:40]!r} bytes")) if length is not None
-                    else BadRequest(f"bad Content-Length {declared[:40]!r}"))
+                await reject(
+                    scope,
+                    receive,
+                    send,
+                    PayloadTooLarge(self._message(f"request body of {declared[:40]!r} bytes"))
+                    if length is not None
+                    else BadRequest(f"bad Content-Length {declared[:40]!r}"),
+                )
                 return
         await self.app(scope, *self._guarded(scope, receive, send))
 
@@ -92,14 +97,18 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(remaining, 0.0))
             except TimeoutError:
-                return await refuse(RequestTimeout(
-                    f"the request body did not arrive within {self.timeout_s:g} s "
-                    "(NEUTRENO_BODY_TIMEOUT_S)"))
+                return await refuse(
+                    RequestTimeout(
+                        f"the request body did not arrive within {self.timeout_s:g} s "
+                        "(NEUTRENO_BODY_TIMEOUT_S)"
+                    )
+                )
             received += len(message.get("body", b""))
             body_done = message["type"] != "http.request" or not message.get("more_body")
             if received > self.max_bytes:
-                return await refuse(PayloadTooLarge(
-                    self._message(f"request body of over {received} bytes")))
+                return await refuse(
+                    PayloadTooLarge(self._message(f"request body of over {received} bytes"))
+                )
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -163,32 +172,46 @@ class RequestLogMiddleware:
         headers = dict(scope["headers"])
         context = logs.RequestContext(
             logs.request_id_from(headers.get(logs.REQUEST_ID_HEADER.encode())),
-            tracing.current_trace_id() or logs.trace_id_from(headers.get(b"traceparent")))
+            tracing.current_trace_id() or logs.trace_id_from(headers.get(b"traceparent")),
+        )
         token = logs.CURRENT.set(context)
         started = time.perf_counter()
-        sender = StatusSend(send, ((logs.REQUEST_ID_HEADER.encode(),
-                                    context.request_id.encode()),))
+        sender = StatusSend(send, ((logs.REQUEST_ID_HEADER.encode(), context.request_id.encode()),))
         try:
             await self.app(scope, receive, sender)
         finally:
             self._log(scope, context, sender.status, time.perf_counter() - started)
             logs.CURRENT.reset(token)
 
-    def _log(self, scope: Scope, context: logs.RequestContext, status: int,
-             seconds: float) -> None:
-        level = logging.ERROR if status >= 500 else \
-            logging.WARNING if status >= 400 else self.ok_level
+    def _log(self, scope: Scope, context: logs.RequestContext, status: int, seconds: float) -> None:
+        level = (
+            logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else self.ok_level
+        )
         if not access_log.isEnabledFor(level):
             return
         route = route_of(scope) or "unmatched"
         model = scope.get("path_params", {}).get("name") or context.model
         error = f": {_escaped(context.error, 300)}" if context.error else ""
-        access_log.log(level, "%s %s %d %.1f ms%s", scope["method"],
-                       _escaped(scope["path"], 200), status, seconds * 1000, error, extra={
-                           "request_id": context.request_id, "trace_id": context.trace_id,
-                           "route": route, "method": scope["method"], "status": status,
-                           "duration_ms": round(seconds * 1000, 3), "model": model,
-                           "error_type": context.error_type, "error": context.error})
+        access_log.log(
+            level,
+            "%s %s %d %.1f ms%s",
+            scope["method"],
+            _escaped(scope["path"], 200),
+            status,
+            seconds * 1000,
+            error,
+            extra={
+                "request_id": context.request_id,
+                "trace_id": context.trace_id,
+                "route": route,
+                "method": scope["method"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "model": model,
+                "error_type": context.error_type,
+                "error": context.error,
+            },
+        )
 
 
 def _escaped(text: str, limit: int) -> str:

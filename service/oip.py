@@ -21,9 +21,20 @@ from service.runtime import ModelInfo, TensorSpec
 from service.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta
 
 HEADER_LENGTH = "inference-header-content-length"
-DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-             "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-             "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+DATATYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
 NUMPY_TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
 MAX_ELEMENTS = 1 << 26
 JSON_CHUNK = 16384  # values per json.dumps call when encoding output data
@@ -35,13 +46,17 @@ def datatype(spec: TensorSpec) -> str:
 
 def metadata(model: ModelInfo) -> V2ModelMetadata:
     """The model's tensors with dynamic dims as -1."""
+
     def meta(spec: TensorSpec) -> V2TensorMeta:
         shape = [d if isinstance(d, int) else -1 for d in spec.shape]
         return V2TensorMeta(name=spec.name, datatype=datatype(spec), shape=shape)
 
-    return V2ModelMetadata(name=model.name, versions=[model.version],
-                           inputs=[meta(s) for s in model.inputs],
-                           outputs=[meta(s) for s in model.outputs])
+    return V2ModelMetadata(
+        name=model.name,
+        versions=[model.version],
+        inputs=[meta(s) for s in model.inputs],
+        outputs=[meta(s) for s in model.outputs],
+    )
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
@@ -50,18 +65,23 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[V2InferReques
     if header_length is not None:
         parsed = parse_length(header_length)
         if parsed is None or parsed > len(body):
-            raise BadRequest(f"bad Inference-Header-Content-Length {header_length[:40]!r}: "
-                             f"not a byte count within the {len(body)}-byte body")
+            raise BadRequest(
+                f"bad Inference-Header-Content-Length {header_length[:40]!r}: "
+                f"not a byte count within the {len(body)}-byte body"
+            )
         split = parsed
     try:
         return V2InferRequest.model_validate_json(body[:split]), body[split:]
     except ValidationError as exc:
-        raise BadRequest("invalid inference request: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise BadRequest(
+            "invalid inference request: "
+            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from None
 
 
-def decode_inputs(model: ModelInfo, request: V2InferRequest,
-                  binary: bytes) -> dict[str, np.ndarray]:
+def decode_inputs(
+    model: ModelInfo, request: V2InferRequest, binary: bytes
+) -> dict[str, np.ndarray]:
     """Feeds for the model from the request's tensors, validated against the graph inputs."""
     given = {t.name: t for t in request.inputs}
     expected = {s.name: s for s in model.inputs}
@@ -79,8 +99,9 @@ def decode_inputs(model: ModelInfo, request: V2InferRequest,
     return feeds
 
 
-def _decode_tensor(tensor: V2Tensor, spec: TensorSpec, binary: bytes,
-                   offset: int) -> tuple[np.ndarray, int]:
+def _decode_tensor(
+    tensor: V2Tensor, spec: TensorSpec, binary: bytes, offset: int
+) -> tuple[np.ndarray, int]:
     want = datatype(spec)
     if tensor.datatype != want:
         raise BadRequest(f"input {tensor.name!r} must be {want}, got {tensor.datatype!r}")
@@ -89,10 +110,15 @@ def _decode_tensor(tensor: V2Tensor, spec: TensorSpec, binary: bytes,
     count = int(np.prod(tensor.shape, dtype=np.int64))
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size != count * dtype.itemsize \
-                or offset + size > len(binary):
-            raise BadRequest(f"input {tensor.name!r}: binary_data_size {size!r} does not match "
-                             f"shape {tensor.shape} of {want} or the bytes sent")
+        if (
+            not isinstance(size, int)
+            or size != count * dtype.itemsize
+            or offset + size > len(binary)
+        ):
+            raise BadRequest(
+                f"input {tensor.name!r}: binary_data_size {size!r} does not match "
+                f"shape {tensor.shape} of {want} or the bytes sent"
+            )
         array = np.frombuffer(binary, dtype, count, offset).reshape(tensor.shape)
         offset += size
     else:
@@ -104,12 +130,15 @@ def _decode_tensor(tensor: V2Tensor, spec: TensorSpec, binary: bytes,
 
 def _check_shape(tensor: V2Tensor, spec: TensorSpec) -> None:
     if len(tensor.shape) != len(spec.shape) or any(d < 0 for d in tensor.shape):
-        raise BadRequest(f"input {tensor.name!r} has shape {tensor.shape}; the model expects "
-                         f"{list(spec.shape)}")
+        raise BadRequest(
+            f"input {tensor.name!r} has shape {tensor.shape}; the model expects {list(spec.shape)}"
+        )
     for got, dim in zip(tensor.shape, spec.shape, strict=True):
         if isinstance(dim, int) and got != dim:
-            raise BadRequest(f"input {tensor.name!r} has shape {tensor.shape}; the model "
-                             f"expects {list(spec.shape)}")
+            raise BadRequest(
+                f"input {tensor.name!r} has shape {tensor.shape}; the model "
+                f"expects {list(spec.shape)}"
+            )
     if np.prod(tensor.shape, dtype=np.float64) > MAX_ELEMENTS:
         raise BadRequest(f"input {tensor.name!r} has more than {MAX_ELEMENTS} elements")
 
@@ -134,8 +163,9 @@ def batch_rows(feeds: dict[str, np.ndarray]) -> int:
     return rows.pop()
 
 
-def _selected(model: ModelInfo, request: V2InferRequest,
-              outputs: dict[str, np.ndarray]) -> tuple[list[str], dict[str, bool]]:
+def _selected(
+    model: ModelInfo, request: V2InferRequest, outputs: dict[str, np.ndarray]
+) -> tuple[list[str], dict[str, bool]]:
     """Output names to return, in order, and which of them go as binary data."""
     wanted = request.outputs or []
     names = [o.name for o in wanted] or list(outputs)
@@ -145,8 +175,9 @@ def _selected(model: ModelInfo, request: V2InferRequest,
         raise BadRequest(f"outputs name a tensor more than once: {names}")
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
     as_binary = {name: binary_default for name in names}
-    as_binary.update({o.name: bool((o.parameters or {}).get("binary_data", binary_default))
-                      for o in wanted})
+    as_binary.update(
+        {o.name: bool((o.parameters or {}).get("binary_data", binary_default)) for o in wanted}
+    )
     return names, as_binary
 
 
@@ -160,8 +191,9 @@ def _json_width(dtype: np.dtype) -> int:
     return max(len(str(info.min)), len(str(info.max))) + 1
 
 
-def response_bound(model: ModelInfo, request: V2InferRequest,
-                   outputs: dict[str, np.ndarray], max_bytes: int) -> int:
+def response_bound(
+    model: ModelInfo, request: V2InferRequest, outputs: dict[str, np.ndarray], max_bytes: int
+) -> int:
     """Upper bound of the response's size in bytes (exact for binary tensors, worst-case text
     width for JSON ones); ResponseTooLarge when it exceeds `max_bytes`, BadRequest for unknown
     or repeated output names."""
@@ -173,12 +205,14 @@ def response_bound(model: ModelInfo, request: V2InferRequest,
     if bound > max_bytes:
         raise ResponseTooLarge(
             f"the response would take up to {bound} bytes, over the limit of {max_bytes} "
-            "(NEUTRENO_MAX_RESPONSE_BYTES); ask for fewer outputs or rows, or binary_data")
+            "(NEUTRENO_MAX_RESPONSE_BYTES); ask for fewer outputs or rows, or binary_data"
+        )
     return bound
 
 
-def encode_response(model: ModelInfo, request: V2InferRequest,
-                    outputs: dict[str, np.ndarray]) -> tuple[bytes, int | None]:
+def encode_response(
+    model: ModelInfo, request: V2InferRequest, outputs: dict[str, np.ndarray]
+) -> tuple[bytes, int | None]:
     """The response body and, when any tensor is binary, the JSON header's length.
 
     JSON tensor data is encoded in chunks of `JSON_CHUNK` values: each chunk is one short C
@@ -189,8 +223,11 @@ def encode_response(model: ModelInfo, request: V2InferRequest,
     blobs: list[bytes] = []
     for name in names:
         array = np.ascontiguousarray(outputs[name])
-        entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype],
-                                 "shape": list(array.shape)}
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": NUMPY_TO_V2[array.dtype],
+            "shape": list(array.shape),
+        }
         if as_binary[name]:
             blobs.append(array.tobytes())
             entry["parameters"] = {"binary_data_size": len(blobs[-1])}
@@ -210,8 +247,10 @@ def _dumps(value: Any) -> str:
 def _json_data(array: np.ndarray) -> str:
     """The flattened values as JSON array text without brackets (NaN and inf as null)."""
     flat = array.reshape(-1)
-    return ",".join(_dumps(_json_values(flat[i:i + JSON_CHUNK]))[1:-1]
-                    for i in range(0, flat.size, JSON_CHUNK))
+    return ",".join(
+        _dumps(_json_values(flat[i : i + JSON_CHUNK]))[1:-1]
+        for i in range(0, flat.size, JSON_CHUNK)
+    )
 
 
 def _json_values(flat: np.ndarray) -> list[Any]:

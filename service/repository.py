@@ -70,8 +70,9 @@ class Repository:
 
 def version_folders(model_dir: Path) -> list[Path]:
     """A model folder's positive integer version folders, newest first."""
-    versions = [v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit()
-                and int(v.name) > 0]
+    versions = [
+        v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit() and int(v.name) > 0
+    ]
     return sorted(versions, key=lambda v: int(v.name), reverse=True)
 
 
@@ -82,16 +83,22 @@ def model_folders(root: Path) -> list[Path]:
 def repository_problem(root: Path, folders: list[Path]) -> str | None:
     """Why `root` serves nothing: empty, or a model / version folder given in its place."""
     if (root / MANIFEST_FILE).is_file():
-        return (f"model repository {root.name!r} is a bundle version folder (it holds "
-                f"{MANIFEST_FILE}); point NEUTRENO_MODEL_REPOSITORY at the folder two levels up, "
-                "which holds <model>/<version>/")
+        return (
+            f"model repository {root.name!r} is a bundle version folder (it holds "
+            f"{MANIFEST_FILE}); point NEUTRENO_MODEL_REPOSITORY at the folder two levels up, "
+            "which holds <model>/<version>/"
+        )
     if folders and all(f.name.isdigit() for f in folders):
-        return (f"model repository {root.name!r} is a model folder (it holds version folders "
-                f"{', '.join(f.name for f in folders)}); point NEUTRENO_MODEL_REPOSITORY at the "
-                "folder above it, which holds <model>/<version>/")
+        return (
+            f"model repository {root.name!r} is a model folder (it holds version folders "
+            f"{', '.join(f.name for f in folders)}); point NEUTRENO_MODEL_REPOSITORY at the "
+            "folder above it, which holds <model>/<version>/"
+        )
     if not folders:
-        return (f"model repository {root.name!r} has no model bundles; expected "
-                "<model>/<version>/manifest.json (neutreno export writes them)")
+        return (
+            f"model repository {root.name!r} has no model bundles; expected "
+            "<model>/<version>/manifest.json (neutreno export writes them)"
+        )
     return None
 
 
@@ -109,10 +116,15 @@ def load_model(name: str, path: Path, settings: Settings) -> ModelRuntime:
     with the reason."""
     bundle = load_bundle(path)
     if bundle.name != name:
-        log.warning("bundle %s: manifest name %r differs from its folder; serving it as %r",
-                    path, bundle.name, name)
-    model = ModelRuntime(bundle.path, {**bundle.manifest, "name": name, "version": path.name},
-                         settings)
+        log.warning(
+            "bundle %s: manifest name %r differs from its folder; serving it as %r",
+            path,
+            bundle.name,
+            name,
+        )
+    model = ModelRuntime(
+        bundle.path, {**bundle.manifest, "name": name, "version": path.name}, settings
+    )
     if settings.warmup:
         model.warmup(settings.buckets(model.device) if model.task != "text-generation" else ())
     return model
@@ -128,11 +140,13 @@ def load_newest(repo: Repository, model_dir: Path, settings: Settings) -> None:
             break
         except Exception as exc:  # every failure becomes a named reason, never a crash
             broken.append(f"version {path.name} not loaded: {reason(exc, path)}")
-            log.error("model %s version %s not loaded (%s): %s", name, path.name, path,
-                      reason(exc, path))
+            log.error(
+                "model %s version %s not loaded (%s): %s", name, path.name, path, reason(exc, path)
+            )
     if not versions:
-        repo.failures[name] = (f"no version folder: expected {name}/<positive integer>/"
-                               f"{MANIFEST_FILE}")
+        repo.failures[name] = (
+            f"no version folder: expected {name}/<positive integer>/{MANIFEST_FILE}"
+        )
         log.error("model %s not loaded: %s", name, repo.failures[name])
     elif name not in repo.models:
         repo.failures[name] = "; ".join(broken)
@@ -159,13 +173,23 @@ def load_repository(settings: Settings) -> Repository:
 def log_outcome(repo: Repository) -> None:
     """One INFO line per served model (version, task, precision, folder, device), then a summary."""
     for name, model in repo.models.items():
-        log.info("serving %s version %s (%s, %s) from %s on %s (%s)", name, model.version,
-                 model.task, model.manifest.get("precision", model.outputs[0].dtype),
-                 model.path.resolve(), model.device,
-                 ", ".join(model.session.get_providers()))
-    log.info("model repository %s: serving %s; not loaded: %s; older version serving: %s",
-             repo.root.resolve(), ", ".join(sorted(repo.models)) or "nothing",
-             ", ".join(sorted(repo.failures)) or "none", ", ".join(sorted(repo.skipped)) or "none")
+        log.info(
+            "serving %s version %s (%s, %s) from %s on %s (%s)",
+            name,
+            model.version,
+            model.task,
+            model.manifest.get("precision", model.outputs[0].dtype),
+            model.path.resolve(),
+            model.device,
+            ", ".join(model.session.get_providers()),
+        )
+    log.info(
+        "model repository %s: serving %s; not loaded: %s; older version serving: %s",
+        repo.root.resolve(),
+        ", ".join(sorted(repo.models)) or "nothing",
+        ", ".join(sorted(repo.failures)) or "none",
+        ", ".join(sorted(repo.skipped)) or "none",
+    )
 
 
 def folder_signatures(root: Path) -> dict[str, tuple[tuple[str, float], ...]]:
@@ -175,7 +199,8 @@ def folder_signatures(root: Path) -> dict[str, tuple[tuple[str, float], ...]]:
     for folder in model_folders(root):
         found[folder.name] = tuple(
             (v.name, max((f.stat().st_mtime for f in v.iterdir() if f.is_file()), default=0.0))
-            for v in version_folders(folder))
+            for v in version_folders(folder)
+        )
     return found
 
 
@@ -189,8 +214,12 @@ def repository_index(repo: Repository) -> list[dict[str, str]]:
             if model is not None and model.path.name == version.name:
                 entries.append({"name": name, "version": version.name, "state": "READY"})
                 continue
-            reason = repo.failures.get(name) or repo.skipped.get(name) or (
-                f"version {model.path.name} serves" if model is not None else "not loaded")
-            entries.append({"name": name, "version": version.name, "state": "UNAVAILABLE",
-                            "reason": reason})
+            reason = (
+                repo.failures.get(name)
+                or repo.skipped.get(name)
+                or (f"version {model.path.name} serves" if model is not None else "not loaded")
+            )
+            entries.append(
+                {"name": name, "version": version.name, "state": "UNAVAILABLE", "reason": reason}
+            )
     return entries

@@ -55,14 +55,17 @@ def choose_providers(device: str) -> list[str]:
     if device == "cuda":
         raise RuntimeSetupError(
             "NEUTRENO_DEVICE=cuda but onnxruntime has no CUDAExecutionProvider "
-            f"(available: {available}); install onnxruntime-gpu or use NEUTRENO_DEVICE=auto")
+            f"(available: {available}); install onnxruntime-gpu or use NEUTRENO_DEVICE=auto"
+        )
     return [CPU]
 
 
 def providers_for(settings: Settings) -> list[str | tuple[str, dict[str, str]]]:
     """The session's providers, the CUDA one with every NEUTRENO_CUDA_* option."""
-    return [(CUDA, settings.cuda_provider_options) if p == CUDA else p
-            for p in choose_providers(settings.device)]
+    return [
+        (CUDA, settings.cuda_provider_options) if p == CUDA else p
+        for p in choose_providers(settings.device)
+    ]
 
 
 def _session_options(settings: Settings) -> ort.SessionOptions:
@@ -94,8 +97,13 @@ class ModelInfo:
 
     def info_labels(self) -> list[str]:
         """Label values for neutreno_model_info after `model`."""
-        return [self.version, self.task, str(self.manifest.get("attention", "")),
-                str(self.manifest.get("lam", "")), self.device]
+        return [
+            self.version,
+            self.task,
+            str(self.manifest.get("attention", "")),
+            str(self.manifest.get("lam", "")),
+            self.device,
+        ]
 
 
 class ModelRuntime(ModelInfo):
@@ -103,10 +111,11 @@ class ModelRuntime(ModelInfo):
     it."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], settings: Settings) -> None:
-        session = ort.InferenceSession(session_model(path / "model.onnx",
-                                                     settings.fused_attention),
-                                       _session_options(settings),
-                                       providers=providers_for(settings))
+        session = ort.InferenceSession(
+            session_model(path / "model.onnx", settings.fused_attention),
+            _session_options(settings),
+            providers=providers_for(settings),
+        )
         super().__init__(path, manifest, "cuda" if session.get_providers()[0] == CUDA else "cpu")
         self.session = session
         self.device_id = settings.cuda_device_id if self.device == "cuda" else 0
@@ -123,9 +132,13 @@ class ModelRuntime(ModelInfo):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run, feeds)
 
-    def run_bound(self, feeds: dict[str, np.ndarray], resident: dict[str, ort.OrtValue],
-                  to_host: list[str], keep: list[str]
-                  ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
+    def run_bound(
+        self,
+        feeds: dict[str, np.ndarray],
+        resident: dict[str, ort.OrtValue],
+        to_host: list[str],
+        keep: list[str],
+    ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
         """One run with IO binding: host arrays and device-resident values in; outputs `to_host`
         come back as numpy, outputs `keep` stay on the session's device as OrtValues (the KV
         cache between decode steps). Outputs in neither list are not computed."""
@@ -141,16 +154,20 @@ class ModelRuntime(ModelInfo):
         self.session.run_with_iobinding(binding)
         values = binding.get_outputs()
         host = {n: v.numpy() for n, v in zip(to_host, values, strict=False)}
-        return host, dict(zip(keep, values[len(to_host):], strict=True))
+        return host, dict(zip(keep, values[len(to_host) :], strict=True))
 
-    async def run_bound_async(self, feeds: dict[str, np.ndarray],
-                              resident: dict[str, ort.OrtValue], to_host: list[str],
-                              keep: list[str]
-                              ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
+    async def run_bound_async(
+        self,
+        feeds: dict[str, np.ndarray],
+        resident: dict[str, ort.OrtValue],
+        to_host: list[str],
+        keep: list[str],
+    ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
         """`run_bound` on this model's worker thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_bound, feeds, resident,
-                                          to_host, keep)
+        return await loop.run_in_executor(
+            self._executor, self.run_bound, feeds, resident, to_host, keep
+        )
 
     def warmup(self, batch_sizes: tuple[int, ...] = ()) -> None:
         """Runs on neutral inputs, one per batch size (at least batch 1), so that no request
@@ -162,8 +179,9 @@ class ModelRuntime(ModelInfo):
         """Zero inputs of the right shapes (an empty KV cache for language models)."""
         if self.task == "text-generation":
             return self._lm_example(batch)
-        return {s.name: np.zeros(self._concrete(s.shape, batch), s.numpy_dtype)
-                for s in self.inputs}
+        return {
+            s.name: np.zeros(self._concrete(s.shape, batch), s.numpy_dtype) for s in self.inputs
+        }
 
     def _concrete(self, shape: tuple[int | str, ...], batch: int) -> tuple[int, ...]:
         return tuple(batch if isinstance(d, str) else int(d) for d in shape)
@@ -178,8 +196,9 @@ class ModelRuntime(ModelInfo):
             elif spec.name == "attention_mask":
                 feeds[spec.name] = np.ones((batch, seq), np.int64)
             else:
-                feeds[spec.name] = np.zeros((batch, gen["num_heads"], 0, gen["head_dim"]),
-                                            spec.numpy_dtype)
+                feeds[spec.name] = np.zeros(
+                    (batch, gen["num_heads"], 0, gen["head_dim"]), spec.numpy_dtype
+                )
         return feeds
 
     def close(self) -> None:

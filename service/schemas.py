@@ -7,8 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # base64 of a 28x28 black PNG, used in the OpenAPI examples.
-EXAMPLE_PNG = ("iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAEElEQVR4nGNgGAWjYBQQAwAD"
-               "LAABPwpG8wAAAABJRU5ErkJggg==")
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAEElEQVR4nGNgGAWjYBQQAwAD"
+    "LAABPwpG8wAAAABJRU5ErkJggg=="
+)
 
 
 class ErrorDetail(BaseModel):
@@ -33,22 +35,25 @@ class SegmentParams(BaseModel):
 
 
 class ImageField(BaseModel):
-    image: str = Field(min_length=1, description="base64 image bytes (PNG, JPEG, ...)",
-                       examples=[EXAMPLE_PNG])
+    image: str = Field(
+        min_length=1, description="base64 image bytes (PNG, JPEG, ...)", examples=[EXAMPLE_PNG]
+    )
 
 
 class ClassifyRequest(ClassifyParams, ImageField):
     """JSON form of classify; multipart sends `file` (+ optional `top_k` field) instead."""
 
-    model_config = ConfigDict(extra="forbid",
-                              json_schema_extra={"examples": [{"image": EXAMPLE_PNG, "top_k": 3}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"image": EXAMPLE_PNG, "top_k": 3}]}
+    )
 
 
 class SegmentRequest(SegmentParams, ImageField):
     """JSON form of segment; multipart sends `file` (+ optional `overlay` field) instead."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"image": EXAMPLE_PNG, "overlay": True}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"image": EXAMPLE_PNG, "overlay": True}]}
+    )
 
 
 class Prediction(BaseModel):

@@ -26,14 +26,12 @@ def check_api_key(key: SecretStr | None, authorization: str | None) -> None:
     scheme, _, token = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing 'Authorization: Bearer <key>' header")
-    if not hmac.compare_digest(token.strip().encode(),
-                               key.get_secret_value().encode()):
+    if not hmac.compare_digest(token.strip().encode(), key.get_secret_value().encode()):
         raise Unauthorized("invalid API key")
 
 
-async def require_api_key(request: Request,
-                          credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-                          ) -> None:
+async def require_api_key(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> None:
     """Route dependency: the same check as the middleware (documents the scheme in OpenAPI)."""
-    check_api_key(request.app.state.service.settings.api_key,
-                  request.headers.get("authorization"))
+    check_api_key(request.app.state.service.settings.api_key, request.headers.get("authorization"))

@@ -19,87 +19,125 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NEUTRENO_", extra="ignore", frozen=True)
 
-    model_repository: Path = Field(Path("model_repository"),
-                                   description="folder of <model>/<version>/ bundles")
+    model_repository: Path = Field(
+        Path("model_repository"), description="folder of <model>/<version>/ bundles"
+    )
     model_control: Literal["none", "explicit", "poll"] = Field(
-        "none", description="as Triton: none = load at start only; explicit = the repository "
-                            "API loads and unloads; poll = reload changed folders every "
-                            "repository_poll_s")
-    repository_poll_s: float = Field(15.0, gt=0.0, le=86400.0,
-                                     description="seconds between repository scans (poll mode)")
+        "none",
+        description="as Triton: none = load at start only; explicit = the repository "
+        "API loads and unloads; poll = reload changed folders every "
+        "repository_poll_s",
+    )
+    repository_poll_s: float = Field(
+        15.0, gt=0.0, le=86400.0, description="seconds between repository scans (poll mode)"
+    )
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto uses the CUDA execution provider when onnxruntime has it")
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
-                         description="HTTP front-end processes in front of the one engine "
-                                     "process (default: the number of CPUs)")
+        "auto", description="auto uses the CUDA execution provider when onnxruntime has it"
+    )
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="HTTP front-end processes in front of the one engine "
+        "process (default: the number of CPUs)",
+    )
     intra_op_threads: int = Field(0, ge=0, le=256, description="ORT threads per model; 0 = ORT")
     fused_attention: bool = Field(
-        True, description="run attention on ORT's fused kernels (export.fusion) and gate the "
-                          "similarity telemetry; false runs the bundles exactly as shipped")
+        True,
+        description="run attention on ORT's fused kernels (export.fusion) and gate the "
+        "similarity telemetry; false runs the bundles exactly as shipped",
+    )
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="1 turns dynamic batching off")
     batch_buckets: str = Field(
-        "auto", pattern=r"^(auto|off|\d+(,\d+)*)$",
+        "auto",
+        pattern=r"^(auto|off|\d+(,\d+)*)$",
         description="batch sizes vision batches are padded up to, each warmed up at start "
-                    "(no first-run cost for a new shape): auto = powers of two up to "
-                    "max_batch_size on CUDA and off on CPU, off, or a list like 1,4,16,64")
-    max_queue_delay_ms: float = Field(5.0, ge=0.0, le=10_000.0,
-                                      description="longest wait of the oldest queued request "
-                                                  "(a lone client never waits)")
-    max_queue_size: int = Field(256, ge=1, le=1_000_000,
-                                description="queued requests per model beyond which 429")
-    request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0,
-                                     description="per-request deadline, 504 past it")
+        "(no first-run cost for a new shape): auto = powers of two up to "
+        "max_batch_size on CUDA and off on CPU, off, or a list like 1,4,16,64",
+    )
+    max_queue_delay_ms: float = Field(
+        5.0,
+        ge=0.0,
+        le=10_000.0,
+        description="longest wait of the oldest queued request (a lone client never waits)",
+    )
+    max_queue_size: int = Field(
+        256, ge=1, le=1_000_000, description="queued requests per model beyond which 429"
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="per-request deadline, 504 past it"
+    )
 
     max_running_sequences: int = Field(
-        16, ge=1, le=4096, description="sequences per LM decoded together (continuous batching)")
+        16, ge=1, le=4096, description="sequences per LM decoded together (continuous batching)"
+    )
     max_cached_tokens: int = Field(
-        65536, ge=1, description="per LM: KV-cache tokens reserved by running sequences "
-                                 "(prompt + max_tokens each)")
+        65536,
+        ge=1,
+        description="per LM: KV-cache tokens reserved by running sequences "
+        "(prompt + max_tokens each)",
+    )
 
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="413 above this")
-    max_image_pixels: int = Field(2048 * 2048, ge=1,
-                                  description="decoded width x height limit (decompression bombs)")
+    max_image_pixels: int = Field(
+        2048 * 2048, ge=1, description="decoded width x height limit (decompression bombs)"
+    )
     max_concurrent_images: int = Field(
-        2, ge=1, le=256, description="images decoded or rendered at once (memory ceiling)")
-    max_overlay_pixels: int = Field(1024 * 1024, ge=1,
-                                    description="segmentation overlays are rendered at most "
-                                                "this large (aspect kept)")
-    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024,
-                                    description="/v2 infer responses above this are refused (413)")
+        2, ge=1, le=256, description="images decoded or rendered at once (memory ceiling)"
+    )
+    max_overlay_pixels: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="segmentation overlays are rendered at most this large (aspect kept)",
+    )
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="/v2 infer responses above this are refused (413)"
+    )
 
-    max_connections: int = Field(1024, ge=1, description="open HTTP connections; more are "
-                                                         "answered 503 and closed")
-    max_inflight_requests: int = Field(512, ge=1, description="requests handled at once; more "
-                                                              "get 503 (health probes exempt)")
-    header_timeout_s: float = Field(10.0, gt=0.0, le=3600.0,
-                                    description="a request's headers must arrive within this")
-    body_timeout_s: float = Field(30.0, gt=0.0, le=3600.0,
-                                  description="a request's body must arrive within this (408)")
-    keepalive_timeout_s: float = Field(5.0, ge=0.0, le=3600.0,
-                                       description="idle keep-alive connections close after this")
+    max_connections: int = Field(
+        1024, ge=1, description="open HTTP connections; more are answered 503 and closed"
+    )
+    max_inflight_requests: int = Field(
+        512, ge=1, description="requests handled at once; more get 503 (health probes exempt)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=3600.0, description="a request's headers must arrive within this"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="a request's body must arrive within this (408)"
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, ge=0.0, le=3600.0, description="idle keep-alive connections close after this"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="comma-separated browser origins allowed to call the "
-                                          "API cross-site (CORS); empty = none")
+        default_factory=list,
+        description="comma-separated browser origins allowed to call the "
+        "API cross-site (CORS); empty = none",
+    )
 
     cuda_device_id: int = Field(0, ge=0, description="GPU the engine uses")
     cuda_cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
-        "HEURISTIC", description="EXHAUSTIVE benchmarks every conv algorithm on each new shape "
-                                 "(up to 0.8 s on the first run); HEURISTIC picks at once")
+        "HEURISTIC",
+        description="EXHAUSTIVE benchmarks every conv algorithm on each new shape "
+        "(up to 0.8 s on the first run); HEURISTIC picks at once",
+    )
     cuda_use_tf32: bool = Field(True, description="TF32 matmuls (about 1e-3 from fp32 logits)")
     cuda_arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
     cuda_gpu_mem_limit_mb: int = Field(0, ge=0, description="ORT's CUDA arena limit; 0 = none")
 
     api_key: SecretStr | None = Field(None, description="Bearer token required on /v1 and /v2")
     similarity_sample_every: int = Field(
-        8, ge=0, description="update neutreno_token_similarity from one batch in N; 0 = never")
+        8, ge=0, description="update neutreno_token_similarity from one batch in N; 0 = never"
+    )
     warmup: bool = True
     drain_timeout_s: int = Field(30, ge=0, le=3600, description="SIGTERM grace period")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["text", "json"] = Field(
-        "text", description="json: one object per line with request_id, trace_id, route, ...")
+        "text", description="json: one object per line with request_id, trace_id, route, ..."
+    )
 
     @field_validator("model_repository")
     @classmethod
@@ -123,10 +161,12 @@ class Settings(BaseSettings):
     @property
     def cuda_provider_options(self) -> dict[str, str]:
         """CUDAExecutionProvider options (ORT's names) from the NEUTRENO_CUDA_* settings."""
-        options = {"device_id": str(self.cuda_device_id),
-                   "cudnn_conv_algo_search": self.cuda_cudnn_conv_algo_search,
-                   "use_tf32": str(int(self.cuda_use_tf32)),
-                   "arena_extend_strategy": self.cuda_arena_extend_strategy}
+        options = {
+            "device_id": str(self.cuda_device_id),
+            "cudnn_conv_algo_search": self.cuda_cudnn_conv_algo_search,
+            "use_tf32": str(int(self.cuda_use_tf32)),
+            "arena_extend_strategy": self.cuda_arena_extend_strategy,
+        }
         if self.cuda_gpu_mem_limit_mb:
             options["gpu_mem_limit"] = str(self.cuda_gpu_mem_limit_mb * 1024 * 1024)
         return options

@@ -63,9 +63,11 @@ class ServiceState:
         status = self._status()
         loaded = status["models"] if status else {}
         if {n: str(m.path) for n, m in self._models.items()} != {
-                n: m["path"] for n, m in loaded.items()}:
-            self._models = {n: ModelInfo(Path(m["path"]), m["manifest"], m["device"])
-                            for n, m in loaded.items()}
+            n: m["path"] for n, m in loaded.items()
+        }:
+            self._models = {
+                n: ModelInfo(Path(m["path"]), m["manifest"], m["device"]) for n, m in loaded.items()
+            }
             self._fronts = {}
         return self._models
 
@@ -110,8 +112,9 @@ class ServiceState:
             raise ModelNotReady("the service is shutting down")
         found = models[name]
         if version is not None and version != found.version:
-            raise ModelNotFound(f"version {version} of {name!r} is not loaded; version "
-                                f"{found.version} serves")
+            raise ModelNotFound(
+                f"version {version} of {name!r} is not loaded; version {found.version} serves"
+            )
         if task is not None and found.task != task:
             raise WrongTask(f"model {name!r} does a {found.task} task, not {task}")
         return found
@@ -120,8 +123,7 @@ class ServiceState:
         """Refuse now (QueueFull, ModelNotReady) a request the engine would refuse."""
         self.engine.admit(model.name)
 
-    async def run(self, model: ModelInfo, feeds: dict[str, np.ndarray]
-                  ) -> dict[str, np.ndarray]:
+    async def run(self, model: ModelInfo, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run validated feeds on the engine (batched with every front end's requests)."""
         return await self.engine.run(model.name, feeds)
 
@@ -135,8 +137,7 @@ class ServiceState:
             front = self._fronts[model.name] = GenerationFront(tokenizer, limits)
         return front
 
-    async def generate(self, model: ModelInfo, requests: list[ValidRequest]
-                       ) -> GenerationStream:
+    async def generate(self, model: ModelInfo, requests: list[ValidRequest]) -> GenerationStream:
         """Queue validated prompts on the engine's scheduler for this model."""
         return await self.engine.generate(model.name, requests)
 

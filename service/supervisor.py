@@ -61,14 +61,21 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
-            self.engine = self.ctx.Process(target=engine_main, name="neutreno-engine",
-                                           args=(self.overrides, self.address, self.stop_engine))
+            self.engine = self.ctx.Process(
+                target=engine_main,
+                name="neutreno-engine",
+                args=(self.overrides, self.address, self.stop_engine),
+            )
             self.engine.start()
             self.sock = self._config().bind_socket()
             self.frontends = [self._start_frontend(i) for i in range(self.settings.workers)]
-            log.info("serving on http://%s:%d: %d front end(s), engine pid %d",
-                     self.settings.host, self.settings.port, self.settings.workers,
-                     self.engine.pid)
+            log.info(
+                "serving on http://%s:%d: %d front end(s), engine pid %d",
+                self.settings.host,
+                self.settings.port,
+                self.settings.workers,
+                self.engine.pid,
+            )
             code = self._watch()
             self._drain()
             return code
@@ -82,8 +89,11 @@ class Supervisor:
         return uvicorn_config("service.frontend:app", self.settings)
 
     def _start_frontend(self, index: int) -> multiprocessing.process.BaseProcess:
-        proc = self.ctx.Process(target=frontend_main, name=f"neutreno-frontend-{index}",
-                                args=(self.overrides, self.address, self.sock))
+        proc = self.ctx.Process(
+            target=frontend_main,
+            name=f"neutreno-frontend-{index}",
+            args=(self.overrides, self.address, self.sock),
+        )
         proc.start()
         return proc
 
@@ -95,13 +105,18 @@ class Supervisor:
         assert self.engine is not None
         while not self.stopping:
             if not self.engine.is_alive():
-                log.error("the engine process exited (status %s); stopping the server",
-                          self.engine.exitcode)
+                log.error(
+                    "the engine process exited (status %s); stopping the server",
+                    self.engine.exitcode,
+                )
                 return 1
             for i, proc in enumerate(self.frontends):
                 if not proc.is_alive():
-                    log.error("front end %s exited (status %s); starting a new one", proc.name,
-                              proc.exitcode)
+                    log.error(
+                        "front end %s exited (status %s); starting a new one",
+                        proc.name,
+                        proc.exitcode,
+                    )
                     multiprocess.mark_process_dead(proc.pid)
                     self.frontends[i] = self._start_frontend(i)
             time.sleep(WATCH_EVERY_S)

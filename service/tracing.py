@@ -41,8 +41,9 @@ def exporter_names(env: Mapping[str, str]) -> list[str]:
         return []
     names = env.get("OTEL_TRACES_EXPORTER")
     if names is None:
-        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or \
-            env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
         return ["otlp"] if endpoint else []
     return [n for n in (part.strip().lower() for part in names.split(",")) if n and n != "none"]
 
@@ -62,8 +63,11 @@ def configure_from_env(env: Mapping[str, str] | None = None) -> None:
         return
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (BatchSpanProcessor, ConsoleSpanExporter,
-                                                SimpleSpanProcessor)
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SimpleSpanProcessor,
+    )
 
     provider = TracerProvider(resource=Resource.create())
     for name in names:
@@ -74,8 +78,7 @@ def configure_from_env(env: Mapping[str, str] | None = None) -> None:
         elif name == "console":
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         else:
-            log.warning("OTEL_TRACES_EXPORTER=%s is not supported here (otlp, console, none)",
-                        name)
+            log.warning("OTEL_TRACES_EXPORTER=%s is not supported here (otlp, console, none)", name)
     install(provider)
 
 
@@ -125,8 +128,9 @@ def _epoch_ns(perf: float, now_perf: float, now_ns: int) -> int:
     return now_ns - int((now_perf - perf) * 1e9)
 
 
-def _span(name: str, parent: otel_context.Context, start: int, end: int,
-          attributes: dict[str, Any]) -> None:
+def _span(
+    name: str, parent: otel_context.Context, start: int, end: int, attributes: dict[str, Any]
+) -> None:
     assert _tracer is not None
     span = _tracer.start_span(name, context=parent, start_time=start, attributes=attributes)
     span.end(end_time=end)
@@ -148,12 +152,20 @@ def record_batch(model: str, batch: Iterable[Queued], started: float) -> None:
     batch = list(batch)
     now_perf, now_ns = time.perf_counter(), time.time_ns()
     begin = _epoch_ns(started, now_perf, now_ns)
-    attributes = {"neutreno.model": model, "neutreno.batch.size": sum(r.rows for r in batch),
-                  "neutreno.batch.requests": len(batch)}
+    attributes = {
+        "neutreno.model": model,
+        "neutreno.batch.size": sum(r.rows for r in batch),
+        "neutreno.batch.requests": len(batch),
+    }
     for req in batch:
         if req.trace is not None:
-            _span("queue wait", req.trace, _epoch_ns(req.enqueued, now_perf, now_ns), begin,
-                  {"neutreno.model": model})
+            _span(
+                "queue wait",
+                req.trace,
+                _epoch_ns(req.enqueued, now_perf, now_ns),
+                begin,
+                {"neutreno.model": model},
+            )
             _span("batch run", req.trace, begin, now_ns, attributes)
 
 
@@ -194,13 +206,27 @@ class GenerationTrace:
         _span("queue wait", self.parent, ns(self.enqueued), ns(admitted), base)
         if self.prefill is not None:
             start, stop, rows = self.prefill
-            _span("prefill", self.parent, ns(start), ns(stop),
-                  {**base, "neutreno.batch.size": rows, "neutreno.prompt_tokens": prompt_tokens})
+            _span(
+                "prefill",
+                self.parent,
+                ns(start),
+                ns(stop),
+                {**base, "neutreno.batch.size": rows, "neutreno.prompt_tokens": prompt_tokens},
+            )
         if self.steps:
-            _span("decode", self.parent, ns(self.decode_start), ns(self.decode_end), {
-                **base, "neutreno.decode.steps": self.steps, "neutreno.tokens": tokens,
-                "neutreno.batch.mean_size": self.rows / self.steps,
-                "neutreno.finish_reason": reason})
+            _span(
+                "decode",
+                self.parent,
+                ns(self.decode_start),
+                ns(self.decode_end),
+                {
+                    **base,
+                    "neutreno.decode.steps": self.steps,
+                    "neutreno.tokens": tokens,
+                    "neutreno.batch.mean_size": self.rows / self.steps,
+                    "neutreno.finish_reason": reason,
+                },
+            )
 
 
 def generation_trace(enqueued: float) -> GenerationTrace | None:
@@ -226,9 +252,10 @@ def server_span(scope: Scope) -> Iterator[trace.Span]:
     assert _tracer is not None
     carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     with _tracer.start_as_current_span(
-            f"{scope['method']} {scope['path']}", context=_propagator.extract(carrier),
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": scope["method"], "url.path": scope["path"]}
+        f"{scope['method']} {scope['path']}",
+        context=_propagator.extract(carrier),
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
     ) as span:
         yield span
 

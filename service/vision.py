@@ -21,9 +21,8 @@ from starlette.requests import ClientDisconnect
 
 from service import imaging
 from service.errors import BadRequest, UnsupportedMediaType
-from service.schemas import (ClassFraction, ClassifyResponse, ImageField, Prediction,
-                             SegmentResponse)
 from service.runtime import ModelInfo
+from service.schemas import ClassFraction, ClassifyResponse, ImageField, Prediction, SegmentResponse
 from service.state import ServiceState
 
 P = TypeVar("P", bound=BaseModel)
@@ -31,8 +30,9 @@ FILE_TYPES = ("image/", "application/octet-stream")
 INLINE_PIXELS = 256 * 256  # decoding this much costs less than a thread hop
 
 
-async def read_image_request(request: Request, json_model: type[BaseModel],
-                             form_model: type[P]) -> tuple[bytes, P]:
+async def read_image_request(
+    request: Request, json_model: type[BaseModel], form_model: type[P]
+) -> tuple[bytes, P]:
     """Image bytes and parameters from JSON `{"image": base64, ...}` or multipart `file`."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
@@ -42,8 +42,10 @@ async def read_image_request(request: Request, json_model: type[BaseModel],
         return imaging.decode_base64(body.image), params
     if content_type == "multipart/form-data":
         return await _read_multipart(request, form_model)
-    raise UnsupportedMediaType(f"content type {content_type or '(none)'!r} is not accepted; "
-                               "send application/json or multipart/form-data")
+    raise UnsupportedMediaType(
+        f"content type {content_type or '(none)'!r} is not accepted; "
+        "send application/json or multipart/form-data"
+    )
 
 
 async def _read_multipart(request: Request, form_model: type[P]) -> tuple[bytes, P]:
@@ -90,12 +92,16 @@ def _decode(img: Image.Image, model: ModelInfo, overlay_pixels: int | None) -> D
     with img:
         loaded = imaging.load_pixels(img)
         base = None if overlay_pixels is None else imaging.bounded_rgb(loaded, overlay_pixels)
-        return Decoded(imaging.preprocess(loaded, model.preprocessing,
-                                          model.inputs[0].numpy_dtype), img.size, base)
+        return Decoded(
+            imaging.preprocess(loaded, model.preprocessing, model.inputs[0].numpy_dtype),
+            img.size,
+            base,
+        )
 
 
-async def _infer(state: ServiceState, model: ModelInfo, data: bytes,
-                 overlay_pixels: int | None = None) -> tuple[Decoded, dict[str, np.ndarray]]:
+async def _infer(
+    state: ServiceState, model: ModelInfo, data: bytes, overlay_pixels: int | None = None
+) -> tuple[Decoded, dict[str, np.ndarray]]:
     """Admit (a full queue refuses before any decoding), decode (small images inline, large
     ones in a thread, at most NEUTRENO_MAX_CONCURRENT_IMAGES at once), then run through the
     batcher."""
@@ -118,19 +124,25 @@ def _label(model: ModelInfo, index: int) -> str:
     return model.labels[index] if index < len(model.labels) else str(index)
 
 
-async def classify(state: ServiceState, model: ModelInfo, data: bytes,
-                   top_k: int) -> ClassifyResponse:
+async def classify(
+    state: ServiceState, model: ModelInfo, data: bytes, top_k: int
+) -> ClassifyResponse:
     """Top-k classes with softmax scores, best first."""
     _, outputs = await _infer(state, model, data)
     probs = _softmax(outputs["logits"][0].astype(np.float64))
     order = np.argsort(-probs, kind="stable")[:top_k]
-    return ClassifyResponse(model=model.name, predictions=[
-        Prediction(index=int(i), label=_label(model, int(i)), score=float(probs[i]))
-        for i in order])
+    return ClassifyResponse(
+        model=model.name,
+        predictions=[
+            Prediction(index=int(i), label=_label(model, int(i)), score=float(probs[i]))
+            for i in order
+        ],
+    )
 
 
-async def segment(state: ServiceState, model: ModelInfo, data: bytes,
-                  with_overlay: bool) -> SegmentResponse:
+async def segment(
+    state: ServiceState, model: ModelInfo, data: bytes, with_overlay: bool
+) -> SegmentResponse:
     """Class-index mask PNG at the input's size, class pixel fractions, optional overlay
     (rendered at most NEUTRENO_MAX_OVERLAY_PIXELS large)."""
     overlay_pixels = state.settings.max_overlay_pixels if with_overlay else None
@@ -139,8 +151,7 @@ async def segment(state: ServiceState, model: ModelInfo, data: bytes,
         return await run_in_threadpool(_segment_response, model, decoded, outputs["logits"][0])
 
 
-def _segment_response(model: ModelInfo, decoded: Decoded,
-                      logits: np.ndarray) -> SegmentResponse:
+def _segment_response(model: ModelInfo, decoded: Decoded, logits: np.ndarray) -> SegmentResponse:
     num_classes = logits.shape[0]
     class_map = logits.argmax(axis=0)
     mask = imaging.mask_at_size(class_map, decoded.size)
@@ -149,11 +160,23 @@ def _segment_response(model: ModelInfo, decoded: Decoded,
     fractions = counts / (width * height)
     present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     base = decoded.overlay_base
-    overlay = None if base is None else imaging.png_base64(imaging.overlay(
-        base, np.asarray(imaging.mask_at_size(class_map, base.size)), num_classes))
+    overlay = (
+        None
+        if base is None
+        else imaging.png_base64(
+            imaging.overlay(
+                base, np.asarray(imaging.mask_at_size(class_map, base.size)), num_classes
+            )
+        )
+    )
     return SegmentResponse(
-        model=model.name, width=width, height=height,
+        model=model.name,
+        width=width,
+        height=height,
         mask_png=imaging.png_base64(mask),
-        classes=[ClassFraction(index=i, label=_label(model, i), pixel_fraction=float(fractions[i]))
-                 for i in present],
-        overlay_png=overlay)
+        classes=[
+            ClassFraction(index=i, label=_label(model, i), pixel_fraction=float(fractions[i]))
+            for i in present
+        ],
+        overlay_png=overlay,
+    )

@@ -29,8 +29,7 @@ from starlette.responses import JSONResponse
 
 
 def build(bundle: str, max_batch_size: int, batch_wait_s: float, threads: int):
-    @serve.deployment(num_replicas=1, max_ongoing_requests=1024,
-                      ray_actor_options={"num_cpus": 0})
+    @serve.deployment(num_replicas=1, max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
     class Classifier:
         def __init__(self) -> None:
             root = Path(bundle)
@@ -45,11 +44,13 @@ def build(bundle: str, max_batch_size: int, batch_wait_s: float, threads: int):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(str(root / "model.onnx"), opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(root / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+            )
             self.input = self.session.get_inputs()[0].name
-            self.session.run(["logits"], {self.input: np.zeros((1, 1, self.height, self.width),
-                                                               np.float32)})
+            self.session.run(
+                ["logits"], {self.input: np.zeros((1, 1, self.height, self.width), np.float32)}
+            )
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)
         async def infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -68,10 +69,16 @@ def build(bundle: str, max_batch_size: int, batch_wait_s: float, threads: int):
             logits = (await self.infer(x[None, None])).astype(np.float64)
             z = np.exp(logits - logits.max())
             probs = z / z.sum()
-            order = np.argsort(-probs, kind="stable")[:int(body.get("top_k", 5))]
-            return JSONResponse({"model": "fashion-classifier", "predictions": [
-                {"index": int(i), "label": self.labels[int(i)], "score": float(probs[i])}
-                for i in order]})
+            order = np.argsort(-probs, kind="stable")[: int(body.get("top_k", 5))]
+            return JSONResponse(
+                {
+                    "model": "fashion-classifier",
+                    "predictions": [
+                        {"index": int(i), "label": self.labels[int(i)], "score": float(probs[i])}
+                        for i in order
+                    ],
+                }
+            )
 
     return Classifier.bind()
 
@@ -87,11 +94,13 @@ def main() -> int:
     args = p.parse_args()
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(build(args.bundle, args.max_batch_size, args.batch_wait_ms / 1000.0,
-                    args.threads), route_prefix=args.route, blocking=False)
+    serve.run(
+        build(args.bundle, args.max_batch_size, args.batch_wait_ms / 1000.0, args.threads),
+        route_prefix=args.route,
+        blocking=False,
+    )
     print("READY", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))

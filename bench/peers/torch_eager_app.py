@@ -65,6 +65,10 @@ def classify(name: str, req: ClassifyRequest) -> dict:
         logits = model(torch.from_numpy(x)[None, None])
     probs = torch.softmax(logits[0].double(), dim=-1)
     top = torch.topk(probs, min(req.top_k, probs.numel()))
-    return {"model": name, "predictions": [
-        {"index": int(i), "label": labels[int(i)], "score": float(p)}
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]}
+    return {
+        "model": name,
+        "predictions": [
+            {"index": int(i), "label": labels[int(i)], "score": float(p)}
+            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ],
+    }

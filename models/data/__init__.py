@@ -1,1 +1,2 @@
-"""Datasets: Fashion-MNIST, composite segmentation scenes, the King James Bible, paper-scale loaders."""
+"""Datasets: Fashion-MNIST, composite segmentation scenes, the King James Bible, paper-scale
+loaders."""

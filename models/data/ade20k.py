@@ -56,15 +56,16 @@ def random_crop(label: np.ndarray, crop: int, rng: np.random.Generator) -> tuple
     for _ in range(10):
         top = int(rng.integers(0, max(h - crop, 0) + 1))
         left = int(rng.integers(0, max(w - crop, 0) + 1))
-        values, counts = np.unique(label[top:top + crop, left:left + crop], return_counts=True)
+        values, counts = np.unique(label[top : top + crop, left : left + crop], return_counts=True)
         counts = counts[values != IGNORE]
         if len(counts) > 1 and counts.max() / counts.sum() < CAT_MAX_RATIO:
             break
     return top, left
 
 
-def train_transform(img: Image.Image, label: np.ndarray, crop: int,
-                    rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+def train_transform(
+    img: Image.Image, label: np.ndarray, crop: int, rng: np.random.Generator
+) -> tuple[Tensor, Tensor]:
     """-> image (3, crop, crop) float32 and label (crop, crop) int64 with 255 = ignore."""
     ratio = rng.uniform(0.5, 2.0)
     size = rescale_size(*img.size, 4 * crop * ratio, crop * ratio)
@@ -72,7 +73,7 @@ def train_transform(img: Image.Image, label: np.ndarray, crop: int,
     label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
     top, left = random_crop(label, crop, rng)
     img = img.crop((left, top, left + min(crop, size[0]), top + min(crop, size[1])))
-    label = label[top:top + crop, left:left + crop]
+    label = label[top : top + crop, left : left + crop]
     if rng.random() < 0.5:
         img, label = img.transpose(Image.FLIP_LEFT_RIGHT), label[:, ::-1]
     x, y = to_tensor(img), torch.from_numpy(label.astype(np.int64))
@@ -89,8 +90,9 @@ class ADE20K(Dataset):
     """One split: train item -> (image (3, crop, crop), label (crop, crop) int64);
     validation item -> (rescaled image (3, h, w), original-size label (H, W) int64)."""
 
-    def __init__(self, root: str | Path, split: str, crop: int = 512, train: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, root: str | Path, split: str, crop: int = 512, train: bool = False, seed: int = 0
+    ) -> None:
         self.pairs = list_pairs(root, split)
         self.crop, self.train, self.seed, self.epoch = crop, train, seed, 0
 

@@ -9,8 +9,18 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
-LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 # Pixel statistics of the 60k training images after scaling to [0, 1].
 MEAN, STD = 0.2860, 0.3530
 FILES = {
@@ -25,7 +35,8 @@ def data_dir() -> Path:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Parse an IDX file (optionally gzipped): magic 0x0000 | dtype 0x08 | ndim, then big-endian dims."""
+    """Parse an IDX file (optionally gzipped): magic 0x0000 | dtype 0x08 | ndim, then big-endian
+    dims."""
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)

@@ -41,8 +41,9 @@ def _render(items: Tensor, scale: Tensor, centre: Tensor, out: int) -> Tensor:
     return F.avg_pool2d(big, SUPERSAMPLE)
 
 
-def _uniform(n: int, low: float | Tensor, high: float | Tensor, gen: torch.Generator,
-             device: torch.device) -> Tensor:
+def _uniform(
+    n: int, low: float | Tensor, high: float | Tensor, gen: torch.Generator, device: torch.device
+) -> Tensor:
     return (low + (high - low) * torch.rand(n, generator=gen)).to(device)
 
 
@@ -55,8 +56,9 @@ def reframe(items: Tensor, gen: torch.Generator, min_scale: float = MIN_SCALE) -
     return _render(items, scale.to(device), centre.to(device), items.shape[-1])
 
 
-def scaled_scenes(items: Tensor, labels: Tensor, n: int,
-                  gen: torch.Generator) -> tuple[Tensor, Tensor]:
+def scaled_scenes(
+    items: Tensor, labels: Tensor, n: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """n scenes (n, 1, 64, 64) in [0, 1] and masks (n, 64, 64) int64 in [0, 10].
 
     items (N, 1, 28, 28) in [0, 1] and labels (N,) live on the training device. A scene holds
@@ -87,8 +89,13 @@ def upscaled(image: np.ndarray, factor: int) -> Image.Image:
     return Image.fromarray(image).resize((w * factor, h * factor), Image.Resampling.BILINEAR)
 
 
-def placed_item(item: np.ndarray, label: int, rng: np.random.Generator, canvas: int = 96,
-                size_px: tuple[int, int] = (40, 90)) -> tuple[Image.Image, np.ndarray]:
+def placed_item(
+    item: np.ndarray,
+    label: int,
+    rng: np.random.Generator,
+    canvas: int = 96,
+    size_px: tuple[int, int] = (40, 90),
+) -> tuple[Image.Image, np.ndarray]:
     """One garment enlarged to 40-90 px and put at a random (usually off-centre) place on a
     black canvas x canvas photo; returns the photo and its (canvas, canvas) label mask
     (label + 1 where the enlarged item >= THRESHOLD)."""
@@ -96,7 +103,7 @@ def placed_item(item: np.ndarray, label: int, rng: np.random.Generator, canvas: 
     y, x = (int(v) for v in rng.integers(0, canvas - size + 1, 2))
     big = np.asarray(Image.fromarray(item).resize((size, size), Image.Resampling.BILINEAR))
     photo = np.zeros((canvas, canvas), np.uint8)
-    photo[y:y + size, x:x + size] = big
+    photo[y : y + size, x : x + size] = big
     mask = np.zeros((canvas, canvas), np.uint8)
-    mask[y:y + size, x:x + size] = np.where(big >= THRESHOLD, label + 1, 0)
+    mask[y : y + size, x : x + size] = np.where(big >= THRESHOLD, label + 1, 0)
     return Image.fromarray(photo), mask

@@ -36,8 +36,7 @@ def list_images(folder: str | Path, classes: list[str]) -> list[tuple[Path, int]
     """(path, class index) of every image under folder/<wnid>/, sorted by class then name."""
     samples = []
     for index, wnid in enumerate(classes):
-        files = sorted(p for p in (Path(folder) / wnid).iterdir()
-                       if p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in (Path(folder) / wnid).iterdir() if p.suffix.lower() in EXTENSIONS)
         samples += [(p, index) for p in files]
     return samples
 
@@ -54,9 +53,13 @@ def to_tensor(img: Image.Image) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def crop_box(width: int, height: int, rng: np.random.Generator,
-             scale: tuple[float, float] = (0.08, 1.0),
-             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def crop_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """Random-resized-crop box (left, top, right, bottom), torchvision's sampling rule."""
     area, log_ratio = width * height, (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -100,8 +103,15 @@ class ImageNet(Dataset):
     sure a validation tree uses the same indices.
     """
 
-    def __init__(self, root: str | Path, split: str, size: int = 224, train: bool = False,
-                 seed: int = 0, classes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        size: int = 224,
+        train: bool = False,
+        seed: int = 0,
+        classes: list[str] | None = None,
+    ) -> None:
         folder = Path(root) / split
         self.classes = classes or find_classes(folder)
         self.samples = list_images(folder, self.classes)

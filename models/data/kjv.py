@@ -18,7 +18,9 @@ VALIDATION_BOOKS = {"1Jn", "2Jn", "3Jn", "Jude"}
 EOS = "<|endoftext|>"
 
 
-def read_bible(command: tuple[str, ...] = ("bible", "-f", "Gen1:1-Rev22:21")) -> list[tuple[str, str]]:
+def read_bible(
+    command: tuple[str, ...] = ("bible", "-f", "Gen1:1-Rev22:21"),
+) -> list[tuple[str, str]]:
     """(book abbreviation, verse text) for all 31,102 verses."""
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return parse_verses(out)
@@ -30,7 +32,7 @@ def parse_verses(text: str) -> list[tuple[str, str]]:
     for line in text.splitlines():
         m = REFERENCE.match(line)
         if m:
-            verses.append((m.group(1), line[m.end():].strip()))
+            verses.append((m.group(1), line[m.end() :].strip()))
     return verses
 
 
@@ -38,7 +40,9 @@ def split_verses(verses: list[tuple[str, str]]) -> dict[str, str]:
     """{'train', 'validation', 'test'} -> text, one verse per line."""
     parts: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for book, text in verses:
-        key = "test" if book in TEST_BOOKS else "validation" if book in VALIDATION_BOOKS else "train"
+        key = (
+            "test" if book in TEST_BOOKS else "validation" if book in VALIDATION_BOOKS else "train"
+        )
         parts[key].append(text)
     return {k: "\n".join(v) + "\n" for k, v in parts.items()}
 
@@ -48,9 +52,12 @@ def train_tokenizer(text: str, vocab_size: int = 4096) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(text.splitlines(keepends=True), trainer)
     return tok
 

@@ -19,8 +19,9 @@ def _boxes_overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return abs(a[0] - b[0]) < ITEM and abs(a[1] - b[1]) < ITEM
 
 
-def make_scene(rng: np.random.Generator, images: np.ndarray,
-               labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def make_scene(
+    rng: np.random.Generator, images: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """One scene: image (64, 64) uint8 and label mask (64, 64) uint8 in [0, 10]."""
     canvas = np.zeros((CANVAS, CANVAS), np.uint8)
     mask = np.zeros((CANVAS, CANVAS), np.uint8)
@@ -35,13 +36,14 @@ def make_scene(rng: np.random.Generator, images: np.ndarray,
         boxes.append(box)
         k = int(rng.integers(len(images)))
         y, x = box
-        canvas[y:y + ITEM, x:x + ITEM] = images[k]
-        mask[y:y + ITEM, x:x + ITEM] = np.where(images[k] >= THRESHOLD, labels[k] + 1, 0)
+        canvas[y : y + ITEM, x : x + ITEM] = images[k]
+        mask[y : y + ITEM, x : x + ITEM] = np.where(images[k] >= THRESHOLD, labels[k] + 1, 0)
     return canvas, mask
 
 
-def make_scenes(n: int, images: np.ndarray, labels: np.ndarray,
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_scenes(
+    n: int, images: np.ndarray, labels: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """n scenes, (n, 64, 64) uint8 images and masks; scene i depends only on (seed, i)."""
     out = [make_scene(np.random.default_rng([seed, i]), images, labels) for i in range(n)]
     return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])

@@ -37,8 +37,13 @@ def encode_lines(tokenizer: Tokenizer, text: str, chunk: int = 10_000) -> np.nda
     """Ids of `text` encoded line by line (as the tokenizer was trained), (N,) uint16 or int32."""
     lines = text.splitlines(keepends=True)
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.int32
-    parts = [np.array([t for enc in tokenizer.encode_batch(lines[i:i + chunk]) for t in enc.ids],
-                      dtype=dtype) for i in range(0, len(lines), chunk)]
+    parts = [
+        np.array(
+            [t for enc in tokenizer.encode_batch(lines[i : i + chunk]) for t in enc.ids],
+            dtype=dtype,
+        )
+        for i in range(0, len(lines), chunk)
+    ]
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
@@ -63,8 +68,9 @@ def prepare(root: str | Path, vocab_size: int = VOCAB_SIZE) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data-dir", required=True, help="folder holding wiki.{train,valid,test}.raw")
     ap.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)
     args = ap.parse_args(argv)

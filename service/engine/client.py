@@ -177,12 +177,16 @@ class MPClient:
             raise ModelNotReady("the engine is not answering")
         depth = status["depth"].get(name, 0)
         if depth >= self.max_queue_size:
-            raise QueueFull(f"model {name!r} has {depth} queued requests "
-                            f"(limit {self.max_queue_size}); retry later", 1)
+            raise QueueFull(
+                f"model {name!r} has {depth} queued requests "
+                f"(limit {self.max_queue_size}); retry later",
+                1,
+            )
 
     async def run(self, name: str, feeds: Feeds) -> Feeds:
-        header, outputs = await self._call({"op": "infer", "model": name,
-                                            "trace": tracing.carrier()}, feeds)
+        header, outputs = await self._call(
+            {"op": "infer", "model": name, "trace": tracing.carrier()}, feeds
+        )
         return outputs
 
     async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream:
@@ -190,8 +194,15 @@ class MPClient:
         stream = RemoteStream(self, rid, requests)
         self._streams[rid] = stream
         try:
-            await self._call({"op": "generate", "model": name, "trace": tracing.carrier(),
-                              "requests": [wire.request_to_wire(r) for r in requests]}, rid=rid)
+            await self._call(
+                {
+                    "op": "generate",
+                    "model": name,
+                    "trace": tracing.carrier(),
+                    "requests": [wire.request_to_wire(r) for r in requests],
+                },
+                rid=rid,
+            )
         except BaseException:
             self._streams.pop(rid, None)
             raise
@@ -209,8 +220,9 @@ class MPClient:
         """A stream has delivered its last chunk."""
         self._streams.pop(rid, None)
 
-    async def _call(self, header: dict[str, Any], feeds: Feeds | None = None,
-                    rid: int | None = None) -> tuple[dict[str, Any], Feeds]:
+    async def _call(
+        self, header: dict[str, Any], feeds: Feeds | None = None, rid: int | None = None
+    ) -> tuple[dict[str, Any], Feeds]:
         """Send one request and wait for its reply (or raise the engine's error)."""
         if self.status() is None:
             raise ModelNotReady("the engine is not answering")
@@ -220,10 +232,12 @@ class MPClient:
         self._send({**header, "id": rid}, feeds)
         try:
             reply, tensors = await asyncio.wait_for(
-                future, self.request_timeout_s + self.REPLY_GRACE_S)
+                future, self.request_timeout_s + self.REPLY_GRACE_S
+            )
         except TimeoutError:
-            raise DeadlineExceeded(f"no answer from the engine within "
-                                   f"{self.request_timeout_s:.3g} s") from None
+            raise DeadlineExceeded(
+                f"no answer from the engine within {self.request_timeout_s:.3g} s"
+            ) from None
         finally:
             self._pending.pop(rid, None)
         if reply.get("error") is not None:

@@ -19,16 +19,26 @@ import numpy as np
 
 from export.telemetry import is_gated, skip_similarity
 from service.batching import DynamicBatcher
-from service.errors import (BadRequest, DeadlineExceeded, ModelNotFound, ModelNotReady,
-                            ServiceError, WrongTask)
+from service.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    ModelNotFound,
+    ModelNotReady,
+    ServiceError,
+    WrongTask,
+)
 from service.generation.scheduler import GenerationScheduler, Submission, make_scheduler
 from service.generation.validation import ValidRequest
 from service.metrics import Metrics
-from service.repository import (Repository, folder_signatures, load_newest, load_repository,
-                                repository_index)
+from service.repository import (
+    Repository,
+    folder_signatures,
+    load_newest,
+    load_repository,
+    repository_index,
+)
 from service.runtime import ModelRuntime, choose_providers
 from service.settings import Settings
-
 
 log = logging.getLogger("neutreno.service")
 
@@ -87,21 +97,28 @@ class SimilaritySampler:
 
 def make_batcher(model: ModelRuntime, settings: Settings, metrics: Metrics) -> DynamicBatcher:
     """The dynamic batcher for a vision model, configured from settings."""
-    sampler = SimilaritySampler(model.name, metrics, settings.similarity_sample_every,
-                                is_gated(model.session))
+    sampler = SimilaritySampler(
+        model.name, metrics, settings.similarity_sample_every, is_gated(model.session)
+    )
 
     async def run(feeds: Feeds) -> Feeds:
         return await model.run_async(sampler.feeds(feeds))
 
-    return DynamicBatcher(model.name, run, metrics,
-                          max_batch_size=settings.max_batch_size,
-                          max_queue_delay_s=settings.max_queue_delay_s,
-                          max_queue_size=settings.max_queue_size,
-                          buckets=settings.buckets(model.device), on_batch=sampler)
+    return DynamicBatcher(
+        model.name,
+        run,
+        metrics,
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay_s=settings.max_queue_delay_s,
+        max_queue_size=settings.max_queue_size,
+        buckets=settings.buckets(model.device),
+        on_batch=sampler,
+    )
 
 
-def make_generation_worker(model: ModelRuntime, settings: Settings,
-                           metrics: Metrics) -> GenerationScheduler:
+def make_generation_worker(
+    model: ModelRuntime, settings: Settings, metrics: Metrics
+) -> GenerationScheduler:
     """The continuous-batching scheduler of a language model, with similarity telemetry."""
     sampler = SimilaritySampler(model.name, metrics, settings.similarity_sample_every)
     return make_scheduler(model, settings, metrics, on_prefill=sampler)
@@ -150,8 +167,7 @@ class EngineCore:
             self.workers[name] = factory(model, self.settings, self.metrics)
             self.workers[name].start()
 
-    async def _retire(self, name: str, model: ModelRuntime | None,
-                      worker: Worker | None) -> None:
+    async def _retire(self, name: str, model: ModelRuntime | None, worker: Worker | None) -> None:
         """Let a replaced or unloaded model finish what it accepted, then close it."""
         if model is not None:
             self.metrics.set_model_info(name, model.info_labels(), 0)
@@ -190,8 +206,10 @@ class EngineCore:
 
     def _controllable(self) -> None:
         if self.settings.model_control != "explicit":
-            raise BadRequest(f"NEUTRENO_MODEL_CONTROL is {self.settings.model_control!r}: "
-                             "loading and unloading on request needs 'explicit'")
+            raise BadRequest(
+                f"NEUTRENO_MODEL_CONTROL is {self.settings.model_control!r}: "
+                "loading and unloading on request needs 'explicit'"
+            )
 
     async def _reload(self, name: str) -> None:
         assert self.repository is not None
@@ -254,13 +272,18 @@ class EngineCore:
     def status(self) -> dict[str, Any]:
         """Plain data (msgpack-able): what is loaded, what failed and why, queue depths."""
         repo = self.repository
-        return {"started": self.started, "draining": self.draining,
-                "models": {n: {"path": str(m.path), "manifest": m.manifest, "device": m.device}
-                           for n, m in self.models.items()},
-                "failures": dict(repo.failures) if repo else {},
-                "reasons": repo.reasons() if repo else [],
-                "statuses": repo.statuses() if repo else {},
-                "depth": {n: w.depth for n, w in self.workers.items()}}
+        return {
+            "started": self.started,
+            "draining": self.draining,
+            "models": {
+                n: {"path": str(m.path), "manifest": m.manifest, "device": m.device}
+                for n, m in self.models.items()
+            },
+            "failures": dict(repo.failures) if repo else {},
+            "reasons": repo.reasons() if repo else [],
+            "statuses": repo.statuses() if repo else {},
+            "depth": {n: w.depth for n, w in self.workers.items()},
+        }
 
     def _model(self, name: str) -> ModelRuntime:
         if self.draining:

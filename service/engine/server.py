@@ -58,11 +58,12 @@ class EngineServer:
             except Exception as exc:  # one bad message must not stop the engine answering
                 log.exception("engine could not handle %s", header.get("op"))
                 error = InferenceFailed(f"the engine could not handle the request: {exc}")
-                self._send(identity, {"op": "result", "id": header.get("id", 0),
-                                      "error": wire.error_to_wire(error)})
+                self._send(
+                    identity,
+                    {"op": "result", "id": header.get("id", 0), "error": wire.error_to_wire(error)},
+                )
 
-    def _dispatch(self, identity: Identity, header: dict[str, Any],
-                  tensors: wire.Feeds) -> None:
+    def _dispatch(self, identity: Identity, header: dict[str, Any], tensors: wire.Feeds) -> None:
         op, rid = header["op"], header["id"]
         if op == "status":
             self._send(identity, {"op": "status", "id": rid, "status": self.core.status()})
@@ -84,8 +85,9 @@ class EngineServer:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _infer(self, identity: Identity, rid: int, header: dict[str, Any],
-                     feeds: wire.Feeds) -> None:
+    async def _infer(
+        self, identity: Identity, rid: int, header: dict[str, Any], feeds: wire.Feeds
+    ) -> None:
         model = header["model"]
         try:
             with tracing.attached(header.get("trace")):
@@ -107,8 +109,9 @@ class EngineServer:
         except ServiceError as exc:
             self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(exc)})
             return
-        self._send(identity, {"op": "result", "id": rid, "data": data,
-                              "status": self.core.status()})
+        self._send(
+            identity, {"op": "result", "id": rid, "data": data, "status": self.core.status()}
+        )
 
     def _generate(self, identity: Identity, rid: int, header: dict[str, Any]) -> None:
         try:
@@ -125,13 +128,13 @@ class EngineServer:
     async def _forward(self, identity: Identity, rid: int, submission: Submission) -> None:
         try:
             async for chunk in submission.chunks():
-                self._send(identity, {"op": "chunk", "id": rid,
-                                      "chunk": wire.chunk_to_wire(chunk)})
+                self._send(identity, {"op": "chunk", "id": rid, "chunk": wire.chunk_to_wire(chunk)})
         finally:
             self._streams.pop((identity, rid), None)
 
-    def _send(self, identity: Identity, header: dict[str, Any],
-              tensors: wire.Feeds | None = None) -> None:
+    def _send(
+        self, identity: Identity, header: dict[str, Any], tensors: wire.Feeds | None = None
+    ) -> None:
         self._sock.send_multipart([identity, *wire.encode(header, tensors)], copy=False)
 
     async def finish(self) -> None:
@@ -144,8 +147,9 @@ class EngineServer:
         self._ctx.term()
 
 
-async def run_engine(settings: Settings, address: str,
-                     stop: multiprocessing.synchronize.Event) -> None:
+async def run_engine(
+    settings: Settings, address: str, stop: multiprocessing.synchronize.Event
+) -> None:
     """Bind, load, serve until `stop` is set (or the parent dies), then drain."""
     core = EngineCore(settings, Metrics())
     server = EngineServer(core, address)
@@ -162,8 +166,9 @@ async def run_engine(settings: Settings, address: str,
     server.close()
 
 
-def engine_main(overrides: dict[str, Any], address: str,
-                stop: multiprocessing.synchronize.Event) -> None:
+def engine_main(
+    overrides: dict[str, Any], address: str, stop: multiprocessing.synchronize.Event
+) -> None:
     """Process entry point (spawned by `neutreno serve`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

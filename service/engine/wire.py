@@ -36,9 +36,10 @@ def encode(header: dict[str, Any], tensors: Feeds | None = None) -> Frames:
 def decode(frames: Frames) -> tuple[dict[str, Any], Feeds]:
     """Frames -> (header, arrays); arrays are read-only views of the received buffers."""
     header = msgpack.unpackb(_buffer(frames[0]), strict_map_key=False)
-    tensors = {name: np.frombuffer(_buffer(frame), np.dtype(dtype)).reshape(shape)
-               for (name, dtype, shape), frame in zip(header.pop("tensors"), frames[1:],
-                                                      strict=True)}
+    tensors = {
+        name: np.frombuffer(_buffer(frame), np.dtype(dtype)).reshape(shape)
+        for (name, dtype, shape), frame in zip(header.pop("tensors"), frames[1:], strict=True)
+    }
     return header, tensors
 
 
@@ -76,22 +77,37 @@ def request_from_wire(data: dict[str, Any]) -> ValidRequest:
     fields = dict(data)
     fields["sampling"] = SamplingParams(**fields["sampling"])
     penalties = fields["penalties"]
-    fields["penalties"] = Penalties(**{**penalties, "logit_bias": tuple(
-        (int(token), float(bias)) for token, bias in penalties["logit_bias"])})
+    fields["penalties"] = Penalties(
+        **{
+            **penalties,
+            "logit_bias": tuple(
+                (int(token), float(bias)) for token, bias in penalties["logit_bias"]
+            ),
+        }
+    )
     fields["prompt_ids"] = tuple(fields["prompt_ids"])
     fields["stop"] = tuple(fields["stop"])
     return ValidRequest(**fields)
 
 
 def chunk_to_wire(chunk: Chunk) -> dict[str, Any]:
-    return {"index": chunk.index, "text": chunk.text, "finish_reason": chunk.finish_reason,
-            "new_tokens": chunk.new_tokens,
-            "logprobs": [[t.token, t.logprob, t.top, t.offset] for t in chunk.logprobs],
-            "error": None if chunk.error is None else error_to_wire(chunk.error)}
+    return {
+        "index": chunk.index,
+        "text": chunk.text,
+        "finish_reason": chunk.finish_reason,
+        "new_tokens": chunk.new_tokens,
+        "logprobs": [[t.token, t.logprob, t.top, t.offset] for t in chunk.logprobs],
+        "error": None if chunk.error is None else error_to_wire(chunk.error),
+    }
 
 
 def chunk_from_wire(data: dict[str, Any]) -> Chunk:
     error = data["error"]
-    return Chunk(data["index"], data["text"], [TokenLogprob(*t) for t in data["logprobs"]],
-                 data["finish_reason"], None if error is None else error_from_wire(error),
-                 data["new_tokens"])
+    return Chunk(
+        data["index"],
+        data["text"],
+        [TokenLogprob(*t) for t in data["logprobs"]],
+        data["finish_reason"],
+        None if error is None else error_from_wire(error),
+        data["new_tokens"],
+    )

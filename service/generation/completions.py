@@ -24,8 +24,13 @@ from fastapi.responses import Response
 
 from service.engine.client import GenerationStream
 from service.errors import DeadlineExceeded, ServiceError
-from service.generation.schemas import (Completion, CompletionChoice, CompletionRequest,
-                                        Logprobs, Usage)
+from service.generation.schemas import (
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Logprobs,
+    Usage,
+)
 from service.generation.sequence import Chunk, TokenLogprob
 
 CLIENT_CLOSED = 499
@@ -35,18 +40,21 @@ def usage(submission: GenerationStream) -> Usage:
     """Token counts over every prompt of the request."""
     prompt = sum(len(r.prompt_ids) for r in submission.requests)
     completion = submission.completion_tokens
-    return Usage(prompt_tokens=prompt, completion_tokens=completion,
-                 total_tokens=prompt + completion)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
 
 
 def logprobs_of(tokens: list[TokenLogprob], wanted: bool) -> Logprobs | None:
     """OpenAI's parallel lists from per-token records (None when logprobs was not asked)."""
     if not wanted:
         return None
-    return Logprobs(tokens=[t.token for t in tokens],
-                    token_logprobs=[t.logprob for t in tokens],
-                    top_logprobs=[t.top for t in tokens],
-                    text_offset=[t.offset for t in tokens])
+    return Logprobs(
+        tokens=[t.token for t in tokens],
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[t.top for t in tokens],
+        text_offset=[t.offset for t in tokens],
+    )
 
 
 class CompletionWriter:
@@ -61,8 +69,9 @@ class CompletionWriter:
         self.deadline = asyncio.get_running_loop().time() + timeout_s
 
     def completion(self, choices: list[CompletionChoice], usage: Usage | None) -> Completion:
-        return Completion(id=self.id, created=self.created, model=self.model, choices=choices,
-                          usage=usage)
+        return Completion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
 
     async def timed(self, submission: GenerationStream) -> AsyncIterator[Chunk]:
         """The submission's chunks until the deadline, then DeadlineExceeded."""
@@ -76,7 +85,8 @@ class CompletionWriter:
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"completion on {self.model!r} not finished within {self.timeout_s:.3g} s "
-                    f"(NEUTRENO_REQUEST_TIMEOUT_S)") from None
+                    f"(NEUTRENO_REQUEST_TIMEOUT_S)"
+                ) from None
             yield chunk
 
     async def collect(self, submission: GenerationStream) -> Completion:
@@ -95,8 +105,15 @@ class CompletionWriter:
             submission.cancel()
             raise
         wanted = self.body.logprobs is not None
-        choices = [CompletionChoice(text=texts[i], index=i, logprobs=logprobs_of(tokens[i], wanted),
-                                    finish_reason=reasons[i]) for i in sorted(texts)]
+        choices = [
+            CompletionChoice(
+                text=texts[i],
+                index=i,
+                logprobs=logprobs_of(tokens[i], wanted),
+                finish_reason=reasons[i],
+            )
+            for i in sorted(texts)
+        ]
         return self.completion(choices, usage(submission))
 
     async def open_stream(self, submission: GenerationStream) -> AsyncIterator[str]:
@@ -112,8 +129,9 @@ class CompletionWriter:
             raise
         return self.stream(submission, _chained(first, chunks))
 
-    async def stream(self, submission: GenerationStream,
-                     chunks: AsyncIterator[Chunk]) -> AsyncIterator[str]:
+    async def stream(
+        self, submission: GenerationStream, chunks: AsyncIterator[Chunk]
+    ) -> AsyncIterator[str]:
         """SSE events for every chunk, then usage (if asked) and [DONE]; an error or the
         deadline ends it with an error event before [DONE]; a client that goes away cancels
         the submission (its sequences leave the batch at the next step)."""
@@ -123,9 +141,12 @@ class CompletionWriter:
                 if chunk.error is not None:
                     yield _error_event(chunk.error)
                     break
-                choice = CompletionChoice(text=chunk.text, index=chunk.index,
-                                          logprobs=logprobs_of(chunk.logprobs, wanted),
-                                          finish_reason=chunk.finish_reason)
+                choice = CompletionChoice(
+                    text=chunk.text,
+                    index=chunk.index,
+                    logprobs=logprobs_of(chunk.logprobs, wanted),
+                    finish_reason=chunk.finish_reason,
+                )
                 yield _event(self.completion([choice], None).model_dump(mode="json"))
             else:
                 options = self.body.stream_options
@@ -158,8 +179,9 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def respond(writer: CompletionWriter, submission: GenerationStream,
-                  request: Request) -> Completion | Response:
+async def respond(
+    writer: CompletionWriter, submission: GenerationStream, request: Request
+) -> Completion | Response:
     """The non-streaming completion, or 499 if the client leaves first (sequences freed)."""
     result = asyncio.ensure_future(writer.collect(submission))
     gone = asyncio.ensure_future(_disconnected(request))

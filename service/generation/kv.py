@@ -35,8 +35,9 @@ class LMGraph:
     dtype: np.dtype
 
     def past_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{k}" for i in range(self.num_layers)
-                for k in ("key", "value")]
+        return [
+            f"past_key_values.{i}.{k}" for i in range(self.num_layers) for k in ("key", "value")
+        ]
 
     def present_names(self) -> list[str]:
         return [f"present.{i}.{k}" for i in range(self.num_layers) for k in ("key", "value")]
@@ -69,8 +70,7 @@ class KVBatch:
         """The same batch with its past copied to numpy arrays (reshaping needs them)."""
         if not self.resident:
             return self
-        return KVBatch([p.numpy() if isinstance(p, OrtValue) else p for p in self.past],
-                       self.mask)
+        return KVBatch([p.numpy() if isinstance(p, OrtValue) else p for p in self.past], self.mask)
 
     def select(self, keep: list[int]) -> KVBatch:
         """Only rows `keep` (in that order), leading all-padding columns trimmed."""
@@ -83,8 +83,10 @@ class KVBatch:
             return other
         length = max(self.mask.shape[1], other.mask.shape[1])
         a, b = self.host().padded(length), other.host().padded(length)
-        return KVBatch([np.concatenate([x, y]) for x, y in zip(a.past, b.past, strict=True)],
-                       np.concatenate([a.mask, b.mask]))
+        return KVBatch(
+            [np.concatenate([x, y]) for x, y in zip(a.past, b.past, strict=True)],
+            np.concatenate([a.mask, b.mask]),
+        )
 
     def padded(self, length: int) -> KVBatch:
         """Left-pad the past to `length` positions (mask 0 there)."""
@@ -107,8 +109,10 @@ class KVBatch:
     def decode_inputs(self, graph: LMGraph, tokens: np.ndarray) -> tuple[Feeds, Resident]:
         """Inputs of one decode step: tokens (B,) -> input_ids (B, 1), mask (B, P + 1) from the
         host; the past as it is (resident values are bound, numpy ones uploaded)."""
-        feeds: Feeds = {"input_ids": tokens.reshape(-1, 1).astype(np.int64),
-                        "attention_mask": self.grown_mask()}
+        feeds: Feeds = {
+            "input_ids": tokens.reshape(-1, 1).astype(np.int64),
+            "attention_mask": self.grown_mask(),
+        }
         resident: Resident = {}
         for name, past in zip(graph.past_names(), self.past, strict=True):
             if isinstance(past, OrtValue):
@@ -132,8 +136,8 @@ def prefill_feeds(graph: LMGraph, prompts: list[tuple[int, ...]]) -> Feeds:
     ids = np.zeros((len(prompts), length), np.int64)
     mask = np.zeros((len(prompts), length), np.int64)
     for row, prompt in enumerate(prompts):
-        ids[row, length - len(prompt):] = prompt
-        mask[row, length - len(prompt):] = 1
+        ids[row, length - len(prompt) :] = prompt
+        mask[row, length - len(prompt) :] = 1
     feeds = {"input_ids": ids, "attention_mask": mask}
     feeds.update(zip(graph.past_names(), graph.empty_past(len(prompts)), strict=True))
     return feeds

@@ -32,15 +32,21 @@ class Penalties:
 
     @property
     def changes_logits(self) -> bool:
-        return bool(self.presence or self.frequency or self.repetition != 1.0
-                    or self.logit_bias or self.min_tokens)
+        return bool(
+            self.presence
+            or self.frequency
+            or self.repetition != 1.0
+            or self.logit_bias
+            or self.min_tokens
+        )
 
 
 class LogitsProcessor:
     """Applies one sequence's `Penalties` to its (vocab,) logits rows, step after step."""
 
-    def __init__(self, penalties: Penalties, prompt_ids: tuple[int, ...], vocab_size: int,
-                 eos_id: int | None) -> None:
+    def __init__(
+        self, penalties: Penalties, prompt_ids: tuple[int, ...], vocab_size: int, eos_id: int | None
+    ) -> None:
         self.penalties = penalties
         self.eos_id = eos_id
         self._counts = np.zeros(vocab_size, np.int64)  # per token, in the output so far

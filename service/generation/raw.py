@@ -17,8 +17,9 @@ from service.errors import BadRequest, PayloadTooLarge
 from service.generation.validation import ModelLimits
 
 
-def check_raw_feeds(feeds: dict[str, np.ndarray], limits: ModelLimits, vocab_size: int,
-                    max_rows: int) -> None:
+def check_raw_feeds(
+    feeds: dict[str, np.ndarray], limits: ModelLimits, vocab_size: int, max_rows: int
+) -> None:
     """Raise BadRequest / PayloadTooLarge unless these decoded v2 feeds are a bounded run.
 
     feeds: input_ids (B, S), attention_mask (B, T) with T = past + S, and past_key_values.*
@@ -32,16 +33,21 @@ def check_raw_feeds(feeds: dict[str, np.ndarray], limits: ModelLimits, vocab_siz
         raise BadRequest(f"past_key_values tensors disagree on the cached length: {sorted(pasts)}")
     total = new + (pasts.pop() if pasts else 0)
     if new < 1 or mask.shape != (rows, total):
-        raise BadRequest(f"attention_mask must be (batch, past + sequence) = ({rows}, {total}) "
-                         f"with at least one new token; got {list(mask.shape)}")
+        raise BadRequest(
+            f"attention_mask must be (batch, past + sequence) = ({rows}, {total}) "
+            f"with at least one new token; got {list(mask.shape)}"
+        )
     if total > limits.context_length:
-        raise PayloadTooLarge(f"{total} tokens (past + sequence) exceed the model's context of "
-                              f"{limits.context_length}")
+        raise PayloadTooLarge(
+            f"{total} tokens (past + sequence) exceed the model's context of "
+            f"{limits.context_length}"
+        )
     if rows > max_rows or rows * total > limits.max_cached_tokens:
         raise PayloadTooLarge(
             f"{rows} rows of {total} tokens exceed the limits of {max_rows} rows "
             f"(NEUTRENO_MAX_RUNNING_SEQUENCES) and {limits.max_cached_tokens} tokens "
-            "(NEUTRENO_MAX_CACHED_TOKENS)")
+            "(NEUTRENO_MAX_CACHED_TOKENS)"
+        )
     if ((ids < 0) | (ids >= vocab_size)).any():
         raise BadRequest(f"input_ids outside [0, {vocab_size})")
     if ((mask != 0) & (mask != 1)).any():

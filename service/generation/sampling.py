@@ -63,7 +63,10 @@ def top_logprobs(logprobs: np.ndarray, n: int) -> list[tuple[int, float]]:
     """(vocab,) log-probabilities -> the n best (token id, logprob), best first."""
     if n <= 0:
         return []
-    best = np.argpartition(-logprobs, n - 1)[:n] if n < logprobs.shape[0] else \
-        np.arange(logprobs.shape[0])
+    best = (
+        np.argpartition(-logprobs, n - 1)[:n]
+        if n < logprobs.shape[0]
+        else np.arange(logprobs.shape[0])
+    )
     best = best[np.argsort(-logprobs[best], kind="stable")]
     return [(int(i), float(logprobs[i])) for i in best]

@@ -23,8 +23,7 @@ import numpy as np
 
 from service import tracing
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
-from service.generation.kv import (Feeds, KVBatch, LMGraph, Resident, prefill_feeds,
-                                   prefilled)
+from service.generation.kv import Feeds, KVBatch, LMGraph, Resident, prefill_feeds, prefilled
 from service.generation.sequence import Chunk, ChunkReader, Sequence
 from service.generation.tokenizer import TextTokenizer
 from service.generation.validation import ModelLimits, ValidRequest
@@ -38,8 +37,12 @@ log = logging.getLogger("neutreno.service")
 class Submission(ChunkReader):
     """The sequences of one HTTP request (one per prompt) and their shared output queue."""
 
-    def __init__(self, scheduler: GenerationScheduler, sequences: list[Sequence],
-                 outbox: asyncio.Queue[Chunk]) -> None:
+    def __init__(
+        self,
+        scheduler: GenerationScheduler,
+        sequences: list[Sequence],
+        outbox: asyncio.Queue[Chunk],
+    ) -> None:
         super().__init__([s.request for s in sequences], outbox)
         self.scheduler = scheduler
         self.sequences = sequences
@@ -52,15 +55,22 @@ class Submission(ChunkReader):
 class GenerationScheduler:
     """The generation worker of one LM (see the module docstring)."""
 
-    def __init__(self, model: ModelRuntime, tokenizer: TextTokenizer, metrics: Metrics, *,
-                 max_running: int, max_cached_tokens: int, max_queue_size: int,
-                 on_prefill: Callable[[Feeds], None] | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelRuntime,
+        tokenizer: TextTokenizer,
+        metrics: Metrics,
+        *,
+        max_running: int,
+        max_cached_tokens: int,
+        max_queue_size: int,
+        on_prefill: Callable[[Feeds], None] | None = None,
+    ) -> None:
         gen = model.manifest["generation"]
         past = next(s for s in model.inputs if s.name.startswith("past_key_values."))
         self.model = model
         self.tokenizer = tokenizer
-        self.graph = LMGraph(gen["num_layers"], gen["num_heads"], gen["head_dim"],
-                             past.numpy_dtype)
+        self.graph = LMGraph(gen["num_layers"], gen["num_heads"], gen["head_dim"], past.numpy_dtype)
         self.limits = ModelLimits(gen["context_length"], max_cached_tokens)
         self.max_running = max_running
         self.max_queue_size = max_queue_size
@@ -109,8 +119,11 @@ class GenerationScheduler:
         if self._closing:
             raise ModelNotReady(f"model {self.name!r} is shutting down")
         if len(self._waiting) + len(requests) > self.max_queue_size:
-            raise QueueFull(f"model {self.name!r} has {len(self._waiting)} waiting sequences "
-                            f"(limit {self.max_queue_size}); retry later", self._retry_after())
+            raise QueueFull(
+                f"model {self.name!r} has {len(self._waiting)} waiting sequences "
+                f"(limit {self.max_queue_size}); retry later",
+                self._retry_after(),
+            )
         outbox: asyncio.Queue[Chunk] = asyncio.Queue()
         sequences = [Sequence(r, self.tokenizer, outbox) for r in requests]
         self._waiting.extend(sequences)
@@ -203,13 +216,14 @@ class GenerationScheduler:
         logits = outputs["logits"]
         for row, seq in enumerate(sequences):
             if seq.request.echo:
-                seq.prompt_scored(logits[row, logits.shape[1] - len(seq.request.prompt_ids):])
+                seq.prompt_scored(logits[row, logits.shape[1] - len(seq.request.prompt_ids) :])
             if not seq.done:
                 self._sample(seq, logits[row, -1])
         if self._on_prefill is not None:
             self._on_prefill(outputs)
-        self._batch = await asyncio.to_thread(self._batch.concat,
-                                              prefilled(self.graph, feeds, presents))
+        self._batch = await asyncio.to_thread(
+            self._batch.concat, prefilled(self.graph, feeds, presents)
+        )
         self._running.extend(sequences)
 
     async def _decode(self) -> None:
@@ -237,21 +251,23 @@ class GenerationScheduler:
             metrics.inter_token_latency_seconds.labels(self.name).observe(now - previous)
         metrics.generated_tokens_total.labels(self.name).inc()
 
-    async def _run(self, feeds: Feeds, resident: Resident, sequences: list[Sequence],
-                   to_host: list[str]) -> tuple[Feeds, Resident] | None:
+    async def _run(
+        self, feeds: Feeds, resident: Resident, sequences: list[Sequence], to_host: list[str]
+    ) -> tuple[Feeds, Resident] | None:
         """One ORT run with its metrics: outputs `to_host` as numpy, the presents left on the
         device; on failure every sequence in it fails (503)."""
         started = time.perf_counter()
         try:
-            outputs = await self.model.run_bound_async(feeds, resident, to_host,
-                                                       self.graph.present_names())
+            outputs = await self.model.run_bound_async(
+                feeds, resident, to_host, self.graph.present_names()
+            )
         except Exception as exc:
-            log.error("generation run of %d rows on %s failed: %s", len(sequences), self.name,
-                      exc)
+            log.error("generation run of %d rows on %s failed: %s", len(sequences), self.name, exc)
             self._fail(sequences, exc)
             return None
         self._metrics.inference_duration_seconds.labels(self.name).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         self._metrics.batch_size.labels(self.name).observe(len(sequences))
         tracing.record_runs(self.name, (s.trace for s in sequences), started)
         return outputs
@@ -274,11 +290,20 @@ class GenerationScheduler:
         self._metrics.queue_depth.labels(self.name).set(len(self._waiting))
 
 
-def make_scheduler(model: ModelRuntime, settings: Settings, metrics: Metrics,
-                   on_prefill: Callable[[Feeds], None] | None = None) -> GenerationScheduler:
+def make_scheduler(
+    model: ModelRuntime,
+    settings: Settings,
+    metrics: Metrics,
+    on_prefill: Callable[[Feeds], None] | None = None,
+) -> GenerationScheduler:
     """The generation worker of a text-generation bundle, configured from settings."""
     tokenizer = TextTokenizer.of_bundle(model.path, model.manifest["generation"])
-    return GenerationScheduler(model, tokenizer, metrics,
-                               max_running=settings.max_running_sequences,
-                               max_cached_tokens=settings.max_cached_tokens,
-                               max_queue_size=settings.max_queue_size, on_prefill=on_prefill)
+    return GenerationScheduler(
+        model,
+        tokenizer,
+        metrics,
+        max_running=settings.max_running_sequences,
+        max_cached_tokens=settings.max_cached_tokens,
+        max_queue_size=settings.max_queue_size,
+        on_prefill=on_prefill,
+    )

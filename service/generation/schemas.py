@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
@@ -30,9 +29,20 @@ class StreamOptions(BaseModel):
 class CompletionRequest(BaseModel):
     """The legacy OpenAI completions request; `top_k` is an extension (send it in extra_body)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={
-        "examples": [{"model": "kjv-lm", "prompt": "In the beginning", "max_tokens": 32,
-                      "temperature": 0}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "kjv-lm",
+                    "prompt": "In the beginning",
+                    "max_tokens": 32,
+                    "temperature": 0,
+                }
+            ]
+        },
+    )
 
     model: str = Field(min_length=1, max_length=256)
     prompt: Prompt = Field(description="text, list of texts (one choice each) or token ids")
@@ -48,18 +58,30 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     ignore_eos: bool = Field(False, description="extension (as in vLLM): generate past EOS")
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0,
-                                    description="minus this for every token already generated")
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0,
-                                     description="minus this times the token's count so far")
-    repetition_penalty: float = Field(1.0, gt=0.0, description=(
-        "extension (as in vLLM): logits of prompt and output tokens divided by it (when "
-        "positive) or multiplied (negative); 1 = off"))
-    min_tokens: int = Field(0, ge=0, description="extension (as in vLLM): no EOS and no stop "
-                                                 "string before this many tokens")
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="minus this for every token already generated"
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="minus this times the token's count so far"
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        description=(
+            "extension (as in vLLM): logits of prompt and output tokens divided by it (when "
+            "positive) or multiplied (negative); 1 = off"
+        ),
+    )
+    min_tokens: int = Field(
+        0,
+        ge=0,
+        description="extension (as in vLLM): no EOS and no stop string before this many tokens",
+    )
     logit_bias: dict[str, float] | None = Field(
-        None, description=f"token id -> bias in [-100, 100] added to its logit "
-                          f"(at most {MAX_LOGIT_BIAS} entries)")
+        None,
+        description=f"token id -> bias in [-100, 100] added to its logit "
+        f"(at most {MAX_LOGIT_BIAS} entries)",
+    )
     best_of: int | None = Field(None, description="only 1 is supported")
     suffix: str | None = Field(None, description="not supported")
     user: str | None = Field(None, max_length=256)
@@ -83,8 +105,11 @@ class CompletionRequest(BaseModel):
     def _prompt_shape(cls, prompt: Prompt) -> Prompt:
         if isinstance(prompt, list) and not prompt:
             raise ValueError("prompt list must not be empty")
-        if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) \
-                and len(prompt) > MAX_PROMPTS:
+        if (
+            isinstance(prompt, list)
+            and isinstance(prompt[0], (str, list))
+            and len(prompt) > MAX_PROMPTS
+        ):
             raise ValueError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompt)}")
         return prompt
 
@@ -97,12 +122,15 @@ class CompletionRequest(BaseModel):
             raise ValueError(f"logit_bias has {len(bias)} entries; at most {MAX_LOGIT_BIAS}")
         bad_keys = [k[:24] for k in bias if not (k.isascii() and k.isdigit() and len(k) <= 18)]
         if bad_keys:
-            raise ValueError(f"logit_bias keys must be token ids (non-negative integers), got "
-                             f"{bad_keys[:3]}")
+            raise ValueError(
+                f"logit_bias keys must be token ids (non-negative integers), got {bad_keys[:3]}"
+            )
         out_of_range = [k for k, v in bias.items() if not -100.0 <= v <= 100.0]
         if out_of_range:
-            raise ValueError(f"logit_bias values must be in [-100, 100]; token "
-                             f"{out_of_range[0]} has {bias[out_of_range[0]]}")
+            raise ValueError(
+                f"logit_bias values must be in [-100, 100]; token "
+                f"{out_of_range[0]} has {bias[out_of_range[0]]}"
+            )
         return bias
 
     @field_validator("stop")
@@ -114,22 +142,27 @@ class CompletionRequest(BaseModel):
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
         if any(len(s) > MAX_STOP_CHARS for s in stops):
-            raise ValueError(f"stop strings may have at most {MAX_STOP_CHARS} characters, got "
-                             f"{max(len(s) for s in stops)}")
+            raise ValueError(
+                f"stop strings may have at most {MAX_STOP_CHARS} characters, got "
+                f"{max(len(s) for s in stops)}"
+            )
         return stop
 
     @model_validator(mode="after")
     def _max_tokens_zero_needs_echo(self) -> CompletionRequest:
         if self.max_tokens == 0 and not self.echo:
-            raise ValueError("max_tokens must be at least 1 unless echo is true "
-                             "(echo with max_tokens 0 scores the prompt)")
+            raise ValueError(
+                "max_tokens must be at least 1 unless echo is true "
+                "(echo with max_tokens 0 scores the prompt)"
+            )
         return self
 
     @model_validator(mode="after")
     def _min_tokens_within_max_tokens(self) -> CompletionRequest:
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens "
-                             f"({self.max_tokens})")
+            raise ValueError(
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"
+            )
         return self
 
     def prompts(self) -> list[str] | list[list[int]]:
@@ -185,8 +218,10 @@ class Completion(BaseModel):
 class TokenizeRequest(BaseModel):
     """vLLM's `POST /tokenize` (completions form)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"model": "kjv-lm", "prompt": "In the beginning"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model": "kjv-lm", "prompt": "In the beginning"}]},
+    )
 
     model: str = Field(min_length=1, max_length=256)
     prompt: str
@@ -204,8 +239,10 @@ class TokenizeResponse(BaseModel):
 class DetokenizeRequest(BaseModel):
     """vLLM's `POST /detokenize`."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"model": "kjv-lm", "tokens": [42, 7, 300]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model": "kjv-lm", "tokens": [42, 7, 300]}]},
+    )
 
     model: str = Field(min_length=1, max_length=256)
     tokens: list[int]

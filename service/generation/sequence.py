@@ -66,8 +66,9 @@ class ChunkReader:
 class Sequence:
     """Per-request generation state owned by the scheduler."""
 
-    def __init__(self, request: ValidRequest, tokenizer: TextTokenizer,
-                 outbox: asyncio.Queue[Chunk]) -> None:
+    def __init__(
+        self, request: ValidRequest, tokenizer: TextTokenizer, outbox: asyncio.Queue[Chunk]
+    ) -> None:
         self.request = request
         self.tokenizer = tokenizer
         self.outbox = outbox
@@ -107,10 +108,14 @@ class Sequence:
             offsets = _offsets(self.tokenizer, list(req.prompt_ids))
             for i, token_id in enumerate(req.prompt_ids):
                 row = logprobs[i - 1] if i else None
-                scored.append(TokenLogprob(
-                    self.tokenizer.token_text(token_id),
-                    None if row is None else float(row[token_id]),
-                    None if row is None else self._top(row), offsets[i]))
+                scored.append(
+                    TokenLogprob(
+                        self.tokenizer.token_text(token_id),
+                        None if row is None else float(row[token_id]),
+                        None if row is None else self._top(row),
+                        offsets[i],
+                    )
+                )
         self._emit(Chunk(req.index, req.prompt_text, scored))
         if req.max_new_tokens == 0:
             self._finish("length")
@@ -132,9 +137,14 @@ class Sequence:
         self.last_token_at = time.perf_counter()
         if self.request.logprobs is not None:
             row = log_softmax(logits)
-            self._pending.append(TokenLogprob(self.tokenizer.token_text(token_id),
-                                              float(row[token_id]), self._top(row),
-                                              self._base + len(self._text)))
+            self._pending.append(
+                TokenLogprob(
+                    self.tokenizer.token_text(token_id),
+                    float(row[token_id]),
+                    self._top(row),
+                    self._base + len(self._text),
+                )
+            )
         self._text += self._decoder.push(token_id)
         if len(self.generated) < self.request.penalties.min_tokens:
             self._stop_floor = len(self._text)
@@ -160,8 +170,9 @@ class Sequence:
 
     def _end_trace(self) -> None:
         if self.trace is not None:
-            self.trace.end(len(self.request.prompt_ids), len(self.generated),
-                           self.finish_reason or "cancelled")
+            self.trace.end(
+                len(self.request.prompt_ids), len(self.generated), self.finish_reason or "cancelled"
+            )
 
     def _top(self, row: np.ndarray) -> dict[str, float] | None:
         n = self.request.logprobs or 0
@@ -170,8 +181,11 @@ class Sequence:
     def _stopped_at(self) -> int | None:
         """Index in the text where the first stop string starts, if any has appeared."""
         start = max(0, self._sent - max((len(s) for s in self.request.stop), default=0))
-        found = [i for s in self.request.stop
-                 if (i := self._text.find(s, max(start, self._stop_floor - len(s) + 1))) >= 0]
+        found = [
+            i
+            for s in self.request.stop
+            if (i := self._text.find(s, max(start, self._stop_floor - len(s) + 1))) >= 0
+        ]
         return min(found) if found else None
 
     def _held_back(self) -> int:
@@ -180,7 +194,7 @@ class Sequence:
         Only the unsent text can start one (text was sent because no stop string could start
         in it), so the search is bounded by that length, not by the longest stop string.
         """
-        unsent = self._text[self._sent:]
+        unsent = self._text[self._sent :]
         longest = max((len(s) for s in self.request.stop), default=1) - 1
         for size in range(min(longest, len(unsent)), 0, -1):
             if any(unsent.endswith(s[:size]) for s in self.request.stop if len(s) > size):
@@ -201,7 +215,7 @@ class Sequence:
 
     def _release(self, end: int) -> None:
         """Emit text up to `end` (and pending logprobs) when there is something new."""
-        text = self._text[self._sent:end] if end > self._sent else ""
+        text = self._text[self._sent : end] if end > self._sent else ""
         if not text and not self._pending and self.finish_reason is None:
             return
         self._sent = max(self._sent, end)

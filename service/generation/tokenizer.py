@@ -25,8 +25,9 @@ class TextTokenizer:
     @classmethod
     def of_bundle(cls, bundle: Path, generation: dict) -> TextTokenizer:
         """The tokenizer of a text-generation bundle (its manifest's `generation` facts)."""
-        return cls(bundle / "tokenizer.json", generation.get("eos_token_id"),
-                   generation["vocab_size"])
+        return cls(
+            bundle / "tokenizer.json", generation.get("eos_token_id"), generation["vocab_size"]
+        )
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Text -> token ids (special tokens only when asked and the tokenizer defines them)."""
@@ -53,16 +54,16 @@ class IncrementalDecoder:
     def push(self, token_id: int) -> str:
         """Append one id; return the text it completes ('' while a character is unfinished)."""
         self.ids.append(token_id)
-        prefix_text = self._tok.decode(self.ids[self._prefix:self._read])
-        new_text = self._tok.decode(self.ids[self._prefix:])
+        prefix_text = self._tok.decode(self.ids[self._prefix : self._read])
+        new_text = self._tok.decode(self.ids[self._prefix :])
         if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT):
             return ""
         self._prefix, self._read = self._read, len(self.ids)
-        return new_text[len(prefix_text):]
+        return new_text[len(prefix_text) :]
 
     def flush(self) -> str:
         """Whatever text is still held back (an unfinished character at the end)."""
-        prefix_text = self._tok.decode(self.ids[self._prefix:self._read])
-        new_text = self._tok.decode(self.ids[self._prefix:])
+        prefix_text = self._tok.decode(self.ids[self._prefix : self._read])
+        new_text = self._tok.decode(self.ids[self._prefix :])
         self._prefix = self._read = len(self.ids)
-        return new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""

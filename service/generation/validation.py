@@ -60,8 +60,9 @@ def check_unicode(text: str, what: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise BadRequest(f"{what} is not valid Unicode: {exc.reason} at character "
-                         f"{exc.start}") from None
+        raise BadRequest(
+            f"{what} is not valid Unicode: {exc.reason} at character {exc.start}"
+        ) from None
 
 
 def check_token_ids(ids: list[int], tokenizer: TextTokenizer, what: str) -> None:
@@ -71,15 +72,17 @@ def check_token_ids(ids: list[int], tokenizer: TextTokenizer, what: str) -> None
         raise BadRequest(f"{what} has token ids outside [0, {tokenizer.vocab_size}): {bad[:5]}")
 
 
-def _prompt_ids(prompt: str | list[int], index: int, tokenizer: TextTokenizer,
-                limits: ModelLimits) -> tuple[str, tuple[int, ...]]:
+def _prompt_ids(
+    prompt: str | list[int], index: int, tokenizer: TextTokenizer, limits: ModelLimits
+) -> tuple[str, tuple[int, ...]]:
     """(text, ids) of one prompt; 413 when it cannot fit the context, 400 when unusable."""
     if isinstance(prompt, str):
         if len(prompt) > limits.context_length * CHARS_PER_TOKEN_LIMIT:
             raise PayloadTooLarge(
                 f"prompt {index} has {len(prompt)} characters; the limit is "
                 f"{limits.context_length * CHARS_PER_TOKEN_LIMIT} for a context of "
-                f"{limits.context_length} tokens")
+                f"{limits.context_length} tokens"
+            )
         check_unicode(prompt, f"prompt {index}")
         ids = tuple(tokenizer.encode(prompt))
     else:
@@ -88,24 +91,31 @@ def _prompt_ids(prompt: str | list[int], index: int, tokenizer: TextTokenizer,
     if not ids:
         raise BadRequest(f"prompt {index} is empty; it must contain at least one token")
     if len(ids) > limits.max_total_tokens:
-        raise PayloadTooLarge(f"prompt {index} has {len(ids)} tokens; the model's context is "
-                              f"{limits.max_total_tokens} tokens")
+        raise PayloadTooLarge(
+            f"prompt {index} has {len(ids)} tokens; the model's context is "
+            f"{limits.max_total_tokens} tokens"
+        )
     text = prompt if isinstance(prompt, str) else tokenizer.decode(list(ids))
     return text, ids
 
 
-def _max_new_tokens(body: CompletionRequest, prompt_tokens: int, index: int,
-                    limits: ModelLimits) -> int:
+def _max_new_tokens(
+    body: CompletionRequest, prompt_tokens: int, index: int, limits: ModelLimits
+) -> int:
     room = limits.max_total_tokens - prompt_tokens
     if body.max_tokens is None:
         if room < 1 and not body.echo:
-            raise BadRequest(f"prompt {index} has {prompt_tokens} tokens and fills the "
-                             f"{limits.max_total_tokens}-token context; nothing can be generated")
+            raise BadRequest(
+                f"prompt {index} has {prompt_tokens} tokens and fills the "
+                f"{limits.max_total_tokens}-token context; nothing can be generated"
+            )
         return room
     if body.max_tokens > room:
-        raise BadRequest(f"prompt {index} has {prompt_tokens} tokens; with max_tokens "
-                         f"{body.max_tokens} that exceeds the model's context of "
-                         f"{limits.max_total_tokens} tokens (max_tokens <= {room} fits)")
+        raise BadRequest(
+            f"prompt {index} has {prompt_tokens} tokens; with max_tokens "
+            f"{body.max_tokens} that exceeds the model's context of "
+            f"{limits.max_total_tokens} tokens (max_tokens <= {room} fits)"
+        )
     return body.max_tokens
 
 
@@ -113,19 +123,27 @@ def _penalties(body: CompletionRequest, tokenizer: TextTokenizer) -> Penalties:
     """The request's logit controls; 400 when a logit_bias id is not in the vocabulary."""
     bias = body.logit_bias_items()
     check_token_ids([t for t, _ in bias], tokenizer, "logit_bias")
-    return Penalties(body.presence_penalty, body.frequency_penalty, body.repetition_penalty,
-                     bias, body.min_tokens)
+    return Penalties(
+        body.presence_penalty,
+        body.frequency_penalty,
+        body.repetition_penalty,
+        bias,
+        body.min_tokens,
+    )
 
 
 def _check_min_tokens(min_tokens: int, max_new_tokens: int, index: int) -> None:
     """min_tokens beyond what the context lets prompt `index` generate is a 400."""
     if min_tokens > max_new_tokens:
-        raise BadRequest(f"min_tokens ({min_tokens}) exceeds the {max_new_tokens} tokens "
-                         f"prompt {index} can generate within the model's context")
+        raise BadRequest(
+            f"min_tokens ({min_tokens}) exceeds the {max_new_tokens} tokens "
+            f"prompt {index} can generate within the model's context"
+        )
 
 
-def validate(body: CompletionRequest, tokenizer: TextTokenizer,
-             limits: ModelLimits) -> list[ValidRequest]:
+def validate(
+    body: CompletionRequest, tokenizer: TextTokenizer, limits: ModelLimits
+) -> list[ValidRequest]:
     """Every prompt of `body` as a `ValidRequest`, or BadRequest / PayloadTooLarge."""
     sampling = SamplingParams(body.temperature, body.top_k, body.top_p, body.seed)
     penalties = _penalties(body, tokenizer)
@@ -134,6 +152,18 @@ def validate(body: CompletionRequest, tokenizer: TextTokenizer,
         text, ids = _prompt_ids(prompt, index, tokenizer, limits)
         max_new = _max_new_tokens(body, len(ids), index, limits)
         _check_min_tokens(penalties.min_tokens, max_new, index)
-        requests.append(ValidRequest(index, text, ids, max_new, sampling, body.stop_list(),
-                                     body.logprobs, body.echo, body.ignore_eos, penalties))
+        requests.append(
+            ValidRequest(
+                index,
+                text,
+                ids,
+                max_new,
+                sampling,
+                body.stop_list(),
+                body.logprobs,
+                body.echo,
+                body.ignore_eos,
+                penalties,
+            )
+        )
     return requests

@@ -17,9 +17,13 @@ from service.state import GenerationFront, ServiceState, get_state
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-STREAM_OK = {200: {"description": "the completion; with stream true, Server-Sent Events of "
-                         "completion chunks ending in `data: [DONE]`",
-                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+STREAM_OK = {
+    200: {
+        "description": "the completion; with stream true, Server-Sent Events of "
+        "completion chunks ending in `data: [DONE]`",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def generation_model(state: ServiceState, name: str) -> tuple[ModelInfo, GenerationFront]:
@@ -29,14 +33,22 @@ def generation_model(state: ServiceState, name: str) -> tuple[ModelInfo, Generat
     return model, state.generation_front(model)
 
 
-@router.post("/completions", response_model=Completion, responses={**ERRORS, **STREAM_OK},
-             summary="Complete a prompt (OpenAI-compatible; SSE when stream is true)")
-async def completions(body: CompletionRequest, request: Request,
-                      state: ServiceState = Depends(get_state)) -> Completion | Response:
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses={**ERRORS, **STREAM_OK},
+    summary="Complete a prompt (OpenAI-compatible; SSE when stream is true)",
+)
+async def completions(
+    body: CompletionRequest, request: Request, state: ServiceState = Depends(get_state)
+) -> Completion | Response:
     model, front = generation_model(state, body.model)
     writer = CompletionWriter(body, model.name, state.settings.request_timeout_s)
     submission = await state.generate(model, validate(body, front.tokenizer, front.limits))
     if body.stream:
-        return StreamingResponse(await writer.open_stream(submission),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(
+            await writer.open_stream(submission),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
     return await respond(writer, submission, request)

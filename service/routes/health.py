@@ -17,8 +17,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, summary="Readiness: every bundle loaded and warm",
-            responses={503: {"model": Health, "description": "not ready, with reasons"}})
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Readiness: every bundle loaded and warm",
+    responses={503: {"model": Health, "description": "not ready, with reasons"}},
+)
 async def readyz(state: ServiceState = Depends(get_state)) -> JSONResponse:
     reasons = state.readiness()
     models = state.statuses()
@@ -26,7 +30,8 @@ async def readyz(state: ServiceState = Depends(get_state)) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
 
 
-@router.get("/metrics", summary="Prometheus metrics (text exposition format)",
-            response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response
+)
 async def metrics(state: ServiceState = Depends(get_state)) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -11,26 +11,39 @@ from service.schemas import V2RepositoryEntry
 from service.security import require_api_key
 from service.state import ServiceState, get_state
 
-router = APIRouter(prefix="/v2/repository", tags=["v2 (Open Inference Protocol)"],
-                   dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/v2/repository",
+    tags=["v2 (Open Inference Protocol)"],
+    dependencies=[Depends(require_api_key)],
+)
 
 
-@router.post("/index", response_model=list[V2RepositoryEntry], response_model_exclude_none=True,
-             summary="Every model version in the repository and its state",
-             responses=error_responses(401, 503))
+@router.post(
+    "/index",
+    response_model=list[V2RepositoryEntry],
+    response_model_exclude_none=True,
+    summary="Every model version in the repository and its state",
+    responses=error_responses(401, 503),
+)
 async def index(state: ServiceState = Depends(get_state)) -> list[dict[str, str]]:
     return await state.engine.control("index")
 
 
-@router.post("/models/{name}/load", summary="Load (or re-read) a model's folder",
-             responses=error_responses(400, 401, 404, 503))
+@router.post(
+    "/models/{name}/load",
+    summary="Load (or re-read) a model's folder",
+    responses=error_responses(400, 401, 404, 503),
+)
 async def load(name: str, state: ServiceState = Depends(get_state)) -> dict[str, str]:
     await state.engine.control("load", name)
     return {}
 
 
-@router.post("/models/{name}/unload", summary="Stop serving a model",
-             responses=error_responses(400, 401, 404, 503))
+@router.post(
+    "/models/{name}/unload",
+    summary="Stop serving a model",
+    responses=error_responses(400, 401, 404, 503),
+)
 async def unload(name: str, state: ServiceState = Depends(get_state)) -> dict[str, str]:
     await state.engine.control("unload", name)
     return {}

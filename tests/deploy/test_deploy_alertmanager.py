@@ -10,7 +10,6 @@ import urllib.request
 
 import pytest
 import yaml
-
 from conftest import DEPLOY, PROMETHEUS_DIR, require_tool
 from test_deploy_prometheus_live import free_port, get, stop, wait_for
 
@@ -43,9 +42,16 @@ def test_every_alert_routes_by_its_severity():
     assert len(rules) >= 10
     for rule in rules:
         severity = rule["labels"]["severity"]
-        result = amtool("config", "routes", "test", f"--config.file={CONFIG}",
-                        f"alertname={rule['alert']}", f"severity={severity}",
-                        "job=neutreno-api", "instance=api:8000")
+        result = amtool(
+            "config",
+            "routes",
+            "test",
+            f"--config.file={CONFIG}",
+            f"alertname={rule['alert']}",
+            f"severity={severity}",
+            "job=neutreno-api",
+            "instance=api:8000",
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == [RECEIVER[severity]], (rule["alert"], result.stdout)
 
@@ -55,10 +61,17 @@ def alertmanager(tmp_path_factory):
     exe = require_tool("prometheus-alertmanager", "Debian package prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("alertmanager")
     url = f"http://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([exe, f"--config.file={CONFIG}", f"--storage.path={tmp}",
-                             f"--web.listen-address={url.removeprefix('http://')}",
-                             "--cluster.listen-address="],
-                            stdout=open(tmp / "log", "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            exe,
+            f"--config.file={CONFIG}",
+            f"--storage.path={tmp}",
+            f"--web.listen-address={url.removeprefix('http://')}",
+            "--cluster.listen-address=",
+        ],
+        stdout=open(tmp / "log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for("Alertmanager ready", lambda: get(f"{url}/-/ready")[0] == 200, 60, [proc])
         yield url
@@ -67,28 +80,36 @@ def alertmanager(tmp_path_factory):
 
 
 def post_alerts(url: str, *labels: dict[str, str]) -> None:
-    body = json.dumps([{"labels": {"job": "neutreno-api", "instance": "api:8000", **lab}}
-                       for lab in labels]).encode()
-    request = urllib.request.Request(f"{url}/api/v2/alerts", data=body,
-                                     headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        [{"labels": {"job": "neutreno-api", "instance": "api:8000", **lab}} for lab in labels]
+    ).encode()
+    request = urllib.request.Request(
+        f"{url}/api/v2/alerts", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
 
 
 def test_api_down_inhibits_the_replicas_other_alerts(alertmanager):
-    post_alerts(alertmanager,
-                {"alertname": "NeutrenoApiDown", "severity": "critical"},
-                {"alertname": "NeutrenoHighP99Latency", "severity": "warning"},
-                {"alertname": "NeutrenoHighErrorRate", "severity": "critical",
-                 "instance": "api-2:8000"})
+    post_alerts(
+        alertmanager,
+        {"alertname": "NeutrenoApiDown", "severity": "critical"},
+        {"alertname": "NeutrenoHighP99Latency", "severity": "warning"},
+        {"alertname": "NeutrenoHighErrorRate", "severity": "critical", "instance": "api-2:8000"},
+    )
 
     def states():
         status, body = get(f"{alertmanager}/api/v2/alerts")
         found = {(a["labels"]["alertname"], a["labels"]["instance"]): a for a in json.loads(body)}
         inhibited = ("NeutrenoHighP99Latency", "api:8000")  # the source must be processed first
-        return found if status == 200 and len(found) == 3 and all(
-            a["status"]["state"] != "unprocessed" for a in found.values()) and \
-            found[inhibited]["status"]["state"] == "suppressed" else None
+        return (
+            found
+            if status == 200
+            and len(found) == 3
+            and all(a["status"]["state"] != "unprocessed" for a in found.values())
+            and found[inhibited]["status"]["state"] == "suppressed"
+            else None
+        )
 
     found = wait_for("the posted alerts processed", states, 30, [])
     assert found[("NeutrenoApiDown", "api:8000")]["status"]["state"] == "active"

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import PROMETHEUS_DIR, ROOT, compose_command, make_image, require_tool
 from test_deploy_prometheus_live import free_port, get, wait_for
 
@@ -48,8 +47,12 @@ def docker_host(engine, tmp_path_factory) -> Iterator[dict[str, str]]:
         yield env
         return
     sock = tmp_path_factory.mktemp("podman") / "podman.sock"
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         poll("podman's API socket", sock.exists, 30)
         yield {**env, "DOCKER_HOST": f"unix://{sock}"}
@@ -66,27 +69,60 @@ def stack(docker_host) -> Iterator[dict[str, str]]:
     require_tool("prometheus", "Debian package prometheus")
     require_tool("prometheus-alertmanager", "Debian package prometheus-alertmanager")
     make_image("cpu")
-    ports = {"NEUTRENO_PORT": free_port(), "NEUTRENO_EDGE_PORT": free_port(),
-             "PROMETHEUS_PORT": free_port(), "ALERTMANAGER_PORT": free_port()}
+    ports = {
+        "NEUTRENO_PORT": free_port(),
+        "NEUTRENO_EDGE_PORT": free_port(),
+        "PROMETHEUS_PORT": free_port(),
+        "ALERTMANAGER_PORT": free_port(),
+    }
     env = {**docker_host, **{k: str(v) for k, v in ports.items()}}
-    cmd = [*compose, "-p", f"neutreno-test-{uuid.uuid4().hex[:8]}", "-f", "docker-compose.yml",
-           "-f", "docker-compose.cpu.yml", "-f", str(TEST_OVERRIDE)]
-    build = subprocess.run([*cmd, "build", "edge"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=300)
+    cmd = [
+        *compose,
+        "-p",
+        f"neutreno-test-{uuid.uuid4().hex[:8]}",
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "docker-compose.cpu.yml",
+        "-f",
+        str(TEST_OVERRIDE),
+    ]
+    build = subprocess.run(
+        [*cmd, "build", "edge"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert build.returncode == 0, build.stdout + build.stderr
-    up = subprocess.run([*cmd, "up", "-d", "--no-build"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+    up = subprocess.run(
+        [*cmd, "up", "-d", "--no-build"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        yield {name: f"http://127.0.0.1:{ports[var]}" for name, var in (
-            ("api", "NEUTRENO_PORT"), ("edge", "NEUTRENO_EDGE_PORT"),
-            ("prometheus", "PROMETHEUS_PORT"), ("alertmanager", "ALERTMANAGER_PORT"))}
+        yield {
+            name: f"http://127.0.0.1:{ports[var]}"
+            for name, var in (
+                ("api", "NEUTRENO_PORT"),
+                ("edge", "NEUTRENO_EDGE_PORT"),
+                ("prometheus", "PROMETHEUS_PORT"),
+                ("alertmanager", "ALERTMANAGER_PORT"),
+            )
+        }
     finally:
-        logs = subprocess.run([*cmd, "logs", "--no-color", "--tail", "20"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
+        logs = subprocess.run(
+            [*cmd, "logs", "--no-color", "--tail", "20"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         print(logs.stdout[-6000:])
-        subprocess.run([*cmd, "down", "-v", "-t", "10"], cwd=ROOT, env=env, capture_output=True,
-                       timeout=180)
+        subprocess.run(
+            [*cmd, "down", "-v", "-t", "10"], cwd=ROOT, env=env, capture_output=True, timeout=180
+        )
 
 
 def rule_names() -> set[str]:
@@ -107,9 +143,12 @@ def test_prometheus_scrapes_the_api_by_service_name(stack):
 
     target = poll("Prometheus scraping api:8000", api_target, 90)
     assert target["labels"]["instance"] == "api:8000"
-    query = urllib.request.quote('neutreno_model_info == 1')
-    models = poll("neutreno_model_info in Prometheus", lambda: get_json(
-        f"{stack['prometheus']}/api/v1/query?query={query}")["data"]["result"], 60)
+    query = urllib.request.quote("neutreno_model_info == 1")
+    models = poll(
+        "neutreno_model_info in Prometheus",
+        lambda: get_json(f"{stack['prometheus']}/api/v1/query?query={query}")["data"]["result"],
+        60,
+    )
     assert {m["metric"]["model"] for m in models} >= {"fashion-classifier"}
 
 
@@ -125,18 +164,29 @@ def test_every_rule_loads_and_evaluates(stack):
     def evaluated():
         groups = get_json(f"{stack['prometheus']}/api/v1/rules")["data"]["groups"]
         rules = {r["name"]: r for g in groups for r in g["rules"]}
-        return rules if rules.keys() == expected and all(
-            r["health"] == "ok" for r in rules.values()) else None
+        return (
+            rules
+            if rules.keys() == expected and all(r["health"] == "ok" for r in rules.values())
+            else None
+        )
 
     rules = poll("every rule evaluated with health ok", evaluated, 90)
     assert len(rules) == len(expected) > 10
 
 
 def test_prometheus_finds_alertmanager(stack):
-    poll("Alertmanager ready", lambda: urllib.request.urlopen(
-        f"{stack['alertmanager']}/-/ready", timeout=5).status == 200, 60)
-    active = poll("an active Alertmanager in Prometheus", lambda: get_json(
-        f"{stack['prometheus']}/api/v1/alertmanagers")["data"]["activeAlertmanagers"], 60)
+    poll(
+        "Alertmanager ready",
+        lambda: urllib.request.urlopen(f"{stack['alertmanager']}/-/ready", timeout=5).status == 200,
+        60,
+    )
+    active = poll(
+        "an active Alertmanager in Prometheus",
+        lambda: get_json(f"{stack['prometheus']}/api/v1/alertmanagers")["data"][
+            "activeAlertmanagers"
+        ],
+        60,
+    )
     assert [a["url"] for a in active] == ["http://alertmanager:9093/api/v2/alerts"]
     status = get_json(f"{stack['alertmanager']}/api/v2/status")
     receivers = yaml.safe_load(status["config"]["original"])["receivers"]

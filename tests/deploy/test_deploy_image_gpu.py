@@ -14,17 +14,20 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import make_image
 from test_deploy_image import inspect, run
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("NEUTRENO_IMAGE_GPU") != "1",
-                       reason="GPU image build (~3 GB download): `make test-image-gpu` runs it"),
+    pytest.mark.skipif(
+        os.environ.get("NEUTRENO_IMAGE_GPU") != "1",
+        reason="GPU image build (~3 GB download): `make test-image-gpu` runs it",
+    ),
 ]
 
-PROVIDERS_LIB = "/opt/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime_providers_cuda.so"
+PROVIDERS_LIB = (
+    "/opt/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime_providers_cuda.so"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +36,11 @@ def image(engine) -> str:
 
 
 def test_gpu_image_lists_the_cuda_execution_provider(engine, image):
-    probe = ("import importlib.util, os, onnxruntime as ort; "
-             "print(os.getuid(), importlib.util.find_spec('torch') is None, "
-             "*ort.get_available_providers())")
+    probe = (
+        "import importlib.util, os, onnxruntime as ort; "
+        "print(os.getuid(), importlib.util.find_spec('torch') is None, "
+        "*ort.get_available_providers())"
+    )
     result = run(engine, "run", "--rm", "--network", "host", image, "python", "-c", probe)
     assert result.returncode == 0, result.stderr
     uid, no_torch, *providers = result.stdout.split()
@@ -47,7 +52,9 @@ def test_cuda_provider_links_only_the_host_driver_from_outside(engine, image):
     """The CUDA provider's linked libraries (ldd) come from the venv's wheels except the driver."""
     result = run(engine, "run", "--rm", "--network", "host", image, "ldd", PROVIDERS_LIB)
     assert result.returncode == 0, result.stderr
-    linked = dict(line.split(" => ") for line in result.stdout.strip().splitlines() if " => " in line)
+    linked = dict(
+        line.split(" => ") for line in result.stdout.strip().splitlines() if " => " in line
+    )
     linked = {name.strip(): path for name, path in linked.items()}
     assert linked.pop("libcuda.so.1").strip() == "not found"  # the host's, at run time
     for lib in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10"):
@@ -58,8 +65,13 @@ def test_cuda_provider_links_only_the_host_driver_from_outside(engine, image):
 def test_libraries_ort_opens_at_run_time_load_by_soname(engine, image):
     """cuDNN, cuFFT and NVRTC are dlopened by soname; the image's LD_LIBRARY_PATH finds them."""
     probe = "import ctypes, sys; [print(ctypes.CDLL(name)._name) for name in sys.argv[1:]]"
-    libs = ["libcudnn.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9", "libcufft.so.12",
-            "libnvrtc.so.13"]
+    libs = [
+        "libcudnn.so.9",
+        "libcudnn_ops.so.9",
+        "libcudnn_cnn.so.9",
+        "libcufft.so.12",
+        "libnvrtc.so.13",
+    ]
     result = run(engine, "run", "--rm", "--network", "host", image, "python", "-c", probe, *libs)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == libs

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import K8S_DIR, find_tool
 
 
@@ -45,8 +44,14 @@ def container(deployment: dict) -> dict:
 
 
 def test_base_has_the_scale_out_objects(base):
-    assert {"Namespace", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
-            "PodDisruptionBudget"} <= base.keys()
+    assert {
+        "Namespace",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    } <= base.keys()
 
 
 def test_one_gpu_per_replica(base):
@@ -71,7 +76,9 @@ def test_probes_and_drain(base):
     spec = base["Deployment"]["spec"]
     grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
     drain = int(base["ConfigMap"]["data"]["NEUTRENO_DRAIN_TIMEOUT_S"])
-    sleep = int(pre_stop["exec"]["command"][-1]) if "exec" in pre_stop else pre_stop["sleep"]["seconds"]
+    sleep = (
+        int(pre_stop["exec"]["command"][-1]) if "exec" in pre_stop else pre_stop["sleep"]["seconds"]
+    )
     assert grace >= sleep + drain, "grace period must cover preStop sleep + the service's drain"
     assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
@@ -95,10 +102,16 @@ def test_service_hpa_and_pdb_select_the_deployment(base):
     assert hpa["apiVersion"] == "autoscaling/v2"
     ref = hpa["spec"]["scaleTargetRef"]
     assert (ref["kind"], ref["name"]) == ("Deployment", deployment["metadata"]["name"])
-    assert hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
-    assert any(m.get("pods", {}).get("metric", {}).get("name") == "neutreno_queue_depth"
-               for m in hpa["spec"]["metrics"])
-    assert base["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert (
+        hpa["spec"]["minReplicas"] <= deployment["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    )
+    assert any(
+        m.get("pods", {}).get("metric", {}).get("name") == "neutreno_queue_depth"
+        for m in hpa["spec"]["metrics"]
+    )
+    assert (
+        base["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    )
 
 
 def test_prometheus_scraping(base):
@@ -108,7 +121,10 @@ def test_prometheus_scraping(base):
     assert annotations["prometheus.io/path"] == "/metrics"
     operator = by_kind(load_kustomization(K8S_DIR / "prometheus-operator"))
     monitor = operator["ServiceMonitor"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= base["Service"]["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items()
+        <= base["Service"]["metadata"]["labels"].items()
+    )
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
     # The alert rules select job="neutreno-api", as in docker-compose.
@@ -133,8 +149,9 @@ def test_kubectl_kustomize_renders(overlay):
     kubectl = find_tool("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed here; the YAML checks above still ran")
-    result = subprocess.run([kubectl, "kustomize", str(K8S_DIR / overlay)], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S_DIR / overlay)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     kinds = {d["kind"] for d in docs}

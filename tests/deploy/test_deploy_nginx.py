@@ -19,14 +19,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import DEPLOY, ROOT, require_tool
 from test_deploy_prometheus_live import free_port, get, stop, wait_for
 
 NGINX_DIR = DEPLOY / "nginx"
 
 
-def local_copy(tmp: Path, upstream_port: int, listen_port: int, tls_port: int | None = None) -> Path:
+def local_copy(
+    tmp: Path, upstream_port: int, listen_port: int, tls_port: int | None = None
+) -> Path:
     """deploy/nginx with the compose names made local: the api upstream on 127.0.0.1:upstream_port,
     the plain server on listen_port and, with tls_port, the TLS server (certificate made here)."""
     conf = tmp / "nginx"
@@ -34,19 +35,42 @@ def local_copy(tmp: Path, upstream_port: int, listen_port: int, tls_port: int | 
     main = conf / "nginx.conf"
     text = main.read_text()
     assert "server api:8000;" in text and "include /etc/nginx/tls.d/*.conf;" in text
-    main.write_text(text.replace("server api:8000;", f"server 127.0.0.1:{upstream_port};")
-                    .replace("/tmp/", f"{tmp}/"))
+    main.write_text(
+        text.replace("server api:8000;", f"server 127.0.0.1:{upstream_port};").replace(
+            "/tmp/", f"{tmp}/"
+        )
+    )
     http = conf / "servers" / "http.conf"
     http.write_text(http.read_text().replace("listen 8080;", f"listen 127.0.0.1:{listen_port};"))
     if tls_port is not None:
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=localhost", "-keyout", str(tmp / "tls.key"),
-                        "-out", str(tmp / "tls.crt")], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                str(tmp / "tls.key"),
+                "-out",
+                str(tmp / "tls.crt"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         https = (conf / "tls" / "https.conf").read_text()
         assert "listen 8443 ssl" in https
         (conf / "servers" / "https.conf").write_text(
-            https.replace("/etc/nginx/certs/", f"{tmp}/")
-            .replace("listen 8443 ssl", f"listen 127.0.0.1:{tls_port} ssl"))
+            https.replace("/etc/nginx/certs/", f"{tmp}/").replace(
+                "listen 8443 ssl", f"listen 127.0.0.1:{tls_port} ssl"
+            )
+        )
     return main
 
 
@@ -66,11 +90,17 @@ def test_nginx_accepts_the_config_plain_and_with_tls(tmp_path):
 
 def test_nginx_sets_the_documented_limits():
     text = "\n".join(p.read_text() for p in NGINX_DIR.rglob("*.conf"))
-    for directive in ("limit_conn per_client 64;", "limit_conn_status 429;",
-                      "client_header_timeout 10s;", "client_body_timeout 15s;",
-                      "client_max_body_size 8m;", "keepalive_timeout 30s;",
-                      "keepalive_requests 1000;", "proxy_http_version 1.1;",
-                      "X-Forwarded-For $proxy_add_x_forwarded_for;"):
+    for directive in (
+        "limit_conn per_client 64;",
+        "limit_conn_status 429;",
+        "client_header_timeout 10s;",
+        "client_body_timeout 15s;",
+        "client_max_body_size 8m;",
+        "keepalive_timeout 30s;",
+        "keepalive_requests 1000;",
+        "proxy_http_version 1.1;",
+        "X-Forwarded-For $proxy_add_x_forwarded_for;",
+    ):
         assert directive in text, directive
 
 
@@ -80,19 +110,41 @@ def edge(tmp_path_factory):
     nginx = require_tool("nginx", "Debian package nginx")
     tmp = tmp_path_factory.mktemp("edge")
     api_port, edge_port = free_port(), free_port()
-    env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(ROOT / "model_repository"),
-           "NEUTRENO_DEVICE": "cpu", "NEUTRENO_LOG_LEVEL": "warning", "NEUTRENO_API_KEY": "",
-           "NEUTRENO_INTRA_OP_THREADS": "1"}
-    api = subprocess.Popen([sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1",
-                            "--port", str(api_port)], cwd=ROOT, env=env,
-                           stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "NEUTRENO_MODEL_REPOSITORY": str(ROOT / "model_repository"),
+        "NEUTRENO_DEVICE": "cpu",
+        "NEUTRENO_LOG_LEVEL": "warning",
+        "NEUTRENO_API_KEY": "",
+        "NEUTRENO_INTRA_OP_THREADS": "1",
+    }
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "neutreno.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(tmp / "api.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     main = local_copy(tmp, api_port, edge_port)
-    proxy = subprocess.Popen([nginx, "-c", str(main), "-g", "daemon off;"],
-                             stdout=open(tmp / "nginx.log", "wb"), stderr=subprocess.STDOUT)
+    proxy = subprocess.Popen(
+        [nginx, "-c", str(main), "-g", "daemon off;"],
+        stdout=open(tmp / "nginx.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         base = f"http://127.0.0.1:{edge_port}"
-        wait_for("the api through nginx", lambda: get(f"{base}/healthz")[0] == 200, 300,
-                 [api, proxy])
+        wait_for(
+            "the api through nginx", lambda: get(f"{base}/healthz")[0] == 200, 300, [api, proxy]
+        )
         yield base
     finally:
         stop(proxy)
@@ -106,9 +158,11 @@ def test_edge_proxies_the_api_and_hides_metrics(edge):
 
 
 def test_edge_refuses_a_body_over_the_limit(edge):
-    request = urllib.request.Request(f"{edge}/v1/models/fashion-classifier/classify",
-                                     data=b"x" * (8 * 1024 * 1024 + 1),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{edge}/v1/models/fashion-classifier/classify",
+        data=b"x" * (8 * 1024 * 1024 + 1),
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=30)
     assert error.value.code == 413
@@ -123,8 +177,10 @@ def test_edge_caps_connections_per_client(edge):
         for _ in range(64):
             conn = socket.create_connection((host, int(port)), timeout=5)
             # Headers complete, body pending: nginx has a request in flight on each connection.
-            conn.sendall(b"POST /v1/models/fashion-classifier/classify HTTP/1.1\r\n"
-                         b"Host: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n")
+            conn.sendall(
+                b"POST /v1/models/fashion-classifier/classify HTTP/1.1\r\n"
+                b"Host: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n"
+            )
             held.append(conn)
         time.sleep(0.5)
         assert get(f"{edge}/v1/models")[0] == 429

@@ -7,9 +7,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import yaml
-from test_deploy_docker import compose_config
-
 from conftest import DEPLOY
+from test_deploy_docker import compose_config
 
 OTEL = DEPLOY / "otel"
 OVERRIDE = "deploy/otel/docker-compose.otel.yml"
@@ -35,8 +34,9 @@ def test_compose_override_wires_api_collector_and_jaeger() -> None:
     env = services["api"]["environment"]
     assert env["OTEL_TRACES_EXPORTER"] == "otlp" and env["OTEL_SERVICE_NAME"]
     endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
-    assert endpoint.hostname == "otel-collector" and "otel-collector" in services["api"][
-        "depends_on"]
+    assert (
+        endpoint.hostname == "otel-collector" and "otel-collector" in services["api"]["depends_on"]
+    )
     (volume,) = services["otel-collector"]["volumes"]
     assert volume["source"] == str(OTEL / "collector.yaml") and volume["read_only"]
     assert f"--config={volume['target']}" in services["otel-collector"]["command"]

@@ -1,6 +1,7 @@
 """The real Prometheus server (Debian package `prometheus`) scraping a real `neutreno serve`.
 
-Both run on loopback ports chosen here. Prometheus gets the project's deploy/prometheus/prometheus.yml
+Both run on loopback ports chosen here. Prometheus gets the project's
+deploy/prometheus/prometheus.yml
 with the `neutreno-api` job's target pointed at the service (and 1 s intervals), loads the
 project's alert rules, and is asked through its HTTP API that
   * the target is up (`up == 1`),
@@ -30,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import PROMETHEUS_DIR, ROOT, metric_names, require_tool
 from test_deploy_grafana import dashboard_exprs, rule_exprs
 
@@ -57,7 +57,9 @@ def wait_for(what: str, check, timeout: float, procs: list[subprocess.Popen]):
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                pytest.fail(f"{proc.args[0]} exited with {proc.returncode} while waiting for {what}")
+                pytest.fail(
+                    f"{proc.args[0]} exited with {proc.returncode} while waiting for {what}"
+                )
         try:
             last = check()
             if last:
@@ -100,8 +102,9 @@ def model_repository(tmp: Path) -> Path:
 
 
 def post_json(url: str, payload: dict) -> int:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status
@@ -113,8 +116,9 @@ def png_b64(size: int) -> str:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8),
-                    "L").save(buf, format="PNG")
+    Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8), "L"
+    ).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -128,16 +132,39 @@ def stack(tmp_path_factory):
 
     repository = model_repository(tmp)
     models = sorted({p.parent.parent.name for p in repository.glob("*/*/manifest.json")})
-    env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repository),
-           "NEUTRENO_DEVICE": "cpu", "NEUTRENO_LOG_LEVEL": "warning", "NEUTRENO_API_KEY": "",
-           "NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1"}
-    api = subprocess.Popen([sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1",
-                            "--port", str(api_port)], cwd=ROOT, env=env,
-                           stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "NEUTRENO_MODEL_REPOSITORY": str(repository),
+        "NEUTRENO_DEVICE": "cpu",
+        "NEUTRENO_LOG_LEVEL": "warning",
+        "NEUTRENO_API_KEY": "",
+        "NEUTRENO_INTRA_OP_THREADS": "1",
+        "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1",
+    }
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "neutreno.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(tmp / "api.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     procs = [api]
     try:
-        wait_for("the service's /healthz", lambda: get(f"http://127.0.0.1:{api_port}/healthz")[0] == 200,
-                 300, procs)
+        wait_for(
+            "the service's /healthz",
+            lambda: get(f"http://127.0.0.1:{api_port}/healthz")[0] == 200,
+            300,
+            procs,
+        )
 
         # The project's scrape config, pointed at the service on loopback.
         config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
@@ -152,14 +179,26 @@ def stack(tmp_path_factory):
         shutil.copytree(PROMETHEUS_DIR / "rules", tmp / "rules")
 
         prom = subprocess.Popen(
-            [promtool_dir, f"--config.file={tmp / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-            cwd=tmp, stdout=open(tmp / "prometheus.log", "wb"), stderr=subprocess.STDOUT)
+            [
+                promtool_dir,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            cwd=tmp,
+            stdout=open(tmp / "prometheus.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(prom)
         base = f"http://127.0.0.1:{prom_port}"
         wait_for("Prometheus /-/ready", lambda: get(f"{base}/-/ready")[0] == 200, 60, procs)
-        yield {"api": f"http://127.0.0.1:{api_port}", "prom": base, "procs": procs, "tmp": tmp,
-               "models": models}
+        yield {
+            "api": f"http://127.0.0.1:{api_port}",
+            "prom": base,
+            "procs": procs,
+            "tmp": tmp,
+            "models": models,
+        }
     finally:
         for proc in reversed(procs):
             stop(proc)
@@ -205,7 +244,9 @@ def test_requests_total_is_queryable_after_requests(stack):
         assert get(f"{stack['api']}/v2/models/{name}")[0] in (200, 503)
 
         def per_model(name=name):
-            return query(stack, f'neutreno_requests_total{{job="neutreno-api", model="{name}"}}')["result"]
+            return query(stack, f'neutreno_requests_total{{job="neutreno-api", model="{name}"}}')[
+                "result"
+            ]
 
         wait_for(f"neutreno_requests_total{{model={name!r}}}", per_model, 60, stack["procs"])
     rate = query(stack, 'sum(rate(neutreno_requests_total{job="neutreno-api"}[1m]))')
@@ -224,8 +265,13 @@ def test_inference_metrics_reach_prometheus(stack):
         info = query(stack, 'neutreno_model_info{job="neutreno-api", model="fashion-classifier"}')
         ok = query(stack, 'sum(neutreno_requests_total{model="fashion-classifier", status="200"})')
         batches = query(stack, 'sum(neutreno_batch_size_count{model="fashion-classifier"})')
-        return (info["result"] and ok["result"] and float(ok["result"][0]["value"][1]) >= 4
-                and batches["result"] and float(batches["result"][0]["value"][1]) >= 1)
+        return (
+            info["result"]
+            and ok["result"]
+            and float(ok["result"][0]["value"][1]) >= 4
+            and batches["result"]
+            and float(batches["result"][0]["value"][1]) >= 1
+        )
 
     wait_for("classification metrics in Prometheus", scraped, 60, stack["procs"])
     similarity = query(stack, 'neutreno_token_similarity{model="fashion-classifier"}')["result"]
@@ -252,9 +298,9 @@ def test_alert_rules_load_and_evaluate(stack):
 
 
 def test_dashboard_queries_are_valid_promql(stack):
-    for where, expr in dashboard_exprs():
+    for _where, expr in dashboard_exprs():
         if expr.startswith("label_values("):
-            metric = expr[len("label_values("):].split(",")[0]
+            metric = expr[len("label_values(") :].split(",")[0]
             query(stack, metric)
             continue
         promql = expr.replace("$__rate_interval", "1m").replace("$model", ".*")
@@ -264,13 +310,19 @@ def test_dashboard_queries_are_valid_promql(stack):
 def test_metric_families_used_are_declared_in_live_metrics(stack):
     status, body = get(f"{stack['api']}/metrics")
     assert status == 200
-    declared = {line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE ")}
-    kinds = {line.split()[2]: line.split()[3] for line in body.decode().splitlines()
-             if line.startswith("# TYPE ")}
+    declared = {
+        line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE ")
+    }
+    kinds = {
+        line.split()[2]: line.split()[3]
+        for line in body.decode().splitlines()
+        if line.startswith("# TYPE ")
+    }
     series = set()
     for family in declared:
         suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(
-            kinds[family], ("",))
+            kinds[family], ("",)
+        )
         series |= {family + s for s in suffixes} | {family}
     used = set().union(*(metric_names(e) for _, e in dashboard_exprs() + rule_exprs()))
     missing = used - series

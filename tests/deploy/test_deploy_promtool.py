@@ -1,11 +1,11 @@
-"""The Prometheus configuration and alert rules, checked by promtool (Debian package `prometheus`)."""
+"""The Prometheus configuration and alert rules, checked by promtool (Debian package
+`prometheus`)."""
 
 from __future__ import annotations
 
 import subprocess
 
 import yaml
-
 from conftest import K8S_DIR, PROMETHEUS_DIR, require_tool
 
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
@@ -13,7 +13,9 @@ RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
     exe = require_tool("promtool", "Debian package prometheus")
-    return subprocess.run([exe, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [exe, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_promtool_check_config():
@@ -29,7 +31,8 @@ def test_promtool_check_rules():
 
 
 def test_promtool_rule_unit_tests_fire_each_alert():
-    """promtool test rules: every alert fires on a synthetic incident and stays quiet when healthy."""
+    """promtool test rules: every alert fires on a synthetic incident and stays quiet when
+    healthy."""
     tests = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
     assert tests
     result = promtool("test", "rules", *(str(p.relative_to(PROMETHEUS_DIR)) for p in tests))
@@ -37,18 +40,35 @@ def test_promtool_rule_unit_tests_fire_each_alert():
     tested = set()
     for path in tests:
         for case in yaml.safe_load(path.read_text())["tests"]:
-            tested |= {a["alertname"] for a in case.get("alert_rule_test", []) if a.get("exp_alerts")}
-    alerts = {r["alert"] for p in RULE_FILES for g in yaml.safe_load(p.read_text())["groups"]
-              for r in g["rules"] if "alert" in r}
+            tested |= {
+                a["alertname"] for a in case.get("alert_rule_test", []) if a.get("exp_alerts")
+            }
+    alerts = {
+        r["alert"]
+        for p in RULE_FILES
+        for g in yaml.safe_load(p.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
     untested = alerts - tested
     assert not untested, f"alerts without a firing unit test: {sorted(untested)}"
 
 
 def test_alerts_cover_required_signals():
-    exprs = {r["alert"]: r["expr"] for p in RULE_FILES for g in yaml.safe_load(p.read_text())["groups"]
-             for r in g["rules"] if "alert" in r}
-    records = {r["record"]: r["expr"] for p in RULE_FILES for g in yaml.safe_load(p.read_text())["groups"]
-               for r in g["rules"] if "record" in r}
+    exprs = {
+        r["alert"]: r["expr"]
+        for p in RULE_FILES
+        for g in yaml.safe_load(p.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    records = {
+        r["record"]: r["expr"]
+        for p in RULE_FILES
+        for g in yaml.safe_load(p.read_text())["groups"]
+        for r in g["rules"]
+        if "record" in r
+    }
     text = lambda name: exprs[name] + " ".join(v for k, v in records.items() if k in exprs[name])  # noqa: E731
     assert 'status=~"5.."' in text("NeutrenoHighErrorRate")
     assert "histogram_quantile(0.99" in text("NeutrenoHighP99Latency")
@@ -67,9 +87,11 @@ def test_scrape_config_targets_the_compose_api_service():
 
 
 def test_k8s_prometheusrule_matches_the_rule_files():
-    """deploy/k8s/prometheus-operator/prometheusrule.yaml carries the same groups as docker-compose."""
+    """deploy/k8s/prometheus-operator/prometheusrule.yaml carries the same groups as
+    docker-compose."""
     groups = [g for p in RULE_FILES for g in yaml.safe_load(p.read_text())["groups"]]
     crd = yaml.safe_load((K8S_DIR / "prometheus-operator/prometheusrule.yaml").read_text())
     assert crd["kind"] == "PrometheusRule"
     assert crd["spec"]["groups"] == groups, (
-        "out of date: python deploy/k8s/prometheus-operator/sync_rules.py")
+        "out of date: python deploy/k8s/prometheus-operator/sync_rules.py"
+    )

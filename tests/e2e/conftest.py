@@ -26,9 +26,16 @@ from generation_helpers import add_lm, tiny_lm  # noqa: E402
 from service_helpers import ROOT, LiveServer, write_test_repository  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("NEUTRENO_E2E_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SHOTS = ROOT / "test-output" / "e2e"
 VISION = ("fashion-classifier", "fashion-segmenter")
 
@@ -49,8 +56,9 @@ def lm_name(repo: Path) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def e2e_repository(request: pytest.FixtureRequest,
-                   tmp_path_factory: pytest.TempPathFactory) -> Path:
+def e2e_repository(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     shipped = ROOT / "model_repository"
     if shipped.is_dir() and set(VISION) <= set(bundle_tasks(shipped)) and lm_name(shipped):
         return shipped
@@ -64,8 +72,14 @@ def e2e_repository(request: pytest.FixtureRequest,
 
 @pytest.fixture(scope="session")
 def server(e2e_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(e2e_repository, {"NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1",
-                                       "NEUTRENO_MAX_QUEUE_DELAY_MS": "2", "NEUTRENO_API_KEY": ""})
+    live = LiveServer(
+        e2e_repository,
+        {
+            "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1",
+            "NEUTRENO_MAX_QUEUE_DELAY_MS": "2",
+            "NEUTRENO_API_KEY": "",
+        },
+    )
     live.lm = lm_name(e2e_repository)  # type: ignore[attr-defined]
     try:
         live.wait_ready(timeout=120)
@@ -78,8 +92,10 @@ def server(e2e_repository: Path) -> Iterator[LiveServer]:
 def lm(server: LiveServer) -> str:
     """The served text-generation model's name."""
     if server.lm is None:  # type: ignore[attr-defined]
-        pytest.skip("no text-generation bundle: the tiny test LM needs torch to export "
-                    "(pip install -e '.[train]'; make test does it)")
+        pytest.skip(
+            "no text-generation bundle: the tiny test LM needs torch to export "
+            "(pip install -e '.[train]'; make test does it)"
+        )
     return server.lm  # type: ignore[attr-defined]
 
 
@@ -92,8 +108,10 @@ def browser() -> Iterator[object]:
     except ImportError:
         pytest.skip("playwright is not installed (pip install -e '.[dev]'; make test does it)")
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: Debian's chromium package could not be installed "
-                    "(make test runs `apt-get install -y chromium`)")
+        pytest.skip(
+            f"{CHROMIUM} not found: Debian's chromium package could not be installed "
+            "(make test runs `apt-get install -y chromium`)"
+        )
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)
         try:
@@ -118,8 +136,12 @@ def open_page(browser, server: LiveServer, viewport: dict[str, int]) -> Iterator
     pg.set_default_timeout(60_000)
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    pg.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}")
-          if msg.type == "error" else None)
+    pg.on(
+        "console",
+        lambda msg: (
+            errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None
+        ),
+    )
     pg.goto("/", wait_until="domcontentloaded")
     pg.wait_for_selector("#samples button")
     try:

@@ -24,15 +24,23 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def api_top_label(server: LiveServer, image: bytes) -> str:
-    r = httpx.post(f"{server.url}/v1/models/fashion-classifier/classify", timeout=10,
-                   files={"file": ("x.png", image, "image/png")}, data={"top_k": "5"})
+    r = httpx.post(
+        f"{server.url}/v1/models/fashion-classifier/classify",
+        timeout=10,
+        files={"file": ("x.png", image, "image/png")},
+        data={"top_k": "5"},
+    )
     r.raise_for_status()
     return r.json()["predictions"][0]["label"]
 
 
 def api_segment(server: LiveServer, image: bytes) -> dict:
-    r = httpx.post(f"{server.url}/v1/models/fashion-segmenter/segment", timeout=10,
-                   files={"file": ("x.png", image, "image/png")}, data={"overlay": "true"})
+    r = httpx.post(
+        f"{server.url}/v1/models/fashion-segmenter/segment",
+        timeout=10,
+        files={"file": ("x.png", image, "image/png")},
+        data={"overlay": "true"},
+    )
     r.raise_for_status()
     return r.json()
 
@@ -43,14 +51,14 @@ def wait_results(page, name: str) -> None:
         """name => { const s = document.getElementById('vision-status').textContent;
                      const r = document.getElementById('vision-results');
                      return s.startsWith(name) && !r.hasAttribute('aria-busy'); }""",
-        arg=name)
+        arg=name,
+    )
 
 
 def overlay_natural_size(page) -> tuple[int, int]:
     page.wait_for_function("""() => { const i = document.getElementById('overlay-img');
                                       return i.complete && i.naturalWidth > 0; }""")
-    return tuple(page.eval_on_selector("#overlay-img",
-                                       "i => [i.naturalWidth, i.naturalHeight]"))
+    return tuple(page.eval_on_selector("#overlay-img", "i => [i.naturalWidth, i.naturalHeight]"))
 
 
 def test_page_is_served_outside_the_api_schema(server: LiveServer) -> None:
@@ -58,9 +66,12 @@ def test_page_is_served_outside_the_api_schema(server: LiveServer) -> None:
         r = c.get("/")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert '<script src="/static/app.js"' in r.text
-        for path, kind in [("/static/app.js", "javascript"), ("/static/style.css", "text/css"),
-                           ("/static/samples/scene.png", "image/png"),
-                           ("/static/samples/index.json", "json")]:
+        for path, kind in [
+            ("/static/app.js", "javascript"),
+            ("/static/style.css", "text/css"),
+            ("/static/samples/scene.png", "image/png"),
+            ("/static/samples/index.json", "json"),
+        ]:
             asset = c.get(path)
             assert asset.status_code == 200 and kind in asset.headers["content-type"], path
         # everything the page loads is served here: no external URLs in the page's sources
@@ -70,8 +81,9 @@ def test_page_is_served_outside_the_api_schema(server: LiveServer) -> None:
         assert "/" not in paths and not any(p.startswith("/static") for p in paths)
 
 
-def test_upload_image_shows_api_top_label_and_overlay(page, server: LiveServer, tmp_path: Path,
-                                                       shots: Path) -> None:
+def test_upload_image_shows_api_top_label_and_overlay(
+    page, server: LiveServer, tmp_path: Path, shots: Path
+) -> None:
     images = np.load(ROOT / "tests/fixtures/fashion-mnist-test-200.npz")["images"]
     image = png_bytes(images[7])
     path = tmp_path / "upload-7.png"
@@ -112,9 +124,12 @@ def test_prompt_streams_text_that_grows(page, server: LiveServer, lm: str, shots
     body = sent.value.post_data_json
     assert body["repetition_penalty"] == 1.3 and body["temperature"] == 0, body
     # mid-stream: some text is there while the stream is still going
-    page.wait_for_function("""() => document.getElementById('completion-text').textContent.length > 0""")
-    page.wait_for_function("""() => /^Done/.test(document.getElementById('gen-status').textContent)""",
-                           timeout=60_000)
+    page.wait_for_function(
+        """() => document.getElementById('completion-text').textContent.length > 0"""
+    )
+    page.wait_for_function(
+        """() => /^Done/.test(document.getElementById('gen-status').textContent)""", timeout=60_000
+    )
     growth = page.evaluate("window.__growth")
     lengths = [n for _, n in growth]
     assert lengths[-1] > 0 and lengths == sorted(lengths), growth
@@ -133,7 +148,7 @@ def python_summary(text: str) -> dict[str, float]:
     """What the panel should show, computed independently from the same exposition text."""
     requests, buckets = 0.0, {}
     for line in text.splitlines():
-        m = re.match(r'(\w+)\{(.*)\} (\S+)$', line)
+        m = re.match(r"(\w+)\{(.*)\} (\S+)$", line)
         if not m:
             continue
         name, labels, value = m[1], dict(re.findall(r'(\w+)="([^"]*)"', m[2])), float(m[3])
@@ -148,8 +163,11 @@ def python_summary(text: str) -> dict[str, float]:
     rank, prev_le, prev_n, p99 = 0.99 * buckets[les[-1]], 0.0, 0.0, math.nan
     for le in les:
         if buckets[le] >= rank:
-            p99 = prev_le if math.isinf(le) else prev_le + (le - prev_le) * (
-                (rank - prev_n) / (buckets[le] - prev_n))
+            p99 = (
+                prev_le
+                if math.isinf(le)
+                else prev_le + (le - prev_le) * ((rank - prev_n) / (buckets[le] - prev_n))
+            )
             break
         prev_le, prev_n = le, buckets[le]
     return {"requests": requests, "p99": p99}
@@ -168,13 +186,19 @@ def test_metrics_panel_shows_numbers_and_similarity(page, server: LiveServer, sh
     assert float(page.inner_text("#m-batch")) >= 1.0
     assert re.fullmatch(r"\d+", page.inner_text("#m-queue"))
     assert re.fullmatch(r"[\d.]+ (ms|s)", page.inner_text("#m-p99"))
-    models = set(page.eval_on_selector_all("#sim-table tbody tr td:first-child",
-                                           "tds => tds.map(td => td.textContent)"))
+    models = set(
+        page.eval_on_selector_all(
+            "#sim-table tbody tr td:first-child", "tds => tds.map(td => td.textContent)"
+        )
+    )
     assert {"fashion-classifier", "fashion-segmenter"} <= models
 
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    js = page.evaluate("""t => { const s = neutreno.summarise(neutreno.parsePrometheus(t));
-                                 return {requests: s.requests, p99: s.p99}; }""", text)
+    js = page.evaluate(
+        """t => { const s = neutreno.summarise(neutreno.parsePrometheus(t));
+                                 return {requests: s.requests, p99: s.p99}; }""",
+        text,
+    )
     py = python_summary(text)
     assert js["requests"] == py["requests"]
     assert js["p99"] == pytest.approx(py["p99"], rel=1e-9)
@@ -182,11 +206,14 @@ def test_metrics_panel_shows_numbers_and_similarity(page, server: LiveServer, sh
     page.screenshot(path=str(shots / "metrics.png"), full_page=True)
 
 
-def test_keyboard_reaches_and_drives_the_main_controls(fresh_page, server: LiveServer, lm: str,
-                                                       tmp_path: Path, shots: Path) -> None:
+def test_keyboard_reaches_and_drives_the_main_controls(
+    fresh_page, server: LiveServer, lm: str, tmp_path: Path, shots: Path
+) -> None:
     page = fresh_page
     choosers: list = []
-    page.on("filechooser", lambda fc: choosers.append(fc))  # early: turns on the browser's chooser interception
+    page.on(
+        "filechooser", lambda fc: choosers.append(fc)
+    )  # early: turns on the browser's chooser interception
     page.wait_for_selector("#samples button")
     page.evaluate("""() => { window.__focus = [];
         document.addEventListener('focusin', e => window.__focus.push(
@@ -194,8 +221,18 @@ def test_keyboard_reaches_and_drives_the_main_controls(fresh_page, server: LiveS
     for _ in range(20):
         page.keyboard.press("Tab")
     reached = page.evaluate("window.__focus")
-    for control in ("drop", "sample", "classifier-model", "segmenter-model", "prompt",
-                    "lm-model", "temperature", "max-tokens", "repetition-penalty", "generate"):
+    for control in (
+        "drop",
+        "sample",
+        "classifier-model",
+        "segmenter-model",
+        "prompt",
+        "lm-model",
+        "temperature",
+        "max-tokens",
+        "repetition-penalty",
+        "generate",
+    ):
         assert control in reached, (control, reached)
 
     # a sample button from the keyboard: Enter on the focused button
@@ -229,8 +266,9 @@ def test_keyboard_reaches_and_drives_the_main_controls(fresh_page, server: LiveS
     page.fill("#max-tokens", "6")
     page.focus("#prompt")
     page.keyboard.press("Control+Enter")
-    page.wait_for_function("""() => /^Done/.test(document.getElementById('gen-status').textContent)""",
-                           timeout=60_000)
+    page.wait_for_function(
+        """() => /^Done/.test(document.getElementById('gen-status').textContent)""", timeout=60_000
+    )
     assert page.inner_text("#completion-text").strip()
     page.screenshot(path=str(shots / "keyboard.png"), full_page=True)
 

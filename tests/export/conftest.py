@@ -14,8 +14,8 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from torch import nn
 from export_helpers import TINY_MODELS, Exported, tiny_checkpoint
+from torch import nn
 
 from export.bundle import load_bundle
 from export.cli import main as export_main
@@ -24,6 +24,7 @@ from export.runtime import session
 from models import create_model
 from models.checkpoint import load_checkpoint
 
+
 def via_cli(tmp: Path, name: str, *extra: str) -> Exported:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     ckpt = tiny_checkpoint(tmp / "checkpoints" / name, name)
@@ -31,8 +32,9 @@ def via_cli(tmp: Path, name: str, *extra: str) -> Exported:
     assert export_main([str(ckpt), "--out", str(out), *extra]) == 0
     bundle = load_bundle(out)
     model, cfg = load_checkpoint(ckpt)
-    return Exported(model, cfg, onnx.load(str(bundle.model_path)), session(bundle.model_path),
-                    bundle)
+    return Exported(
+        model, cfg, onnx.load(str(bundle.model_path)), session(bundle.model_path), bundle
+    )
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +45,9 @@ def export_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def classifier(export_tmp: Path) -> Exported:
     """Tiny ViT via the CLI, with the softmax baseline at export_tmp/baseline.onnx."""
-    return via_cli(export_tmp, "vit-fashion", "--softmax-baseline",
-                   str(export_tmp / "baseline.onnx"))
+    return via_cli(
+        export_tmp, "vit-fashion", "--softmax-baseline", str(export_tmp / "baseline.onnx")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +67,9 @@ def segmenter() -> Exported:
 @pytest.fixture()
 def bundle_copy(classifier: Exported, lm: Exported, tmp_path: Path):
     """Copy a fresh bundle folder ('classifier' or 'lm') into tmp_path for tampering."""
+
     def copy(kind: str) -> Path:
         src = (classifier if kind == "classifier" else lm).bundle.path
         return Path(shutil.copytree(src, tmp_path / src.parent.name / src.name))
+
     return copy

@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = {"depth": 2, "dim": 32, "heads": 2}
 TINY_MODELS = {
     "vit-fashion": TINY,
-    "segmenter-fashion": {**TINY, "decoder_depth": 2, "decoder_heads": 2, "window": 3,
-                          "refine_channels": 4},
+    "segmenter-fashion": {
+        **TINY,
+        "decoder_depth": 2,
+        "decoder_heads": 2,
+        "window": 3,
+        "refine_channels": 4,
+    },
     "lm-kjv": {**TINY, "vocab_size": 300, "block_size": 64},
 }
 
@@ -46,5 +51,6 @@ def tiny_checkpoint(folder: Path, name: str) -> Path:
     if cfg.family == "lm":
         text = (ROOT / "tests/fixtures/kjv-sample.txt").read_text()
         train_tokenizer(text, vocab_size=TINY_MODELS[name]["vocab_size"]).save(
-            str(folder / "tokenizer.json"))
+            str(folder / "tokenizer.json")
+        )
     return folder

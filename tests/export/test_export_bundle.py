@@ -97,13 +97,16 @@ def test_missing_function_body_refused(bundle_copy) -> None:
         load_bundle(folder)
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"task": "detection"}, "task 'detection' is not one of"),
-    ({"labels": None}, "manifest field 'labels' is missing"),
-    ({"opset": 22}, "model.onnx has opset 23, manifest says 22"),
-    ({"version": "v1"}, "version 'v1' is not a positive integer string"),
-    ({"inputs": []}, "graph inputs .* do not match"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"task": "detection"}, "task 'detection' is not one of"),
+        ({"labels": None}, "manifest field 'labels' is missing"),
+        ({"opset": 22}, "model.onnx has opset 23, manifest says 22"),
+        ({"version": "v1"}, "version 'v1' is not a positive integer string"),
+        ({"inputs": []}, "graph inputs .* do not match"),
+    ],
+)
 def test_bad_manifest_refused(bundle_copy, changes: dict, message: str) -> None:
     folder = bundle_copy("classifier")
     edit_manifest(folder, **changes)
@@ -117,16 +120,20 @@ def _add_file_entry(folder: Path, name: str) -> None:
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ("../../secret.txt", "'../../secret.txt' .* is not a plain relative name"),
-    ("{outside}", "is not a plain relative name"),
-    ("sub/../../secret.txt", "is not a plain relative name"),
-    ("link.txt", "link.txt listed in manifest.json is not a regular file"),
-    ("folder", "folder listed in manifest.json is not a regular file"),
-    ("linked-dir/secret.txt", "lies outside the bundle folder"),
-])
-def test_file_entries_are_confined_to_the_bundle_folder(bundle_copy, tmp_path: Path,
-                                                        entry: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("../../secret.txt", "'../../secret.txt' .* is not a plain relative name"),
+        ("{outside}", "is not a plain relative name"),
+        ("sub/../../secret.txt", "is not a plain relative name"),
+        ("link.txt", "link.txt listed in manifest.json is not a regular file"),
+        ("folder", "folder listed in manifest.json is not a regular file"),
+        ("linked-dir/secret.txt", "lies outside the bundle folder"),
+    ],
+)
+def test_file_entries_are_confined_to_the_bundle_folder(
+    bundle_copy, tmp_path: Path, entry: str, message: str
+) -> None:
     """Issue 19: a manifest must not make the loader hash (read) files outside its folder."""
     folder = bundle_copy("classifier")
     secret = tmp_path / "secret.txt"

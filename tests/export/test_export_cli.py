@@ -34,24 +34,36 @@ def test_existing_version_folder_is_refused(classifier: Exported, capsys) -> Non
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["{ckpt}", "--out", "{tmp}/repo/clf"], ["<repository>/<name>/<version>", "/clf"]),
-    (["{ckpt}", "--out", "{tmp}/repo/clf/1", "--name", "other"],
-     ["--name other", "'clf'", "--out {tmp}/repo/other/1"]),
-    (["{tmp}/nothing", "--out", "{tmp}/repo/clf/1"],
-     ["{tmp}/nothing/config.json", "neutreno train"]),
-    (["{ckpt}"], ["--out", "required"]),
-    (["{tmp}/mixed", "--out", "{tmp}/repo/clf/1"], ["does not match its config", "neutreno train"]),
-])
-def test_mistakes_are_one_line_with_the_fix(classifier: Exported, tmp_path: Path, capsys,
-                                            argv: list[str], expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["{ckpt}", "--out", "{tmp}/repo/clf"], ["<repository>/<name>/<version>", "/clf"]),
+        (
+            ["{ckpt}", "--out", "{tmp}/repo/clf/1", "--name", "other"],
+            ["--name other", "'clf'", "--out {tmp}/repo/other/1"],
+        ),
+        (
+            ["{tmp}/nothing", "--out", "{tmp}/repo/clf/1"],
+            ["{tmp}/nothing/config.json", "neutreno train"],
+        ),
+        (["{ckpt}"], ["--out", "required"]),
+        (
+            ["{tmp}/mixed", "--out", "{tmp}/repo/clf/1"],
+            ["does not match its config", "neutreno train"],
+        ),
+    ],
+)
+def test_mistakes_are_one_line_with_the_fix(
+    classifier: Exported, tmp_path: Path, capsys, argv: list[str], expected: list[str]
+) -> None:
     mixed = Path(shutil.copytree(checkpoint_of(classifier), tmp_path / "mixed"))
     config = json.loads((mixed / "config.json").read_text())
     (mixed / "config.json").write_text(json.dumps({**config, "depth": config["depth"] + 1}))
 
     def fill(text: str) -> str:
         return text.replace("{tmp}", str(tmp_path)).replace(
-            "{ckpt}", str(checkpoint_of(classifier)))
+            "{ckpt}", str(checkpoint_of(classifier))
+        )
 
     assert main(["export", *map(fill, argv)]) == 2
     err = one_line_error(capsys)
@@ -60,14 +72,27 @@ def test_mistakes_are_one_line_with_the_fix(classifier: Exported, tmp_path: Path
     assert not (tmp_path / "repo").exists()
 
 
-def test_force_replaces_and_reports_both_parities(classifier: Exported, tmp_path: Path,
-                                                  capsys) -> None:
+def test_force_replaces_and_reports_both_parities(
+    classifier: Exported, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "repo" / "clf" / "1"
     out.mkdir(parents=True)
     (out / "stale.txt").write_text("from an earlier export")
     baseline = tmp_path / "baseline.onnx"
-    assert main(["export", str(checkpoint_of(classifier)), "--out", str(out), "--force",
-                 "--softmax-baseline", str(baseline)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(checkpoint_of(classifier)),
+                "--out",
+                str(out),
+                "--force",
+                "--softmax-baseline",
+                str(baseline),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"wrote {out} (clf v1") and "max |ORT - torch|" in printed[0]
     assert "softmax baseline, max |ORT - torch| = " in printed[1] and baseline.is_file()

@@ -28,17 +28,29 @@ F = TensorProto.FLOAT
 def head_split(i: int, nodes: list, inits: list, infos: list) -> list[str]:
     """The exporter's split of x{i} (B, T, 3C) into heads-first q, k, v (B, H, T, D)."""
     if not inits:
-        inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
-                  [("qkv_shape", [0, 0, 3, H, D]), ("merge_shape", [0, 0, C]), ("zero", [0]),
-                   ("one", [1]), ("two", [2]), ("three", [3])]]
-    nodes += [helper.make_node("Reshape", [f"x{i}", "qkv_shape"], [f"r{i}"]),
-              helper.make_node("Transpose", [f"r{i}"], [f"t{i}"], perm=[2, 0, 3, 1, 4])]
+        inits += [
+            numpy_helper.from_array(np.array(v, np.int64), n)
+            for n, v in [
+                ("qkv_shape", [0, 0, 3, H, D]),
+                ("merge_shape", [0, 0, C]),
+                ("zero", [0]),
+                ("one", [1]),
+                ("two", [2]),
+                ("three", [3]),
+            ]
+        ]
+    nodes += [
+        helper.make_node("Reshape", [f"x{i}", "qkv_shape"], [f"r{i}"]),
+        helper.make_node("Transpose", [f"r{i}"], [f"t{i}"], perm=[2, 0, 3, 1, 4]),
+    ]
     infos.append(helper.make_tensor_value_info(f"t{i}", F, [3, "b", H, "t", D]))
     names = []
     for j, (start, end) in enumerate([("zero", "one"), ("one", "two"), ("two", "three")]):
         name = f"{'qkv'[j]}{i}"
-        nodes += [helper.make_node("Slice", [f"t{i}", start, end, "zero"], [f"{name}_s"]),
-                  helper.make_node("Squeeze", [f"{name}_s", "zero"], [name])]
+        nodes += [
+            helper.make_node("Slice", [f"t{i}", start, end, "zero"], [f"{name}_s"]),
+            helper.make_node("Squeeze", [f"{name}_s", "zero"], [name]),
+        ]
         names.append(name)
     return names
 
@@ -59,24 +71,37 @@ def layers_graph(mask_rank: int, causal: int, past: bool) -> onnx.ModelProto:
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, shape))
         infos.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, shape))
     if past:
-        inputs += [helper.make_tensor_value_info(n, F, ["b", H, "p", D])
-                   for n in ("past_key", "past_value")]
+        inputs += [
+            helper.make_tensor_value_info(n, F, ["b", H, "p", D])
+            for n in ("past_key", "past_value")
+        ]
     v_first = ""
     for i in range(2):
         q, k, v = head_split(i, nodes, inits, infos)
         presents = [f"present_key{i}", f"present_value{i}"] if past else ["", ""]
         lam = LAM if i else 0.0
-        nodes.append(helper.make_node(
-            OP_TYPE, [q, k, v, v_first, mask, *(["past_key", "past_value"] if past else [])],
-            [f"a{i}", *presents], domain=DOMAIN, lam=lam, causal=causal, name=f"attn{i}"))
-        nodes += [helper.make_node("Transpose", [f"a{i}"], [f"m{i}"], perm=[0, 2, 1, 3]),
-                  helper.make_node("Reshape", [f"m{i}", "merge_shape"], [f"y{i}"])]
+        nodes.append(
+            helper.make_node(
+                OP_TYPE,
+                [q, k, v, v_first, mask, *(["past_key", "past_value"] if past else [])],
+                [f"a{i}", *presents],
+                domain=DOMAIN,
+                lam=lam,
+                causal=causal,
+                name=f"attn{i}",
+            )
+        )
+        nodes += [
+            helper.make_node("Transpose", [f"a{i}"], [f"m{i}"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", [f"m{i}", "merge_shape"], [f"y{i}"]),
+        ]
         outputs.append(helper.make_tensor_value_info(f"y{i}", F, ["b", "t", C]))
         outputs += [helper.make_tensor_value_info(n, F, ["b", H, "s", D]) for n in presents if n]
         v_first = v_first or v
     graph = helper.make_graph(nodes, "layers", inputs, outputs, inits, value_info=infos)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23),
-                                                    helper.make_opsetid(DOMAIN, 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid(DOMAIN, 1)]
+    )
     return attach_functions(model)
 
 
@@ -89,8 +114,9 @@ def feeds(mask_rank: int, past: bool) -> dict[str, np.ndarray]:
         keys = rng.random((B, 1, T, total) if mask_rank == 4 else (T, total)) > 0.4
         out["mask"] = keys | itself
     if past:
-        out["past_key"], out["past_value"] = (rng.standard_normal((B, H, P, D)).astype(np.float32)
-                                              for _ in range(2))
+        out["past_key"], out["past_value"] = (
+            rng.standard_normal((B, H, P, D)).astype(np.float32) for _ in range(2)
+        )
     return out
 
 
@@ -107,8 +133,9 @@ def reference(inputs: dict[str, np.ndarray], causal: int, past: bool) -> dict[st
             out[f"present_key{i}"], out[f"present_value{i}"] = k.numpy(), v_all.numpy()
         else:
             v_all = v
-        y = fidelity_attention(q, k, v_all, v_first, lam=LAM if i else 0.0, causal=bool(causal),
-                               mask=mask, fused=False)
+        y = fidelity_attention(
+            q, k, v_all, v_first, lam=LAM if i else 0.0, causal=bool(causal), mask=mask, fused=False
+        )
         out[f"y{i}"] = y.transpose(1, 2).reshape(B, T, C).numpy()
         v_first = v if v_first is None else v_first
     return out
@@ -131,7 +158,7 @@ def test_fused_matches_fidelity_attention(mask_rank: int, causal: int, past: boo
     inputs = feeds(mask_rank, past)
     want = reference(inputs, causal, past)
     sess = session(model)
-    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs), strict=False))
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, atol=1e-4, rtol=0, err_msg=name)
 
@@ -151,10 +178,16 @@ def test_portable_body_drops_unread_present_copies() -> None:
     names = ["Q", "K", "V"]
     node = helper.make_node(OP_TYPE, names, ["Y", "", ""], domain=DOMAIN)
     graph = helper.make_graph(
-        [node], "one", [helper.make_tensor_value_info(n, F, [B, H, T, D]) for n in names],
-        [helper.make_tensor_value_info("Y", F, [B, H, T, D])])
-    model = attach_functions(helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid(DOMAIN, 1)]))
+        [node],
+        "one",
+        [helper.make_tensor_value_info(n, F, [B, H, T, D]) for n in names],
+        [helper.make_tensor_value_info("Y", F, [B, H, T, D])],
+    )
+    model = attach_functions(
+        helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid(DOMAIN, 1)]
+        )
+    )
     fused, report = fuse_attention(model)
     assert (report.fused, report.portable) == (0, 1)
     attention = [n for n in fused.graph.node if n.op_type == "Attention"]
@@ -180,13 +213,17 @@ def test_shipped_bundle_fuses_with_outputs_unchanged(folder: Path) -> None:
         a, b = lm_step(fused, ids, mask), lm_step(portable, ids, mask)
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=0)
         mask = np.concatenate([mask, np.ones((2, 1), np.int64)], 1)
-        a, b = lm_step(fused, ids[:, :1], mask, a.presents), lm_step(portable, ids[:, :1], mask,
-                                                                       b.presents)
+        a, b = (
+            lm_step(fused, ids[:, :1], mask, a.presents),
+            lm_step(portable, ids[:, :1], mask, b.presents),
+        )
         pairs = [(a.logits, b.logits), (a.token_similarity, b.token_similarity)]
     else:
         spec = fused.get_inputs()[0]
         x = np.random.default_rng(0).standard_normal([3, *spec.shape[1:]]).astype(np.float32)
-        pairs = list(zip(fused.run(None, {spec.name: x}), portable.run(None, {spec.name: x})))
+        pairs = list(
+            zip(fused.run(None, {spec.name: x}), portable.run(None, {spec.name: x}), strict=False)
+        )
     for got, want in pairs:
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     assert path.read_bytes() == before

@@ -1,4 +1,5 @@
-"""Exported graphs: ORT == PyTorch (<= 1e-4) at two batch sizes, and attention is only FidelityAttention."""
+"""Exported graphs: ORT == PyTorch (<= 1e-4) at two batch sizes, and attention is only
+FidelityAttention."""
 
 from __future__ import annotations
 
@@ -51,8 +52,10 @@ def test_attention_is_only_fidelity_attention(exported: Exported) -> None:
 
 
 def test_dynamic_axes(exported: Exported) -> None:
-    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-            for i in exported.proto.graph.input}
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in exported.proto.graph.input
+    }
     assert all(shape[0] == "batch" for shape in dims.values())
     if exported.cfg.family == "lm":
         assert dims["input_ids"] == ["batch", "sequence"]

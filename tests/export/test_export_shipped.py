@@ -55,7 +55,9 @@ def test_shipped_bundle_matches_checkpoint(folder: Path) -> None:
     from models.checkpoint import load_checkpoint
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    checkpoint = ROOT / (manifest["training"].get("checkpoint") or "checkpoints/" + folder.parent.name)
+    checkpoint = ROOT / (
+        manifest["training"].get("checkpoint") or "checkpoints/" + folder.parent.name
+    )
     if not (checkpoint / "model.safetensors").is_file():
         pytest.skip(f"checkpoint {checkpoint} is not here")
     model, cfg = load_checkpoint(checkpoint)

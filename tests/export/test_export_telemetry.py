@@ -45,6 +45,6 @@ def test_lm_flag_off_keeps_logits_and_presents() -> None:
         feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = k, v
     on = sess.run(None, feed)
     off = sess.run(None, {**feed, SIMILARITY_FLAG: np.array(False)})
-    for a, b in zip(on[:-1], off[:-1]):
+    for a, b in zip(on[:-1], off[:-1], strict=False):
         np.testing.assert_array_equal(a, b)
     assert np.isfinite(on[-1]).all() and np.isnan(off[-1]).all() and off[-1].shape == (1, 6)

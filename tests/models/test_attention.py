@@ -1,4 +1,5 @@
-"""fidelity_attention against an explicit float64 reference; fused vs export-safe paths; V0 wiring."""
+"""fidelity_attention against an explicit float64 reference; fused vs export-safe paths; V0
+wiring."""
 
 import math
 
@@ -21,7 +22,7 @@ def reference(q, k, v, v0, lam, causal):
                     scores[..., i, j] = float("-inf")
     out = torch.softmax(scores, -1) @ v
     if v0 is not None:
-        out = out + lam * (v0.double() - v[..., tk - tq:, :])
+        out = out + lam * (v0.double() - v[..., tk - tq :, :])
     return out
 
 

@@ -12,10 +12,13 @@ def test_plan_pairs_every_study_depth_and_seed():
     assert len(study) == 18 and len({r.name for r in runs}) == len(runs)
     for depth in (6, 12, 24):
         for seed in (0, 1, 2):
-            pair = [r.args for r in study if r.name.startswith(f"depth{depth}-")
-                    and r.name.endswith(f"-s{seed}")]
+            pair = [
+                r.args
+                for r in study
+                if r.name.startswith(f"depth{depth}-") and r.name.endswith(f"-s{seed}")
+            ]
             assert len(pair) == 2
-            differ = [(a, b) for a, b in zip(*pair) if a != b]
+            differ = [(a, b) for a, b in zip(*pair, strict=False) if a != b]
             assert differ == [("neutreno", "softmax")]  # same recipe, seed and budget
     assert all("--time-limit" in r.args for r in runs)
 
@@ -23,9 +26,16 @@ def test_plan_pairs_every_study_depth_and_seed():
 def _run(folder: Path, depth: int, attention: str, seed: int, top1: float) -> None:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"depth": depth, "attention": attention}))
-    (folder / "metrics.json").write_text(json.dumps(
-        {"top1": top1, "step": 100, "seed": seed,
-         "command": f"neutreno train vit-fashion --seed {seed} --out r/depth{depth}-s{seed}"}))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "top1": top1,
+                "step": 100,
+                "seed": seed,
+                "command": f"neutreno train vit-fashion --seed {seed} --out r/depth{depth}-s{seed}",
+            }
+        )
+    )
     (folder / gpu_runs.SIMILARITY).write_text(json.dumps([0.1 * (i + 1) for i in range(depth)]))
 
 

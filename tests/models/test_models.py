@@ -1,4 +1,5 @@
-"""Every registered variant builds and trains a step; LM incremental decoding equals a full forward."""
+"""Every registered variant builds and trains a step; LM incremental decoding equals a full
+forward."""
 
 import json
 
@@ -45,7 +46,13 @@ def test_variant_forward_backward(name, attention):
 
 def test_registered_variants_match_the_paper_shapes():
     deit = get_config("deit-tiny")
-    assert (deit.img_size, deit.patch_size, deit.dim, deit.depth, deit.heads) == (224, 16, 192, 12, 3)
+    assert (deit.img_size, deit.patch_size, deit.dim, deit.depth, deit.heads) == (
+        224,
+        16,
+        192,
+        12,
+        3,
+    )
     wt = get_config("lm-wt103-small")
     assert (wt.depth, wt.dim, wt.heads, wt.lam) == (16, 128, 8, 0.4)
     seg = get_config("segmenter-fashion")
@@ -62,7 +69,7 @@ def test_lm_incremental_decoding_equals_full_forward():
     out = model(idx[:, :5])
     steps = [out.logits]
     for t in range(5, 16):  # token by token through the KV cache
-        out = model(idx[:, t:t + 1], past=out.presents)
+        out = model(idx[:, t : t + 1], past=out.presents)
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
     assert out.presents[0][0].shape == (2, 2, 16, 16)
@@ -145,8 +152,12 @@ def test_window_mask_lets_patches_see_only_their_neighbourhood_and_the_cls_token
     assert mask.shape == (17, 17)
     assert mask[0].all() and mask[:, 0].all()  # the cls token sees and is seen by all
     corner = mask[1, 1:].reshape(4, 4)  # what patch (0, 0) sees
-    assert corner.tolist() == [[True, True, False, False], [True, True, False, False],
-                               [False] * 4, [False] * 4]
+    assert corner.tolist() == [
+        [True, True, False, False],
+        [True, True, False, False],
+        [False] * 4,
+        [False] * 4,
+    ]
     assert mask[1 + 5, 1:].sum() == 9  # an interior patch sees its 3x3 neighbourhood
     assert torch.equal(mask, mask.T)
 

@@ -19,8 +19,9 @@ def fixture_data(monkeypatch):
 def test_classifier_cases_decode_at_their_sizes_and_score(tmp_path):
     cases = robustness.classifier_cases(limit=8)
     assert [len(c.pictures) for c in cases] == [8, 8, 8, 8]
-    sizes = [robustness.decoded(c.pictures[0], {"image_size": [28, 28], "channels": 1})[1]
-             for c in cases]
+    sizes = [
+        robustness.decoded(c.pictures[0], {"image_size": [28, 28], "channels": 1})[1] for c in cases
+    ]
     assert sizes == [(28, 28), (112, 112), (112, 112), (96, 96)]
     cfg = get_config("vit-fashion", depth=1)
     save_checkpoint(tmp_path, build_model(cfg), cfg)

@@ -65,7 +65,8 @@ def test_resume_restores_the_architecture_and_keeps_the_history(trained: Path) -
     assert metrics["commands"][0] == first["command"] and "--resume" in metrics["commands"][1]
     assert [(r["from_step"], r["to_step"]) for r in metrics["runs"]] == [(0, 2), (2, 3)]
     assert metrics["wall_time_s"] == pytest.approx(
-        sum(r["wall_time_s"] for r in metrics["runs"]), abs=0.11)
+        sum(r["wall_time_s"] for r in metrics["runs"]), abs=0.11
+    )
     assert metrics["wall_time_s"] >= first["wall_time_s"]
     steps = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [2, 3] and steps[1]["elapsed_s"] >= steps[0]["elapsed_s"]
@@ -86,25 +87,41 @@ def test_resume_without_train_state_says_so(trained: Path, capsys) -> None:
     assert "nothing to resume" in err and "--init" in err
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["train", "vit-fahion", "--out", "x"], ["invalid choice", "vit-fashion", "lm-kjv"]),
-    (["train", "vit-fashion", "--out", "{tmp}", "--set", "stm=conv"],
-     ["stm", "valid fields", "stem", "depth"]),
-    (["train", "vit-fashion", "--out", "{tmp}", "--data-dir", "{tmp}/none"],
-     ["{tmp}/none/", "make data", "needs root"]),
-    (["train", "lm-kjv", "--out", "{tmp}/lm", "--data-dir", "{tmp}"],
-     ["{tmp}/tokenizer.json", "make data"]),
-    (["train", "vit-fashion"], ["--out", "required"]),
-    (["train", "vit-fashion", "--out", "{tmp}", "--set", "depth=abc"],
-     ["--set depth='abc': depth must be of type int"]),
-    (["train", "vit-fashion", "--out", "{tmp}", "--set", "stem=foo"],
-     ["stem must be one of 'patch', 'conv'"]),
-    (["train", "deit-tiny", "--out", "{tmp}"], ["needs --data-dir", "PAPER_SCALE.md"]),
-    (["train", "vit-fashion", "--out", "{tmp}", "--init", "{tmp}/missing"],
-     ["--init {tmp}/missing", "model.safetensors"]),
-])
-def test_mistakes_are_one_line_with_the_fix(tmp_path: Path, capsys, argv: list[str],
-                                            expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "vit-fahion", "--out", "x"], ["invalid choice", "vit-fashion", "lm-kjv"]),
+        (
+            ["train", "vit-fashion", "--out", "{tmp}", "--set", "stm=conv"],
+            ["stm", "valid fields", "stem", "depth"],
+        ),
+        (
+            ["train", "vit-fashion", "--out", "{tmp}", "--data-dir", "{tmp}/none"],
+            ["{tmp}/none/", "make data", "needs root"],
+        ),
+        (
+            ["train", "lm-kjv", "--out", "{tmp}/lm", "--data-dir", "{tmp}"],
+            ["{tmp}/tokenizer.json", "make data"],
+        ),
+        (["train", "vit-fashion"], ["--out", "required"]),
+        (
+            ["train", "vit-fashion", "--out", "{tmp}", "--set", "depth=abc"],
+            ["--set depth='abc': depth must be of type int"],
+        ),
+        (
+            ["train", "vit-fashion", "--out", "{tmp}", "--set", "stem=foo"],
+            ["stem must be one of 'patch', 'conv'"],
+        ),
+        (["train", "deit-tiny", "--out", "{tmp}"], ["needs --data-dir", "PAPER_SCALE.md"]),
+        (
+            ["train", "vit-fashion", "--out", "{tmp}", "--init", "{tmp}/missing"],
+            ["--init {tmp}/missing", "model.safetensors"],
+        ),
+    ],
+)
+def test_mistakes_are_one_line_with_the_fix(
+    tmp_path: Path, capsys, argv: list[str], expected: list[str]
+) -> None:
     argv = [a.replace("{tmp}", str(tmp_path / "new")) for a in argv]
     assert main(argv) == 2
     err = one_line_error(capsys)
@@ -123,7 +140,9 @@ def test_eval_limit_is_what_the_metrics_describe(tmp_path: Path) -> None:
 def test_init_records_the_source_checkpoint_history(trained: Path, tmp_path: Path) -> None:
     source = json.loads((trained / "metrics.json").read_text())
     out = tmp_path / "from-init"
-    assert train(out, "--depth", "1", "--set", "stem=conv", "--max-steps", "1",
-                 "--init", str(trained)) == 0
+    assert (
+        train(out, "--depth", "1", "--set", "stem=conv", "--max-steps", "1", "--init", str(trained))
+        == 0
+    )
     run = json.loads((out / "metrics.json").read_text())["runs"][0]
     assert run["init"] == {"checkpoint": str(trained), "commands": source["commands"]}

@@ -1,4 +1,5 @@
-"""Training entry point on the committed fixtures: single process, resume, and 2-process torchrun."""
+"""Training entry point on the committed fixtures: single process, resume, and 2-process
+torchrun."""
 
 import json
 import subprocess
@@ -27,8 +28,20 @@ def test_lr_schedule_warms_up_then_decays():
 
 def test_classifier_trains_checkpoints_and_resumes(tmp_path):
     out = tmp_path / "clf"
-    common = ["vit-fashion", "--out", str(out), "--data-dir", FASHION, "--depth", "1",
-              "--batch-size", "32", "--no-progress", "--seed", "3"]
+    common = [
+        "vit-fashion",
+        "--out",
+        str(out),
+        "--data-dir",
+        FASHION,
+        "--depth",
+        "1",
+        "--batch-size",
+        "32",
+        "--no-progress",
+        "--seed",
+        "3",
+    ]
     assert main([*common, "--max-steps", "4"]) == 0
     first = json.loads((out / "metrics.json").read_text())
     assert first["step"] == 4 and 0.0 <= first["top1"] <= 1.0 and first["test_images"] == 64
@@ -44,8 +57,25 @@ def test_segmenter_trains_a_step(tmp_path, monkeypatch):
     monkeypatch.setattr("models.tasks.SegmentationTask.scenes_per_epoch", 16)
     monkeypatch.setattr("models.tasks.SegmentationTask.test_scenes", 8)
     out = tmp_path / "seg"
-    assert main(["segmenter-fashion", "--out", str(out), "--data-dir", FASHION, "--depth", "1",
-                 "--batch-size", "8", "--max-steps", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "segmenter-fashion",
+                "--out",
+                str(out),
+                "--data-dir",
+                FASHION,
+                "--depth",
+                "1",
+                "--batch-size",
+                "8",
+                "--max-steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["iou_per_class"]) == 11
 
@@ -71,8 +101,25 @@ def test_every_lm_epoch_has_at_least_steps_per_epoch_batches(tmp_path):
 def test_language_model_trains_and_reports_bpc(tmp_path):
     data = make_kjv_dir(tmp_path)
     out = tmp_path / "lm"
-    assert main(["lm-kjv", "--out", str(out), "--data-dir", str(data), "--depth", "1",
-                 "--batch-size", "2", "--max-steps", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "lm-kjv",
+                "--out",
+                str(out),
+                "--data-dir",
+                str(data),
+                "--depth",
+                "1",
+                "--batch-size",
+                "2",
+                "--max-steps",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_bpc"] > 0 and metrics["validation_perplexity"] > 1
     assert (out / "tokenizer.json").exists()
@@ -81,12 +128,34 @@ def test_language_model_trains_and_reports_bpc(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_ranks_end_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--standalone", str(Path(__file__).with_name("ddp_worker.py")),
-           "vit-fashion", "--out", str(out), "--data-dir", FASHION, "--depth", "1",
-           "--batch-size", "16", "--max-steps", "3", "--no-progress", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        str(Path(__file__).with_name("ddp_worker.py")),
+        "vit-fashion",
+        "--out",
+        str(out),
+        "--data-dir",
+        FASHION,
+        "--depth",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "3",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     subprocess.run(cmd, check=True, timeout=300, capture_output=True)
-    rank0, rank1 = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    rank0, rank1 = (
+        load_file(str(out / "rank0.safetensors")),
+        load_file(str(out / "rank1.safetensors")),
+    )
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
@@ -104,10 +173,33 @@ def test_schedule_step_follows_the_wall_time_budget():
 
 def test_time_limit_stops_training_and_keep_best_keeps_the_best(tmp_path):
     out = tmp_path / "clf"
-    assert main(["vit-fashion", "--out", str(out), "--data-dir", FASHION, "--depth", "1",
-                 "--batch-size", "32", "--no-progress", "--framing", "0.5",
-                 "--max-steps", "100000", "--time-limit", "1", "--eval-every", "2",
-                 "--keep-best", "top1"]) == 0
+    assert (
+        main(
+            [
+                "vit-fashion",
+                "--out",
+                str(out),
+                "--data-dir",
+                FASHION,
+                "--depth",
+                "1",
+                "--batch-size",
+                "32",
+                "--no-progress",
+                "--framing",
+                "0.5",
+                "--max-steps",
+                "100000",
+                "--time-limit",
+                "1",
+                "--eval-every",
+                "2",
+                "--keep-best",
+                "top1",
+            ]
+        )
+        == 0
+    )
     log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     final = json.loads((out / "metrics.json").read_text())
     assert final["step"] < 100000 and final["elapsed_s"] >= 1.0

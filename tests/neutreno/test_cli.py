@@ -21,7 +21,11 @@ def test_unknown_command_is_one_line_listing_the_commands(capsys) -> None:
 
 
 def test_console_script_exit_status_is_2_on_a_usage_error() -> None:
-    done = subprocess.run([sys.executable, "-m", "neutreno.cli", "export", "ckpt", "--out", "x"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "neutreno.cli", "export", "ckpt", "--out", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "<repository>/<name>/<version>" in done.stderr

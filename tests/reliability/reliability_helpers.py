@@ -23,8 +23,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
-from service_helpers import (FASHION, ROOT, _attention_block, _attention_inits, _manifest,
-                             classifier_model, classifier_parts, free_port)
+from service_helpers import (
+    FASHION,
+    ROOT,
+    _attention_block,
+    _attention_inits,
+    _manifest,
+    classifier_model,
+    classifier_parts,
+    free_port,
+)
 
 from export.bundle import write_bundle
 
@@ -36,16 +44,32 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkstemp(prefix="neutreno-serve-", suffix=".log")[1])
-        full_env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repo),
-                    "NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_LOG_LEVEL": "warning",
-                    "NEUTRENO_WORKERS": "1",
-                    **(env or {})}
+        full_env = {
+            **os.environ,
+            "NEUTRENO_MODEL_REPOSITORY": str(repo),
+            "NEUTRENO_INTRA_OP_THREADS": "1",
+            "NEUTRENO_LOG_LEVEL": "warning",
+            "NEUTRENO_WORKERS": "1",
+            **(env or {}),
+        }
         self.started = time.monotonic()
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port)], env=full_env, cwd=ROOT, stdout=out,
-                stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "neutreno.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                env=full_env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_up(self, timeout: float = 90.0, ready: bool = True) -> float:
         """Seconds from process start until start-up finished: /readyz 200 when `ready`
@@ -80,8 +104,13 @@ class Server:
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         """(labels, value) of every sample of metric family `name` (without _total etc.)."""
         text = httpx.get(self.url + "/metrics", timeout=10).text
-        return [(s.labels, s.value) for fam in text_string_to_metric_families(text)
-                if fam.name == name for s in fam.samples if s.name.startswith(name)]
+        return [
+            (s.labels, s.value)
+            for fam in text_string_to_metric_families(text)
+            if fam.name == name
+            for s in fam.samples
+            if s.name.startswith(name)
+        ]
 
     def status_counts(self) -> dict[str, float]:
         """Responses by HTTP status so far, summed over models and endpoints."""
@@ -109,8 +138,13 @@ class Watch:
     RSS: `worst_s` is the slowest /healthz answer, `rss_growth_mb` the highest RSS sample
     above the one taken on entry."""
 
-    def __init__(self, server: Server, every: float = 0.02, max_worst_s: float = 1.0,
-                 max_rss_growth_mb: float = 100.0) -> None:
+    def __init__(
+        self,
+        server: Server,
+        every: float = 0.02,
+        max_worst_s: float = 1.0,
+        max_rss_growth_mb: float = 100.0,
+    ) -> None:
         self.server, self.every = server, every
         self.max_worst_s, self.max_rss_growth_mb = max_worst_s, max_rss_growth_mb
         self.worst_s, self.rss_growth_mb, self.statuses = 0.0, 0.0, set()
@@ -193,19 +227,44 @@ end
 """
 
 
-def run_wrk(url: str, path: str, bodies: list[str], *, connections: int, seconds: float,
-            threads: int = 1, timeout_s: float = 10.0, pause_ms: int = 0) -> dict:
+def run_wrk(
+    url: str,
+    path: str,
+    bodies: list[str],
+    *,
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+    timeout_s: float = 10.0,
+    pause_ms: int = 0,
+) -> dict:
     """One wrk run, each connection pausing `pause_ms` between requests (0: closed loop);
     returns the RESULT record plus `rate` (responses/s)."""
     with tempfile.TemporaryDirectory() as tmp:
         script, data = Path(tmp, "load.lua"), Path(tmp, "bodies.txt")
         script.write_text(WRK_SCRIPT)
         data.write_text("\n".join(bodies) + "\n")
-        cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
-               "--timeout", f"{timeout_s:g}s", "-s", str(script), url, "--", path, str(data),
-               str(pause_ms)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                             timeout=seconds + 60).stdout
+        cmd = [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds:g}s",
+            "--timeout",
+            f"{timeout_s:g}s",
+            "-s",
+            str(script),
+            url,
+            "--",
+            path,
+            str(data),
+            str(pause_ms),
+        ]
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, check=True, timeout=seconds + 60
+        ).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     result = json.loads(line.removeprefix("RESULT "))
     result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
@@ -231,11 +290,13 @@ def poison_classifier_graph() -> onnx.ModelProto:
         helper.make_node("Unsqueeze", ["offset", "one_axis"], ["offset_col"]),
         helper.make_node("Add", ["clean_logits", "offset_col"], ["logits"]),
     ]
-    inits += [numpy_helper.from_array(np.array([1, 2, 3], np.int64), "all_axes"),
-              numpy_helper.from_array(np.array(1.5, np.float32), "threshold"),
-              numpy_helper.from_array(np.array(1000, np.int64), "big"),
-              numpy_helper.from_array(np.zeros(10, np.float32), "table"),
-              numpy_helper.from_array(np.array([1], np.int64), "one_axis")]
+    inits += [
+        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "all_axes"),
+        numpy_helper.from_array(np.array(1.5, np.float32), "threshold"),
+        numpy_helper.from_array(np.array(1000, np.int64), "big"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "table"),
+        numpy_helper.from_array(np.array([1], np.int64), "one_axis"),
+    ]
     return classifier_model(nodes, inits)
 
 
@@ -244,25 +305,31 @@ def heavy_classifier_graph(width: int = 512, layers: int = 6) -> onnx.ModelProto
     `width` x `width` layers, ~2*49*width^2*layers FLOPs per image), so that inference, not
     HTTP, is what saturates first: the regime the overload test is about."""
     rng = np.random.default_rng(2)
-    nodes = [helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["pixels"]),
-             helper.make_node("MatMul", ["pixels", "w_embed"], ["h0"])]
-    inits = [numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
-             numpy_helper.from_array(rng.normal(0, 0.25, (16, width)).astype(np.float32),
-                                     "w_embed")]
+    nodes = [
+        helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["pixels"]),
+        helper.make_node("MatMul", ["pixels", "w_embed"], ["h0"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
+        numpy_helper.from_array(rng.normal(0, 0.25, (16, width)).astype(np.float32), "w_embed"),
+    ]
     for i in range(layers):
         w = rng.normal(0, 1.0 / np.sqrt(width), (width, width)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"]),
-                  helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"])]
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", f"w{i}"], [f"m{i}"]),
+            helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]),
+        ]
     nodes += [
         *_attention_block(f"h{layers}", 49, width, 0.6),
         helper.make_node("ReduceMean", ["att", "mean_axes"], ["pooled"], keepdims=0),
         helper.make_node("MatMul", ["pooled", "w_head"], ["logits"]),
     ]
-    inits += [numpy_helper.from_array(np.array([1, 2], np.int64), "mean_axes"),
-              numpy_helper.from_array(rng.normal(0, 0.2, (width, 10)).astype(np.float32),
-                                      "w_head"),
-              *_attention_inits(49, width)]
+    inits += [
+        numpy_helper.from_array(np.array([1, 2], np.int64), "mean_axes"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (width, 10)).astype(np.float32), "w_head"),
+        *_attention_inits(49, width),
+    ]
     return classifier_model(nodes, inits)
 
 

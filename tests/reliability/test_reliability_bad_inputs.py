@@ -52,8 +52,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_declaring(width: int, height: int) -> bytes:
     """A well-formed PNG header that declares width x height pixels, with 64 bytes of data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def gif_declaring(width: int, height: int) -> bytes:
@@ -78,8 +82,10 @@ def b64json(data: bytes, **extra: Any) -> dict[str, Any]:
 
 
 def raw_json(text: str | bytes) -> dict[str, Any]:
-    return {"content": text if isinstance(text, bytes) else text.encode(),
-            "headers": {"content-type": "application/json"}}
+    return {
+        "content": text if isinstance(text, bytes) else text.encode(),
+        "headers": {"content-type": "application/json"},
+    }
 
 
 def _mask_size(width: int, height: int):
@@ -87,6 +93,7 @@ def _mask_size(width: int, height: int):
         assert (body["width"], body["height"]) == (width, height)
         mask = Image.open(io.BytesIO(base64.b64decode(body["mask_png"])))
         assert mask.size == (width, height) and mask.mode == "L"
+
     return check
 
 
@@ -94,6 +101,7 @@ def _top_k(k: int):
     def check(body: dict) -> None:
         assert len(body["predictions"]) == k
         assert all(np.isfinite(p["score"]) for p in body["predictions"])
+
     return check
 
 
@@ -109,8 +117,9 @@ def image_cases() -> list[Case]:
     floats = Image.fromarray(rng.random((28, 28), dtype=np.float32), "F")
     palette = Image.fromarray(rgb, "RGB").convert("P", palette=Image.Palette.ADAPTIVE)
     palette.info["transparency"] = 0
-    frames = [Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L")
-              for _ in range(3)]
+    frames = [
+        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L") for _ in range(3)
+    ]
     animated = io.BytesIO()
     frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:])
     bits = Image.fromarray(grey > 128)
@@ -118,114 +127,284 @@ def image_cases() -> list[Case]:
 
     bad = [
         Case("empty-file", CLASSIFY, file_part(b""), (400,), "invalid_image"),
-        Case("truncated-png", CLASSIFY, file_part(good_png[: len(good_png) // 2]), (400,),
-             "invalid_image"),
-        Case("truncated-jpeg", CLASSIFY, file_part(good_jpeg[:200], "x.jpg", "image/jpeg"),
-             (400,), "invalid_image"),
+        Case(
+            "truncated-png",
+            CLASSIFY,
+            file_part(good_png[: len(good_png) // 2]),
+            (400,),
+            "invalid_image",
+        ),
+        Case(
+            "truncated-jpeg",
+            CLASSIFY,
+            file_part(good_jpeg[:200], "x.jpg", "image/jpeg"),
+            (400,),
+            "invalid_image",
+        ),
         Case("png-signature-only", CLASSIFY, file_part(good_png[:8]), (400,), "invalid_image"),
-        Case("text-file", CLASSIFY, file_part(b"hello, world\n" * 50, "x.png"), (400,),
-             "invalid_image"),
-        Case("html-named-jpg", CLASSIFY, file_part(html, "cat.jpg", "image/jpeg"), (400,),
-             "invalid_image"),
-        Case("svg", CLASSIFY, file_part(b"<svg xmlns='http://www.w3.org/2000/svg'/>", "x.svg",
-                                        "image/svg+xml"), (400,), "invalid_image"),
-        Case("pdf", CLASSIFY, file_part(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n",
-                                        "x.png"), (400,), "invalid_image"),
-        Case("png-30000x30000", CLASSIFY, file_part(png_declaring(30000, 30000)), (413,),
-             "payload_too_large"),
-        Case("png-30000x30000-b64", SEGMENT, b64json(png_declaring(30000, 30000)), (413,),
-             "payload_too_large"),
+        Case(
+            "text-file",
+            CLASSIFY,
+            file_part(b"hello, world\n" * 50, "x.png"),
+            (400,),
+            "invalid_image",
+        ),
+        Case(
+            "html-named-jpg",
+            CLASSIFY,
+            file_part(html, "cat.jpg", "image/jpeg"),
+            (400,),
+            "invalid_image",
+        ),
+        Case(
+            "svg",
+            CLASSIFY,
+            file_part(b"<svg xmlns='http://www.w3.org/2000/svg'/>", "x.svg", "image/svg+xml"),
+            (400,),
+            "invalid_image",
+        ),
+        Case(
+            "pdf",
+            CLASSIFY,
+            file_part(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "x.png"),
+            (400,),
+            "invalid_image",
+        ),
+        Case(
+            "png-30000x30000",
+            CLASSIFY,
+            file_part(png_declaring(30000, 30000)),
+            (413,),
+            "payload_too_large",
+        ),
+        Case(
+            "png-30000x30000-b64",
+            SEGMENT,
+            b64json(png_declaring(30000, 30000)),
+            (413,),
+            "payload_too_large",
+        ),
         Case("png-0x0", CLASSIFY, file_part(png_declaring(0, 0)), (400,), "invalid_image"),
-        Case("gif-65535x65535", CLASSIFY, file_part(gif_declaring(65535, 65535), "x.gif",
-                                                    "image/gif"), (413,), "payload_too_large"),
+        Case(
+            "gif-65535x65535",
+            CLASSIFY,
+            file_part(gif_declaring(65535, 65535), "x.gif", "image/gif"),
+            (413,),
+            "payload_too_large",
+        ),
         Case("random-bytes", SEGMENT, file_part(rng.bytes(5000)), (400,), "invalid_image"),
-        Case("huge-base64-not-image", CLASSIFY,
-             b64json(rng.bytes(int(MAX_BODY * 0.7))), (400,), "invalid_image"),
-        Case("base64-over-body-limit", CLASSIFY, b64json(rng.bytes(MAX_BODY)), (413,),
-             "payload_too_large"),
-        Case("raw-body-over-limit", CLASSIFY, {"content": b"\0" * (MAX_BODY + 1),
-                                              "headers": {"content-type": "application/json"}},
-             (413,), "payload_too_large"),
-        Case("invalid-base64", CLASSIFY, {"json": {"image": "not base64 at all!!"}}, (400,),
-             "invalid_image"),
+        Case(
+            "huge-base64-not-image",
+            CLASSIFY,
+            b64json(rng.bytes(int(MAX_BODY * 0.7))),
+            (400,),
+            "invalid_image",
+        ),
+        Case(
+            "base64-over-body-limit",
+            CLASSIFY,
+            b64json(rng.bytes(MAX_BODY)),
+            (413,),
+            "payload_too_large",
+        ),
+        Case(
+            "raw-body-over-limit",
+            CLASSIFY,
+            {"content": b"\0" * (MAX_BODY + 1), "headers": {"content-type": "application/json"}},
+            (413,),
+            "payload_too_large",
+        ),
+        Case(
+            "invalid-base64",
+            CLASSIFY,
+            {"json": {"image": "not base64 at all!!"}},
+            (400,),
+            "invalid_image",
+        ),
         Case("base64-not-image", CLASSIFY, {"json": {"image": "AAAA"}}, (400,), "invalid_image"),
         Case("image-is-number", CLASSIFY, {"json": {"image": 12}}, (422,), "validation_error"),
         Case("image-missing", CLASSIFY, {"json": {"top_k": 3}}, (422,), "validation_error"),
         Case("json-array-body", CLASSIFY, raw_json("[1, 2, 3]"), (422,), "validation_error"),
-        Case("malformed-json", CLASSIFY, raw_json('{"image": "AAAA"'), (422,),
-             "validation_error"),
+        Case("malformed-json", CLASSIFY, raw_json('{"image": "AAAA"'), (422,), "validation_error"),
         Case("non-utf8-json", CLASSIFY, raw_json(b'{"image": "\xff\xfe\xfa"}'), (400, 422)),
         Case("top-k-zero", CLASSIFY, b64json(good_png, top_k=0), (422,), "validation_error"),
-        Case("top-k-huge", CLASSIFY, b64json(good_png, top_k=10**12), (422,),
-             "validation_error"),
-        Case("top-k-string", CLASSIFY, {**file_part(good_png), "data": {"top_k": "many"}},
-             (422,), "validation_error"),
-        Case("unknown-field", CLASSIFY, b64json(good_png, colour="red"), (422,),
-             "validation_error"),
-        Case("multipart-no-file", CLASSIFY, {"files": {"other": ("x.png", good_png,
-                                                                  "image/png")}},
-             (400,), "invalid_request"),
-        Case("multipart-cross-site", CLASSIFY, {**file_part(good_png), "headers": {
-            "sec-fetch-site": "cross-site", "origin": "https://evil.example"}}, (403,),
-             "forbidden"),
-        Case("multipart-same-origin-page", CLASSIFY, {**file_part(good_png), "headers": {
-            "sec-fetch-site": "same-origin"}}, (200,), check=_top_k(5)),
-        Case("multipart-text-part", CLASSIFY, file_part(good_png, "x.txt", "text/plain"), (415,),
-             "unsupported_media_type"),
-        Case("multipart-bad-boundary", CLASSIFY, {
-            "content": b"--zzz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nxx",
-            "headers": {"content-type": "multipart/form-data; boundary=yyy"}}, (400,),
-            "invalid_request"),
-        Case("text-plain-body", CLASSIFY, {"content": b"hello",
-                                           "headers": {"content-type": "text/plain"}},
-             (415,), "unsupported_media_type"),
-        Case("no-content-type", CLASSIFY, {"content": good_png}, (415,),
-             "unsupported_media_type"),
-        Case("unknown-model", "/v1/models/no-such-model/classify", file_part(good_png), (404,),
-             "model_not_found"),
-        Case("path-traversal-model", "/v1/models/..%2F..%2Fetc%2Fpasswd/classify",
-             file_part(good_png), (404,)),
-        Case("classify-on-segmenter", "/v1/models/fashion-segmenter/classify",
-             file_part(good_png), (400,), "wrong_task"),
-        Case("segment-on-lm", f"/v1/models/{LM}/segment", file_part(good_png), (400,),
-             "wrong_task"),
+        Case("top-k-huge", CLASSIFY, b64json(good_png, top_k=10**12), (422,), "validation_error"),
+        Case(
+            "top-k-string",
+            CLASSIFY,
+            {**file_part(good_png), "data": {"top_k": "many"}},
+            (422,),
+            "validation_error",
+        ),
+        Case(
+            "unknown-field", CLASSIFY, b64json(good_png, colour="red"), (422,), "validation_error"
+        ),
+        Case(
+            "multipart-no-file",
+            CLASSIFY,
+            {"files": {"other": ("x.png", good_png, "image/png")}},
+            (400,),
+            "invalid_request",
+        ),
+        Case(
+            "multipart-cross-site",
+            CLASSIFY,
+            {
+                **file_part(good_png),
+                "headers": {"sec-fetch-site": "cross-site", "origin": "https://evil.example"},
+            },
+            (403,),
+            "forbidden",
+        ),
+        Case(
+            "multipart-same-origin-page",
+            CLASSIFY,
+            {**file_part(good_png), "headers": {"sec-fetch-site": "same-origin"}},
+            (200,),
+            check=_top_k(5),
+        ),
+        Case(
+            "multipart-text-part",
+            CLASSIFY,
+            file_part(good_png, "x.txt", "text/plain"),
+            (415,),
+            "unsupported_media_type",
+        ),
+        Case(
+            "multipart-bad-boundary",
+            CLASSIFY,
+            {
+                "content": b'--zzz\r\nContent-Disposition: form-data; name="file"\r\n\r\nxx',
+                "headers": {"content-type": "multipart/form-data; boundary=yyy"},
+            },
+            (400,),
+            "invalid_request",
+        ),
+        Case(
+            "text-plain-body",
+            CLASSIFY,
+            {"content": b"hello", "headers": {"content-type": "text/plain"}},
+            (415,),
+            "unsupported_media_type",
+        ),
+        Case("no-content-type", CLASSIFY, {"content": good_png}, (415,), "unsupported_media_type"),
+        Case(
+            "unknown-model",
+            "/v1/models/no-such-model/classify",
+            file_part(good_png),
+            (404,),
+            "model_not_found",
+        ),
+        Case(
+            "path-traversal-model",
+            "/v1/models/..%2F..%2Fetc%2Fpasswd/classify",
+            file_part(good_png),
+            (404,),
+        ),
+        Case(
+            "classify-on-segmenter",
+            "/v1/models/fashion-segmenter/classify",
+            file_part(good_png),
+            (400,),
+            "wrong_task",
+        ),
+        Case(
+            "segment-on-lm", f"/v1/models/{LM}/segment", file_part(good_png), (400,), "wrong_task"
+        ),
     ]
     odd = [
-        Case("1x1", CLASSIFY, file_part(png_bytes(np.full((1, 1), 200, np.uint8))), (200,),
-             check=_top_k(5)),
-        Case("1x4096", CLASSIFY, file_part(png_bytes(rng.integers(0, 256, (1, 4096),
-                                                                  dtype=np.uint8))),
-             (200,), check=_top_k(5)),
-        Case("4096x1-segment", SEGMENT, file_part(png_bytes(rng.integers(0, 256, (4096, 1),
-                                                                         dtype=np.uint8))),
-             (200,), check=_mask_size(1, 4096)),
-        Case("1x1-segment", SEGMENT, b64json(png_bytes(np.zeros((1, 1), np.uint8))), (200,),
-             check=_mask_size(1, 1)),
-        Case("3x2000-segment", SEGMENT, file_part(png_bytes(np.zeros((3, 2000), np.uint8))),
-             (200,), check=_mask_size(2000, 3)),
+        Case(
+            "1x1",
+            CLASSIFY,
+            file_part(png_bytes(np.full((1, 1), 200, np.uint8))),
+            (200,),
+            check=_top_k(5),
+        ),
+        Case(
+            "1x4096",
+            CLASSIFY,
+            file_part(png_bytes(rng.integers(0, 256, (1, 4096), dtype=np.uint8))),
+            (200,),
+            check=_top_k(5),
+        ),
+        Case(
+            "4096x1-segment",
+            SEGMENT,
+            file_part(png_bytes(rng.integers(0, 256, (4096, 1), dtype=np.uint8))),
+            (200,),
+            check=_mask_size(1, 4096),
+        ),
+        Case(
+            "1x1-segment",
+            SEGMENT,
+            b64json(png_bytes(np.zeros((1, 1), np.uint8))),
+            (200,),
+            check=_mask_size(1, 1),
+        ),
+        Case(
+            "3x2000-segment",
+            SEGMENT,
+            file_part(png_bytes(np.zeros((3, 2000), np.uint8))),
+            (200,),
+            check=_mask_size(2000, 3),
+        ),
         Case("rgba", CLASSIFY, file_part(encoded(rgba, "PNG")), (200,), check=_top_k(5)),
-        Case("rgba-segment-overlay", SEGMENT, b64json(encoded(rgba, "PNG"), overlay=True),
-             (200,), check=_mask_size(32, 32)),
+        Case(
+            "rgba-segment-overlay",
+            SEGMENT,
+            b64json(encoded(rgba, "PNG"), overlay=True),
+            (200,),
+            check=_mask_size(32, 32),
+        ),
         Case("la", CLASSIFY, file_part(encoded(rgba.convert("LA"), "PNG")), (200,)),
-        Case("cmyk-jpeg", CLASSIFY, file_part(encoded(cmyk, "JPEG"), "x.jpg", "image/jpeg"),
-             (200,), check=_top_k(5)),
-        Case("cmyk-segment", SEGMENT, b64json(encoded(cmyk, "JPEG")), (200,),
-             check=_mask_size(30, 40)),
+        Case(
+            "cmyk-jpeg",
+            CLASSIFY,
+            file_part(encoded(cmyk, "JPEG"), "x.jpg", "image/jpeg"),
+            (200,),
+            check=_top_k(5),
+        ),
+        Case(
+            "cmyk-segment",
+            SEGMENT,
+            b64json(encoded(cmyk, "JPEG")),
+            (200,),
+            check=_mask_size(30, 40),
+        ),
         Case("16-bit-png", CLASSIFY, file_part(encoded(deep, "PNG")), (200,), check=_top_k(5)),
-        Case("16-bit-segment", SEGMENT, file_part(encoded(deep, "PNG")), (200,),
-             check=_mask_size(28, 28)),
-        Case("float-tiff", CLASSIFY, file_part(encoded(floats, "TIFF"), "x.tif", "image/tiff"),
-             (200,), check=_top_k(5)),
+        Case(
+            "16-bit-segment",
+            SEGMENT,
+            file_part(encoded(deep, "PNG")),
+            (200,),
+            check=_mask_size(28, 28),
+        ),
+        Case(
+            "float-tiff",
+            CLASSIFY,
+            file_part(encoded(floats, "TIFF"), "x.tif", "image/tiff"),
+            (200,),
+            check=_top_k(5),
+        ),
         Case("palette-transparent", CLASSIFY, file_part(encoded(palette, "PNG")), (200,)),
         Case("1-bit", CLASSIFY, file_part(encoded(bits, "PNG")), (200,)),
-        Case("animated-gif", CLASSIFY, file_part(animated.getvalue(), "x.gif", "image/gif"),
-             (200,)),
+        Case(
+            "animated-gif", CLASSIFY, file_part(animated.getvalue(), "x.gif", "image/gif"), (200,)
+        ),
         Case("webp", CLASSIFY, b64json(encoded(Image.fromarray(rgb, "RGB"), "WEBP")), (200,)),
         Case("bmp", CLASSIFY, b64json(encoded(Image.fromarray(grey, "L"), "BMP")), (200,)),
-        Case("data-url", CLASSIFY, {"json": {"image": "data:image/png;base64,"
-                                             + base64.b64encode(good_png).decode()}}, (200,)),
-        Case("octet-stream-part", CLASSIFY, file_part(good_png, "blob",
-                                                      "application/octet-stream"), (200,)),
+        Case(
+            "data-url",
+            CLASSIFY,
+            {"json": {"image": "data:image/png;base64," + base64.b64encode(good_png).decode()}},
+            (200,),
+        ),
+        Case(
+            "octet-stream-part",
+            CLASSIFY,
+            file_part(good_png, "blob", "application/octet-stream"),
+            (200,),
+        ),
     ]
     return bad + odd
 
@@ -244,25 +423,33 @@ def completion_cases() -> list[Case]:
         return raw_json(text)
 
     return [
-        Case("temperature-nan", COMPLETIONS,
-             raw(f'{{"model": "{LM}", "prompt": "x", "temperature": NaN}}'), (422,),
-             "validation_error"),
-        Case("temperature-inf", COMPLETIONS,
-             raw(f'{{"model": "{LM}", "prompt": "x", "temperature": Infinity}}'), (422,),
-             "validation_error"),
-        Case("temperature-1e308", COMPLETIONS, body(temperature=1e308), (422,),
-             "validation_error"),
-        Case("temperature-negative", COMPLETIONS, body(temperature=-1), (422,),
-             "validation_error"),
-        Case("top-p-nan", COMPLETIONS,
-             raw(f'{{"model": "{LM}", "prompt": "x", "top_p": NaN}}'), (422,),
-             "validation_error"),
+        Case(
+            "temperature-nan",
+            COMPLETIONS,
+            raw(f'{{"model": "{LM}", "prompt": "x", "temperature": NaN}}'),
+            (422,),
+            "validation_error",
+        ),
+        Case(
+            "temperature-inf",
+            COMPLETIONS,
+            raw(f'{{"model": "{LM}", "prompt": "x", "temperature": Infinity}}'),
+            (422,),
+            "validation_error",
+        ),
+        Case("temperature-1e308", COMPLETIONS, body(temperature=1e308), (422,), "validation_error"),
+        Case("temperature-negative", COMPLETIONS, body(temperature=-1), (422,), "validation_error"),
+        Case(
+            "top-p-nan",
+            COMPLETIONS,
+            raw(f'{{"model": "{LM}", "prompt": "x", "top_p": NaN}}'),
+            (422,),
+            "validation_error",
+        ),
         Case("top-p-zero", COMPLETIONS, body(top_p=0), (422,), "validation_error"),
         Case("top-k-negative", COMPLETIONS, body(top_k=-3), (422,), "validation_error"),
-        Case("max-tokens-negative", COMPLETIONS, body(max_tokens=-5), (422,),
-             "validation_error"),
-        Case("max-tokens-huge", COMPLETIONS, body(max_tokens=10**9), (400,),
-             "invalid_request"),
+        Case("max-tokens-negative", COMPLETIONS, body(max_tokens=-5), (422,), "validation_error"),
+        Case("max-tokens-huge", COMPLETIONS, body(max_tokens=10**9), (400,), "invalid_request"),
         Case("max-tokens-2^64", COMPLETIONS, body(max_tokens=2**64), (400, 422)),
         Case("max-tokens-float", COMPLETIONS, body(max_tokens=1.5), (422,), "validation_error"),
         Case("logprobs-100", COMPLETIONS, body(logprobs=100), (422,), "validation_error"),
@@ -271,57 +458,126 @@ def completion_cases() -> list[Case]:
         Case("stop-many", COMPLETIONS, body(stop=["a"] * 100), (422,), "validation_error"),
         Case("stop-empty-string", COMPLETIONS, body(stop=""), (422,), "validation_error"),
         Case("stop-257-chars", COMPLETIONS, body(stop=["x" * 257]), (422,), "validation_error"),
-        Case("stop-4x300k", COMPLETIONS, body(prompt=["a"] * 16, stop=["x" * 300_000] * 4,
-                                              max_tokens=6), (422,), "validation_error"),
+        Case(
+            "stop-4x300k",
+            COMPLETIONS,
+            body(prompt=["a"] * 16, stop=["x" * 300_000] * 4, max_tokens=6),
+            (422,),
+            "validation_error",
+        ),
         Case("stop-256-chars-ok", COMPLETIONS, body(stop=["a" * 255 + "b", "\n"]), (200,)),
-        Case("temperature-5e-324", COMPLETIONS, body(temperature=5e-324), (200,),
-             check=_finite_completion),
-        Case("temperature-denormal-top-k", COMPLETIONS, body(temperature=1e-310, top_k=3,
-                                                             top_p=1e-300), (200,),
-             check=_finite_completion),
-        Case("form-urlencoded", COMPLETIONS, {"content": b"model=tiny-lm&prompt=x", "headers": {
-            "content-type": "application/x-www-form-urlencoded"}}, (415,),
-             "unsupported_media_type"),
-        Case("text-plain-json", COMPLETIONS, {"content": b'{"model": "tiny-lm", "prompt": "x"}',
-                                              "headers": {"content-type": "text/plain"}},
-             (415,), "unsupported_media_type"),
-        Case("cross-site-origin", COMPLETIONS, {**body(), "headers": {
-            "origin": "https://evil.example"}}, (403,), "forbidden"),
+        Case(
+            "temperature-5e-324",
+            COMPLETIONS,
+            body(temperature=5e-324),
+            (200,),
+            check=_finite_completion,
+        ),
+        Case(
+            "temperature-denormal-top-k",
+            COMPLETIONS,
+            body(temperature=1e-310, top_k=3, top_p=1e-300),
+            (200,),
+            check=_finite_completion,
+        ),
+        Case(
+            "form-urlencoded",
+            COMPLETIONS,
+            {
+                "content": b"model=tiny-lm&prompt=x",
+                "headers": {"content-type": "application/x-www-form-urlencoded"},
+            },
+            (415,),
+            "unsupported_media_type",
+        ),
+        Case(
+            "text-plain-json",
+            COMPLETIONS,
+            {
+                "content": b'{"model": "tiny-lm", "prompt": "x"}',
+                "headers": {"content-type": "text/plain"},
+            },
+            (415,),
+            "unsupported_media_type",
+        ),
+        Case(
+            "cross-site-origin",
+            COMPLETIONS,
+            {**body(), "headers": {"origin": "https://evil.example"}},
+            (403,),
+            "forbidden",
+        ),
         Case("empty-prompt", COMPLETIONS, body(prompt=""), (400,), "invalid_request"),
         Case("empty-prompt-list", COMPLETIONS, body(prompt=[]), (422,), "validation_error"),
-        Case("prompt-list-1000", COMPLETIONS, body(prompt=["a"] * 1000), (422,),
-             "validation_error"),
-        Case("token-ids-out-of-vocab", COMPLETIONS, body(prompt=[1, 2, 10**9]), (400,),
-             "invalid_request"),
+        Case(
+            "prompt-list-1000", COMPLETIONS, body(prompt=["a"] * 1000), (422,), "validation_error"
+        ),
+        Case(
+            "token-ids-out-of-vocab",
+            COMPLETIONS,
+            body(prompt=[1, 2, 10**9]),
+            (400,),
+            "invalid_request",
+        ),
         Case("token-ids-negative", COMPLETIONS, body(prompt=[-1, 2]), (400,), "invalid_request"),
-        Case("huge-prompt", COMPLETIONS, body(prompt="and " * 500_000), (413,),
-             "payload_too_large"),
-        Case("long-prompt-over-context", COMPLETIONS, body(prompt="and the " * 600), (413,),
-             "payload_too_large"),
-        Case("non-utf8-prompt", COMPLETIONS,
-             raw_json(b'{"model": "tiny-lm", "prompt": "caf\xe9 \xff\xfe"}'), (400, 422)),
-        Case("lone-surrogate-prompt", COMPLETIONS,
-             raw(f'{{"model": "{LM}", "prompt": "abc \\ud800 def", "max_tokens": 2}}'),
-             (400,), "invalid_request"),
-        Case("lone-surrogate-prompt-list", COMPLETIONS,
-             raw(f'{{"model": "{LM}", "prompt": ["ok", "\\udfff"], "max_tokens": 2}}'),
-             (400,), "invalid_request"),
-        Case("nul-and-control-prompt", COMPLETIONS, body(prompt="a\u0000b\u001b[31mc\u202e"),
-             (200,)),
+        Case(
+            "huge-prompt", COMPLETIONS, body(prompt="and " * 500_000), (413,), "payload_too_large"
+        ),
+        Case(
+            "long-prompt-over-context",
+            COMPLETIONS,
+            body(prompt="and the " * 600),
+            (413,),
+            "payload_too_large",
+        ),
+        Case(
+            "non-utf8-prompt",
+            COMPLETIONS,
+            raw_json(b'{"model": "tiny-lm", "prompt": "caf\xe9 \xff\xfe"}'),
+            (400, 422),
+        ),
+        Case(
+            "lone-surrogate-prompt",
+            COMPLETIONS,
+            raw(f'{{"model": "{LM}", "prompt": "abc \\ud800 def", "max_tokens": 2}}'),
+            (400,),
+            "invalid_request",
+        ),
+        Case(
+            "lone-surrogate-prompt-list",
+            COMPLETIONS,
+            raw(f'{{"model": "{LM}", "prompt": ["ok", "\\udfff"], "max_tokens": 2}}'),
+            (400,),
+            "invalid_request",
+        ),
+        Case(
+            "nul-and-control-prompt", COMPLETIONS, body(prompt="a\u0000b\u001b[31mc\u202e"), (200,)
+        ),
         Case("emoji-and-cjk-prompt", COMPLETIONS, body(prompt="🙂 天地 Ω"), (200,)),
         Case("unknown-model", COMPLETIONS, body(model="gpt-4"), (404,), "model_not_found"),
-        Case("classifier-as-lm", COMPLETIONS, body(model="fashion-classifier"), (400,),
-             "wrong_task"),
-        Case("unknown-field", COMPLETIONS, body(tools=[{"type": "function"}]), (422,),
-             "validation_error"),
-        Case("stream-with-nan", COMPLETIONS,
-             raw(f'{{"model": "{LM}", "prompt": "x", "stream": true, "top_p": NaN}}'),
-             (422,), "validation_error"),
+        Case(
+            "classifier-as-lm", COMPLETIONS, body(model="fashion-classifier"), (400,), "wrong_task"
+        ),
+        Case(
+            "unknown-field",
+            COMPLETIONS,
+            body(tools=[{"type": "function"}]),
+            (422,),
+            "validation_error",
+        ),
+        Case(
+            "stream-with-nan",
+            COMPLETIONS,
+            raw(f'{{"model": "{LM}", "prompt": "x", "stream": true, "top_p": NaN}}'),
+            (422,),
+            "validation_error",
+        ),
     ]
 
 
 def control_and_tokenize_cases() -> list[Case]:
     """Hostile generation controls (issue 15) and the /tokenize, /detokenize routes."""
+
     def body(**kw: Any) -> dict[str, Any]:
         return {"json": {"model": LM, "prompt": "In the beginning", "max_tokens": 4, **kw}}
 
@@ -329,46 +585,108 @@ def control_and_tokenize_cases() -> list[Case]:
         return path, {"json": {"model": LM, **kw}}
 
     return [
-        Case("presence-penalty-1e308", COMPLETIONS, body(presence_penalty=1e308), (422,),
-             "validation_error"),
-        Case("repetition-penalty-zero", COMPLETIONS, body(repetition_penalty=0), (422,),
-             "validation_error"),
+        Case(
+            "presence-penalty-1e308",
+            COMPLETIONS,
+            body(presence_penalty=1e308),
+            (422,),
+            "validation_error",
+        ),
+        Case(
+            "repetition-penalty-zero",
+            COMPLETIONS,
+            body(repetition_penalty=0),
+            (422,),
+            "validation_error",
+        ),
         Case("repetition-penalty-tiny", COMPLETIONS, body(repetition_penalty=1e-300), (200,)),
-        Case("repetition-penalty-nan", COMPLETIONS,
-             raw_json(f'{{"model": "{LM}", "prompt": "x", "repetition_penalty": NaN}}'),
-             (422,), "validation_error"),
-        Case("min-tokens-over-max", COMPLETIONS, body(min_tokens=10**9), (422,),
-             "validation_error"),
-        Case("logit-bias-301", COMPLETIONS, body(logit_bias={str(i): 1 for i in range(301)}),
-             (422,), "validation_error"),
-        Case("logit-bias-key-2^59", COMPLETIONS, body(logit_bias={str(2**59): 1}), (400,),
-             "invalid_request"),
-        Case("logit-bias-key-5000-digits", COMPLETIONS, body(logit_bias={"9" * 5000: 1}), (422,),
-             "validation_error"),
-        Case("logit-bias-key-unicode-digit", COMPLETIONS, body(logit_bias={"١": 1}),
-             (422,), "validation_error"),
-        Case("logit-bias-all-banned", COMPLETIONS,
-             body(logit_bias={str(i): -100 for i in range(300)}), (200,)),
+        Case(
+            "repetition-penalty-nan",
+            COMPLETIONS,
+            raw_json(f'{{"model": "{LM}", "prompt": "x", "repetition_penalty": NaN}}'),
+            (422,),
+            "validation_error",
+        ),
+        Case(
+            "min-tokens-over-max", COMPLETIONS, body(min_tokens=10**9), (422,), "validation_error"
+        ),
+        Case(
+            "logit-bias-301",
+            COMPLETIONS,
+            body(logit_bias={str(i): 1 for i in range(301)}),
+            (422,),
+            "validation_error",
+        ),
+        Case(
+            "logit-bias-key-2^59",
+            COMPLETIONS,
+            body(logit_bias={str(2**59): 1}),
+            (400,),
+            "invalid_request",
+        ),
+        Case(
+            "logit-bias-key-5000-digits",
+            COMPLETIONS,
+            body(logit_bias={"9" * 5000: 1}),
+            (422,),
+            "validation_error",
+        ),
+        Case(
+            "logit-bias-key-unicode-digit",
+            COMPLETIONS,
+            body(logit_bias={"١": 1}),
+            (422,),
+            "validation_error",
+        ),
+        Case(
+            "logit-bias-all-banned",
+            COMPLETIONS,
+            body(logit_bias={str(i): -100 for i in range(300)}),
+            (200,),
+        ),
         Case("tokenize-huge-prompt", *tok("/tokenize", prompt="and " * 500_000), (200,)),
-        Case("tokenize-lone-surrogate", "/tokenize",
-             raw_json(f'{{"model": "{LM}", "prompt": "\\ud800"}}'), (400,), "invalid_request"),
-        Case("tokenize-no-model", "/tokenize", {"json": {"prompt": "x"}}, (422,),
-             "validation_error"),
+        Case(
+            "tokenize-lone-surrogate",
+            "/tokenize",
+            raw_json(f'{{"model": "{LM}", "prompt": "\\ud800"}}'),
+            (400,),
+            "invalid_request",
+        ),
+        Case(
+            "tokenize-no-model", "/tokenize", {"json": {"prompt": "x"}}, (422,), "validation_error"
+        ),
         Case("detokenize-2^64", *tok("/detokenize", tokens=[2**64]), (400,), "invalid_request"),
-        Case("detokenize-nested", *tok("/detokenize", tokens=[[1]]), (422,),
-             "validation_error"),
-        Case("detokenize-on-classifier", "/detokenize",
-             {"json": {"model": "fashion-classifier", "tokens": [1]}}, (400,), "wrong_task"),
+        Case("detokenize-nested", *tok("/detokenize", tokens=[[1]]), (422,), "validation_error"),
+        Case(
+            "detokenize-on-classifier",
+            "/detokenize",
+            {"json": {"model": "fashion-classifier", "tokens": [1]}},
+            (400,),
+            "wrong_task",
+        ),
     ]
 
 
 def _fp32(values: np.ndarray) -> dict[str, Any]:
-    header = json.dumps({"inputs": [{"name": "pixel_values", "shape": list(values.shape),
-                                     "datatype": "FP32",
-                                     "parameters": {"binary_data_size": values.nbytes}}]})
-    return {"content": header.encode() + values.astype(np.float32).tobytes(),
-            "headers": {"Inference-Header-Content-Length": str(len(header)),
-                        "content-type": "application/octet-stream"}}
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixel_values",
+                    "shape": list(values.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": values.nbytes},
+                }
+            ]
+        }
+    )
+    return {
+        "content": header.encode() + values.astype(np.float32).tobytes(),
+        "headers": {
+            "Inference-Header-Content-Length": str(len(header)),
+            "content-type": "application/octet-stream",
+        },
+    }
 
 
 def v2_cases() -> list[Case]:
@@ -376,8 +694,13 @@ def v2_cases() -> list[Case]:
     nan[0, 0, 3, 3] = np.nan
 
     def tensor(**kw: Any) -> dict[str, Any]:
-        t = {"name": "pixel_values", "shape": [1, 1, 28, 28], "datatype": "FP32",
-             "data": [0.0] * 784, **kw}
+        t = {
+            "name": "pixel_values",
+            "shape": [1, 1, 28, 28],
+            "datatype": "FP32",
+            "data": [0.0] * 784,
+            **kw,
+        }
         return {"json": {"inputs": [t]}}
 
     return [
@@ -389,36 +712,92 @@ def v2_cases() -> list[Case]:
         Case("v2-too-few-values", INFER, tensor(data=[0.0] * 10), (400,)),
         Case("v2-string-values", INFER, tensor(data=["a"] * 784), (400,)),
         Case("v2-unknown-input", INFER, tensor(name="image"), (400,)),
-        Case("v2-header-length-too-big", INFER, {
-            "content": b'{"inputs": []}', "headers": {"Inference-Header-Content-Length": "999"}},
-             (400,)),
-        Case("v2-binary-size-mismatch", INFER, {
-            **_fp32(np.zeros((1, 1, 28, 28))),
-            "headers": {"Inference-Header-Content-Length": "5"}}, (400,)),
+        Case(
+            "v2-header-length-too-big",
+            INFER,
+            {"content": b'{"inputs": []}', "headers": {"Inference-Header-Content-Length": "999"}},
+            (400,),
+        ),
+        Case(
+            "v2-binary-size-mismatch",
+            INFER,
+            {
+                **_fp32(np.zeros((1, 1, 28, 28))),
+                "headers": {"Inference-Header-Content-Length": "5"},
+            },
+            (400,),
+        ),
         Case("v2-not-json", INFER, {"content": b"\x00\x01garbage"}, (400,)),
-        Case("v2-header-length-superscript-two", INFER, {
-            **_fp32(np.zeros((1, 1, 28, 28))),
-            "headers": {"Inference-Header-Content-Length": b"\xb2",
-                        "content-type": "application/octet-stream"}}, (400,)),
-        Case("v2-header-length-5000-digits", INFER, {
-            **_fp32(np.zeros((1, 1, 28, 28))),
-            "headers": {"Inference-Header-Content-Length": "1" * 5000,
-                        "content-type": "application/octet-stream"}}, (400,)),
-        Case("v2-header-length-negative", INFER, {
-            **_fp32(np.zeros((1, 1, 28, 28))),
-            "headers": {"Inference-Header-Content-Length": "-1"}}, (400,)),
+        Case(
+            "v2-header-length-superscript-two",
+            INFER,
+            {
+                **_fp32(np.zeros((1, 1, 28, 28))),
+                "headers": {
+                    "Inference-Header-Content-Length": b"\xb2",
+                    "content-type": "application/octet-stream",
+                },
+            },
+            (400,),
+        ),
+        Case(
+            "v2-header-length-5000-digits",
+            INFER,
+            {
+                **_fp32(np.zeros((1, 1, 28, 28))),
+                "headers": {
+                    "Inference-Header-Content-Length": "1" * 5000,
+                    "content-type": "application/octet-stream",
+                },
+            },
+            (400,),
+        ),
+        Case(
+            "v2-header-length-negative",
+            INFER,
+            {
+                **_fp32(np.zeros((1, 1, 28, 28))),
+                "headers": {"Inference-Header-Content-Length": "-1"},
+            },
+            (400,),
+        ),
         Case("v2-dim-10^30", INFER, tensor(shape=[10**30, 1, 28, 28]), (400,)),
         Case("v2-dim-float", INFER, tensor(shape=[1.5, 1, 28, 28]), (400,)),
-        Case("v2-duplicate-outputs", INFER, {"json": {**tensor()["json"], "outputs": [
-            {"name": "logits"}] * 16}}, (400,)),
-        Case("v2-text-plain", INFER, {"content": json.dumps(tensor()["json"]).encode(),
-                                      "headers": {"content-type": "text/plain"}}, (415,)),
-        Case("v2-cross-site-no-content-type", INFER, {
-            "content": json.dumps(tensor()["json"]).encode(),
-            "headers": {"sec-fetch-site": "cross-site"}}, (403,)),
-        Case("v2-deep-parameters", INFER, {"content": (
-            b'{"parameters": {"a": ' + b"[" * 5000 + b"]" * 5000
-            + b'}, "inputs": []}'), "headers": {"content-type": "application/json"}}, (400,)),
+        Case(
+            "v2-duplicate-outputs",
+            INFER,
+            {"json": {**tensor()["json"], "outputs": [{"name": "logits"}] * 16}},
+            (400,),
+        ),
+        Case(
+            "v2-text-plain",
+            INFER,
+            {
+                "content": json.dumps(tensor()["json"]).encode(),
+                "headers": {"content-type": "text/plain"},
+            },
+            (415,),
+        ),
+        Case(
+            "v2-cross-site-no-content-type",
+            INFER,
+            {
+                "content": json.dumps(tensor()["json"]).encode(),
+                "headers": {"sec-fetch-site": "cross-site"},
+            },
+            (403,),
+        ),
+        Case(
+            "v2-deep-parameters",
+            INFER,
+            {
+                "content": (
+                    b'{"parameters": {"a": ' + b"[" * 5000 + b"]" * 5000 + b'}, "inputs": []}'
+                ),
+                "headers": {"content-type": "application/json"},
+            },
+            (400,),
+        ),
         Case("v2-unknown-model", "/v2/models/nope/infer", tensor(), (404,)),
     ]
 
@@ -481,11 +860,15 @@ def test_corpus_replay_keeps_service_ready_and_memory_flat(server: Server) -> No
             _replay(client, ALL)
             samples.append(server.rss_kb())
         assert client.get("/readyz").status_code == 200
-        assert client.post(CLASSIFY, **file_part(png_bytes(np.zeros((28, 28), np.uint8)))
-                           ).status_code == 200
+        assert (
+            client.post(CLASSIFY, **file_part(png_bytes(np.zeros((28, 28), np.uint8)))).status_code
+            == 200
+        )
     assert server.count_5xx() == 0, server.output()[-3000:]
     before, after = min(samples[:window]), min(samples[-window:])
     growth = (after - before) / before
-    print(f"RSS floor {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB ({growth:+.2%}) over "
-          f"{rounds * len(ALL)} corpus requests; samples (KiB): {samples}")
+    print(
+        f"RSS floor {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB ({growth:+.2%}) over "
+        f"{rounds * len(ALL)} corpus requests; samples (KiB): {samples}"
+    )
     assert growth < 0.05, f"RSS floor grew {growth:.1%}: {samples} KiB"

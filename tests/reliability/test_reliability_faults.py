@@ -37,8 +37,9 @@ def fault_server(full_repository: Path, tmp_path_factory: pytest.TempPathFactory
     # 1: model.onnx no longer matches the manifest's sha256 (a corrupted copy)
     shutil.copytree(repo / "fashion-classifier", repo / "corrupt-classifier")
     manifest = repo / "corrupt-classifier" / "1" / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"fashion-classifier"',
-                                                     '"corrupt-classifier"'))
+    manifest.write_text(
+        manifest.read_text().replace('"fashion-classifier"', '"corrupt-classifier"')
+    )
     with (repo / "corrupt-classifier" / "1" / "model.onnx").open("ab") as f:
         f.write(b"\0garbage")
     # 2: manifest.json is not JSON
@@ -47,8 +48,14 @@ def fault_server(full_repository: Path, tmp_path_factory: pytest.TempPathFactory
     (repo / "bad-manifest" / "1" / "model.onnx").write_bytes(b"\0")
     # 3: a model folder without a version
     (repo / "no-version").mkdir()
-    server = Server(repo, {"NEUTRENO_MAX_QUEUE_DELAY_MS": "1000", "NEUTRENO_MAX_BATCH_SIZE": "16",
-                           "NEUTRENO_LOG_LEVEL": "error"})
+    server = Server(
+        repo,
+        {
+            "NEUTRENO_MAX_QUEUE_DELAY_MS": "1000",
+            "NEUTRENO_MAX_BATCH_SIZE": "16",
+            "NEUTRENO_LOG_LEVEL": "error",
+        },
+    )
     try:
         server.wait_up(ready=False)
         yield server
@@ -65,8 +72,7 @@ def test_broken_bundles_are_named_and_healthy_models_serve(fault_server: Server)
         for broken in ("corrupt-classifier", "bad-manifest", "no-version"):
             assert broken in reasons and body["models"][broken] != "ready"
         assert "sha256" in body["models"]["corrupt-classifier"]
-        for healthy in ("fashion-classifier", "fashion-segmenter", "tiny-lm",
-                        "poison-classifier"):
+        for healthy in ("fashion-classifier", "fashion-segmenter", "tiny-lm", "poison-classifier"):
             assert body["models"][healthy] == "ready"
         assert c.get("/v2/health/ready").status_code == 503
         assert c.get("/healthz").status_code == 200  # alive, so not restarted in a loop
@@ -75,8 +81,9 @@ def test_broken_bundles_are_named_and_healthy_models_serve(fault_server: Server)
         broken = c.post("/v1/models/corrupt-classifier/classify", json=_image(0))
         assert broken.status_code == 503 and broken.json()["error"]["type"] == "model_not_ready"
         assert c.post(CLASSIFY, json=_image(0)).status_code == 200
-        gen = c.post("/v1/completions", json={"model": "tiny-lm", "prompt": "In the",
-                                              "max_tokens": 3})
+        gen = c.post(
+            "/v1/completions", json={"model": "tiny-lm", "prompt": "In the", "max_tokens": 3}
+        )
         assert gen.status_code == 200 and gen.json()["choices"][0]["finish_reason"]
 
 
@@ -135,24 +142,31 @@ def test_client_disconnects_are_contained(fault_server: Server) -> None:
     port = fault_server.port
     statuses_before = fault_server.status_counts()
     # 1. mid-upload: Content-Length promises 100 kB, 1 kB arrives, the socket closes
-    head = ("POST /v1/models/fashion-classifier/classify HTTP/1.1\r\nHost: x\r\n"
-            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+    head = (
+        "POST /v1/models/fashion-classifier/classify HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    )
     for _ in range(20):
         _raw_request(port, head, b'{"image": "' + b"A" * 1000)
     # 2. queued in the batcher (1 s delay), then gone before the batch runs
     body = json.dumps(_image(7)).encode()
-    head = ("POST /v1/models/fashion-classifier/classify HTTP/1.1\r\nHost: x\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    head = (
+        "POST /v1/models/fashion-classifier/classify HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     for _ in range(20):
         _raw_request(port, head, body)
     # 3. mid-stream: read the first SSE event, then close; decoding must stop for it
     tokens_before = _tokens(fault_server)
     asyncio.run(_abandon_streams(fault_server, count=6))
     # 4. a non-streaming completion abandoned while it generates
-    req = json.dumps({"model": "tiny-lm", "prompt": "And", "max_tokens": 200,
-                      "ignore_eos": True}).encode()
-    head = ("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(req)}\r\n\r\n")
+    req = json.dumps(
+        {"model": "tiny-lm", "prompt": "And", "max_tokens": 200, "ignore_eos": True}
+    ).encode()
+    head = (
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(req)}\r\n\r\n"
+    )
     for _ in range(4):
         _raw_request(port, head, req)
     _wait_for_idle_generation(fault_server)
@@ -161,8 +175,10 @@ def test_client_disconnects_are_contained(fault_server: Server) -> None:
     # the service is intact: no 5xx from any of this, everything still answers
     with httpx.Client(base_url=fault_server.url, timeout=30) as c:
         assert c.post(CLASSIFY, json=_image(3)).status_code == 200
-        done = c.post("/v1/completions", json={"model": "tiny-lm", "prompt": "In the",
-                                                "max_tokens": 4, "ignore_eos": True})
+        done = c.post(
+            "/v1/completions",
+            json={"model": "tiny-lm", "prompt": "In the", "max_tokens": 4, "ignore_eos": True},
+        )
         assert done.status_code == 200
         assert done.json()["usage"]["completion_tokens"] == 4
     after = fault_server.status_counts()
@@ -171,8 +187,13 @@ def test_client_disconnects_are_contained(fault_server: Server) -> None:
 
 
 async def _abandon_streams(server: Server, count: int) -> None:
-    payload = {"model": "tiny-lm", "prompt": "In the beginning", "max_tokens": 200,
-               "ignore_eos": True, "stream": True}
+    payload = {
+        "model": "tiny-lm",
+        "prompt": "In the beginning",
+        "max_tokens": 200,
+        "ignore_eos": True,
+        "stream": True,
+    }
 
     async def one(client: httpx.AsyncClient) -> None:
         async with client.stream("POST", "/v1/completions", json=payload) as r:
@@ -189,10 +210,16 @@ def _wait_for_idle_generation(server: Server, timeout: float = 10.0) -> None:
     """Abandoned sequences leave the running and waiting sets."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        running = sum(v for labels, v in server.samples("neutreno_running_sequences")
-                      if labels.get("model") == "tiny-lm")
-        waiting = sum(v for labels, v in server.samples("neutreno_waiting_sequences")
-                      if labels.get("model") == "tiny-lm")
+        running = sum(
+            v
+            for labels, v in server.samples("neutreno_running_sequences")
+            if labels.get("model") == "tiny-lm"
+        )
+        waiting = sum(
+            v
+            for labels, v in server.samples("neutreno_waiting_sequences")
+            if labels.get("model") == "tiny-lm"
+        )
         if running == 0 and waiting == 0:
             break
         time.sleep(0.05)
@@ -201,5 +228,8 @@ def _wait_for_idle_generation(server: Server, timeout: float = 10.0) -> None:
 
 
 def _tokens(server: Server) -> float:
-    return sum(v for labels, v in server.samples("neutreno_generated_tokens")
-               if labels.get("model") == "tiny-lm")
+    return sum(
+        v
+        for labels, v in server.samples("neutreno_generated_tokens")
+        if labels.get("model") == "tiny-lm"
+    )

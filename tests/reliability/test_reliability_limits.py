@@ -28,10 +28,16 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 LM = "tiny-lm"
 SEGMENT = "/v1/models/fashion-segmenter/segment"
 CONNECTIONS, INFLIGHT, BODY, RESPONSE = 24, 6, 1 << 20, 32 << 20
-ENV = {"NEUTRENO_API_KEY": KEY, "NEUTRENO_MAX_CONNECTIONS": str(CONNECTIONS),
-       "NEUTRENO_HEADER_TIMEOUT_S": "1", "NEUTRENO_BODY_TIMEOUT_S": "1",
-       "NEUTRENO_MAX_INFLIGHT_REQUESTS": str(INFLIGHT), "NEUTRENO_MAX_BODY_BYTES": str(BODY),
-       "NEUTRENO_MAX_RESPONSE_BYTES": str(RESPONSE), "NEUTRENO_LOG_LEVEL": "info"}
+ENV = {
+    "NEUTRENO_API_KEY": KEY,
+    "NEUTRENO_MAX_CONNECTIONS": str(CONNECTIONS),
+    "NEUTRENO_HEADER_TIMEOUT_S": "1",
+    "NEUTRENO_BODY_TIMEOUT_S": "1",
+    "NEUTRENO_MAX_INFLIGHT_REQUESTS": str(INFLIGHT),
+    "NEUTRENO_MAX_BODY_BYTES": str(BODY),
+    "NEUTRENO_MAX_RESPONSE_BYTES": str(RESPONSE),
+    "NEUTRENO_LOG_LEVEL": "info",
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,23 +68,38 @@ def client(server: Server) -> Iterator[httpx.Client]:
 def _binary_infer(tensors: list[tuple[str, np.ndarray]]) -> tuple[bytes, dict[str, str]]:
     """A Triton binary-tensor request body and its headers."""
     datatypes = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
-    header = json.dumps({"inputs": [
-        {"name": n, "shape": list(a.shape), "datatype": datatypes[a.dtype],
-         "parameters": {"binary_data_size": a.nbytes}} for n, a in tensors]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": list(a.shape),
+                    "datatype": datatypes[a.dtype],
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+                for n, a in tensors
+            ]
+        }
+    ).encode()
     return header + b"".join(a.tobytes() for _, a in tensors), {
         "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream"}
+        "Content-Type": "application/octet-stream",
+    }
 
 
-def _lm_feeds(client: httpx.Client, rows: int, tokens: int,
-              mask: int = 0) -> list[tuple[str, np.ndarray]]:
+def _lm_feeds(
+    client: httpx.Client, rows: int, tokens: int, mask: int = 0
+) -> list[tuple[str, np.ndarray]]:
     """input_ids (rows, tokens), attention_mask filled with `mask`, empty past."""
     meta = client.get(f"/v2/models/{LM}").json()
-    feeds = [("input_ids", np.zeros((rows, tokens), np.int64)),
-             ("attention_mask", np.full((rows, tokens), mask, np.int64))]
+    feeds = [
+        ("input_ids", np.zeros((rows, tokens), np.int64)),
+        ("attention_mask", np.full((rows, tokens), mask, np.int64)),
+    ]
     for spec in meta["inputs"][2:]:
-        feeds.append((spec["name"], np.zeros((rows, spec["shape"][1], 0, spec["shape"][3]),
-                                             np.float32)))
+        feeds.append(
+            (spec["name"], np.zeros((rows, spec["shape"][1], 0, spec["shape"][3]), np.float32))
+        )
     return feeds
 
 
@@ -87,15 +108,17 @@ def test_raw_lm_infer_bounded_like_completions(client: httpx.Client, watch: Watc
     url = f"/v2/models/{LM}/infer"
     watch.max_rss_growth_mb = 50
     started = time.perf_counter()
-    long = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 1, 8000)))[0],
-                       headers=b[1])
+    long = client.post(
+        url, content=(b := _binary_infer(_lm_feeds(client, 1, 8000)))[0], headers=b[1]
+    )
     seconds = time.perf_counter() - started
-    wide = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 64, 4, 1)))[0],
-                       headers=b[1])
-    bad_mask = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 1, 4, 2)))[0],
-                           headers=b[1])
-    ok = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 2, 4, 1)))[0],
-                     headers=b[1])
+    wide = client.post(
+        url, content=(b := _binary_infer(_lm_feeds(client, 64, 4, 1)))[0], headers=b[1]
+    )
+    bad_mask = client.post(
+        url, content=(b := _binary_infer(_lm_feeds(client, 1, 4, 2)))[0], headers=b[1]
+    )
+    ok = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 2, 4, 1)))[0], headers=b[1])
     assert long.status_code == 413 and "context" in long.json()["error"], long.text
     assert seconds < 2.0
     assert wide.status_code == 413 and "NEUTRENO_MAX_RUNNING_SEQUENCES" in wide.text, wide.text
@@ -106,8 +129,12 @@ def test_raw_lm_infer_bounded_like_completions(client: httpx.Client, watch: Watc
 
 
 def _pixels(rows: int) -> dict[str, object]:
-    return {"name": "pixel_values", "shape": [rows, 1, 64, 64], "datatype": "FP32",
-            "data": [0.5] * (rows * 64 * 64)}
+    return {
+        "name": "pixel_values",
+        "shape": [rows, 1, 64, 64],
+        "datatype": "FP32",
+        "data": [0.5] * (rows * 64 * 64),
+    }
 
 
 def test_v2_outputs_unique_and_response_size_limited(client: httpx.Client) -> None:
@@ -118,15 +145,19 @@ def test_v2_outputs_unique_and_response_size_limited(client: httpx.Client) -> No
     # 32 rows of (11, 64, 64) floats: up to 25 bytes each as JSON (36 MB) > 32 MiB; 5.8 MB binary
     too_big = client.post(url, json={"inputs": [_pixels(32)], "outputs": [{"name": "logits"}]})
     assert too_big.status_code == 413 and "NEUTRENO_MAX_RESPONSE_BYTES" in too_big.text
-    binary = client.post(url, json={"inputs": [_pixels(32)], "outputs": [
-        {"name": "logits", "parameters": {"binary_data": True}}]})
+    binary = client.post(
+        url,
+        json={
+            "inputs": [_pixels(32)],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        },
+    )
     assert binary.status_code == 200, binary.text
     header = int(binary.headers["Inference-Header-Content-Length"])
     assert len(binary.content) - header == 32 * 11 * 64 * 64 * 4
 
 
-def test_large_json_response_encoded_off_the_event_loop(client: httpx.Client,
-                                                        watch: Watch) -> None:
+def test_large_json_response_encoded_off_the_event_loop(client: httpx.Client, watch: Watch) -> None:
     """Issue: /healthz stalled for as long as a large JSON response took to encode. 20 rows
     are ~900k floats as JSON: /healthz must answer well within the encoding time."""
     url = "/v2/models/fashion-segmenter/infer"
@@ -142,11 +173,18 @@ def test_large_json_response_encoded_off_the_event_loop(client: httpx.Client,
 def test_long_stop_strings_cheap_per_token(client: httpx.Client, watch: Watch) -> None:
     """Issue: 4 stop strings of 2M characters cost minutes of event-loop CPU per request.
     Now: 256 characters at most (422 beyond), and the hold-back check scans only unsent text."""
-    refused = client.post("/v1/completions", json={
-        "model": LM, "prompt": "a", "stop": ["x" * 2_000] * 4, "max_tokens": 6})
+    refused = client.post(
+        "/v1/completions",
+        json={"model": LM, "prompt": "a", "stop": ["x" * 2_000] * 4, "max_tokens": 6},
+    )
     assert refused.status_code == 422 and "256" in refused.text
-    body = {"model": LM, "prompt": ["In the"] * 16, "max_tokens": 24, "temperature": 0,
-            "stop": [" " * 255 + "x", "e" * 256, "t" * 256, "\n" * 256]}
+    body = {
+        "model": LM,
+        "prompt": ["In the"] * 16,
+        "max_tokens": 24,
+        "temperature": 0,
+        "stop": [" " * 255 + "x", "e" * 256, "t" * 256, "\n" * 256],
+    }
     watch.max_worst_s = 0.5
     started = time.perf_counter()
     r = client.post("/v1/completions", json=body)
@@ -157,10 +195,19 @@ def test_long_stop_strings_cheap_per_token(client: httpx.Client, watch: Watch) -
 
 def test_tiny_temperature_is_greedy(client: httpx.Client) -> None:
     """Issue: temperature 5e-324 overflowed to NaN probabilities and sampled garbage."""
+
     def text(temperature: float) -> str:
-        r = client.post("/v1/completions", json={"model": LM, "prompt": "In the beginning",
-                                                 "max_tokens": 12, "temperature": temperature,
-                                                 "seed": 1, "ignore_eos": True})
+        r = client.post(
+            "/v1/completions",
+            json={
+                "model": LM,
+                "prompt": "In the beginning",
+                "max_tokens": 12,
+                "temperature": temperature,
+                "seed": 1,
+                "ignore_eos": True,
+            },
+        )
         assert r.status_code == 200, r.text
         return r.json()["choices"][0]["text"]
 
@@ -171,16 +218,32 @@ def test_tiny_temperature_is_greedy(client: httpx.Client) -> None:
 def test_key_checked_before_the_body(server: Server) -> None:
     """Issue: /v1/completions parsed (8 MB) bodies before answering 401."""
     with httpx.Client(base_url=server.url, timeout=30) as anon:
-        malformed = anon.post("/v1/completions", content=b'{"model": ',
-                              headers={"content-type": "application/json"})
-        big = anon.post("/v1/completions", content=b"[" * (BODY // 4),
-                        headers={"content-type": "application/json"})
-        wrong = anon.post("/v2/models/fashion-classifier/infer", json={"inputs": []},
-                          headers={"Authorization": "Bearer nope"})
+        malformed = anon.post(
+            "/v1/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+        )
+        big = anon.post(
+            "/v1/completions",
+            content=b"[" * (BODY // 4),
+            headers={"content-type": "application/json"},
+        )
+        wrong = anon.post(
+            "/v2/models/fashion-classifier/infer",
+            json={"inputs": []},
+            headers={"Authorization": "Bearer nope"},
+        )
         hidden = anon.get("/v2/repository/index")
-        open_paths = [anon.get(p).status_code for p in
-                      ("/healthz", "/readyz", "/metrics", "/", "/static/app.js",
-                       "/v2/health/live", "/openapi.json")]
+        open_paths = [
+            anon.get(p).status_code
+            for p in (
+                "/healthz",
+                "/readyz",
+                "/metrics",
+                "/",
+                "/static/app.js",
+                "/v2/health/live",
+                "/openapi.json",
+            )
+        ]
     assert malformed.status_code == 401 and malformed.json()["error"]["type"] == "unauthorized"
     assert big.status_code == 401 and wrong.status_code == 401 and hidden.status_code == 401
     assert open_paths == [200] * 7
@@ -192,16 +255,19 @@ def _chunks(total: int, first: bytes = b"", size: int = 65536) -> Iterator[bytes
         yield b"a" * size
 
 
-PART = (b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
-        b"Content-Type: image/png\r\n\r\n")
+PART = (
+    b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n"
+)
 
 
 def test_chunked_body_over_limit_is_413(client: httpx.Client) -> None:
     """Issue: a chunked body over the limit got 400 'There was an error parsing the body'."""
     for path, first, headers in [
-            ("/v1/completions", b"", {"content-type": "application/json"}),
-            ("/v2/models/fashion-classifier/infer", b"", {}),
-            (SEGMENT, PART, {"content-type": "multipart/form-data; boundary=x"})]:
+        ("/v1/completions", b"", {"content-type": "application/json"}),
+        ("/v2/models/fashion-classifier/infer", b"", {}),
+        (SEGMENT, PART, {"content-type": "multipart/form-data; boundary=x"}),
+    ]:
         r = client.post(path, content=_chunks(2 * BODY, first), headers=headers)
         assert r.status_code == 413, (path, r.status_code, r.text)
         assert "NEUTRENO_MAX_BODY_BYTES" in r.text
@@ -212,8 +278,11 @@ def test_header_values_give_400_in_one_log_line(server: Server, client: httpx.Cl
     body = b'{"inputs": []}'
     before = len(server.output().splitlines())
     for value in (b"\xb2", b"9" * 5000, b"\xef\xbc\x91", b"1_0", b"0x10", b"+5"):
-        r = client.post("/v2/models/fashion-classifier/infer", content=body, headers={
-            "Inference-Header-Content-Length": value, "content-type": "application/json"})
+        r = client.post(
+            "/v2/models/fashion-classifier/infer",
+            content=body,
+            headers={"Inference-Header-Content-Length": value, "content-type": "application/json"},
+        )
         assert r.status_code == 400, (value[:10], r.status_code, r.text)
         assert "Inference-Header-Content-Length" in r.json()["error"]
     time.sleep(0.2)
@@ -235,7 +304,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
         while chunk := sock.recv(65536):
             data += chunk
         return True, data
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False, data
     except ConnectionResetError:
         return True, data
@@ -280,7 +349,7 @@ def test_slow_headers_closed_by_header_timeout(server: Server) -> None:
                 break
             for sock in socks:
                 try:
-                    sock.sendall(request[i:i + 1])
+                    sock.sendall(request[i : i + 1])
                 except OSError:
                     pass
             time.sleep(0.1)
@@ -296,8 +365,10 @@ def test_inflight_cap_503_and_slow_body_408(server: Server, client: httpx.Client
     """Six requests whose bodies never finish fill the in-flight cap: the next request gets a
     JSON 503 with Retry-After at once (health probes still answer), and the body timeout
     answers each slow one 408 after 1 s, after which requests are served again."""
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\"").encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model"'
+    ).encode()
     socks = [_raw_connect(server) for _ in range(INFLIGHT)]
     try:
         for sock in socks:
@@ -311,28 +382,40 @@ def test_inflight_cap_503_and_slow_body_408(server: Server, client: httpx.Client
             sock.close()
     assert busy.status_code == 503 and busy.json()["error"]["type"] == "overloaded"
     assert busy.headers["retry-after"] == "1" and health.status_code == 200
-    assert all(data.startswith(b"HTTP/1.1 408") and b"NEUTRENO_BODY_TIMEOUT_S" in data
-               for _, data in answers), answers
+    assert all(
+        data.startswith(b"HTTP/1.1 408") and b"NEUTRENO_BODY_TIMEOUT_S" in data
+        for _, data in answers
+    ), answers
     ok = client.post("/v1/completions", json={"model": LM, "prompt": "a", "max_tokens": 1})
     assert ok.status_code == 200, ok.text
 
 
-def test_page_security_headers_and_cross_site_refusal(server: Server,
-                                                      client: httpx.Client) -> None:
+def test_page_security_headers_and_cross_site_refusal(server: Server, client: httpx.Client) -> None:
     page = client.get("/")
-    assert page.status_code == 200 and "frame-ancestors 'none'" in page.headers[
-        "content-security-policy"]
+    assert (
+        page.status_code == 200
+        and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    )
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["x-content-type-options"] == "nosniff"
     assert "content-security-policy" not in client.get("/docs").headers
-    text = client.post("/v2/models/fashion-classifier/infer", content=b'{"inputs": []}',
-                       headers={"content-type": "text/plain"})
+    text = client.post(
+        "/v2/models/fashion-classifier/infer",
+        content=b'{"inputs": []}',
+        headers={"content-type": "text/plain"},
+    )
     assert text.status_code == 415
-    evil = client.post(SEGMENT, files={"file": ("x.png", _png(28), "image/png")},
-                       headers={"origin": "https://evil.example"})
+    evil = client.post(
+        SEGMENT,
+        files={"file": ("x.png", _png(28), "image/png")},
+        headers={"origin": "https://evil.example"},
+    )
     assert evil.status_code == 403 and "NEUTRENO_CORS_ORIGINS" in evil.text
-    own = client.post(SEGMENT, files={"file": ("x.png", _png(28), "image/png")},
-                      headers={"origin": server.url, "sec-fetch-site": "same-origin"})
+    own = client.post(
+        SEGMENT,
+        files={"file": ("x.png", _png(28), "image/png")},
+        headers={"origin": server.url, "sec-fetch-site": "same-origin"},
+    )
     assert own.status_code == 200, own.text
 
 
@@ -346,13 +429,18 @@ def test_segmentation_overlay_memory_bounded(client: httpx.Client, watch: Watch)
     """Issue: a 16 KB black 4096x4096 PNG with overlay cost +460 MB, six at once +2.5 GB.
     Now 4096x4096 is over the default pixel limit (413), and six 2048x2048 overlays at once
     (two decoded at a time) stay within 200 MB; the overlay is at most 1024x1024."""
-    assert client.post(SEGMENT, files={"file": ("x.png", _png(4096), "image/png")},
-                       data={"overlay": "true"}).status_code == 413
+    assert (
+        client.post(
+            SEGMENT, files={"file": ("x.png", _png(4096), "image/png")}, data={"overlay": "true"}
+        ).status_code
+        == 413
+    )
     image = _png(2048)
 
     def one(_: int) -> httpx.Response:
-        return client.post(SEGMENT, files={"file": ("x.png", image, "image/png")},
-                           data={"overlay": "true"})
+        return client.post(
+            SEGMENT, files={"file": ("x.png", image, "image/png")}, data={"overlay": "true"}
+        )
 
     watch.max_rss_growth_mb = 200
     with ThreadPoolExecutor(6) as pool:

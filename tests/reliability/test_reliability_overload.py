@@ -36,8 +36,10 @@ from service_helpers import b64, png_bytes
 
 SECONDS = float(os.environ.get("NEUTRENO_OVERLOAD_SECONDS", "60"))
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("NEUTRENO_OVERLOAD") != "1",
-                       reason="60 s overload test: `make test-reliability` (which .ci/run calls)"),
+    pytest.mark.skipif(
+        os.environ.get("NEUTRENO_OVERLOAD") != "1",
+        reason="60 s overload test: `make test-reliability` (which .ci/run calls)",
+    ),
     pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)"),
 ]
 DEADLINE_S = 2.0
@@ -47,8 +49,10 @@ PATH = "/v1/models/heavy-classifier/classify"
 
 def _bodies(n: int = 32) -> list[str]:
     rng = np.random.default_rng(0)
-    return [json.dumps({"image": b64(png_bytes(rng.integers(0, 256, (28, 28), np.uint8))),
-                        "top_k": 1}) for _ in range(n)]
+    return [
+        json.dumps({"image": b64(png_bytes(rng.integers(0, 256, (28, 28), np.uint8))), "top_k": 1})
+        for _ in range(n)
+    ]
 
 
 class Probe(threading.Thread):
@@ -65,10 +69,12 @@ class Probe(threading.Thread):
             while time.monotonic() < self.stop_at:
                 t = time.perf_counter()
                 try:
-                    r = client.post(self.url, content=self.body,
-                                    headers={"content-type": "application/json"})
-                    self.records.append((r.status_code, time.perf_counter() - t,
-                                         "retry-after" in r.headers))
+                    r = client.post(
+                        self.url, content=self.body, headers={"content-type": "application/json"}
+                    )
+                    self.records.append(
+                        (r.status_code, time.perf_counter() - t, "retry-after" in r.headers)
+                    )
                 except httpx.TransportError:
                     self.records.append((0, time.perf_counter() - t, False))
                 time.sleep(max(0.0, self.every - (time.perf_counter() - t)))
@@ -83,10 +89,16 @@ def heavy_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository: Path) -> None:
-    server = Server(heavy_repository, {
-        "NEUTRENO_MAX_BATCH_SIZE": "8", "NEUTRENO_MAX_QUEUE_DELAY_MS": "2",
-        "NEUTRENO_MAX_QUEUE_SIZE": str(QUEUE), "NEUTRENO_REQUEST_TIMEOUT_S": str(DEADLINE_S),
-        "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "0"})
+    server = Server(
+        heavy_repository,
+        {
+            "NEUTRENO_MAX_BATCH_SIZE": "8",
+            "NEUTRENO_MAX_QUEUE_DELAY_MS": "2",
+            "NEUTRENO_MAX_QUEUE_SIZE": str(QUEUE),
+            "NEUTRENO_REQUEST_TIMEOUT_S": str(DEADLINE_S),
+            "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "0",
+        },
+    )
     bodies = _bodies()
     try:
         server.wait_up()
@@ -101,8 +113,16 @@ def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository:
         probe = Probe(server.url + PATH, bodies[0])
         probe.stop_at = time.monotonic() + SECONDS
         probe.start()
-        over = run_wrk(server.url, PATH, bodies, connections=connections, seconds=SECONDS,
-                       threads=1, timeout_s=DEADLINE_S + 8, pause_ms=pause_ms)
+        over = run_wrk(
+            server.url,
+            PATH,
+            bodies,
+            connections=connections,
+            seconds=SECONDS,
+            threads=1,
+            timeout_s=DEADLINE_S + 8,
+            pause_ms=pause_ms,
+        )
         probe.join(timeout=DEADLINE_S + 10)
         stopped = time.monotonic()
         time.sleep(1.0)
@@ -115,15 +135,17 @@ def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository:
     offered = over["rate"]
     refused = [t for s, t, _ in probe.records if s == 429]
     accepted = [t for s, t, _ in probe.records if s == 200]
-    report = (f"sustainable {rate:.0f} req/s; offered {offered:.0f} req/s "
-              f"({offered / rate:.1f}x) for {SECONDS:g} s: {statuses}; wrk p50 "
-              f"{over['p50_us'] / 1e3:.0f} ms p99 {over['p99_us'] / 1e3:.0f} ms max "
-              f"{over['max_us'] / 1e3:.0f} ms; probe 429 p50 "
-              f"{1e3 * np.median(refused) if refused else float('nan'):.1f} ms p99 "
-              f"{1e3 * np.percentile(refused, 99) if refused else float('nan'):.1f} ms, "
-              f"probe 200 p99 {1e3 * np.percentile(accepted, 99) if accepted else 0:.0f} ms; "
-              f"after: {after['rate']:.0f} req/s ({after['rate'] / rate:.0%}) "
-              f"{recovered_in + 5:.1f} s after the load stopped")
+    report = (
+        f"sustainable {rate:.0f} req/s; offered {offered:.0f} req/s "
+        f"({offered / rate:.1f}x) for {SECONDS:g} s: {statuses}; wrk p50 "
+        f"{over['p50_us'] / 1e3:.0f} ms p99 {over['p99_us'] / 1e3:.0f} ms max "
+        f"{over['max_us'] / 1e3:.0f} ms; probe 429 p50 "
+        f"{1e3 * np.median(refused) if refused else float('nan'):.1f} ms p99 "
+        f"{1e3 * np.percentile(refused, 99) if refused else float('nan'):.1f} ms, "
+        f"probe 200 p99 {1e3 * np.percentile(accepted, 99) if accepted else 0:.0f} ms; "
+        f"after: {after['rate']:.0f} req/s ({after['rate'] / rate:.0%}) "
+        f"{recovered_in + 5:.1f} s after the load stopped"
+    )
     print(report)
     assert offered >= 2.5 * rate, report
     assert five_xx == 0 and not any(s >= 500 and s != 504 for s in statuses), report

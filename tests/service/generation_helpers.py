@@ -16,9 +16,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TINY_LM = {"depth": 2, "dim": 64, "heads": 4, "vocab_size": 512, "block_size": 256}
 NAME = "tiny-lm"
-SOURCES = ["models/lm.py", "models/layers.py", "models/attention.py", "models/config.py",
-           "models/data/kjv.py", "export/graphs.py", "export/ops.py", "export/opdef.py",
-           "export/bundle.py", "export/cli.py", "tests/service/generation_helpers.py"]
+SOURCES = [
+    "models/lm.py",
+    "models/layers.py",
+    "models/attention.py",
+    "models/config.py",
+    "models/data/kjv.py",
+    "export/graphs.py",
+    "export/ops.py",
+    "export/opdef.py",
+    "export/bundle.py",
+    "export/cli.py",
+    "tests/service/generation_helpers.py",
+]
 
 
 def _key() -> str:
@@ -39,8 +49,12 @@ def _build(folder: Path) -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(0)
     ckpt = folder / "checkpoint"
-    save_checkpoint(ckpt, create_model("lm-kjv", **TINY_LM), get_config("lm-kjv", **TINY_LM),
-                    metrics={"data": "random weights (test)", "command": "test fixture"})
+    save_checkpoint(
+        ckpt,
+        create_model("lm-kjv", **TINY_LM),
+        get_config("lm-kjv", **TINY_LM),
+        metrics={"data": "random weights (test)", "command": "test fixture"},
+    )
     text = (ROOT / "tests/fixtures/kjv-sample.txt").read_text()
     train_tokenizer(text, vocab_size=TINY_LM["vocab_size"]).save(str(ckpt / "tokenizer.json"))
     export_checkpoint(ckpt, folder / "bundle" / NAME / "1")

@@ -28,8 +28,18 @@ from export.opdef import DOMAIN, OP_TYPE, OPSET, attach_functions
 from service import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-           "Bag", "Ankle boot"]
+FASHION = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 MEAN, STD = 0.286, 0.353
 
 
@@ -37,8 +47,9 @@ def _attention_block(tokens: str, n: int, d: int, lam: float) -> list[onnx.NodeP
     """tokens (B, n, d) -> one-head FidelityAttention -> `sim` (B, 1): its mean output."""
     return [
         helper.make_node("Reshape", [tokens, "qkv_shape"], ["qkv"]),
-        helper.make_node(OP_TYPE, ["qkv", "qkv", "qkv", "qkv"], ["att", "", ""], domain=DOMAIN,
-                         lam=lam, causal=0),
+        helper.make_node(
+            OP_TYPE, ["qkv", "qkv", "qkv", "qkv"], ["att", "", ""], domain=DOMAIN, lam=lam, causal=0
+        ),
         helper.make_node("ReduceMean", ["att", "sim_axes"], ["sim_raw"], keepdims=0),
         helper.make_node("Tanh", ["sim_raw"], ["sim_tanh"]),
         helper.make_node("Reshape", ["sim_tanh", "sim_shape"], ["token_similarity"]),
@@ -46,15 +57,18 @@ def _attention_block(tokens: str, n: int, d: int, lam: float) -> list[onnx.NodeP
 
 
 def _attention_inits(n: int, d: int) -> list[onnx.TensorProto]:
-    return [numpy_helper.from_array(np.array([0, 1, n, d], np.int64), "qkv_shape"),
-            numpy_helper.from_array(np.array([1, 2, 3], np.int64), "sim_axes"),
-            numpy_helper.from_array(np.array([0, 1], np.int64), "sim_shape")]
+    return [
+        numpy_helper.from_array(np.array([0, 1, n, d], np.int64), "qkv_shape"),
+        numpy_helper.from_array(np.array([1, 2, 3], np.int64), "sim_axes"),
+        numpy_helper.from_array(np.array([0, 1], np.int64), "sim_shape"),
+    ]
 
 
 def _model(nodes: list, inits: list, inputs: list, outputs: list) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid(DOMAIN, 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)]
+    )
     return attach_functions(model)
 
 
@@ -69,23 +83,26 @@ def classifier_parts(seed: int, logits: str = "logits") -> tuple[list, list]:
         helper.make_node("Reshape", ["att", "flat_shape"], ["flat"]),
         helper.make_node("MatMul", ["flat", "w_head"], [logits]),
     ]
-    inits = [numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
-             numpy_helper.from_array(rng.normal(0, 0.5, (16, 8)).astype(np.float32), "w_embed"),
-             numpy_helper.from_array(np.array([0, 49 * 8], np.int64), "flat_shape"),
-             numpy_helper.from_array(rng.normal(0, 0.2, (49 * 8, 10)).astype(np.float32),
-                                     "w_head"),
-             *_attention_inits(49, 8)]
+    inits = [
+        numpy_helper.from_array(np.array([0, 49, 16], np.int64), "tok_shape"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (16, 8)).astype(np.float32), "w_embed"),
+        numpy_helper.from_array(np.array([0, 49 * 8], np.int64), "flat_shape"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (49 * 8, 10)).astype(np.float32), "w_head"),
+        *_attention_inits(49, 8),
+    ]
     return nodes, inits
 
 
 def classifier_model(nodes: list, inits: list) -> onnx.ModelProto:
     """A graph with the classifier contract: pixel_values (B, 1, 28, 28) in; logits (B, 10)
     and token_similarity (B, 1) out."""
-    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
-                                            ["batch", 1, 28, 28])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
-               helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
-                                             ["batch", 1])]
+    inputs = [
+        helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 1, 28, 28])
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
+        helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT, ["batch", 1]),
+    ]
     return _model(nodes, inits, inputs, outputs)
 
 
@@ -102,38 +119,65 @@ def segmenter_graph() -> onnx.ModelProto:
         helper.make_node("Reshape", ["pixel_values", "tok_shape"], ["tokens"]),
         *_attention_block("tokens", 256, 16, 0.6),
     ]
-    inits = [numpy_helper.from_array(c.reshape(11, 1, 1, 1), "w"),
-             numpy_helper.from_array(-0.1 * c * c, "b"),
-             numpy_helper.from_array(np.array([0, 256, 16], np.int64), "tok_shape"),
-             *_attention_inits(256, 16)]
-    inputs = [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT,
-                                            ["batch", 1, 64, 64])]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 11, 64, 64]),
-               helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT,
-                                             ["batch", 1])]
+    inits = [
+        numpy_helper.from_array(c.reshape(11, 1, 1, 1), "w"),
+        numpy_helper.from_array(-0.1 * c * c, "b"),
+        numpy_helper.from_array(np.array([0, 256, 16], np.int64), "tok_shape"),
+        *_attention_inits(256, 16),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 1, 64, 64])
+    ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 11, 64, 64]),
+        helper.make_tensor_value_info("token_similarity", TensorProto.FLOAT, ["batch", 1]),
+    ]
     return _model(nodes, inits, inputs, outputs)
 
 
 def _manifest(name: str, task: str, size: int, labels: list[str]) -> dict:
-    return {"name": name, "version": "1", "task": task, "attention": "neutreno", "lam": 0.6,
-            "model": {"family": "test"}, "labels": labels,
-            "preprocessing": {"image_size": [size, size], "channels": 1, "mean": [MEAN],
-                              "std": [STD], "resize": "bilinear", "background": "black"},
-            "training": {"data": "none (random test weights)", "metrics": {}}}
+    return {
+        "name": name,
+        "version": "1",
+        "task": task,
+        "attention": "neutreno",
+        "lam": 0.6,
+        "model": {"family": "test"},
+        "labels": labels,
+        "preprocessing": {
+            "image_size": [size, size],
+            "channels": 1,
+            "mean": [MEAN],
+            "std": [STD],
+            "resize": "bilinear",
+            "background": "black",
+        },
+        "training": {"data": "none (random test weights)", "metrics": {}},
+    }
 
 
 def write_test_repository(root: Path) -> Path:
     """fashion-classifier and fashion-segmenter tiny bundles under `root`."""
-    write_bundle(root / "fashion-classifier" / "1", classifier_graph(),
-                 _manifest("fashion-classifier", "classification", 28, FASHION))
-    write_bundle(root / "fashion-segmenter" / "1", segmenter_graph(),
-                 _manifest("fashion-segmenter", "segmentation", 64, ["background", *FASHION]))
+    write_bundle(
+        root / "fashion-classifier" / "1",
+        classifier_graph(),
+        _manifest("fashion-classifier", "classification", 28, FASHION),
+    )
+    write_bundle(
+        root / "fashion-segmenter" / "1",
+        segmenter_graph(),
+        _manifest("fashion-segmenter", "segmentation", 64, ["background", *FASHION]),
+    )
     return root
 
 
 def make_settings(repo: Path, **overrides: object) -> Settings:
-    base = {"model_repository": repo, "max_queue_delay_ms": 2.0, "similarity_sample_every": 1,
-            "intra_op_threads": 1}
+    base = {
+        "model_repository": repo,
+        "max_queue_delay_ms": 2.0,
+        "similarity_sample_every": 1,
+        "intra_op_threads": 1,
+    }
     return Settings(**{**base, **overrides})
 
 
@@ -156,21 +200,40 @@ def free_port() -> int:
 class LiveServer:
     """`neutreno serve` in a subprocess on a free port."""
 
-    def __init__(self, repo: Path, env: dict[str, str] | None = None,
-                 log: Path | None = None) -> None:
+    def __init__(
+        self, repo: Path, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> None:
         """One front end unless `env` says otherwise; output to `log` (readable while the
         server runs) or to a pipe read by `output()` after it has stopped."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        full_env = {**os.environ, "NEUTRENO_MODEL_REPOSITORY": str(repo),
-                    "NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_LOG_LEVEL": "warning",
-                    "NEUTRENO_WORKERS": "1", **(env or {})}
+        full_env = {
+            **os.environ,
+            "NEUTRENO_MODEL_REPOSITORY": str(repo),
+            "NEUTRENO_INTRA_OP_THREADS": "1",
+            "NEUTRENO_LOG_LEVEL": "warning",
+            "NEUTRENO_WORKERS": "1",
+            **(env or {}),
+        }
         out = subprocess.PIPE if log is None else log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "neutreno.cli", "serve", "--host", "127.0.0.1", "--port",
-             str(self.port)], env=full_env, cwd=ROOT, stdout=out,
-            stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "neutreno.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=full_env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -50,9 +50,9 @@ def test_greedy_equals_pytorch(app_client: TestClient, built: Path) -> None:
     tok = scheduler(app_client).tokenizer
     for prompt in PROMPTS:
         ids = tok.encode(prompt)
-        expected = model.greedy(torch.tensor([ids]), 20)[0, len(ids):].tolist()
+        expected = model.greedy(torch.tensor([ids]), 20)[0, len(ids) :].tolist()
         if tok.eos_id in expected:
-            expected = expected[:expected.index(tok.eos_id)]
+            expected = expected[: expected.index(tok.eos_id)]
         out = complete(app_client, prompt=prompt, max_tokens=20, temperature=0)
         assert out["choices"][0]["text"] == tok.decode(expected)
         by_ids = complete(app_client, prompt=ids, max_tokens=20, temperature=0)
@@ -82,20 +82,24 @@ def test_decode_steps_keep_the_cache_resident(app_client: TestClient, monkeypatc
 
 
 def test_prompt_list_gives_one_choice_each_and_usage(app_client: TestClient) -> None:
-    alone = [complete(app_client, prompt=p, max_tokens=6, temperature=0)["choices"][0]["text"]
-             for p in PROMPTS]
+    alone = [
+        complete(app_client, prompt=p, max_tokens=6, temperature=0)["choices"][0]["text"]
+        for p in PROMPTS
+    ]
     out = complete(app_client, prompt=PROMPTS, max_tokens=6, temperature=0)
     assert [c["index"] for c in out["choices"]] == [0, 1, 2]
     assert [c["text"] for c in out["choices"]] == alone
     assert all(c["finish_reason"] == "length" for c in out["choices"])
     prompt_tokens = sum(len(scheduler(app_client).tokenizer.encode(p)) for p in PROMPTS)
-    assert out["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 18,
-                            "total_tokens": prompt_tokens + 18}
+    assert out["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 18,
+        "total_tokens": prompt_tokens + 18,
+    }
 
 
 def test_seed_determinism(app_client: TestClient) -> None:
-    body = {"prompt": PROMPTS[0], "max_tokens": 16, "temperature": 1.0, "top_p": 0.9,
-            "top_k": 50}
+    body = {"prompt": PROMPTS[0], "max_tokens": 16, "temperature": 1.0, "top_p": 0.9, "top_k": 50}
     first = complete(app_client, seed=7, **body)["choices"][0]["text"]
     assert complete(app_client, seed=7, **body)["choices"][0]["text"] == first
     together = complete(app_client, **{**body, "prompt": [PROMPTS[1], PROMPTS[0]]}, seed=7)
@@ -108,19 +112,20 @@ def test_stop_strings_truncate_before_the_stop(app_client: TestClient) -> None:
     full = complete(app_client, prompt=PROMPTS[1], max_tokens=24, temperature=0)
     text = full["choices"][0]["text"]
     stop = text[8:11]
-    cut = text[:text.index(stop)]
-    out = complete(app_client, prompt=PROMPTS[1], max_tokens=24, temperature=0,
-                   stop=["never-there", stop])
+    cut = text[: text.index(stop)]
+    out = complete(
+        app_client, prompt=PROMPTS[1], max_tokens=24, temperature=0, stop=["never-there", stop]
+    )
     assert out["choices"][0] == {**out["choices"][0], "text": cut, "finish_reason": "stop"}
-    streamed = stream_text(app_client, prompt=PROMPTS[1], max_tokens=24, temperature=0,
-                           stop=stop)
+    streamed = stream_text(app_client, prompt=PROMPTS[1], max_tokens=24, temperature=0, stop=stop)
     assert streamed == (cut, "stop")
 
 
 def stream_text(client: TestClient, **body: object) -> tuple[str, str]:
     """(joined text, finish_reason) of a streamed completion; checks the [DONE] ending."""
-    with client.stream("POST", "/v1/completions",
-                       json={"model": NAME, "stream": True, **body}) as r:
+    with client.stream(
+        "POST", "/v1/completions", json={"model": NAME, "stream": True, **body}
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -149,39 +154,48 @@ def test_echo_logprobs_scores_the_prompt(app_client: TestClient, built: Path) ->
     assert out["usage"]["completion_tokens"] == 0
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"max_tokens": 0}, 422, "max_tokens must be at least 1 unless echo"),
-    ({"max_tokens": -1}, 422, "max_tokens"),
-    ({"temperature": 2.5}, 422, "temperature"),
-    ({"temperature": -0.1}, 422, "temperature"),
-    ({"top_p": 0}, 422, "top_p"),
-    ({"top_p": 1.5}, 422, "top_p"),
-    ({"top_k": -1}, 422, "top_k"),
-    ({"n": 2}, 422, "n must be 1"),
-    ({"logprobs": 6}, 422, "logprobs"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, 422, "at most 4 stop strings"),
-    ({"stop": [""]}, 422, "stop strings must not be empty"),
-    ({"prompt": []}, 422, "prompt list must not be empty"),
-    ({"best_of": 2}, 422, "best_of is not supported"),
-    ({"unknown_field": 1}, 422, "unknown_field"),
-    ({"prompt": ""}, 400, "prompt 0 is empty"),
-    ({"prompt": [1, 2, 100000]}, 400, "token ids outside"),
-    ({"max_tokens": 255}, 400, "exceeds the model's context of 256 tokens"),
-    ({"prompt": "Amen " * 300}, 413, "the model's context is 256 tokens"),
-    ({"prompt": "x" * 10000}, 413, "characters; the limit is"),
-    ({"model": "nope"}, 404, "no model named 'nope'"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"max_tokens": 0}, 422, "max_tokens must be at least 1 unless echo"),
+        ({"max_tokens": -1}, 422, "max_tokens"),
+        ({"temperature": 2.5}, 422, "temperature"),
+        ({"temperature": -0.1}, 422, "temperature"),
+        ({"top_p": 0}, 422, "top_p"),
+        ({"top_p": 1.5}, 422, "top_p"),
+        ({"top_k": -1}, 422, "top_k"),
+        ({"n": 2}, 422, "n must be 1"),
+        ({"logprobs": 6}, 422, "logprobs"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, 422, "at most 4 stop strings"),
+        ({"stop": [""]}, 422, "stop strings must not be empty"),
+        ({"prompt": []}, 422, "prompt list must not be empty"),
+        ({"best_of": 2}, 422, "best_of is not supported"),
+        ({"unknown_field": 1}, 422, "unknown_field"),
+        ({"prompt": ""}, 400, "prompt 0 is empty"),
+        ({"prompt": [1, 2, 100000]}, 400, "token ids outside"),
+        ({"max_tokens": 255}, 400, "exceeds the model's context of 256 tokens"),
+        ({"prompt": "Amen " * 300}, 413, "the model's context is 256 tokens"),
+        ({"prompt": "x" * 10000}, 413, "characters; the limit is"),
+        ({"model": "nope"}, 404, "no model named 'nope'"),
+    ],
+)
 def test_validation_errors(app_client: TestClient, body: dict, status: int, message: str) -> None:
     r = app_client.post("/v1/completions", json={"model": NAME, "prompt": "In the", **body})
     assert r.status_code == status, r.text
     assert message in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("raw", ['{"model": "tiny-lm", "prompt": "a", "temperature": NaN}',
-                                 '{"model": "tiny-lm", "prompt": "a", "top_p": Infinity}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"model": "tiny-lm", "prompt": "a", "temperature": NaN}',
+        '{"model": "tiny-lm", "prompt": "a", "top_p": Infinity}',
+    ],
+)
 def test_nan_and_infinity_are_rejected(app_client: TestClient, raw: str) -> None:
-    r = app_client.post("/v1/completions", content=raw,
-                        headers={"content-type": "application/json"})
+    r = app_client.post(
+        "/v1/completions", content=raw, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422 and "finite number" in r.json()["error"]["message"]
 
 
@@ -199,9 +213,14 @@ def test_models_lists_the_lm(app_client: TestClient) -> None:
 def test_metrics_after_generation(app_client: TestClient) -> None:
     complete(app_client, prompt=PROMPTS[0], max_tokens=3, temperature=0)
     text = app_client.get("/metrics").text
-    for name in ("time_to_first_token_seconds_count", "inter_token_latency_seconds_count",
-                 "generated_tokens_total", "running_sequences", "waiting_sequences",
-                 "queue_duration_seconds_count"):
+    for name in (
+        "time_to_first_token_seconds_count",
+        "inter_token_latency_seconds_count",
+        "generated_tokens_total",
+        "running_sequences",
+        "waiting_sequences",
+        "queue_duration_seconds_count",
+    ):
         assert f'neutreno_{name}{{model="{NAME}"}}' in text, name
     assert f'neutreno_token_similarity{{layer="1",model="{NAME}"}}' in text
     assert f'neutreno_running_sequences{{model="{NAME}"}} 0.0' in text
@@ -234,9 +253,10 @@ def test_kv_batch_select_and_concat_trim_padding() -> None:
     def batch(lengths: list[int], width: int) -> KVBatch:
         mask = np.zeros((len(lengths), width), np.int64)
         for row, n in enumerate(lengths):
-            mask[row, width - n:] = 1
-        past = [np.arange(len(lengths) * width, dtype=np.float32).reshape(len(lengths), 1,
-                                                                            width, 1)]
+            mask[row, width - n :] = 1
+        past = [
+            np.arange(len(lengths) * width, dtype=np.float32).reshape(len(lengths), 1, width, 1)
+        ]
         return KVBatch(past, mask)
 
     merged = batch([2, 3], 3).concat(batch([5], 5))
@@ -270,9 +290,11 @@ def test_shipped_kjv_lm_greedy_equals_pytorch(tmp_path: Path) -> None:
         tok = client.app.state.service.engine.core.workers["kjv-lm"].tokenizer
         for prompt in ["In the beginning God created", "And Jesus answered and said unto"]:
             ids = tok.encode(prompt)
-            expected = model.greedy(torch.tensor([ids]), 24)[0, len(ids):].tolist()
+            expected = model.greedy(torch.tensor([ids]), 24)[0, len(ids) :].tolist()
             if tok.eos_id in expected:
-                expected = expected[:expected.index(tok.eos_id)]
-            r = client.post("/v1/completions", json={"model": "kjv-lm", "prompt": prompt,
-                                                     "max_tokens": 24, "temperature": 0})
+                expected = expected[: expected.index(tok.eos_id)]
+            r = client.post(
+                "/v1/completions",
+                json={"model": "kjv-lm", "prompt": prompt, "max_tokens": 24, "temperature": 0},
+            )
             assert r.json()["choices"][0]["text"] == tok.decode(expected)

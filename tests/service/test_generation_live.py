@@ -21,9 +21,16 @@ from service_helpers import LiveServer
 from tokenizers import Tokenizer
 
 PROMPT = "In the beginning God created"
-STREAMS = [("And God said,", None), ("Let there be", None), ("The earth was", 3),
-           ("In the beginning", 11), ("And the evening", None), ("Blessed are the", 5),
-           ("Unto thee", None), ("For God so", 42)]
+STREAMS = [
+    ("And God said,", None),
+    ("Let there be", None),
+    ("The earth was", 3),
+    ("In the beginning", 11),
+    ("And the evening", None),
+    ("Blessed are the", 5),
+    ("Unto thee", None),
+    ("For God so", 42),
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,23 +59,28 @@ def test_openai_client_non_streaming_and_models(client: openai.OpenAI) -> None:
     assert out.object == "text_completion" and out.model == NAME
     assert out.choices[0].finish_reason == "length" and out.choices[0].text
     assert out.usage.completion_tokens == 8 and out.usage.prompt_tokens > 0
-    assert {m.id for m in client.models.list()} == {"fashion-classifier", "fashion-segmenter",
-                                                    NAME}
+    assert {m.id for m in client.models.list()} == {"fashion-classifier", "fashion-segmenter", NAME}
 
 
 def test_openai_client_streaming_matches_non_streaming(client: openai.OpenAI) -> None:
     whole = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=12, temperature=0)
-    chunks = list(client.completions.create(model=NAME, prompt=PROMPT, max_tokens=12,
-                                            temperature=0, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model=NAME,
+            prompt=PROMPT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 12
 
 
 def test_openai_client_echo_logprobs_scores_prompt(client: openai.OpenAI) -> None:
-    out = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=0, echo=True,
-                                    logprobs=1)
+    out = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
     lp = out.choices[0].logprobs
     assert out.choices[0].text == PROMPT and "".join(lp.tokens) == PROMPT
     assert lp.token_logprobs[0] is None and all(x < 0 for x in lp.token_logprobs[1:])
@@ -80,18 +92,20 @@ def test_eight_concurrent_streams_equal_running_alone(server: LiveServer) -> Non
     aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
     def params(prompt: str, seed: int | None) -> dict:
-        sampling = {"temperature": 0.9, "top_p": 0.95, "seed": seed} if seed else \
-            {"temperature": 0}
+        sampling = {"temperature": 0.9, "top_p": 0.95, "seed": seed} if seed else {"temperature": 0}
         return {"model": NAME, "prompt": prompt, "max_tokens": 24, **sampling}
 
     async def streamed(prompt: str, seed: int | None) -> str:
-        parts = [c.choices[0].text async for c in
-                 await aclient.completions.create(stream=True, **params(prompt, seed))]
+        parts = [
+            c.choices[0].text
+            async for c in await aclient.completions.create(stream=True, **params(prompt, seed))
+        ]
         return "".join(parts)
 
     async def run() -> tuple[list[str], list[str]]:
-        alone = [(await aclient.completions.create(**params(p, s))).choices[0].text
-                 for p, s in STREAMS]
+        alone = [
+            (await aclient.completions.create(**params(p, s))).choices[0].text for p, s in STREAMS
+        ]
         together = await asyncio.gather(*(streamed(p, s) for p, s in STREAMS))
         return alone, list(together)
 
@@ -118,8 +132,10 @@ def test_client_disconnect_frees_the_sequence(server: LiveServer) -> None:
 def test_client_disconnect_frees_a_non_streaming_sequence(server: LiveServer) -> None:
     before = metric(server, "generated_tokens_total")
     body = json.dumps({"model": NAME, "prompt": PROMPT, "max_tokens": 240}).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head + body)
         deadline = time.monotonic() + 5
@@ -140,8 +156,13 @@ def test_sigterm_drains_running_streams(lm_repository: Path) -> None:
     started = threading.Event()
 
     def consume() -> None:
-        body = {"model": NAME, "prompt": PROMPT, "max_tokens": 200, "stream": True,
-                "ignore_eos": True}  # a random LM may draw EOS; the drain must give all 200
+        body = {
+            "model": NAME,
+            "prompt": PROMPT,
+            "max_tokens": 200,
+            "stream": True,
+            "ignore_eos": True,
+        }  # a random LM may draw EOS; the drain must give all 200
         with httpx.stream("POST", live.url + "/v1/completions", json=body, timeout=30) as r:
             for line in r.iter_lines():
                 lines.append(line)
@@ -159,15 +180,21 @@ def test_sigterm_drains_running_streams(lm_repository: Path) -> None:
     assert any('"finish_reason":"length"' in line for line in lines), lines[-4:]
 
 
-def test_generation_controls_through_the_openai_client(server: LiveServer,
-                                                      client: openai.OpenAI) -> None:
+def test_generation_controls_through_the_openai_client(
+    server: LiveServer, client: openai.OpenAI
+) -> None:
     aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    controls = {"presence_penalty": 1.0, "frequency_penalty": 0.5, "logit_bias": {"7": 2.0},
-                "extra_body": {"repetition_penalty": 1.2, "min_tokens": 16}}
+    controls = {
+        "presence_penalty": 1.0,
+        "frequency_penalty": 0.5,
+        "logit_bias": {"7": 2.0},
+        "extra_body": {"repetition_penalty": 1.2, "min_tokens": 16},
+    }
 
     async def one(prompt: str, seed: int) -> openai.types.Completion:
-        return await aclient.completions.create(model=NAME, prompt=prompt, max_tokens=16,
-                                                temperature=0.8, seed=seed, **controls)
+        return await aclient.completions.create(
+            model=NAME, prompt=prompt, max_tokens=16, temperature=0.8, seed=seed, **controls
+        )
 
     async def run() -> tuple[list, list]:
         alone = [await one(p, s or 1) for p, s in STREAMS[:4]]
@@ -189,8 +216,9 @@ def test_completion_deadline(lm_repository: Path) -> None:
     only an incomplete UTF-8 byte (logit_bias), text that is held back until the end."""
     tok = Tokenizer.from_file(str(lm_repository / NAME / "1" / "tokenizer.json"))
     partial = next(i for i in range(tok.get_vocab_size()) if tok.decode([i]) == "\ufffd")
-    live = LiveServer(lm_repository, {"NEUTRENO_REQUEST_TIMEOUT_S": "2",
-                             "NEUTRENO_MAX_RUNNING_SEQUENCES": "1"})
+    live = LiveServer(
+        lm_repository, {"NEUTRENO_REQUEST_TIMEOUT_S": "2", "NEUTRENO_MAX_RUNNING_SEQUENCES": "1"}
+    )
     live.wait_ready()
     long = {"model": NAME, "prompt": ["In the"] * 64, "max_tokens": 250, "ignore_eos": True}
     try:
@@ -198,20 +226,33 @@ def test_completion_deadline(lm_repository: Path) -> None:
         r = httpx.post(live.url + "/v1/completions", json=long, timeout=30)
         assert r.status_code == 504 and r.json()["error"]["type"] == "deadline_exceeded"
         assert 2 <= time.monotonic() - started < 6
-        with httpx.stream("POST", live.url + "/v1/completions", json={**long, "stream": True},
-                          timeout=30) as r:
+        with httpx.stream(
+            "POST", live.url + "/v1/completions", json={**long, "stream": True}, timeout=30
+        ) as r:
             assert r.status_code == 200
             events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]" and len(events) > 2
         assert json.loads(events[-2])["error"]["type"] == "deadline_exceeded"
-        finished = {c["choices"][0]["index"] for c in map(json.loads, events[:-2])
-                    if c["choices"][0]["finish_reason"]}
+        finished = {
+            c["choices"][0]["index"]
+            for c in map(json.loads, events[:-2])
+            if c["choices"][0]["finish_reason"]
+        }
         assert finished == set(range(len(finished))) and len(finished) < 64  # cut ones: none
-        with httpx.stream("POST", live.url + "/v1/completions", json={**long, "stream": True},
-                          timeout=30) as blocker:  # queued ahead, cancelled just before ours
+        with httpx.stream(
+            "POST", live.url + "/v1/completions", json={**long, "stream": True}, timeout=30
+        ) as blocker:  # queued ahead, cancelled just before ours
             assert blocker.status_code == 200
-            r = httpx.post(live.url + "/v1/completions", timeout=30, json={
-                **long, "prompt": "In the", "stream": True, "logit_bias": {str(partial): 100}})
+            r = httpx.post(
+                live.url + "/v1/completions",
+                timeout=30,
+                json={
+                    **long,
+                    "prompt": "In the",
+                    "stream": True,
+                    "logit_bias": {str(partial): 100},
+                },
+            )
             assert r.status_code == 504 and r.json()["error"]["type"] == "deadline_exceeded"
         deadline = time.monotonic() + 5
         while metric(live, "running_sequences") + metric(live, "waiting_sequences") != 0:

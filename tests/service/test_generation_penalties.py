@@ -37,10 +37,18 @@ def complete(client: TestClient, **body: object) -> dict:
     return r.json()
 
 
-def reference(built: Path, ids: list[int], steps: int, *, presence: float = 0.0,
-              frequency: float = 0.0, repetition: float = 1.0,
-              bias: dict[int, float] | None = None, min_tokens: int = 0,
-              eos: int = 0) -> list[int]:
+def reference(
+    built: Path,
+    ids: list[int],
+    steps: int,
+    *,
+    presence: float = 0.0,
+    frequency: float = 0.0,
+    repetition: float = 1.0,
+    bias: dict[int, float] | None = None,
+    min_tokens: int = 0,
+    eos: int = 0,
+) -> list[int]:
     """Greedy tokens from the PyTorch model with the controls written out as OpenAI and vLLM
     document them (an independent implementation of service.generation.penalties)."""
     model, _ = load_checkpoint(built / "checkpoint")
@@ -53,8 +61,9 @@ def reference(built: Path, ids: list[int], steps: int, *, presence: float = 0.0,
         if len(out) < min_tokens:
             logits[eos] = float("-inf")
         for token in set(ids + out):
-            logits[token] = logits[token] / repetition if logits[token] > 0 \
-                else logits[token] * repetition
+            logits[token] = (
+                logits[token] / repetition if logits[token] > 0 else logits[token] * repetition
+            )
         for token in set(out):
             logits[token] -= frequency * out.count(token) + presence
         out.append(int(logits.argmax()))
@@ -63,15 +72,22 @@ def reference(built: Path, ids: list[int], steps: int, *, presence: float = 0.0,
     return out
 
 
-@pytest.mark.parametrize("controls, ref", [
-    ({"frequency_penalty": 1.5}, {"frequency": 1.5}),
-    ({"presence_penalty": 2.0}, {"presence": 2.0}),
-    ({"presence_penalty": -1.0, "frequency_penalty": 0.5}, {"presence": -1.0, "frequency": 0.5}),
-    ({"repetition_penalty": 1.8}, {"repetition": 1.8}),
-    ({"repetition_penalty": 0.5}, {"repetition": 0.5}),
-])
-def test_penalties_equal_the_reference(app_client: TestClient, tok: TextTokenizer, built: Path,
-                                       controls: dict, ref: dict) -> None:
+@pytest.mark.parametrize(
+    "controls, ref",
+    [
+        ({"frequency_penalty": 1.5}, {"frequency": 1.5}),
+        ({"presence_penalty": 2.0}, {"presence": 2.0}),
+        (
+            {"presence_penalty": -1.0, "frequency_penalty": 0.5},
+            {"presence": -1.0, "frequency": 0.5},
+        ),
+        ({"repetition_penalty": 1.8}, {"repetition": 1.8}),
+        ({"repetition_penalty": 0.5}, {"repetition": 0.5}),
+    ],
+)
+def test_penalties_equal_the_reference(
+    app_client: TestClient, tok: TextTokenizer, built: Path, controls: dict, ref: dict
+) -> None:
     ids = tok.encode(PROMPT)
     plain = reference(built, ids, 24)
     expected = reference(built, ids, 24, **ref)
@@ -87,12 +103,12 @@ def test_penalties_break_greedy_loops(app_client: TestClient) -> None:
     assert distinct[1] > distinct[0], distinct
 
 
-def test_logit_bias_forces_and_bans_tokens(app_client: TestClient, tok: TextTokenizer,
-                                           built: Path) -> None:
+def test_logit_bias_forces_and_bans_tokens(
+    app_client: TestClient, tok: TextTokenizer, built: Path
+) -> None:
     ids = tok.encode(PROMPT)
     forced = tok.encode(" LORD")[0]
-    out = complete(app_client, max_tokens=6, temperature=0.7, seed=3,
-                   logit_bias={str(forced): 100})
+    out = complete(app_client, max_tokens=6, temperature=0.7, seed=3, logit_bias={str(forced): 100})
     assert out["choices"][0]["text"] == tok.decode([forced] * 6)
     first = reference(built, ids, 1)[0]
     banned = complete(app_client, max_tokens=8, temperature=0, logit_bias={str(first): -100})
@@ -126,32 +142,46 @@ def test_min_tokens_ignores_early_stop_strings(app_client: TestClient) -> None:
 
 
 def test_controls_are_per_row_and_seeded(app_client: TestClient) -> None:
-    body = {"max_tokens": 16, "temperature": 0.9, "top_p": 0.95, "seed": 11,
-            "presence_penalty": 0.7, "repetition_penalty": 1.3, "logit_bias": {"5": 3.5}}
+    body = {
+        "max_tokens": 16,
+        "temperature": 0.9,
+        "top_p": 0.95,
+        "seed": 11,
+        "presence_penalty": 0.7,
+        "repetition_penalty": 1.3,
+        "logit_bias": {"5": 3.5},
+    }
     alone = complete(app_client, **body)["choices"][0]["text"]
     assert complete(app_client, **body)["choices"][0]["text"] == alone
     together = complete(app_client, **{**body, "prompt": ["Blessed are", PROMPT, PROMPT]})
     assert [c["text"] for c in together["choices"][1:]] == [alone, alone]
-    plain = complete(app_client, **{**body, "presence_penalty": 0, "repetition_penalty": 1,
-                                    "logit_bias": None})["choices"][0]["text"]
+    plain = complete(
+        app_client, **{**body, "presence_penalty": 0, "repetition_penalty": 1, "logit_bias": None}
+    )["choices"][0]["text"]
     assert plain != alone
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"presence_penalty": 2.5}, 422, "presence_penalty: Input should be less than or equal to 2"),
-    ({"frequency_penalty": -2.01}, 422, "frequency_penalty: Input should be greater than or"),
-    ({"repetition_penalty": 0}, 422, "repetition_penalty: Input should be greater than 0"),
-    ({"min_tokens": -1}, 422, "min_tokens: Input should be greater than or equal to 0"),
-    ({"min_tokens": 5, "max_tokens": 3}, 422, "min_tokens (5) must not exceed max_tokens (3)"),
-    ({"logit_bias": {"a": 1}}, 422, "logit_bias keys must be token ids"),
-    ({"logit_bias": {"-1": 1}}, 422, "logit_bias keys must be token ids"),
-    ({"logit_bias": {"1": 100.5}}, 422, "logit_bias values must be in [-100, 100]"),
-    ({"logit_bias": {str(i): 1 for i in range(301)}}, 422, "at most 300"),
-    ({"logit_bias": {"512": 1}}, 400, "logit_bias has token ids outside [0, 512): [512]"),
-    ({"min_tokens": 256, "max_tokens": None}, 400, "min_tokens (256) exceeds the"),
-])
-def test_control_validation(app_client: TestClient, body: dict, status: int,
-                            message: str) -> None:
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (
+            {"presence_penalty": 2.5},
+            422,
+            "presence_penalty: Input should be less than or equal to 2",
+        ),
+        ({"frequency_penalty": -2.01}, 422, "frequency_penalty: Input should be greater than or"),
+        ({"repetition_penalty": 0}, 422, "repetition_penalty: Input should be greater than 0"),
+        ({"min_tokens": -1}, 422, "min_tokens: Input should be greater than or equal to 0"),
+        ({"min_tokens": 5, "max_tokens": 3}, 422, "min_tokens (5) must not exceed max_tokens (3)"),
+        ({"logit_bias": {"a": 1}}, 422, "logit_bias keys must be token ids"),
+        ({"logit_bias": {"-1": 1}}, 422, "logit_bias keys must be token ids"),
+        ({"logit_bias": {"1": 100.5}}, 422, "logit_bias values must be in [-100, 100]"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, 422, "at most 300"),
+        ({"logit_bias": {"512": 1}}, 400, "logit_bias has token ids outside [0, 512): [512]"),
+        ({"min_tokens": 256, "max_tokens": None}, 400, "min_tokens (256) exceeds the"),
+    ],
+)
+def test_control_validation(app_client: TestClient, body: dict, status: int, message: str) -> None:
     r = app_client.post("/v1/completions", json={"model": NAME, "prompt": "In the", **body})
     assert r.status_code == status, r.text
     assert message in r.json()["error"]["message"]

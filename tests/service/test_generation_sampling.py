@@ -26,8 +26,9 @@ def _logits(kind: str) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["normal", "extreme", "tied"])
 def test_every_accepted_value_gives_a_token(kind: str) -> None:
     logits = _logits(kind)
-    for temperature, top_k, top_p in itertools.product(TEMPERATURES, [0, 1, 3, 10_000],
-                                                       [1e-300, 0.5, 1.0]):
+    for temperature, top_k, top_p in itertools.product(
+        TEMPERATURES, [0, 1, 3, 10_000], [1e-300, 0.5, 1.0]
+    ):
         token = Sampler(SamplingParams(temperature, top_k, top_p, seed=1))(logits)
         assert 0 <= token < logits.shape[0]
 

@@ -18,19 +18,29 @@ from service.generation.validation import ValidRequest
 
 
 @pytest.fixture(scope="module")
-def tokenizer(request: pytest.FixtureRequest,
-              tmp_path_factory: pytest.TempPathFactory) -> TextTokenizer:
+def tokenizer(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> TextTokenizer:
     bundle = tiny_lm(request.config, tmp_path_factory.mktemp("lm")) / "bundle" / NAME / "1"
     vocab = json.loads((bundle / "manifest.json").read_text())["generation"]["vocab_size"]
     return TextTokenizer(bundle / "tokenizer.json", None, vocab)
 
 
-def _run(tokenizer: TextTokenizer, text: str, stop: tuple[str, ...],
-         max_new: int = 10_000) -> tuple[list[Chunk], float]:
+def _run(
+    tokenizer: TextTokenizer, text: str, stop: tuple[str, ...], max_new: int = 10_000
+) -> tuple[list[Chunk], float]:
     """Append `text`'s tokens one by one; (every chunk emitted, seconds spent appending)."""
     ids = tokenizer.encode(text)
-    request = ValidRequest(0, "x", tuple(tokenizer.encode("x")), min(max_new, len(ids)),
-                           SamplingParams(), stop, None, False)
+    request = ValidRequest(
+        0,
+        "x",
+        tuple(tokenizer.encode("x")),
+        min(max_new, len(ids)),
+        SamplingParams(),
+        stop,
+        None,
+        False,
+    )
     outbox: asyncio.Queue[Chunk] = asyncio.Queue()
     sequence = Sequence(request, tokenizer, outbox)
     logits = np.zeros(tokenizer.vocab_size, np.float32)

@@ -28,5 +28,6 @@ def test_area_enlarges_bilinearly_and_keeps_same_size_pictures():
     img = Image.fromarray(_stripes())
     assert imaging.resize(img, (28, 28), "area") is img
     up = imaging.resize(img, (56, 56), "area")
-    assert np.array_equal(np.asarray(up), np.asarray(img.resize((56, 56),
-                                                                 Image.Resampling.BILINEAR)))
+    assert np.array_equal(
+        np.asarray(up), np.asarray(img.resize((56, 56), Image.Resampling.BILINEAR))
+    )

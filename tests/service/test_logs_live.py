@@ -21,22 +21,29 @@ TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
 @pytest.fixture(scope="module")
 def records(lm_repository: Path) -> tuple[list[dict], dict[str, httpx.Response]]:
     """(every JSON log record, the responses by name) of one server session."""
-    live = LiveServer(lm_repository, {"NEUTRENO_LOG_FORMAT": "json",
-                                      "NEUTRENO_LOG_LEVEL": "info"})
+    live = LiveServer(lm_repository, {"NEUTRENO_LOG_FORMAT": "json", "NEUTRENO_LOG_LEVEL": "info"})
     try:
         live.wait_ready()
         with httpx.Client(base_url=live.url, timeout=30) as c:
             image = {"image": b64(png_bytes(np.zeros((28, 28), np.uint8)))}
             responses = {
                 "health": c.get("/healthz", headers={"X-Request-Id": "req-abc.123"}),
-                "classify": c.post("/v1/models/fashion-classifier/classify", json=image,
-                                   headers={"traceparent": TRACEPARENT}),
-                "complete": c.post("/v1/completions", json={"model": NAME, "prompt": "In the",
-                                                            "max_tokens": 2}),
-                "unknown": c.post("/v1/completions", json={"model": "nope", "prompt": "a"},
-                                  headers={"X-Request-Id": "bad id\twith spaces"}),
-                "schema": c.post("/v1/completions", json={"model": NAME, "prompt": "a",
-                                                          "temperature": 9}),
+                "classify": c.post(
+                    "/v1/models/fashion-classifier/classify",
+                    json=image,
+                    headers={"traceparent": TRACEPARENT},
+                ),
+                "complete": c.post(
+                    "/v1/completions", json={"model": NAME, "prompt": "In the", "max_tokens": 2}
+                ),
+                "unknown": c.post(
+                    "/v1/completions",
+                    json={"model": "nope", "prompt": "a"},
+                    headers={"X-Request-Id": "bad id\twith spaces"},
+                ),
+                "schema": c.post(
+                    "/v1/completions", json={"model": NAME, "prompt": "a", "temperature": 9}
+                ),
             }
     finally:
         live.stop()
@@ -45,8 +52,9 @@ def records(lm_repository: Path) -> tuple[list[dict], dict[str, httpx.Response]]
 
 
 def access(records: list[dict], request_id: str) -> dict:
-    found = [r for r in records if r["logger"] == "neutreno.access"
-             and r.get("request_id") == request_id]
+    found = [
+        r for r in records if r["logger"] == "neutreno.access" and r.get("request_id") == request_id
+    ]
     assert len(found) == 1, found
     return found[0]
 
@@ -55,8 +63,9 @@ def test_every_line_is_one_json_object(records: tuple[list[dict], dict]) -> None
     lines, _ = records
     assert len(lines) >= 8
     assert all({"time", "level", "logger", "message"} <= set(r) for r in lines)
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", r["time"])
-               for r in lines)
+    assert all(
+        re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", r["time"]) for r in lines
+    )
     assert any("Uvicorn running" in r["message"] for r in lines)  # uvicorn's records too
 
 
@@ -67,8 +76,11 @@ def test_access_records(records: tuple[list[dict], dict]) -> None:
     assert health["route"] == "/healthz" and health["status"] == 200
     assert health["level"] == "info" and health["method"] == "GET" and health["duration_ms"] > 0
     classify = responses["classify"]
-    assert classify.status_code == 200 and set(classify.json()["predictions"][0]) == {
-        "index", "label", "score"} and classify.json()["predictions"][0]["label"] in FASHION
+    assert (
+        classify.status_code == 200
+        and set(classify.json()["predictions"][0]) == {"index", "label", "score"}
+        and classify.json()["predictions"][0]["label"] in FASHION
+    )
     generated = classify.headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
     record = access(lines, generated)
@@ -99,14 +111,20 @@ def test_text_format_carries_the_request_id(lm_repository: Path) -> None:
     try:
         live.wait_ready()
         ok = httpx.get(live.url + "/healthz", headers={"X-Request-Id": "ok-1"})
-        bad = httpx.post(live.url + "/tokenize", json={"model": "nope", "prompt": "a"},
-                         headers={"X-Request-Id": "bad-2"})
+        bad = httpx.post(
+            live.url + "/tokenize",
+            json={"model": "nope", "prompt": "a"},
+            headers={"X-Request-Id": "bad-2"},
+        )
     finally:
         live.stop()
     assert ok.headers["x-request-id"] == "ok-1" and bad.status_code == 404
     lines = live.output().splitlines()
     assert not any("[ok-1]" in line for line in lines)
     [line] = [line for line in lines if "[bad-2]" in line]
-    assert re.fullmatch(r"\S+ \S+ WARNING neutreno\.access \[bad-2\] POST /tokenize 404 "
-                        r"[\d.]+ ms: no model named 'nope'.*", line), line
+    assert re.fullmatch(
+        r"\S+ \S+ WARNING neutreno\.access \[bad-2\] POST /tokenize 404 "
+        r"[\d.]+ ms: no model named 'nope'.*",
+        line,
+    ), line
     assert any("INFO uvicorn.error [-] Uvicorn running" in line for line in lines)

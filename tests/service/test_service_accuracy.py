@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from service_helpers import ROOT, b64, make_settings, png_bytes
 from fastapi.testclient import TestClient
+from service_helpers import ROOT, b64, make_settings, png_bytes
 
 from service import create_app
 
@@ -36,10 +36,15 @@ def test_rest_accuracy_equals_direct_bundle_accuracy(repository: Path, fashion) 
     with TestClient(create_app(make_settings(repo, max_batch_size=32))) as c:
         model = c.app.state.service.engine.core.models["fashion-classifier"]
         direct = _direct_predictions(model.path, images, model.preprocessing)
-        served = np.array([
-            c.post("/v1/models/fashion-classifier/classify",
-                   json={"image": b64(png_bytes(img)), "top_k": 1}).json()["predictions"][0]
-            ["index"] for img in images])
+        served = np.array(
+            [
+                c.post(
+                    "/v1/models/fashion-classifier/classify",
+                    json={"image": b64(png_bytes(img)), "top_k": 1},
+                ).json()["predictions"][0]["index"]
+                for img in images
+            ]
+        )
     assert (served == direct).all()
     rest_accuracy, direct_accuracy = (served == labels).mean(), (direct == labels).mean()
     assert rest_accuracy == direct_accuracy

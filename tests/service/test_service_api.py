@@ -10,9 +10,9 @@ import zlib
 import numpy as np
 import onnxruntime as ort
 import pytest
-from service_helpers import MEAN, STD, b64, make_settings, png_bytes
 from fastapi.testclient import TestClient
 from PIL import Image
+from service_helpers import MEAN, STD, b64, make_settings, png_bytes
 
 from service import create_app
 
@@ -22,12 +22,19 @@ SEGMENT = "/v1/models/fashion-segmenter/segment"
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose IHDR declares width x height with almost no pixel data behind it."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data)))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _error(response, status: int, type_: str) -> str:
@@ -41,7 +48,9 @@ def test_health_ready_and_models(client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["models"] == {
-        "fashion-classifier": "ready", "fashion-segmenter": "ready"}
+        "fashion-classifier": "ready",
+        "fashion-segmenter": "ready",
+    }
     listed = client.get("/v1/models").json()
     assert listed["object"] == "list"
     cards = {m["id"]: m for m in listed["data"]}
@@ -51,8 +60,9 @@ def test_health_ready_and_models(client: TestClient) -> None:
 
 def test_classify_multipart_and_json_agree(client: TestClient, fashion) -> None:
     image = png_bytes(fashion[0][3])
-    multipart = client.post(CLASSIFY, files={"file": ("x.png", image, "image/png")},
-                            data={"top_k": "3"})
+    multipart = client.post(
+        CLASSIFY, files={"file": ("x.png", image, "image/png")}, data={"top_k": "3"}
+    )
     as_json = client.post(CLASSIFY, json={"image": b64(image), "top_k": 3})
     assert multipart.status_code == as_json.status_code == 200
     assert multipart.json() == as_json.json()
@@ -66,18 +76,22 @@ def test_classify_matches_onnx_runtime_directly(client: TestClient, repository, 
     sess = ort.InferenceSession(str(repository / "fashion-classifier/1/model.onnx"))
     x = ((images.astype(np.float32) / 255.0 - MEAN) / STD)[:, None]
     logits = sess.run(["logits"], {"pixel_values": x})[0]
-    for img, row in zip(images, logits):
+    for img, row in zip(images, logits, strict=False):
         got = client.post(CLASSIFY, json={"image": b64(png_bytes(img)), "top_k": 10}).json()
         probs = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
         assert got["predictions"][0]["index"] == int(row.argmax())
-        assert np.allclose(sorted(p["score"] for p in got["predictions"]), np.sort(probs),
-                           atol=1e-5)
+        assert np.allclose(
+            sorted(p["score"] for p in got["predictions"]), np.sort(probs), atol=1e-5
+        )
 
 
 def test_segment_mask_at_input_size(client: TestClient) -> None:
     ramp = np.tile(np.linspace(0, 255, 90).astype(np.uint8), (50, 1))  # 90 wide, 50 high
-    r = client.post(SEGMENT, files={"file": ("ramp.png", png_bytes(ramp), "image/png")},
-                    data={"overlay": "true"})
+    r = client.post(
+        SEGMENT,
+        files={"file": ("ramp.png", png_bytes(ramp), "image/png")},
+        data={"overlay": "true"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["width"], body["height"]) == (90, 50)
@@ -109,11 +123,14 @@ def test_jpeg_extreme_aspect(client: TestClient) -> None:
     assert client.post(SEGMENT, json={"image": b64(data)}).status_code == 200
 
 
-@pytest.mark.parametrize("payload, why", [
-    (b"", "empty"),
-    (b"<html><body>not an image</body></html>", "html"),
-    (None, "truncated"),
-])
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        (b"", "empty"),
+        (b"<html><body>not an image</body></html>", "html"),
+        (None, "truncated"),
+    ],
+)
 def test_invalid_images_400(client: TestClient, payload: bytes | None, why: str) -> None:
     if payload is None:
         full = png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
@@ -140,16 +157,20 @@ def test_decompression_bomb_413(client: TestClient, width: int, height: int) -> 
 def test_body_too_large_413(repository) -> None:
     with TestClient(create_app(make_settings(repository, max_body_bytes=4096))) as c:
         big = png_bytes(np.random.default_rng(1).integers(0, 255, (128, 128), dtype=np.uint8))
-        _error(c.post(CLASSIFY, files={"file": ("x.png", big, "image/png")}), 413,
-               "payload_too_large")
+        _error(
+            c.post(CLASSIFY, files={"file": ("x.png", big, "image/png")}), 413, "payload_too_large"
+        )
         _error(c.post(CLASSIFY, json={"image": b64(big)}), 413, "payload_too_large")
 
 
-@pytest.mark.parametrize("headers, content", [
-    ({"content-type": "text/plain"}, b"hello"),
-    ({"content-type": "application/xml"}, b"<image/>"),
-    ({}, b""),
-])
+@pytest.mark.parametrize(
+    "headers, content",
+    [
+        ({"content-type": "text/plain"}, b"hello"),
+        ({"content-type": "application/xml"}, b"<image/>"),
+        ({}, b""),
+    ],
+)
 def test_unsupported_media_type_415(client: TestClient, headers, content) -> None:
     _error(client.post(CLASSIFY, content=content, headers=headers), 415, "unsupported_media_type")
 
@@ -159,13 +180,16 @@ def test_non_image_file_part_415(client: TestClient) -> None:
     _error(r, 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("body", [
-    {"image": "AAAA", "top_k": 0},
-    {"image": "AAAA", "top_k": 1001},
-    {"image": "AAAA", "top_k": "many"},
-    {"image": "AAAA", "unexpected": 1},
-    {"top_k": 3},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"image": "AAAA", "top_k": 0},
+        {"image": "AAAA", "top_k": 1001},
+        {"image": "AAAA", "top_k": "many"},
+        {"image": "AAAA", "unexpected": 1},
+        {"top_k": 3},
+    ],
+)
 def test_parameter_validation_422(client: TestClient, body) -> None:
     _error(client.post(CLASSIFY, json=body), 422, "validation_error")
 
@@ -200,8 +224,11 @@ def test_api_key(repository, fashion) -> None:
         r = c.post(CLASSIFY, json=image)
         _error(r, 401, "unauthorized")
         assert r.headers["www-authenticate"] == "Bearer"
-        _error(c.post(CLASSIFY, json=image, headers={"Authorization": "Bearer wrong"}), 401,
-               "unauthorized")
+        _error(
+            c.post(CLASSIFY, json=image, headers={"Authorization": "Bearer wrong"}),
+            401,
+            "unauthorized",
+        )
         ok = c.post(CLASSIFY, json=image, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         v2 = c.get("/v2/models/fashion-classifier")
@@ -211,14 +238,26 @@ def test_api_key(repository, fashion) -> None:
 def test_metrics_exposes_every_design_name(client: TestClient, fashion) -> None:
     client.post(CLASSIFY, json={"image": b64(png_bytes(fashion[0][0]))})
     text = client.get("/metrics").text
-    for name in ["requests_total", "request_duration_seconds", "queue_duration_seconds",
-                 "inference_duration_seconds", "batch_size", "queue_depth",
-                 "time_to_first_token_seconds", "inter_token_latency_seconds",
-                 "generated_tokens_total", "running_sequences", "waiting_sequences",
-                 "token_similarity", "model_info"]:
+    for name in [
+        "requests_total",
+        "request_duration_seconds",
+        "queue_duration_seconds",
+        "inference_duration_seconds",
+        "batch_size",
+        "queue_depth",
+        "time_to_first_token_seconds",
+        "inter_token_latency_seconds",
+        "generated_tokens_total",
+        "running_sequences",
+        "waiting_sequences",
+        "token_similarity",
+        "model_info",
+    ]:
         assert f"neutreno_{name}" in text, name
-    assert ('neutreno_requests_total{endpoint="/v1/models/{name}/classify",'
-            'model="fashion-classifier",status="200"}') in text
+    assert (
+        'neutreno_requests_total{endpoint="/v1/models/{name}/classify",'
+        'model="fashion-classifier",status="200"}'
+    ) in text
     assert 'neutreno_token_similarity{layer="0",model="fashion-classifier"}' in text
     assert 'neutreno_model_info{attention="neutreno",device="cpu",lam="0.6"' in text
 
@@ -229,9 +268,18 @@ def test_openapi_docs(client: TestClient) -> None:
     body = spec["paths"]["/v1/models/{name}/classify"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     assert body["application/json"]["schema"]["examples"]
-    for path in ["/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/{name}/segment",
-                 "/v2/health/live", "/v2/health/ready", "/v2/models/{name}",
-                 "/v2/models/{name}/ready", "/v2/models/{name}/infer"]:
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/models",
+        "/v1/models/{name}/segment",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/infer",
+    ]:
         assert path in spec["paths"], path
 
 

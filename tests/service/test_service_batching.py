@@ -65,8 +65,9 @@ async def test_concurrent_requests_share_batches_and_get_their_own_rows() -> Non
 async def test_multi_row_requests_split_back_correctly() -> None:
     model = FakeModel()
     b = _batcher(model, max_batch_size=4)
-    outs = await asyncio.gather(b.submit(_row(1, 3), 5.0), b.submit(_row(2, 1), 5.0),
-                                b.submit(_row(3, 6), 5.0))
+    outs = await asyncio.gather(
+        b.submit(_row(1, 3), 5.0), b.submit(_row(2, 1), 5.0), b.submit(_row(3, 6), 5.0)
+    )
     assert [o["y"].shape[0] for o in outs] == [3, 1, 6]
     assert [float(o["y"][0, 0]) for o in outs] == [2.0, 4.0, 6.0]
     assert 6 in model.batches  # larger than max_batch_size: runs alone
@@ -106,8 +107,9 @@ async def test_batch_size_one_turns_batching_off() -> None:
 async def test_exception_reaches_every_request_in_the_batch() -> None:
     model = FakeModel(fail=True)
     b = _batcher(model)
-    results = await asyncio.gather(*(b.submit(_row(i), 5.0) for i in range(5)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(b.submit(_row(i), 5.0) for i in range(5)), return_exceptions=True
+    )
     assert all(isinstance(r, InferenceFailed) and "boom" in r.message for r in results)
     model.fail = False
     assert (await b.submit(_row(1), 5.0))["y"][0, 0] == 2.0  # the batcher keeps going
@@ -116,8 +118,9 @@ async def test_exception_reaches_every_request_in_the_batch() -> None:
 
 async def test_full_queue_raises_queue_full_with_retry_after() -> None:
     b = _batcher(FakeModel(delay=0.2), max_batch_size=1, max_queue_size=2)
-    results = await asyncio.gather(*(b.submit(_row(i), 5.0) for i in range(6)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(b.submit(_row(i), 5.0) for i in range(6)), return_exceptions=True
+    )
     full = [r for r in results if isinstance(r, QueueFull)]
     # all six arrive in one tick: two fit the queue, four are refused at once
     assert len(full) == 4 and all(int(e.headers["Retry-After"]) >= 1 for e in full)
@@ -128,8 +131,9 @@ async def test_full_queue_raises_queue_full_with_retry_after() -> None:
 async def test_deadline_gives_504_and_expired_requests_never_run() -> None:
     model = FakeModel(delay=0.3)
     b = _batcher(model, max_batch_size=1, max_queue_delay_s=0.0)
-    results = await asyncio.gather(*(b.submit(_row(i), 0.1) for i in range(4)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(b.submit(_row(i), 0.1) for i in range(4)), return_exceptions=True
+    )
     assert all(isinstance(r, DeadlineExceeded) for r in results)
     await asyncio.sleep(0.35)
     assert len(model.batches) == 1  # the three queued behind the first were dropped
@@ -160,8 +164,15 @@ async def test_stop_finishes_queued_work() -> None:
 async def test_buckets_pad_batches_and_cut_outputs_back() -> None:
     model = FakeModel(delay=0.01)
     metrics = Metrics()
-    b = DynamicBatcher("m", model, metrics, max_batch_size=8, max_queue_delay_s=0.05,
-                       max_queue_size=64, buckets=(1, 4, 8))
+    b = DynamicBatcher(
+        "m",
+        model,
+        metrics,
+        max_batch_size=8,
+        max_queue_delay_s=0.05,
+        max_queue_size=64,
+        buckets=(1, 4, 8),
+    )
     b.start()
     results = await asyncio.gather(*(b.submit(_row(i), 5.0) for i in range(5)))
     lone = await b.submit(_row(9, 2), 5.0)
@@ -179,17 +190,23 @@ def test_bucket_and_cuda_settings(repository) -> None:
     assert make_settings(repository, batch_buckets="off").buckets("cuda") == ()
     with pytest.raises(ValueError):
         make_settings(repository, batch_buckets="1,x")
-    options = make_settings(repository, cuda_use_tf32=False,
-                            cuda_gpu_mem_limit_mb=1024).cuda_provider_options
-    assert options == {"device_id": "0", "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": "0",
-                       "arena_extend_strategy": "kNextPowerOfTwo",
-                       "gpu_mem_limit": str(1024 ** 3)}
+    options = make_settings(
+        repository, cuda_use_tf32=False, cuda_gpu_mem_limit_mb=1024
+    ).cuda_provider_options
+    assert options == {
+        "device_id": "0",
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "use_tf32": "0",
+        "arena_extend_strategy": "kNextPowerOfTwo",
+        "gpu_mem_limit": str(1024**3),
+    }
 
 
 async def test_http_batches_padded_to_buckets_answer_each_request(repository, fashion) -> None:
     images, labels = fashion
-    async with serving(repository, max_batch_size=16, max_queue_delay_ms=50.0,
-                       batch_buckets="1,16") as (app, c):
+    async with serving(
+        repository, max_batch_size=16, max_queue_delay_ms=50.0, batch_buckets="1,16"
+    ) as (app, c):
         runs: list[int] = []
         model = app.state.service.engine.core.models["fashion-classifier"]
         real_run = model.run
@@ -205,14 +222,16 @@ async def test_http_batches_padded_to_buckets_answer_each_request(repository, fa
         for batched, single in zip(answers, alone, strict=True):
             top, ref = batched.json()["predictions"], single["predictions"]
             assert [p["index"] for p in top] == [p["index"] for p in ref]
-            np.testing.assert_allclose([p["score"] for p in top], [p["score"] for p in ref],
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                [p["score"] for p in top], [p["score"] for p in ref], atol=1e-5
+            )
         assert set(runs) <= {1, 16} and 16 in runs
 
 
 @asynccontextmanager
-async def serving(repository, **overrides: object
-                  ) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
+async def serving(
+    repository, **overrides: object
+) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
     app = create_app(make_settings(repository, **overrides))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -227,14 +246,17 @@ async def test_http_requests_share_a_batch(repository, fashion) -> None:
         assert all(r.status_code == 200 for r in responses)
         metrics = app.state.service.metrics
         count = metrics.registry.get_sample_value(
-            "neutreno_batch_size_count", {"model": "fashion-classifier"})
+            "neutreno_batch_size_count", {"model": "fashion-classifier"}
+        )
         rows = metrics.registry.get_sample_value(
-            "neutreno_batch_size_sum", {"model": "fashion-classifier"})
+            "neutreno_batch_size_sum", {"model": "fashion-classifier"}
+        )
         assert rows == 12 and count < 12  # fewer batches than requests: they were shared
 
 
-async def test_ort_failure_gives_every_request_a_clean_error(repository, fashion,
-                                                             monkeypatch) -> None:
+async def test_ort_failure_gives_every_request_a_clean_error(
+    repository, fashion, monkeypatch
+) -> None:
     async with serving(repository, max_batch_size=8, max_queue_delay_ms=30.0) as (app, c):
         model = app.state.service.engine.core.models["fashion-classifier"]
         real_run = model.run
@@ -253,10 +275,11 @@ async def test_ort_failure_gives_every_request_a_clean_error(repository, fashion
         assert (await c.post(CLASSIFY, json=bodies[0])).status_code == 200
 
 
-async def test_queue_full_429_and_deadline_504_over_http(repository, fashion,
-                                                         monkeypatch) -> None:
-    async with serving(repository, max_batch_size=1, max_queue_size=2,
-                       request_timeout_s=0.2) as (app, c):
+async def test_queue_full_429_and_deadline_504_over_http(repository, fashion, monkeypatch) -> None:
+    async with serving(repository, max_batch_size=1, max_queue_size=2, request_timeout_s=0.2) as (
+        app,
+        c,
+    ):
         model = app.state.service.engine.core.models["fashion-classifier"]
         real_run = model.run
 
@@ -267,8 +290,7 @@ async def test_queue_full_429_and_deadline_504_over_http(repository, fashion,
         monkeypatch.setattr(model, "run", slow)
         decoded = []
         real_open = imaging.open_image
-        monkeypatch.setattr(imaging, "open_image",
-                            lambda *a: decoded.append(1) or real_open(*a))
+        monkeypatch.setattr(imaging, "open_image", lambda *a: decoded.append(1) or real_open(*a))
         body = {"image": b64(png_bytes(fashion[0][0]))}
         responses = await asyncio.gather(*(c.post(CLASSIFY, json=body) for _ in range(8)))
         codes = sorted(r.status_code for r in responses)

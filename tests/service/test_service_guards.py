@@ -15,33 +15,53 @@ ALLOWED = "https://app.example"
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 
 
-@pytest.mark.parametrize("raw, value", [("0", 0), ("123", 123), ("9" * 18, 10**18 - 1),
-                                        ("9" * 19, None), ("²", None), ("１", None),
-                                        ("", None), ("-1", None), ("+1", None), ("1_0", None),
-                                        (" 1", None), ("1e3", None), ("9" * 5000, None)])
+@pytest.mark.parametrize(
+    "raw, value",
+    [
+        ("0", 0),
+        ("123", 123),
+        ("9" * 18, 10**18 - 1),
+        ("9" * 19, None),
+        ("²", None),
+        ("１", None),
+        ("", None),
+        ("-1", None),
+        ("+1", None),
+        ("1_0", None),
+        (" 1", None),
+        ("1e3", None),
+        ("9" * 5000, None),
+    ],
+)
 def test_parse_length_never_raises(raw: str, value: int | None) -> None:
     assert parse_length(raw) == value
 
 
-@pytest.mark.parametrize("headers, refused", [
-    ({}, False),  # curl, SDKs
-    ({"sec-fetch-site": "same-origin", "origin": "http://h"}, False),
-    ({"sec-fetch-site": "none"}, False),
-    ({"sec-fetch-site": "cross-site"}, True),
-    ({"sec-fetch-site": "same-site", "origin": "https://sub.h"}, True),
-    ({"origin": "http://h", "host": "h"}, False),
-    ({"origin": "https://evil.example", "host": "h"}, True),
-    ({"origin": "null", "host": "h"}, True),
-    ({"origin": "http://[", "host": "h"}, True),
-    ({"origin": ALLOWED, "sec-fetch-site": "cross-site"}, False),
-])
+@pytest.mark.parametrize(
+    "headers, refused",
+    [
+        ({}, False),  # curl, SDKs
+        ({"sec-fetch-site": "same-origin", "origin": "http://h"}, False),
+        ({"sec-fetch-site": "none"}, False),
+        ({"sec-fetch-site": "cross-site"}, True),
+        ({"sec-fetch-site": "same-site", "origin": "https://sub.h"}, True),
+        ({"origin": "http://h", "host": "h"}, False),
+        ({"origin": "https://evil.example", "host": "h"}, True),
+        ({"origin": "null", "host": "h"}, True),
+        ({"origin": "http://[", "host": "h"}, True),
+        ({"origin": ALLOWED, "sec-fetch-site": "cross-site"}, False),
+    ],
+)
 def test_cross_site_rule(headers: dict[str, str], refused: bool) -> None:
     assert (cross_site(Headers(headers), frozenset({ALLOWED})) is not None) is refused
 
 
 def test_cors_off_by_default_and_on_for_listed_origins(repository) -> None:
-    preflight = {"origin": ALLOWED, "access-control-request-method": "POST",
-                 "access-control-request-headers": "authorization, content-type"}
+    preflight = {
+        "origin": ALLOWED,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
     image = {"file": ("x.png", png_bytes(np.zeros((28, 28), np.uint8)), "image/png")}
     with TestClient(create_app(make_settings(repository))) as c:
         assert "access-control-allow-origin" not in c.options(CLASSIFY, headers=preflight).headers

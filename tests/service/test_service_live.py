@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import ROOT, LiveServer, b64, make_settings, png_bytes
 from fastapi.testclient import TestClient
+from service_helpers import ROOT, LiveServer, b64, make_settings, png_bytes
 
 from service import create_app
 
@@ -36,10 +36,15 @@ def test_live_endpoints(server: LiveServer, fashion) -> None:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").json()["status"] == "ok"
         assert {m["id"] for m in c.get("/v1/models").json()["data"]} == {
-            "fashion-classifier", "fashion-segmenter"}
+            "fashion-classifier",
+            "fashion-segmenter",
+        }
         image = png_bytes(fashion[0][0])
-        r = c.post("/v1/models/fashion-classifier/classify",
-                   files={"file": ("x.png", image, "image/png")}, data={"top_k": "2"})
+        r = c.post(
+            "/v1/models/fashion-classifier/classify",
+            files={"file": ("x.png", image, "image/png")},
+            data={"top_k": "2"},
+        )
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
         seg = c.post("/v1/models/fashion-segmenter/segment", json={"image": b64(image)})
         assert seg.status_code == 200 and seg.json()["width"] == 28
@@ -47,29 +52,66 @@ def test_live_endpoints(server: LiveServer, fashion) -> None:
         assert c.get("/v2/health/ready").json() == {"ready": True}
         assert c.get("/v2/models/fashion-classifier/ready").json()["ready"] is True
         assert c.get("/v2/models/fashion-segmenter").json()["outputs"][0]["shape"] == [
-            -1, 11, 64, 64]
-        infer = c.post("/v2/models/fashion-classifier/infer", json={"inputs": [
-            {"name": "pixel_values", "shape": [1, 1, 28, 28], "datatype": "FP32",
-             "data": [0.0] * 784}]})
+            -1,
+            11,
+            64,
+            64,
+        ]
+        infer = c.post(
+            "/v2/models/fashion-classifier/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "pixel_values",
+                        "shape": [1, 1, 28, 28],
+                        "datatype": "FP32",
+                        "data": [0.0] * 784,
+                    }
+                ]
+            },
+        )
         assert infer.status_code == 200 and infer.json()["outputs"][0]["shape"] == [1, 10]
         metrics = c.get("/metrics").text
         assert 'neutreno_requests_total{endpoint="/v1/models/{name}/classify"' in metrics
 
 
-@pytest.mark.parametrize("method, path, kwargs, status", [
-    ("post", "/v1/models/fashion-classifier/classify",
-     {"files": {"file": ("x.png", b"garbage", "image/png")}}, 400),
-    ("post", "/v1/models/fashion-classifier/classify", {"json": {"image": "AAAA"},
-                                                         "headers": {}}, 401),
-    ("post", "/v1/models/unknown/classify", {"json": {"image": "AAAA"}}, 404),
-    ("post", "/v1/models/fashion-classifier/classify",
-     {"content": b"x" * (9 * 1024 * 1024), "headers": {**KEY, "content-type": "image/png"}}, 413),
-    ("post", "/v1/models/fashion-classifier/classify",
-     {"content": b"hi", "headers": {**KEY, "content-type": "text/plain"}}, 415),
-    ("post", "/v1/models/fashion-classifier/classify",
-     {"json": {"image": "AAAA", "top_k": -1}}, 422),
-    ("post", "/v2/models/fashion-classifier/infer", {"json": {"inputs": []}}, 400),
-])
+@pytest.mark.parametrize(
+    "method, path, kwargs, status",
+    [
+        (
+            "post",
+            "/v1/models/fashion-classifier/classify",
+            {"files": {"file": ("x.png", b"garbage", "image/png")}},
+            400,
+        ),
+        (
+            "post",
+            "/v1/models/fashion-classifier/classify",
+            {"json": {"image": "AAAA"}, "headers": {}},
+            401,
+        ),
+        ("post", "/v1/models/unknown/classify", {"json": {"image": "AAAA"}}, 404),
+        (
+            "post",
+            "/v1/models/fashion-classifier/classify",
+            {"content": b"x" * (9 * 1024 * 1024), "headers": {**KEY, "content-type": "image/png"}},
+            413,
+        ),
+        (
+            "post",
+            "/v1/models/fashion-classifier/classify",
+            {"content": b"hi", "headers": {**KEY, "content-type": "text/plain"}},
+            415,
+        ),
+        (
+            "post",
+            "/v1/models/fashion-classifier/classify",
+            {"json": {"image": "AAAA", "top_k": -1}},
+            422,
+        ),
+        ("post", "/v2/models/fashion-classifier/infer", {"json": {"inputs": []}}, 400),
+    ],
+)
 def test_live_error_statuses(server: LiveServer, method, path, kwargs, status) -> None:
     kwargs = {"headers": KEY, **kwargs}
     r = httpx.request(method.upper(), server.url + path, timeout=10, **kwargs)
@@ -80,15 +122,24 @@ def test_live_error_statuses(server: LiveServer, method, path, kwargs, status) -
 
 def test_invalid_setting_exits_with_clear_message(repository: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "neutreno.cli", "serve", "--port", "1"], cwd=ROOT,
-        env={"NEUTRENO_MODEL_REPOSITORY": str(repository), "NEUTRENO_MAX_BATCH_SIZE": "0",
-             "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+        [sys.executable, "-m", "neutreno.cli", "serve", "--port", "1"],
+        cwd=ROOT,
+        env={
+            "NEUTRENO_MODEL_REPOSITORY": str(repository),
+            "NEUTRENO_MAX_BATCH_SIZE": "0",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "NEUTRENO_MAX_BATCH_SIZE" in proc.stderr and "NEUTRENO_PORT" not in proc.stderr
 
 
-def test_broken_bundle_is_named_and_healthy_models_serve(repository: Path, tmp_path: Path,
-                                                         fashion) -> None:
+def test_broken_bundle_is_named_and_healthy_models_serve(
+    repository: Path, tmp_path: Path, fashion
+) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(repository, repo)
     broken = repo / "fashion-segmenter" / "1" / "manifest.json"
@@ -105,21 +156,26 @@ def test_broken_bundle_is_named_and_healthy_models_serve(repository: Path, tmp_p
         assert c.get("/v2/models/fashion-segmenter/ready").status_code == 503
         seg = c.post("/v1/models/fashion-segmenter/segment", json={"image": "AAAA"})
         assert seg.status_code == 503 and seg.json()["error"]["type"] == "model_not_ready"
-        ok = c.post("/v1/models/fashion-classifier/classify",
-                    json={"image": b64(png_bytes(fashion[0][0]))})
+        ok = c.post(
+            "/v1/models/fashion-classifier/classify", json={"image": b64(png_bytes(fashion[0][0]))}
+        )
         assert ok.status_code == 200
 
 
 def _queue_depth(live: LiveServer) -> float:
     text = httpx.get(live.url + "/metrics", timeout=5).text
-    line = next(ln for ln in text.splitlines()
-                if ln.startswith('neutreno_queue_depth{model="fashion-classifier"}'))
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('neutreno_queue_depth{model="fashion-classifier"}')
+    )
     return float(line.split()[-1])
 
 
 def test_sigterm_drains_queued_requests_then_exits_zero(repository: Path, fashion) -> None:
-    live = LiveServer(repository, {"NEUTRENO_MAX_QUEUE_DELAY_MS": "3000",
-                                   "NEUTRENO_MAX_BATCH_SIZE": "64"})
+    live = LiveServer(
+        repository, {"NEUTRENO_MAX_QUEUE_DELAY_MS": "3000", "NEUTRENO_MAX_BATCH_SIZE": "64"}
+    )
     live.wait_ready()
     body = {"image": b64(png_bytes(fashion[0][0]))}
     url = live.url + "/v1/models/fashion-classifier/classify"

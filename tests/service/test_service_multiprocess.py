@@ -24,9 +24,15 @@ CLASSIFY = "/v1/models/fashion-classifier/classify"
 
 @pytest.fixture()
 def server(repository: Path, tmp_path: Path) -> Iterator[LiveServer]:
-    live = LiveServer(repository, env={"NEUTRENO_WORKERS": "2", "NEUTRENO_LOG_LEVEL": "info",
-                                       "NEUTRENO_MAX_QUEUE_DELAY_MS": "50"},
-                      log=tmp_path / "server.log")
+    live = LiveServer(
+        repository,
+        env={
+            "NEUTRENO_WORKERS": "2",
+            "NEUTRENO_LOG_LEVEL": "info",
+            "NEUTRENO_MAX_QUEUE_DELAY_MS": "50",
+        },
+        log=tmp_path / "server.log",
+    )
     try:
         live.wait_ready()
         wait_for(lambda: len(frontend_pids(live)) == 2, "two front ends started")
@@ -61,9 +67,11 @@ def metric_sum(text: str, family: str, **labels: str) -> float:
 
 async def classify_many(url: str, bodies: list[dict]) -> list[int]:
     """Each request on its own connection, so the kernel spreads them over the front ends."""
+
     async def one(body: dict) -> int:
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             return (await c.post(CLASSIFY, json=body)).status_code
+
     return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
@@ -73,16 +81,19 @@ def test_metrics_are_one_view_and_batches_mix_front_ends(server: LiveServer, fas
     assert statuses == [200] * 24
     for _ in range(4):  # each scrape may be answered by either front end: all agree
         text = httpx.get(server.url + "/metrics").text
-        assert metric_sum(text, "neutreno_requests_total", status="200",
-                          endpoint="/v1/models/{name}/classify") == 24
+        assert (
+            metric_sum(
+                text, "neutreno_requests_total", status="200", endpoint="/v1/models/{name}/classify"
+            )
+            == 24
+        )
         rows = metric_sum(text, "neutreno_batch_size_sum", model="fashion-classifier")
         batches = metric_sum(text, "neutreno_batch_size_count", model="fashion-classifier")
         assert rows == 24
         assert rows / batches >= 2, "the engine never batched requests together"
 
 
-def test_killed_front_end_is_replaced_and_others_keep_serving(server: LiveServer,
-                                                             fashion) -> None:
+def test_killed_front_end_is_replaced_and_others_keep_serving(server: LiveServer, fashion) -> None:
     body = {"image": b64(png_bytes(fashion[0][0]))}
     first, second = frontend_pids(server)
     os.kill(first, signal.SIGKILL)

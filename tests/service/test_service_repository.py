@@ -43,8 +43,9 @@ def test_broken_newest_version_falls_back_to_the_newest_healthy(repo: Path, fash
         assert status.startswith("ready (serving version 1; version 3 not loaded: sha256 mismatch")
         assert "version 2 not loaded" in status and str(repo) not in ready.text
         assert c.get("/v2/models/fashion-classifier").json()["versions"] == ["1"]
-        ok = c.post("/v1/models/fashion-classifier/classify",
-                    json={"image": b64(png_bytes(fashion[0][0]))})
+        ok = c.post(
+            "/v1/models/fashion-classifier/classify", json={"image": b64(png_bytes(fashion[0][0]))}
+        )
         assert ok.status_code == 200
 
 
@@ -53,7 +54,8 @@ def test_no_loadable_version_names_every_version_without_host_paths(repo: Path) 
     code, body = readyz(repo)
     assert code == 503
     assert body["models"]["fashion-segmenter"].startswith(
-        "version 1 not loaded: manifest.json is not valid JSON")
+        "version 1 not loaded: manifest.json is not valid JSON"
+    )
     assert body["reasons"][0].startswith("model fashion-segmenter failed to load: version 1")
     assert body["models"]["fashion-classifier"] == "ready"
     assert str(repo) not in str(body) and str(repo.resolve()) not in str(body)
@@ -63,8 +65,9 @@ def test_a_copied_bundle_folder_serves_under_its_new_name(repo: Path, fashion) -
     shutil.copytree(repo / "fashion-classifier", repo / "my-classifier")
     with TestClient(create_app(make_settings(repo))) as c:
         assert c.get("/readyz").json()["models"]["my-classifier"] == "ready"
-        r = c.post("/v1/models/my-classifier/classify",
-                   json={"image": b64(png_bytes(fashion[0][0]))})
+        r = c.post(
+            "/v1/models/my-classifier/classify", json={"image": b64(png_bytes(fashion[0][0]))}
+        )
         assert r.status_code == 200 and r.json()["model"] == "my-classifier"
 
 
@@ -72,16 +75,25 @@ def test_empty_repository_says_so(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, body = readyz(tmp_path / "empty")
     assert code == 503 and body["models"] == {}
-    assert body["reasons"] == ["model repository 'empty' has no model bundles; expected "
-                               "<model>/<version>/manifest.json (neutreno export writes them)"]
+    assert body["reasons"] == [
+        "model repository 'empty' has no model bundles; expected "
+        "<model>/<version>/manifest.json (neutreno export writes them)"
+    ]
 
 
-@pytest.mark.parametrize(("inside", "expected"), [
-    ("fashion-classifier", "'fashion-classifier' is a model folder (it holds version folders 1)"),
-    ("fashion-classifier/1", "'1' is a bundle version folder"),
-])
-def test_a_model_folder_in_place_of_the_repository_says_so(repo: Path, inside: str,
-                                                           expected: str) -> None:
+@pytest.mark.parametrize(
+    ("inside", "expected"),
+    [
+        (
+            "fashion-classifier",
+            "'fashion-classifier' is a model folder (it holds version folders 1)",
+        ),
+        ("fashion-classifier/1", "'1' is a bundle version folder"),
+    ],
+)
+def test_a_model_folder_in_place_of_the_repository_says_so(
+    repo: Path, inside: str, expected: str
+) -> None:
     code, body = readyz(repo / inside)
     assert code == 503 and body["models"] == {}
     assert len(body["reasons"]) == 1 and expected in body["reasons"][0]
@@ -97,10 +109,13 @@ def test_startup_log_says_what_serves_from_where_on_which_device(repo: Path) -> 
     finally:
         assert live.stop() == 0
     out = live.output()
-    assert (f"serving fashion-classifier version 1 (classification, float32) from "
-            f"{(repo / 'fashion-classifier' / '1').resolve()} on cpu (CPUExecutionProvider)"
-            in out), out
+    assert (
+        f"serving fashion-classifier version 1 (classification, float32) from "
+        f"{(repo / 'fashion-classifier' / '1').resolve()} on cpu (CPUExecutionProvider)" in out
+    ), out
     assert "model fashion-classifier version 2 not loaded" in out and "sha256 mismatch" in out
     assert "model no-version not loaded: no version folder" in out
-    assert (f"model repository {repo.resolve()}: serving fashion-classifier, fashion-segmenter; "
-            "not loaded: no-version; older version serving: fashion-classifier") in out
+    assert (
+        f"model repository {repo.resolve()}: serving fashion-classifier, fashion-segmenter; "
+        "not loaded: no-version; older version serving: fashion-classifier"
+    ) in out

@@ -39,14 +39,21 @@ def test_index_load_and_versioned_routes(repo: Path, fashion) -> None:
         assert c.get(f"/v2/models/{MODEL}/versions/1/ready").status_code == 200
         assert c.get(f"/v2/models/{MODEL}/versions/2/ready").status_code == 404  # none yet
         add_version(repo, "2")
-        assert {"name": MODEL, "version": "2", "state": "UNAVAILABLE",
-                "reason": "version 1 serves"} in c.post("/v2/repository/index").json()
+        assert {
+            "name": MODEL,
+            "version": "2",
+            "state": "UNAVAILABLE",
+            "reason": "version 1 serves",
+        } in c.post("/v2/repository/index").json()
         assert c.post(f"/v2/repository/models/{MODEL}/load").status_code == 200
         assert c.get(f"/v2/models/{MODEL}/versions/2/ready").status_code == 200
         assert c.get(f"/v2/models/{MODEL}/versions/1/ready").status_code == 404
         assert c.get(f"/v2/models/{MODEL}").json()["versions"] == ["2"]
-        states = {(e["version"], e["state"]) for e in c.post("/v2/repository/index").json()
-                  if e["name"] == MODEL}
+        states = {
+            (e["version"], e["state"])
+            for e in c.post("/v2/repository/index").json()
+            if e["name"] == MODEL
+        }
         assert states == {("1", "UNAVAILABLE"), ("2", "READY")}
         assert c.post(CLASSIFY, json=body).status_code == 200
         metrics = c.get("/metrics").text
@@ -101,20 +108,28 @@ async def test_requests_in_flight_across_a_reload_all_succeed(repo: Path, fashio
             async def traffic() -> list[int]:
                 out = []
                 for i in range(0, len(bodies), 8):
-                    batch = await asyncio.gather(*(c.post(CLASSIFY, json=b)
-                                                   for b in bodies[i:i + 8]))
+                    batch = await asyncio.gather(
+                        *(c.post(CLASSIFY, json=b) for b in bodies[i : i + 8])
+                    )
                     out += [r.status_code for r in batch]
                 return out
 
             statuses, load = await asyncio.gather(
-                traffic(), c.post(f"/v2/repository/models/{MODEL}/load"))
+                traffic(), c.post(f"/v2/repository/models/{MODEL}/load")
+            )
             assert load.status_code == 200 and statuses == [200] * len(bodies)
 
 
 def test_poll_mode_picks_up_a_new_version_across_processes(repo: Path, tmp_path: Path) -> None:
-    live = LiveServer(repo, env={"NEUTRENO_MODEL_CONTROL": "poll",
-                                 "NEUTRENO_REPOSITORY_POLL_S": "0.5", "NEUTRENO_WORKERS": "2"},
-                      log=tmp_path / "server.log")
+    live = LiveServer(
+        repo,
+        env={
+            "NEUTRENO_MODEL_CONTROL": "poll",
+            "NEUTRENO_REPOSITORY_POLL_S": "0.5",
+            "NEUTRENO_WORKERS": "2",
+        },
+        log=tmp_path / "server.log",
+    )
     try:
         live.wait_ready()
         add_version(repo, "2")

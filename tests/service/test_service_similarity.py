@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from service_helpers import ROOT, make_settings
 
+from service.engine.core import SimilaritySampler
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
-from service.engine.core import SimilaritySampler
 
 FOLDER = ROOT / "model_repository/fashion-classifier/1"
 
@@ -22,18 +22,24 @@ def test_only_sampled_batches_compute_similarity() -> None:
     model = ModelRuntime(FOLDER, manifest, make_settings(ROOT / "model_repository"))
     metrics = Metrics()
     sampler = SimilaritySampler(model.name, metrics, every=2, gated=True)
-    feeds = {"pixel_values": np.random.default_rng(0).standard_normal((3, 1, 28, 28))
-             .astype(np.float32)}
+    feeds = {
+        "pixel_values": np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    }
     skipped = model.run(sampler.feeds(feeds))
     sampler(skipped)
     assert np.isnan(skipped["token_similarity"]).all()
-    assert metrics.registry.get_sample_value(
-        "neutreno_token_similarity", {"model": model.name, "layer": "0"}) is None
+    assert (
+        metrics.registry.get_sample_value(
+            "neutreno_token_similarity", {"model": model.name, "layer": "0"}
+        )
+        is None
+    )
     sampled = model.run(sampler.feeds(feeds))
     sampler(sampled)
     np.testing.assert_allclose(sampled["logits"], skipped["logits"], atol=1e-6)
-    layer0 = metrics.registry.get_sample_value("neutreno_token_similarity",
-                                               {"model": model.name, "layer": "0"})
+    layer0 = metrics.registry.get_sample_value(
+        "neutreno_token_similarity", {"model": model.name, "layer": "0"}
+    )
     assert layer0 == pytest.approx(float(sampled["token_similarity"][:, 0].mean()))
 
 

@@ -25,24 +25,30 @@ PARENT = 0x00F067AA0BA902B7
 HEADERS = {"traceparent": f"00-{TRACE:032x}-{PARENT:016x}-01"}
 
 
-@pytest.mark.parametrize("env, names", [
-    ({}, []),
-    ({"OTEL_TRACES_EXPORTER": "none"}, []),
-    ({"OTEL_TRACES_EXPORTER": "console"}, ["console"]),
-    ({"OTEL_TRACES_EXPORTER": "otlp, console"}, ["otlp", "console"]),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp"]),
-    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, ["otlp"]),
-    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, []),
-    ({"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}, []),
-])
+@pytest.mark.parametrize(
+    "env, names",
+    [
+        ({}, []),
+        ({"OTEL_TRACES_EXPORTER": "none"}, []),
+        ({"OTEL_TRACES_EXPORTER": "console"}, ["console"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp, console"}, ["otlp", "console"]),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, ["otlp"]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, ["otlp"]),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, []),
+        ({"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}, []),
+    ],
+)
 def test_exporters_from_the_standard_variables(env: dict, names: list[str]) -> None:
     assert tracing.exporter_names(env) == names
 
 
 def test_off_installs_nothing(repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """(Runs before the module's traced app exists.)"""
-    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
-                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    for name in (
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
     app = create_app(make_settings(repository))
     assert not tracing.enabled() and tracing.capture() is None
@@ -93,9 +99,17 @@ def test_vision_request_spans(traced: tuple[TestClient, InMemorySpanExporter]) -
 def test_completion_spans(traced: tuple[TestClient, InMemorySpanExporter]) -> None:
     client, exporter = traced
     exporter.clear()
-    r = client.post("/v1/completions", headers=HEADERS, json={
-        "model": NAME, "prompt": "In the beginning", "max_tokens": 6, "ignore_eos": True,
-        "temperature": 0})
+    r = client.post(
+        "/v1/completions",
+        headers=HEADERS,
+        json={
+            "model": NAME,
+            "prompt": "In the beginning",
+            "max_tokens": 6,
+            "ignore_eos": True,
+            "temperature": 0,
+        },
+    )
     assert r.status_code == 200
     server, children = request_spans(exporter)
     by_name = {s.name: s for s in children}
@@ -112,21 +126,27 @@ def test_completion_spans(traced: tuple[TestClient, InMemorySpanExporter]) -> No
 
 
 def test_error_status_and_routes_without_models(
-        traced: tuple[TestClient, InMemorySpanExporter]) -> None:
+    traced: tuple[TestClient, InMemorySpanExporter],
+) -> None:
     client, exporter = traced
     exporter.clear()
     assert client.get("/healthz", headers=HEADERS).status_code == 200
     server, children = request_spans(exporter)
     assert server.name == "GET /healthz" and not children
     exporter.clear()
-    assert client.post("/v1/completions", headers=HEADERS,
-                       json={"model": "nope", "prompt": "a"}).status_code == 404
+    assert (
+        client.post(
+            "/v1/completions", headers=HEADERS, json={"model": "nope", "prompt": "a"}
+        ).status_code
+        == 404
+    )
     server, _ = request_spans(exporter)
     assert server.attributes["http.response.status_code"] == 404
 
 
-def test_log_records_carry_the_span_trace_id(traced: tuple[TestClient, InMemorySpanExporter],
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_log_records_carry_the_span_trace_id(
+    traced: tuple[TestClient, InMemorySpanExporter], caplog: pytest.LogCaptureFixture
+) -> None:
     client, exporter = traced
     exporter.clear()
     with caplog.at_level("DEBUG", logger="neutreno.access"):

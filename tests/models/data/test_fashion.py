@@ -25,12 +25,15 @@ def test_read_idx_accepts_uncompressed_files(tmp_path):
     assert np.array_equal(fashion.read_idx(tmp_path / "labels"), expected)
 
 
-@pytest.mark.parametrize("corrupt", [
-    lambda raw: b"\x00\x01" + raw[2:],  # bad magic
-    lambda raw: raw[:2] + b"\x0d" + raw[3:],  # float data type
-    lambda raw: raw[:-5],  # truncated data
-    lambda raw: raw + b"\x00",  # trailing bytes
-])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda raw: b"\x00\x01" + raw[2:],  # bad magic
+        lambda raw: raw[:2] + b"\x0d" + raw[3:],  # float data type
+        lambda raw: raw[:-5],  # truncated data
+        lambda raw: raw + b"\x00",  # trailing bytes
+    ],
+)
 def test_corrupted_idx_raises(tmp_path, corrupt):
     raw = gzip.decompress((ROOT / "t10k-images-idx3-ubyte.gz").read_bytes())
     (tmp_path / "bad.gz").write_bytes(gzip.compress(corrupt(raw)))

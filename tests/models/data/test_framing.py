@@ -17,7 +17,7 @@ def test_reframe_shrinks_and_moves_items_inside_the_frame():
     out = framing.reframe(_square(64), gen, min_scale=0.4)
     assert out.shape == (64, 1, 28, 28) and 0.0 <= out.min() and out.max() <= 1.0 + 1e-6
     area = out.sum(dim=(1, 2, 3)) / (28 * 28)  # fraction of the frame the item covers
-    assert (area >= 0.4 ** 2 - 0.02).all() and (area <= 1.0 + 1e-4).all()
+    assert (area >= 0.4**2 - 0.02).all() and (area <= 1.0 + 1e-4).all()
     assert area.min() < 0.3  # some really shrank
 
 

@@ -36,10 +36,13 @@ def tokenizer():
     return kjv.train_tokenizer((FIXTURES / "kjv-sample.txt").read_text(), vocab_size=400)
 
 
-@pytest.mark.parametrize("text", [
-    "In the beginning God created the heaven and the earth.\n",
-    "And   the naïve Spirit — “moved” 123\n\nupon the waters",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "In the beginning God created the heaven and the earth.\n",
+        "And   the naïve Spirit — “moved” 123\n\nupon the waters",
+    ],
+)
 def test_tokenizer_round_trips_any_text(tokenizer, text):
     assert tokenizer.decode(tokenizer.encode(text).ids) == text
 

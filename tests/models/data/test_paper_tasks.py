@@ -42,7 +42,7 @@ def test_ranks_get_disjoint_equal_shards_and_workers_do_not_change_batches():
     labels = torch.cat([y for s in shards for _, y in s]).sort().values
     assert labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     parallel = list(paper_tasks.train_loader(ds, 0, 2, 0, 2, 0, 1))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(shards[0], parallel))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(shards[0], parallel, strict=False))
 
 
 @pytest.mark.parametrize("size", [(20, 20), (32, 50), (70, 41)])
@@ -63,15 +63,30 @@ def test_miou_from_confusion_ignores_255_and_absent_classes():
 
 def test_set_overrides_parse_literals_and_strings():
     assert parse_overrides(["img_size=32", "lam=0.5", "attention=softmax"]) == {
-        "img_size": 32, "lam": 0.5, "attention": "softmax"}
+        "img_size": 32,
+        "lam": 0.5,
+        "attention": "softmax",
+    }
     with pytest.raises(CommandError, match="KEY=VALUE"):
         parse_overrides(["img_size"])
 
 
 def _train(tmp_path: Path, model: str, data_dir: str, *overrides: str) -> dict:
     out = tmp_path / model
-    argv = [model, "--data-dir", data_dir, "--out", str(out), "--max-steps", "2", "--depth", "1",
-            "--batch-size", "2", "--no-progress"]
+    argv = [
+        model,
+        "--data-dir",
+        data_dir,
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--depth",
+        "1",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     argv += [a for o in ("dim=32", "heads=2", *overrides) for a in ("--set", o)]
     assert main(argv) == 0
     return json.loads((out / "metrics.json").read_text())
@@ -84,8 +99,7 @@ def test_deit_trains_two_steps_on_imagenet_folders(tmp_path):
 
 
 def test_segmenter_trains_two_steps_on_ade20k(tmp_path):
-    metrics = _train(tmp_path, "segmenter-tiny-ade20k", ADE20K, "img_size=32",
-                     "decoder_heads=2")
+    metrics = _train(tmp_path, "segmenter-tiny-ade20k", ADE20K, "img_size=32", "decoder_heads=2")
     assert metrics["step"] == 2 and math.isfinite(metrics["loss"])
     assert metrics["val_images"] == 2 and 0 <= metrics["miou"] <= 1
     assert len(metrics["iou_per_class"]) == 150
