@@ -115,15 +115,17 @@ class DynamicBatcher:
                 self._retry_after(),
             )
 
-    async def submit(self, feeds: Feeds, timeout_s: float) -> Feeds:
-        """Queue one request and wait for its outputs (each with the request's own rows)."""
+    async def submit(self, feeds: Feeds, timeout_s: float, shared: bool = False) -> Feeds:
+        """Queue one request and wait for its outputs (each with the request's own rows).
+        `shared`: the caller knows of other requests in flight with it (a front end decoding
+        them), so it is not a lone client's even when it is alone in the queue."""
         self.admit()
         rows = int(next(iter(feeds.values())).shape[0])
         req = _Request(feeds, rows, time.perf_counter(), asyncio.get_running_loop().create_future())
         self._queue.append(req)
         self._queued_rows += rows
         self._outstanding += 1
-        if self._outstanding > 1:
+        if self._outstanding > 1 or shared:
             self._shared_at = req.enqueued
         self._metrics.queue_depth.labels(self.model).set(len(self._queue))
         self._wakeup.set()

@@ -10,6 +10,8 @@ the engine process (`MPClient`) or an `EngineCore` in this process (`InprocClien
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class ServiceState:
     _models: dict[str, ModelInfo] = field(default_factory=dict)
     _fronts: dict[str, GenerationFront] = field(default_factory=dict)
     image_slots: asyncio.Semaphore = field(init=False)  # NEUTRENO_MAX_CONCURRENT_IMAGES
+    _inflight: dict[str, int] = field(default_factory=dict)  # admitted, not yet answered
 
     def __post_init__(self) -> None:
         self.image_slots = asyncio.Semaphore(self.settings.max_concurrent_images)
@@ -119,13 +122,23 @@ class ServiceState:
             raise WrongTask(f"model {name!r} does a {found.task} task, not {task}")
         return found
 
-    def admit(self, model: ModelInfo) -> None:
-        """Refuse now (QueueFull, ModelNotReady) a request the engine would refuse."""
+    @contextmanager
+    def admitted(self, model: ModelInfo) -> Iterator[None]:
+        """Refuse now (QueueFull, ModelNotReady) a request the engine would refuse, else count
+        it as in flight here until it is answered (`run` tells the engine about the others)."""
         self.engine.admit(model.name)
+        self._inflight[model.name] = self._inflight.get(model.name, 0) + 1
+        try:
+            yield
+        finally:
+            self._inflight[model.name] -= 1
 
     async def run(self, model: ModelInfo, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run validated feeds on the engine (batched with every front end's requests)."""
-        return await self.engine.run(model.name, feeds)
+        """Run validated feeds on the engine (batched with every front end's requests). When
+        other requests for the model are in flight here (decoding, say), the engine is told,
+        so it does not mistake this one for a lone client's and run it without batch-mates."""
+        shared = self._inflight.get(model.name, 0) > 1
+        return await self.engine.run(model.name, feeds, shared)
 
     def generation_front(self, model: ModelInfo) -> GenerationFront:
         """Tokenizer and limits of a language model, loaded once per bundle."""

@@ -105,14 +105,14 @@ async def _infer(
     """Admit (a full queue refuses before any decoding), decode (small images inline, large
     ones in a thread, at most NEUTRENO_MAX_CONCURRENT_IMAGES at once), then run through the
     batcher."""
-    state.admit(model)
-    img = imaging.open_image(data, state.settings.max_image_pixels)
-    if img.width * img.height <= INLINE_PIXELS:
-        decoded = _decode(img, model, overlay_pixels)
-    else:
-        async with state.image_slots:
-            decoded = await run_in_threadpool(_decode, img, model, overlay_pixels)
-    return decoded, await state.run(model, {model.inputs[0].name: decoded.pixels})
+    with state.admitted(model):
+        img = imaging.open_image(data, state.settings.max_image_pixels)
+        if img.width * img.height <= INLINE_PIXELS:
+            decoded = _decode(img, model, overlay_pixels)
+        else:
+            async with state.image_slots:
+                decoded = await run_in_threadpool(_decode, img, model, overlay_pixels)
+        return decoded, await state.run(model, {model.inputs[0].name: decoded.pixels})
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -64,7 +64,9 @@ class EngineClient(Protocol):
         """Raise now what `run` would refuse (queue full, shutting down)."""
         ...
 
-    async def run(self, name: str, feeds: Feeds) -> Feeds: ...
+    async def run(self, name: str, feeds: Feeds, shared: bool = False) -> Feeds:
+        """Outputs of one validated request; `shared`: others are in flight with it."""
+        ...
 
     async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream: ...
 
@@ -98,8 +100,8 @@ class InprocClient:
     def admit(self, name: str) -> None:
         self.core.admit(name)
 
-    async def run(self, name: str, feeds: Feeds) -> Feeds:
-        return await self.core.run(name, feeds)
+    async def run(self, name: str, feeds: Feeds, shared: bool = False) -> Feeds:
+        return await self.core.run(name, feeds, shared)
 
     async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream:
         return self.core.generate(name, requests)
@@ -183,9 +185,9 @@ class MPClient:
                 1,
             )
 
-    async def run(self, name: str, feeds: Feeds) -> Feeds:
+    async def run(self, name: str, feeds: Feeds, shared: bool = False) -> Feeds:
         header, outputs = await self._call(
-            {"op": "infer", "model": name, "trace": tracing.carrier()}, feeds
+            {"op": "infer", "model": name, "shared": shared, "trace": tracing.carrier()}, feeds
         )
         return outputs
 

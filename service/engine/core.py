@@ -300,13 +300,14 @@ class EngineCore:
         if isinstance(worker, DynamicBatcher):
             worker.admit()
 
-    async def run(self, name: str, feeds: Feeds) -> Feeds:
-        """Validated feeds through the model's batcher, or one direct run when it has none."""
+    async def run(self, name: str, feeds: Feeds, shared: bool = False) -> Feeds:
+        """Validated feeds through the model's batcher, or one direct run when it has none;
+        `shared`: the front end has others in flight for this model (not a lone client)."""
         model = self._model(name)
         timeout = self.settings.request_timeout_s
         worker = self.workers.get(name)
         if isinstance(worker, DynamicBatcher):
-            return await worker.submit(feeds, timeout)
+            return await worker.submit(feeds, timeout, shared)
         try:
             return await asyncio.wait_for(model.run_async(feeds), timeout)
         except TimeoutError:

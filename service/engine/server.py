@@ -91,7 +91,7 @@ class EngineServer:
         model = header["model"]
         try:
             with tracing.attached(header.get("trace")):
-                outputs = await self.core.run(model, feeds)
+                outputs = await self.core.run(model, feeds, header.get("shared", False))
         except ServiceError as exc:
             self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(exc)})
             return

@@ -84,6 +84,19 @@ async def test_a_lone_client_never_waits_the_queue_delay() -> None:
     await b.stop()
 
 
+async def test_a_request_the_caller_marks_shared_waits_for_batch_mates() -> None:
+    """A front end that has other requests in flight (still decoding) says so: the first to
+    reach the engine waits the queue delay for them instead of running alone."""
+    model = FakeModel()
+    b = _batcher(model, max_queue_delay_s=0.2)
+    first = asyncio.create_task(b.submit(_row(0), 5.0, shared=True))
+    await asyncio.sleep(0.05)  # the batch-mate arrives later, as after a decode
+    second = await b.submit(_row(1), 5.0)
+    assert float((await first)["y"][0, 0]) == 0.0 and float(second["y"][0, 0]) == 2.0
+    assert model.batches == [2]
+    await b.stop()
+
+
 async def test_concurrent_clients_wait_at_most_the_queue_delay() -> None:
     model = FakeModel()
     b = _batcher(model, max_queue_delay_s=0.3)
