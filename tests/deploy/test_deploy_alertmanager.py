@@ -10,8 +10,15 @@ import urllib.request
 
 import pytest
 import yaml
-from conftest import DEPLOY, PROMETHEUS_DIR, require_tool
-from test_deploy_prometheus_live import free_port, get, stop, wait_for
+from support.deploy_helpers import (
+    DEPLOY,
+    PROMETHEUS_DIR,
+    free_port,
+    get,
+    require_tool,
+    stop,
+    wait_for,
+)
 
 CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 RECEIVER = {"critical": "oncall", "warning": "team"}

@@ -21,8 +21,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROMETHEUS_DIR, ROOT, compose_command, make_image, require_tool
-from test_deploy_prometheus_live import free_port, get, wait_for
+from support.deploy_helpers import (
+    PROMETHEUS_DIR,
+    ROOT,
+    compose_command,
+    free_port,
+    get,
+    make_image,
+    require_tool,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 

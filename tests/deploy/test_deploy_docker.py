@@ -9,7 +9,7 @@ import subprocess
 import tomllib
 
 import pytest
-from conftest import ROOT, compose_command, require_tool
+from support.deploy_helpers import ROOT, compose_command, require_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 

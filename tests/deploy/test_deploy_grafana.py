@@ -7,7 +7,13 @@ import json
 import re
 
 import yaml
-from conftest import GRAFANA_DIR, PROMETHEUS_DIR, TARGET_LABELS, exported_metrics, metric_names
+from support.deploy_helpers import (
+    GRAFANA_DIR,
+    PROMETHEUS_DIR,
+    TARGET_LABELS,
+    exported_metrics,
+    metric_names,
+)
 
 DASHBOARD = GRAFANA_DIR / "dashboards" / "neutreno.json"
 SELECTOR_RE = re.compile(r"(neutreno_[A-Za-z0-9_]+)\s*\{([^}]*)\}")

@@ -20,8 +20,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_image
-from test_deploy_prometheus_live import free_port
+from support.deploy_helpers import ROOT, free_port, make_image
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import make_image
+from support.deploy_helpers import make_image
 from test_deploy_image import inspect, run
 
 pytestmark = [

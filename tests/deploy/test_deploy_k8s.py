@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import K8S_DIR, find_tool
+from support.deploy_helpers import K8S_DIR, find_tool
 
 
 def load_kustomization(directory: Path) -> list[dict]:

@@ -19,8 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import DEPLOY, ROOT, require_tool
-from test_deploy_prometheus_live import free_port, get, stop, wait_for
+from support.deploy_helpers import DEPLOY, ROOT, free_port, get, require_tool, stop, wait_for
 
 NGINX_DIR = DEPLOY / "nginx"
 

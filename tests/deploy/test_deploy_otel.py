@@ -7,7 +7,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import yaml
-from conftest import DEPLOY
+from support.deploy_helpers import DEPLOY
 from test_deploy_docker import compose_config
 
 OTEL = DEPLOY / "otel"

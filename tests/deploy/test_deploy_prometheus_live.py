@@ -14,15 +14,12 @@ project's alert rules, and is asked through its HTTP API that
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,73 +28,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROMETHEUS_DIR, ROOT, metric_names, require_tool
+from support.deploy_helpers import (
+    PROMETHEUS_DIR,
+    ROOT,
+    free_port,
+    get,
+    metric_names,
+    require_tool,
+    stop,
+    wait_for,
+)
+from support.service_helpers import write_test_repository
 from test_deploy_grafana import dashboard_exprs, rule_exprs
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_for(what: str, check, timeout: float, procs: list[subprocess.Popen]):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"{proc.args[0]} exited with {proc.returncode} while waiting for {what}"
-                )
-        try:
-            last = check()
-            if last:
-                return last
-        except (OSError, ValueError, KeyError) as exc:
-            last = exc
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def model_repository(tmp: Path) -> Path:
     """The shipped bundles when there are any; else the service tests' tiny torch-free bundles
-    (tests/service/service_helpers.py); else an empty folder (the service still serves /metrics
-    and counts requests; /readyz answers 503)."""
+    (tests/support/service_helpers.py)."""
     shipped = ROOT / "model_repository"
     if shipped.is_dir() and any(shipped.glob("*/*/manifest.json")):
         return shipped
-    sys.path.insert(0, str(ROOT / "tests" / "service"))
-    try:
-        from service_helpers import write_test_repository
-    except ImportError:
-        write_test_repository = None
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "service"))
     repo = tmp / "model_repository"
     repo.mkdir()
-    if write_test_repository is not None:
-        write_test_repository(repo)
+    write_test_repository(repo)
     return repo
 
 
@@ -125,8 +80,6 @@ def png_b64(size: int) -> str:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     promtool_dir = require_tool("prometheus", "Debian package prometheus")
-    if importlib.util.find_spec("service.cli") is None:
-        pytest.skip("service/ (neutreno serve) is not in this checkout yet")
     tmp = tmp_path_factory.mktemp("prometheus-live")
     api_port, prom_port = free_port(), free_port()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import yaml
-from conftest import K8S_DIR, PROMETHEUS_DIR, require_tool
+from support.deploy_helpers import K8S_DIR, PROMETHEUS_DIR, require_tool
 
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 

@@ -14,16 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-
-from generation_helpers import add_lm, tiny_lm  # noqa: E402
-from service_helpers import ROOT, LiveServer, write_test_repository  # noqa: E402
+from support.generation_helpers import add_lm, tiny_lm
+from support.service_helpers import ROOT, LiveServer, write_test_repository
 
 CHROMIUM = Path(os.environ.get("NEUTRENO_E2E_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from export_helpers import TINY_MODELS, Exported, tiny_checkpoint
+from support.export_helpers import TINY_MODELS, Exported, tiny_checkpoint
 from torch import nn
 
 from export.bundle import load_bundle

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from export_helpers import ROOT, Exported
+from support.export_helpers import ROOT, Exported
 
 from export.bundle import MANIFEST_FILE, MODEL_FILE, BundleError, load_bundle, sha256_file
 

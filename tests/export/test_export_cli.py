@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from export_helpers import Exported
+from support.export_helpers import Exported
 
 from export.bundle import load_bundle
 from neutreno.cli import main

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_helpers import ROOT
 from onnx import TensorProto, helper, numpy_helper
+from support.export_helpers import ROOT
 
 from export.fusion import fuse_attention
 from export.opdef import DOMAIN, OP_TYPE, attach_functions

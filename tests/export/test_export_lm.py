@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from export_helpers import Exported
+from support.export_helpers import Exported
 
 from export.runtime import greedy
 from export.verify import left_pad

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from export_helpers import Exported
+from support.export_helpers import Exported
 
 from export.bundle import OTHER_ATTENTION
 from export.opdef import DOMAIN, NO_FIDELITY, OP_TYPE

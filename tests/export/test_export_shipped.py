@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from export_helpers import ROOT
+from support.export_helpers import ROOT
 
 from export.bundle import load_bundle
 from export.opdef import DOMAIN, OP_TYPE

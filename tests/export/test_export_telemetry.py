@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from export_helpers import ROOT
+from support.export_helpers import ROOT
 
 from export.fusion import fuse_attention
 from export.runtime import empty_past, session

@@ -2,21 +2,17 @@
 
 The tests here run `neutreno serve` as a real process and attack it: generated requests
 (schemathesis), a corpus of hostile inputs, overload, SIGTERM under load, and faults. They
-reuse the service tests' tiny bundles (tests/service/service_helpers.py) and tiny LM
-(tests/service/generation_helpers.py).
+reuse the service tests' tiny bundles (tests/support/service_helpers.py) and tiny LM
+(tests/support/generation_helpers.py).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-
-from generation_helpers import add_lm, tiny_lm  # noqa: E402
-from service_helpers import write_test_repository  # noqa: E402
+from support.generation_helpers import add_lm, tiny_lm
+from support.service_helpers import write_test_repository
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from reliability_helpers import Server
-from service_helpers import png_bytes
+from support.reliability_helpers import Server
+from support.service_helpers import png_bytes
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 SEGMENT = "/v1/models/fashion-segmenter/segment"

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from reliability_helpers import Server, poison_classifier_graph, write_classifier
-from service_helpers import b64, png_bytes
+from support.reliability_helpers import Server, poison_classifier_graph, write_classifier
+from support.service_helpers import b64, png_bytes
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 

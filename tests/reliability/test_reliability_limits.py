@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from reliability_helpers import Server, Watch
+from support.reliability_helpers import Server, Watch
 
 KEY = "limits-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from reliability_helpers import Server, heavy_classifier_graph, run_wrk, write_classifier
-from service_helpers import b64, png_bytes
+from support.reliability_helpers import Server, heavy_classifier_graph, run_wrk, write_classifier
+from support.service_helpers import b64, png_bytes
 
 SECONDS = float(os.environ.get("NEUTRENO_OVERLOAD_SECONDS", "60"))
 pytestmark = [

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from reliability_helpers import Server
-from service_helpers import png_bytes
+from support.reliability_helpers import Server
+from support.service_helpers import png_bytes
 
 KEY = "schemathesis-key"
 MODELS = ["fashion-classifier", "fashion-segmenter", "tiny-lm", "no-such-model"]

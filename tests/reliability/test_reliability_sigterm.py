@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from reliability_helpers import Server
-from service_helpers import b64, png_bytes
+from support.reliability_helpers import Server
+from support.service_helpers import b64, png_bytes
 
 DRAIN_TIMEOUT_S = 30
 STREAM_TOKENS = 96

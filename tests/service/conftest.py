@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from generation_helpers import add_lm, tiny_lm
-from service_helpers import ROOT, make_settings, write_test_repository
+from support.generation_helpers import add_lm, tiny_lm
+from support.service_helpers import ROOT, make_settings, write_test_repository
 
 from service import create_app
 

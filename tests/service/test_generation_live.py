@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from generation_helpers import NAME
-from service_helpers import LiveServer
+from support.generation_helpers import NAME
+from support.service_helpers import LiveServer
 from tokenizers import Tokenizer
 
 PROMPT = "In the beginning God created"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from generation_helpers import NAME, add_lm
-from service_helpers import make_settings
+from support.generation_helpers import NAME, add_lm
+from support.service_helpers import make_settings
 
 from models.checkpoint import load_checkpoint
 from service import create_app

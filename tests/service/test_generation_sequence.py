@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from generation_helpers import NAME, tiny_lm
+from support.generation_helpers import NAME, tiny_lm
 
 from service.generation.sampling import SamplingParams
 from service.generation.sequence import Chunk, Sequence

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from generation_helpers import NAME
-from service_helpers import FASHION, LiveServer, b64, png_bytes
+from support.generation_helpers import NAME
+from support.service_helpers import FASHION, LiveServer, b64, png_bytes
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"

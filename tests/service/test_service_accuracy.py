@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import ROOT, b64, make_settings, png_bytes
+from support.service_helpers import ROOT, b64, make_settings, png_bytes
 
 from service import create_app
 

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import MEAN, STD, b64, make_settings, png_bytes
+from support.service_helpers import MEAN, STD, b64, make_settings, png_bytes
 
 from service import create_app
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import httpx
 import numpy as np
 import pytest
-from service_helpers import b64, make_settings, png_bytes
+from support.service_helpers import b64, make_settings, png_bytes
 
 from service import create_app, imaging
 from service.batching import DynamicBatcher

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from generation_helpers import NAME, add_lm, tiny_lm
 from PIL import Image
-from service_helpers import b64, make_settings, png_bytes
+from support.generation_helpers import NAME, add_lm, tiny_lm
+from support.service_helpers import b64, make_settings, png_bytes
 
 from export.cli import export_checkpoint
 from models import create_model, get_config

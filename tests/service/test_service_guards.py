@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import make_settings, png_bytes
 from starlette.datastructures import Headers
+from support.service_helpers import make_settings, png_bytes
 
 from service import create_app
 from service.guards import CSP, cross_site, parse_length

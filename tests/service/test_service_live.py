@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import ROOT, LiveServer, b64, make_settings, png_bytes
+from support.service_helpers import ROOT, LiveServer, b64, make_settings, png_bytes
 
 from service import create_app
 

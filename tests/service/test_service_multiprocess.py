@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import LiveServer, b64, png_bytes
+from support.service_helpers import LiveServer, b64, png_bytes
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from service_helpers import ROOT, make_settings
+from support.service_helpers import ROOT, make_settings
 
 from service.engine.core import SimilaritySampler
 from service.metrics import Metrics

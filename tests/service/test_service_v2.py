@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import MEAN, STD
+from support.service_helpers import MEAN, STD
 
 INFER = "/v2/models/fashion-classifier/infer"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from generation_helpers import NAME
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from service_helpers import b64, make_settings, png_bytes
+from support.generation_helpers import NAME
+from support.service_helpers import b64, make_settings, png_bytes
 
 from service import create_app, tracing
 from service.middleware import TracingMiddleware

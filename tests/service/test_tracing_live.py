@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from generation_helpers import NAME
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from service_helpers import LiveServer, b64, png_bytes
+from support.generation_helpers import NAME
+from support.service_helpers import LiveServer, b64, png_bytes
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 

@@ -27,7 +27,7 @@ SOURCES = [
     "export/opdef.py",
     "export/bundle.py",
     "export/cli.py",
-    "tests/service/generation_helpers.py",
+    "tests/support/generation_helpers.py",
 ]
 
 

@@ -23,7 +23,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
-from service_helpers import (
+
+from export.bundle import write_bundle
+from support.service_helpers import (
     FASHION,
     ROOT,
     _attention_block,
@@ -33,8 +35,6 @@ from service_helpers import (
     classifier_parts,
     free_port,
 )
-
-from export.bundle import write_bundle
 
 
 class Server:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from bench.common import free_port
 from export.bundle import write_bundle
 from export.opdef import DOMAIN, OP_TYPE, OPSET, attach_functions
 from service import Settings
@@ -189,12 +189,6 @@ def png_bytes(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

