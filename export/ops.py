@@ -1,6 +1,6 @@
 """The torch side of FidelityAttention: custom op, attention swap and exporter translations.
 
-Export path (DESIGN.md): `Attention.core` is swapped for `onnx_core`, which calls the
+Export path (docs/ARCHITECTURE.md): `Attention.core` is swapped for `onnx_core`, which calls the
 `neutreno::fidelity_attention` torch custom op (fake impl for tracing); the translation table
 turns that op into the bare `ai.neutreno::FidelityAttention` node; `export.opdef.attach_functions`
 then adds the function bodies after export. `translate_softmax` emits the standard opset-23

@@ -1,4 +1,4 @@
-"""Every Prometheus metric the service exports, defined once (names fixed in DESIGN.md).
+"""Every Prometheus metric the service exports, defined once (names fixed in docs/ARCHITECTURE.md).
 
 Each app gets its own `CollectorRegistry` so several apps (tests, benchmarks) can live in one
 process. Routes reach the metrics through `app.state.service.metrics`, the engine's batchers and

@@ -1,6 +1,7 @@
 """The King James Bible from `bible -f` (Debian package bible-kjv), its splits and BPE tokenizer.
 
-Splits (DESIGN.md): test = Revelation; validation = 1 John, 2 John, 3 John, Jude; train = the rest.
+Splits (docs/ARCHITECTURE.md): test = Revelation; validation = 1 John, 2 John, 3 John, Jude;
+train = the rest.
 Text is one verse a line with the reference stripped.
 """
 

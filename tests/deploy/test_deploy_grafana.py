@@ -59,7 +59,7 @@ def check_expr(where: str, expr: str, exported: dict, source: str) -> list[str]:
         problems.append(f"{where}: {name} is not exported by the service ({source})")
     known = [exported[n] for n in names if n in exported]
     if any(labels is None for labels in known):
-        return problems  # DESIGN.md does not list every metric's labels
+        return problems  # not every metric documents its labels
     for metric, body in SELECTOR_RE.findall(expr):
         for label in MATCHER_RE.findall(body):
             allowed = (exported.get(metric) or set()) | TARGET_LABELS

@@ -1,4 +1,5 @@
-"""King James Bible: `bible -f` parsing, the DESIGN.md splits and the byte-level BPE tokenizer."""
+"""King James Bible: `bible -f` parsing, the docs/ARCHITECTURE.md splits and the byte-level BPE
+tokenizer."""
 
 from pathlib import Path
 

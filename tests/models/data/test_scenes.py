@@ -1,4 +1,5 @@
-"""Composite segmentation scenes (DESIGN.md): determinism, 1..4 items, labels, no overlap."""
+"""Composite segmentation scenes (docs/ARCHITECTURE.md): determinism, 1..4 items, labels, no
+overlap."""
 
 from pathlib import Path
 
