@@ -21,6 +21,7 @@ from export.opdef import DOMAIN, OP_TYPE, OP_VERSION, OPSET, model_opset
 FORMAT_VERSION = 1
 MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "manifest.json", "tokenizer.json"
 TASKS = ("classification", "segmentation", "text-generation")
+AREA = "area"  # preprocessing `resize`: box (area-average) reduction when shrinking, bilinear up
 ATTENTIONS = ("neutreno", "softmax")
 # Op types that would mean attention computed outside FidelityAttention.
 OTHER_ATTENTION = {

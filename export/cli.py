@@ -20,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from export.bundle import Bundle, write_bundle
+from export.bundle import AREA, Bundle, write_bundle
 from export.graphs import export_model
 from export.runtime import session
 from export.verify import Parity, verify
@@ -28,7 +28,6 @@ from models.checkpoint import CONFIG, WEIGHTS, load_checkpoint, load_metrics
 from models.config import LMConfig, ModelConfig, SegmenterConfig
 from models.registry import build_model
 from neutreno.command import ArgumentParser, CommandError
-from service.imaging import AREA
 
 TASKS = {"vit": "classification", "segmenter": "segmentation", "lm": "text-generation"}
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

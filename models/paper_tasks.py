@@ -2,7 +2,7 @@
 
 They follow the Task protocol of models/tasks.py and are chosen by variant name (TASKS). Images
 are decoded by torch DataLoader workers (NEUTRENO_DATA_WORKERS, default min(8, CPUs)); each rank
-loads its `_shard` of one seeded permutation per epoch, so ranks see disjoint equal-sized shares.
+loads its `shard` of one seeded permutation per epoch, so ranks see disjoint equal-sized shares.
 Evaluation runs on the model's device.
 """
 
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from models.config import LMConfig, ModelConfig, SegmenterConfig, ViTConfig
 from models.data import ade20k, imagenet, wikitext
-from models.tasks import Batch, LanguageModelTask, Task, _shard, model_device
+from models.tasks import Batch, LanguageModelTask, Task, model_device, shard
 
 
 def default_workers() -> int:
@@ -41,10 +41,10 @@ def _require(data_dir: str | None, cfg: ModelConfig, layout: str) -> str:
 def train_loader(
     dataset: Dataset, epoch: int, batch_size: int, rank: int, world: int, seed: int, workers: int
 ) -> DataLoader:
-    """This rank's batches of one epoch: `_shard` of a permutation seeded by (seed, epoch)."""
+    """This rank's batches of one epoch: `shard` of a permutation seeded by (seed, epoch)."""
     dataset.set_epoch(epoch)
     order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
-    shards = [idx.tolist() for idx in _shard(order, batch_size, rank, world)]
+    shards = [idx.tolist() for idx in shard(order, batch_size, rank, world)]
     return DataLoader(
         dataset, batch_sampler=shards, num_workers=workers, pin_memory=torch.cuda.is_available()
     )

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.config import ModelConfig
 from models.data import fashion, framing, kjv, scenes
 
 Batch = tuple[Tensor, Tensor]
@@ -32,7 +31,7 @@ class Task(Protocol):
     def to(self, device: torch.device) -> None: ...
 
 
-def _shard(order: np.ndarray, batch_size: int, rank: int, world: int) -> Iterator[np.ndarray]:
+def shard(order: np.ndarray, batch_size: int, rank: int, world: int) -> Iterator[np.ndarray]:
     """Global batches of batch_size * world; this rank takes its slice of each (drop last)."""
     step = batch_size * world
     for start in range(0, len(order) - step + 1, step):
@@ -91,7 +90,7 @@ class ClassificationTask:
     def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x_train))
         gen = torch.Generator().manual_seed(self.seed * 1000 + epoch * world + rank)
-        for idx in _shard(order, batch_size, rank, world):
+        for idx in shard(order, batch_size, rank, world):
             rows = torch.from_numpy(idx).to(self.x_train.device)
             x = _reframed(self.x_train[rows], self.framing, gen)
             yield _augment_shift(x, gen), self.y_train[rows]
@@ -150,7 +149,7 @@ class SegmentationTask:
         x, y = torch.from_numpy(fashion.normalize(images)), torch.from_numpy(masks.astype(np.int64))
         gen = torch.Generator().manual_seed(self.seed * 1000 + epoch * world + rank)
         k = round(self.framing * batch_size)
-        for idx in _shard(np.arange(len(x)), batch_size, rank, world):
+        for idx in shard(np.arange(len(x)), batch_size, rank, world):
             xb, yb = x[idx].to(self.device), y[idx].to(self.device)
             if k:
                 drawn, masks_k = framing.scaled_scenes(self.items_01, self.labels_t, k, gen)
@@ -211,7 +210,7 @@ class LanguageModelTask:
         offset = int(rng.integers(self.block_size))  # new window boundaries each epoch
         n = (len(self.train_ids) - offset - 1) // self.block_size
         starts = offset + rng.permutation(n) * self.block_size
-        for idx in _shard(starts, batch_size, rank, world):
+        for idx in shard(starts, batch_size, rank, world):
             rows = torch.from_numpy(idx).to(self.train_ids.device)[:, None]
             windows = self.train_ids[rows + torch.arange(self.block_size + 1, device=rows.device)]
             yield windows[:, :-1], windows[:, 1:]
@@ -256,18 +255,3 @@ class LanguageModelTask:
             out[f"{split}_perplexity"] = math.exp(nats / tokens)
             out[f"{split}_tokens"] = tokens
         return out
-
-
-def make_task(cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: object) -> Task:
-    """The task a model trains on: paper-scale variants by name, the others by family."""
-    from models.paper_tasks import TASKS, make_paper_task  # lazy: paper_tasks imports this module
-
-    if cfg.name in TASKS:
-        return make_paper_task(cfg, data_dir, seed, **kwargs)
-    if cfg.family == "vit":
-        return ClassificationTask(root=data_dir, seed=seed, **kwargs)
-    if cfg.family == "segmenter":
-        return SegmentationTask(root=data_dir, seed=seed, **kwargs)
-    return LanguageModelTask(
-        data_dir=data_dir or "data/kjv", block_size=cfg.block_size, seed=seed, **kwargs
-    )

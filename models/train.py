@@ -32,7 +32,8 @@ from models import runs
 from models.checkpoint import STATE, init_from, save_checkpoint
 from models.config import ModelConfig
 from models.registry import VARIANTS, build_model, get_config, list_models
-from models.tasks import Task, make_task
+from models.task_registry import make_task
+from models.tasks import Task
 from neutreno.command import ArgumentParser, CommandError, run
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from export.bundle import AREA
 from service.errors import InvalidImage, PayloadTooLarge
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
@@ -24,7 +25,6 @@ RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
-AREA = "area"  # box (area-average) reduction when shrinking, bilinear when enlarging
 HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 RESIZABLE_MODES = {"L", "RGB", "RGBA", "I", "F"}  # bilinear resize works in these directly
 

@@ -11,7 +11,8 @@ import torch
 from models import paper_tasks
 from models.data import imagenet
 from models.registry import get_config
-from models.tasks import ClassificationTask, make_task
+from models.task_registry import make_task
+from models.tasks import ClassificationTask
 from models.train import main, parse_overrides
 from neutreno.command import CommandError
 
