@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import onnx
+from onnx import helper
 
 from export.opdef import DOMAIN, OP_TYPE, OP_VERSION, OPSET, model_opset
 
@@ -233,6 +235,30 @@ def _check_attention(path: Path, model: onnx.ModelProto) -> None:
         raise _fail(path, f"{MODEL_FILE} has no {DOMAIN}::{OP_TYPE} node")
 
 
+def _check_lam(path: Path, model: onnx.ModelProto, m: dict[str, Any]) -> None:
+    """The manifest's attention kind and lam say what the graph computes: every
+    FidelityAttention node has lam 0 (the first layer, or a softmax baseline) or the manifest's
+    lam (float32), and a NeuTRENO bundle has at least one node with it."""
+    lams = [
+        helper.get_attribute_value(a)
+        for node in model.graph.node
+        if node.op_type == OP_TYPE
+        for a in node.attribute
+        if a.name == "lam"
+    ]
+    wanted = float(m.get("lam") or 0.0)
+    odd = sorted({x for x in lams if x != 0.0 and not math.isclose(x, wanted, rel_tol=1e-6)})
+    if odd:
+        raise _fail(path, f"{OP_TYPE} nodes have lam {odd}; the manifest says lam {wanted}")
+    fidelity = any(x != 0.0 for x in lams)
+    if (m.get("attention") == "softmax") == fidelity or (fidelity and not wanted):
+        raise _fail(
+            path,
+            f"the manifest says attention {m.get('attention')!r} with lam {wanted}, but the "
+            f"graph's lam values are {sorted(set(lams))}",
+        )
+
+
 def _check_graph(path: Path, m: dict[str, Any]) -> None:
     try:
         model = onnx.load(str(path / MODEL_FILE), load_external_data=False)
@@ -247,6 +273,7 @@ def _check_graph(path: Path, m: dict[str, Any]) -> None:
     if imports.get(DOMAIN) != OP_VERSION:
         raise _fail(path, f"{MODEL_FILE} does not import domain {DOMAIN} version {OP_VERSION}")
     _check_attention(path, model)
+    _check_lam(path, model, m)
     for kind, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
         if tensor_specs(values) != m[kind]:
             raise _fail(

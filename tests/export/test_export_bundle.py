@@ -105,6 +105,9 @@ def test_missing_function_body_refused(bundle_copy) -> None:
         ({"opset": 22}, "model.onnx has opset 23, manifest says 22"),
         ({"version": "v1"}, "version 'v1' is not a positive integer string"),
         ({"inputs": []}, "graph inputs .* do not match"),
+        ({"lam": 0.5}, r"FidelityAttention nodes have lam \[0\.6.*\]; the manifest says lam 0.5"),
+        ({"attention": "softmax"}, "the manifest says attention 'softmax' with lam 0.6"),
+        ({"lam": 0.0}, r"nodes have lam \[0\.6"),
     ],
 )
 def test_bad_manifest_refused(bundle_copy, changes: dict, message: str) -> None:
