@@ -27,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.common import ROOT, Server, machine, print_markdown
+from export.bundle import PAST, PRESENT, kv_names
 
 TEXT = ROOT / "tests/fixtures/kjv-sample.txt"
 
@@ -164,10 +165,8 @@ class Direct:
             str(bundle / "model.onnx"), opts, providers=["CPUExecutionProvider"]
         )
         self.tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
-        self.past_names = [
-            i.name for i in self.sess.get_inputs() if i.name.startswith("past_key_values.")
-        ]
-        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+        self.past_names = kv_names(self.gen["num_layers"], PAST)
+        self.present_names = kv_names(self.gen["num_layers"], PRESENT)
         dtype = np.float16 if "float16" in self.sess.get_inputs()[2].type else np.float32
         self.empty = np.zeros((1, self.gen["num_heads"], 0, self.gen["head_dim"]), dtype)
 

@@ -23,6 +23,9 @@ from export.opdef import DOMAIN, OP_TYPE, OP_VERSION, OPSET, model_opset
 FORMAT_VERSION = 1
 MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "manifest.json", "tokenizer.json"
 TASKS = ("classification", "segmentation", "text-generation")
+# KV-cache tensor names (the Optimum / onnxruntime-genai convention): inputs
+# past_key_values.{i}.key|value, outputs present.{i}.key|value, one pair per layer.
+PAST, PRESENT = "past_key_values", "present"
 AREA = "area"  # preprocessing `resize`: box (area-average) reduction when shrinking, bilinear up
 ATTENTIONS = ("neutreno", "softmax")
 # Op types that would mean attention computed outside FidelityAttention.
@@ -279,6 +282,11 @@ def _check_graph(path: Path, m: dict[str, Any]) -> None:
             raise _fail(
                 path, f"graph {kind} {tensor_specs(values)} do not match the manifest's {m[kind]}"
             )
+
+
+def kv_names(depth: int, prefix: str) -> list[str]:
+    """['{prefix}.0.key', '{prefix}.0.value', ...] for `depth` layers (prefix PAST or PRESENT)."""
+    return [f"{prefix}.{i}.{kind}" for i in range(depth) for kind in ("key", "value")]
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from export.bundle import PAST, PRESENT, kv_names
 from export.opdef import attach_functions
 from export.ops import custom_op_attention, translation_table
 from models.config import LMConfig, ModelConfig, ViTConfig
@@ -66,11 +67,6 @@ class GraphSpec:
     dynamic_shapes: dict[str, Any]
 
 
-def kv_names(depth: int, prefix: str) -> list[str]:
-    """['{prefix}.0.key', '{prefix}.0.value', ...] for `depth` layers."""
-    return [f"{prefix}.{i}.{kind}" for i in range(depth) for kind in ("key", "value")]
-
-
 def vision_spec(model: nn.Module, cfg: ViTConfig, dtype: torch.dtype) -> GraphSpec:
     x = torch.randn(EXAMPLE_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, dtype=dtype)
     return GraphSpec(
@@ -99,8 +95,8 @@ def lm_spec(model: nn.Module, cfg: LMConfig, dtype: torch.dtype) -> GraphSpec:
     return GraphSpec(
         LMGraph(model),
         (ids, mask, past),
-        ["input_ids", "attention_mask", *kv_names(cfg.depth, "past_key_values")],
-        ["logits", *kv_names(cfg.depth, "present"), "token_similarity"],
+        ["input_ids", "attention_mask", *kv_names(cfg.depth, PAST)],
+        ["logits", *kv_names(cfg.depth, PRESENT), "token_similarity"],
         dynamic,
     )
 

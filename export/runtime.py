@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from export.bundle import PAST, kv_names
 from export.fusion import session_model
 
 
@@ -44,7 +45,7 @@ class LMStep:
 
 def lm_layout(sess: ort.InferenceSession) -> tuple[int, int, int, np.dtype]:
     """(layers, heads, head_dim, float dtype) read from the graph's past_key_values inputs."""
-    past = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+    past = [i for i in sess.get_inputs() if i.name.startswith(f"{PAST}.")]
     _, heads, _, head_dim = past[0].shape
     dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32
     return len(past) // 2, int(heads), int(head_dim), dtype
@@ -69,8 +70,7 @@ def lm_step(
         "input_ids": input_ids.astype(np.int64),
         "attention_mask": attention_mask.astype(np.int64),
     }
-    for i, (k, v) in enumerate(past):
-        feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = k, v
+    feed.update(zip(kv_names(len(past), PAST), (t for pair in past for t in pair), strict=True))
     out = sess.run(None, feed)
     presents = list(zip(out[1:-1:2], out[2:-1:2], strict=False))
     return LMStep(out[0], presents, out[-1])

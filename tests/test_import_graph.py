@@ -14,7 +14,7 @@ def modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            if ".venv" in path.parts:
+            if any(part.startswith(".venv") for part in path.parts):
                 continue
             name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
             found[name.removesuffix(".__init__")] = path

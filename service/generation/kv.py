@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnxruntime import OrtValue
 
+from export.bundle import PAST, PRESENT, kv_names
+
 Feeds = dict[str, np.ndarray]
 Resident = dict[str, OrtValue]  # tensors that stay on the session's device between runs
 Cache = np.ndarray | OrtValue
@@ -35,12 +37,10 @@ class LMGraph:
     dtype: np.dtype
 
     def past_names(self) -> list[str]:
-        return [
-            f"past_key_values.{i}.{k}" for i in range(self.num_layers) for k in ("key", "value")
-        ]
+        return kv_names(self.num_layers, PAST)
 
     def present_names(self) -> list[str]:
-        return [f"present.{i}.{k}" for i in range(self.num_layers) for k in ("key", "value")]
+        return kv_names(self.num_layers, PRESENT)
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         shape = (batch, self.num_heads, 0, self.head_dim)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.bundle import PAST
 from service.errors import BadRequest, PayloadTooLarge
 from service.generation.validation import ModelLimits
 
@@ -28,7 +29,7 @@ def check_raw_feeds(
     """
     ids, mask = feeds["input_ids"], feeds["attention_mask"]
     rows, new = ids.shape
-    pasts = {a.shape[2] for n, a in feeds.items() if n.startswith("past_key_values.")}
+    pasts = {a.shape[2] for n, a in feeds.items() if n.startswith(f"{PAST}.")}
     if len(pasts) > 1:
         raise BadRequest(f"past_key_values tensors disagree on the cached length: {sorted(pasts)}")
     total = new + (pasts.pop() if pasts else 0)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from export.bundle import PAST, PRESENT
 from service import tracing
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
 from service.generation.kv import Feeds, KVBatch, LMGraph, Resident, prefill_feeds, prefilled
@@ -67,7 +68,7 @@ class GenerationScheduler:
         on_prefill: Callable[[Feeds], None] | None = None,
     ) -> None:
         gen = model.manifest["generation"]
-        past = next(s for s in model.inputs if s.name.startswith("past_key_values."))
+        past = next(s for s in model.inputs if s.name.startswith(f"{PAST}."))
         self.model = model
         self.tokenizer = tokenizer
         self.graph = LMGraph(gen["num_layers"], gen["num_heads"], gen["head_dim"], past.numpy_dtype)
@@ -77,7 +78,7 @@ class GenerationScheduler:
         self._metrics = metrics
         self._on_prefill = on_prefill
         # prefill brings back logits and the telemetry output (if the graph has it), not the cache
-        self._prefill_outputs = [n for n in model.output_names if not n.startswith("present.")]
+        self._prefill_outputs = [n for n in model.output_names if not n.startswith(f"{PRESENT}.")]
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._admitted: list[Sequence] = []
