@@ -4,12 +4,14 @@
 accepting and wait up to NEUTRENO_DRAIN_TIMEOUT_S for in-flight requests, and exits 0 after a
 clean drain (uvicorn re-raises the signal by default). Under the supervisor a front end ignores
 SIGINT: Ctrl+C reaches the whole process group, and the supervisor answers it with one SIGTERM
-per front end, so a second signal never turns the drain into a forced exit.
+per front end, so a second signal never turns the drain into a forced exit; a front end whose
+supervisor is gone (killed outright) drains and exits too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 from collections.abc import Iterator
@@ -28,13 +30,21 @@ from service.settings import Settings
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server with a readiness-first, exit-0 drain (see the module docstring)."""
 
-    def __init__(self, config: uvicorn.Config, app: Any, ignore_sigint: bool = False) -> None:
+    def __init__(self, config: uvicorn.Config, app: Any, supervised: bool = False) -> None:
         super().__init__(config)
         self._service_app = app
-        self._ignore_sigint = ignore_sigint
+        self._supervised = supervised
+        self._parent = os.getppid()
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's 0.1 s tick: also drain and exit when the supervisor is gone (killed with
+        SIGKILL, say), so no front end outlives it serving on the shared port."""
+        if self._supervised and not self.should_exit and os.getppid() != self._parent:
+            self.handle_exit(signal.SIGTERM, None)
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._ignore_sigint and sig == signal.SIGINT:
+        if self._supervised and sig == signal.SIGINT:
             return
         self._service_app.state.service.request_drain()
         super().handle_exit(sig, frame)
@@ -68,4 +78,4 @@ def frontend_main(overrides: dict[str, Any], address: str, sock: socket.socket) 
     configure_logging(settings)
     engine = MPClient(address, settings.request_timeout_s, settings.max_queue_size)
     app = create_app(settings, engine)
-    DrainingServer(uvicorn_config(app, settings), app, ignore_sigint=True).run(sockets=[sock])
+    DrainingServer(uvicorn_config(app, settings), app, supervised=True).run(sockets=[sock])

@@ -116,3 +116,22 @@ def test_sigterm_drains_every_process_and_exits_zero(server: LiveServer, fashion
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(60) == 0
     assert "drained; exiting" in server.output()
+
+
+def test_killed_supervisor_takes_every_process_with_it(server: LiveServer) -> None:
+    """SIGKILL leaves no orphan: the engine and the front ends see their parent gone and exit,
+    so nothing keeps serving on the port."""
+    children = [engine_pid(server), *frontend_pids(server)]
+    server.proc.kill()
+    server.proc.wait(10)
+    wait_for(
+        lambda: (
+            not any(
+                Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                for pid in children
+            )
+        ),
+        "the children exited",
+        30,
+    )
