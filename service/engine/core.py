@@ -109,7 +109,7 @@ def make_batcher(model: ModelRuntime, settings: Settings, metrics: Metrics) -> D
         run,
         metrics,
         max_batch_size=settings.max_batch_size,
-        max_queue_delay_s=settings.max_queue_delay_s,
+        max_queue_delay_s=settings.queue_delay_s(model.device),
         max_queue_size=settings.max_queue_size,
         buckets=settings.buckets(model.device),
         on_batch=sampler,

@@ -201,6 +201,9 @@ def test_bucket_and_cuda_settings(repository) -> None:
     assert auto.buckets("cuda") == (1, 2, 4, 8, 16, 24) and auto.buckets("cpu") == ()
     assert make_settings(repository, batch_buckets="16,1,4").buckets("cpu") == (1, 4, 16)
     assert make_settings(repository, batch_buckets="off").buckets("cuda") == ()
+    unset = make_settings(repository, max_queue_delay_ms=None)
+    assert unset.queue_delay_s("cpu") == 0.0 and unset.queue_delay_s("cuda") == 0.002
+    assert make_settings(repository, max_queue_delay_ms=7.0).queue_delay_s("cpu") == 0.007
     with pytest.raises(ValueError):
         make_settings(repository, batch_buckets="1,x")
     options = make_settings(
