@@ -122,6 +122,20 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def serve_command(port: int | str) -> list[str]:
+    """The `neutreno serve` command line on loopback at `port`, as benchmarks and tests run it."""
+    return [
+        sys.executable,
+        "-m",
+        "neutreno.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 class Server:
     """`neutreno serve` in a subprocess on a free port, with the given NEUTRENO_* settings on top
     of the environment. `started` is read just before the process starts, for start-up times.
@@ -138,16 +152,7 @@ class Server:
         }
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neutreno.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            serve_command(str(self.port)),
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

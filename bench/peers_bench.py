@@ -38,6 +38,7 @@ from bench.common import (
     print_markdown,
     request_bodies,
     run_wrk,
+    serve_command,
     tree_cpu_seconds,
     write_wrk_files,
 )
@@ -108,16 +109,7 @@ def systems(args: argparse.Namespace) -> dict[str, tuple[list[str], dict[str, st
     bundle = args.repository / args.model / str(args.version)
     found = {
         "neutreno": (
-            [
-                sys.executable,
-                "-m",
-                "neutreno.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-            ],
+            serve_command("{port}"),
             {
                 "NEUTRENO_MODEL_REPOSITORY": str(args.repository),
                 "NEUTRENO_LOG_LEVEL": "warning",

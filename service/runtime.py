@@ -129,8 +129,7 @@ class ModelRuntime(ModelInfo):
 
     async def run_async(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`run` on this model's worker thread, awaited from the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run, feeds)
+        return await self._on_thread(self.run, feeds)
 
     def run_bound(
         self,
@@ -164,10 +163,11 @@ class ModelRuntime(ModelInfo):
         keep: list[str],
     ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
         """`run_bound` on this model's worker thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self.run_bound, feeds, resident, to_host, keep
-        )
+        return await self._on_thread(self.run_bound, feeds, resident, to_host, keep)
+
+    async def _on_thread(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` on this model's one worker thread (runs never overlap)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def warmup(self, batch_sizes: tuple[int, ...] = ()) -> None:
         """Runs on neutral inputs, one per batch size (at least batch 1), so that no request

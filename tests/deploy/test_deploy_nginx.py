@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from support.deploy_helpers import DEPLOY, ROOT, free_port, get, require_tool, stop, wait_for
+
+from bench.common import serve_command
 
 NGINX_DIR = DEPLOY / "nginx"
 
@@ -118,16 +119,7 @@ def edge(tmp_path_factory):
         "NEUTRENO_INTRA_OP_THREADS": "1",
     }
     api = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "neutreno.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(api_port),
-        ],
+        serve_command(str(api_port)),
         cwd=ROOT,
         env=env,
         stdout=open(tmp / "api.log", "wb"),

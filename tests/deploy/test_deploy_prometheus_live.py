@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,6 +39,8 @@ from support.deploy_helpers import (
 )
 from support.service_helpers import write_test_repository
 from test_deploy_grafana import dashboard_exprs, rule_exprs
+
+from bench.common import serve_command
 
 pytestmark = pytest.mark.slow
 
@@ -95,16 +96,7 @@ def stack(tmp_path_factory):
         "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1",
     }
     api = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "neutreno.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(api_port),
-        ],
+        serve_command(str(api_port)),
         cwd=ROOT,
         env=env,
         stdout=open(tmp / "api.log", "wb"),

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import serve_command
 from export.bundle import write_bundle
 from support.service_helpers import (
     FASHION,
@@ -55,16 +55,7 @@ class Server:
         self.started = time.monotonic()
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "neutreno.cli",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
+                serve_command(str(self.port)),
                 env=full_env,
                 cwd=ROOT,
                 stdout=out,

@@ -12,7 +12,6 @@ import base64
 import io
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from bench.common import free_port
+from bench.common import free_port, serve_command
 from export.bundle import write_bundle
 from export.opdef import DOMAIN, OP_TYPE, OPSET, attach_functions
 from service import Settings
@@ -212,16 +211,7 @@ class LiveServer:
         }
         out = subprocess.PIPE if log is None else log.open("w")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neutreno.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
+            serve_command(str(self.port)),
             env=full_env,
             cwd=ROOT,
             stdout=out,
