@@ -8,7 +8,6 @@ client holds, and drops a client that stalls sending its headers.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -18,9 +17,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.deploy_helpers import DEPLOY, ROOT, free_port, get, require_tool, stop, wait_for
-
-from bench.common import serve_command
+from support.deploy_helpers import (
+    DEPLOY,
+    ROOT,
+    free_port,
+    get,
+    require_tool,
+    start_api,
+    stop,
+    wait_for,
+)
 
 NGINX_DIR = DEPLOY / "nginx"
 
@@ -110,21 +116,7 @@ def edge(tmp_path_factory):
     nginx = require_tool("nginx", "Debian package nginx")
     tmp = tmp_path_factory.mktemp("edge")
     api_port, edge_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "NEUTRENO_MODEL_REPOSITORY": str(ROOT / "model_repository"),
-        "NEUTRENO_DEVICE": "cpu",
-        "NEUTRENO_LOG_LEVEL": "warning",
-        "NEUTRENO_API_KEY": "",
-        "NEUTRENO_INTRA_OP_THREADS": "1",
-    }
-    api = subprocess.Popen(
-        serve_command(str(api_port)),
-        cwd=ROOT,
-        env=env,
-        stdout=open(tmp / "api.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    api = start_api(ROOT / "model_repository", api_port, tmp / "api.log")
     main = local_copy(tmp, api_port, edge_port)
     proxy = subprocess.Popen(
         [nginx, "-c", str(main), "-g", "daemon off;"],

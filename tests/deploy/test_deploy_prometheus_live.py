@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
 import subprocess
 import urllib.error
@@ -34,13 +33,12 @@ from support.deploy_helpers import (
     get,
     metric_names,
     require_tool,
+    start_api,
     stop,
     wait_for,
 )
 from support.service_helpers import write_test_repository
 from test_deploy_grafana import dashboard_exprs, rule_exprs
-
-from bench.common import serve_command
 
 pytestmark = pytest.mark.slow
 
@@ -86,22 +84,7 @@ def stack(tmp_path_factory):
 
     repository = model_repository(tmp)
     models = sorted({p.parent.parent.name for p in repository.glob("*/*/manifest.json")})
-    env = {
-        **os.environ,
-        "NEUTRENO_MODEL_REPOSITORY": str(repository),
-        "NEUTRENO_DEVICE": "cpu",
-        "NEUTRENO_LOG_LEVEL": "warning",
-        "NEUTRENO_API_KEY": "",
-        "NEUTRENO_INTRA_OP_THREADS": "1",
-        "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1",
-    }
-    api = subprocess.Popen(
-        serve_command(str(api_port)),
-        cwd=ROOT,
-        env=env,
-        stdout=open(tmp / "api.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    api = start_api(repository, api_port, tmp / "api.log", NEUTRENO_SIMILARITY_SAMPLE_EVERY="1")
     procs = [api]
     try:
         wait_for(
