@@ -167,7 +167,7 @@ data: $(VENV)/.dev
 		{ test "$$(id -u)" = 0 || { echo "make data: installing the data packages needs root: run" \
 		  "'sudo apt-get install dataset-fashion-mnist bible-kjv', then make data again" >&2; \
 		  exit 2; }; apt-get update -q && apt-get install -y -q dataset-fashion-mnist bible-kjv; }
-	$(BIN)/python -m models.data.prepare --out data
+	$(BIN)/python -m training.data.prepare --out data
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -22,7 +22,8 @@ from export.opdef import DOMAIN, OP_TYPE, OP_VERSION, OPSET, model_opset
 
 FORMAT_VERSION = 1
 MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "manifest.json", "tokenizer.json"
-TASKS = ("classification", "segmentation", "text-generation")
+CLASSIFICATION, SEGMENTATION, TEXT_GENERATION = "classification", "segmentation", "text-generation"
+TASKS = (CLASSIFICATION, SEGMENTATION, TEXT_GENERATION)
 # KV-cache tensor names (the Optimum / onnxruntime-genai convention): inputs
 # past_key_values.{i}.key|value, outputs present.{i}.key|value, one pair per layer.
 PAST, PRESENT = "past_key_values", "present"

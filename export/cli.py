@@ -20,52 +20,78 @@ from typing import Any
 
 import onnx
 
-from export.bundle import AREA, Bundle, write_bundle
+from export.bundle import (
+    AREA,
+    CLASSIFICATION,
+    SEGMENTATION,
+    TEXT_GENERATION,
+    Bundle,
+    write_bundle,
+)
 from export.graphs import export_model
 from export.runtime import session
 from export.verify import Parity, verify
-from models.checkpoint import CONFIG, WEIGHTS, load_checkpoint, load_metrics
-from models.config import LMConfig, ModelConfig, SegmenterConfig
+from models.checkpoint import (
+    CONFIG,
+    DATA,
+    WEIGHTS,
+    DatasetFacts,
+    load_checkpoint,
+    load_metrics,
+    load_sample,
+)
+from models.config import LMConfig, ModelConfig
 from models.registry import build_model
 from neutreno.command import ArgumentParser, CommandError
 
-TASKS = {"vit": "classification", "segmenter": "segmentation", "lm": "text-generation"}
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+TASK_OF_FAMILY = {"vit": CLASSIFICATION, "segmenter": SEGMENTATION, "lm": TEXT_GENERATION}
 
 
-def labels_for(cfg: ModelConfig) -> list[str]:
-    """Class names: Fashion-MNIST (+ background for the segmenter), else class_<i>; [] for LMs."""
-    from models.data.fashion import LABELS
-
+def load_facts(checkpoint: Path, cfg: ModelConfig) -> DatasetFacts:
+    """The checkpoint's data facts (data.json, written by neutreno train), checked against the
+    model: one label per class and one mean/std per input channel."""
+    try:
+        facts = DatasetFacts.load(checkpoint)
+    except FileNotFoundError:
+        raise CommandError(
+            f"{checkpoint / DATA} does not exist: it holds the facts of the training data "
+            "(description, labels, mean, std, eos_token) that the manifest copies, and "
+            "neutreno train writes it; see docs/BUNDLE_FORMAT.md"
+        ) from None
+    except (ValueError, TypeError) as exc:  # not JSON, or fields DatasetFacts does not have
+        raise CommandError(f"{checkpoint / DATA} is not a data facts file: {exc}") from None
     if isinstance(cfg, LMConfig):
-        return []
-    offset = 1 if isinstance(cfg, SegmenterConfig) else 0
-    if cfg.num_classes == len(LABELS) + offset:
-        return ["background", *LABELS] if offset else list(LABELS)
-    return [f"class_{i}" for i in range(cfg.num_classes)]
+        if facts.eos_token is None:
+            raise CommandError(f"{checkpoint / DATA} names no eos_token for the language model")
+        return facts
+    if len(facts.labels) != cfg.num_classes:
+        raise CommandError(
+            f"{checkpoint / DATA} has {len(facts.labels)} labels; the model has "
+            f"{cfg.num_classes} classes"
+        )
+    if len(facts.mean) != cfg.in_chans or len(facts.std) != cfg.in_chans:
+        raise CommandError(
+            f"{checkpoint / DATA} needs one mean and std per input channel ({cfg.in_chans})"
+        )
+    return facts
 
 
-def preprocessing_for(cfg: ModelConfig) -> dict[str, Any]:
+def preprocessing_for(cfg: ModelConfig, facts: DatasetFacts) -> dict[str, Any]:
     """Pixel preprocessing (docs/BUNDLE_FORMAT.md) or the tokenizer file for LMs."""
-    from models.data import fashion
-
     if isinstance(cfg, LMConfig):
         return {"tokenizer": "tokenizer.json", "padding_side": "left"}
-    grey = cfg.in_chans == 1
     return {
         "image_size": [cfg.img_size, cfg.img_size],
         "channels": cfg.in_chans,
-        "mean": [fashion.MEAN] if grey else IMAGENET_MEAN,
-        "std": [fashion.STD] if grey else IMAGENET_STD,
+        "mean": facts.mean,
+        "std": facts.std,
         "resize": AREA,
         "background": "black",
     }
 
 
-def generation_for(cfg: LMConfig, tokenizer: Path) -> dict[str, Any]:
+def generation_for(cfg: LMConfig, tokenizer: Path, eos_token: str) -> dict[str, Any]:
     from tokenizers import Tokenizer
-
-    from models.data.kjv import EOS
 
     return {
         "context_length": cfg.block_size,
@@ -73,16 +99,18 @@ def generation_for(cfg: LMConfig, tokenizer: Path) -> dict[str, Any]:
         "num_heads": cfg.heads,
         "head_dim": cfg.dim // cfg.heads,
         "vocab_size": cfg.vocab_size,
-        "eos_token_id": Tokenizer.from_file(str(tokenizer)).token_to_id(EOS),
+        "eos_token_id": Tokenizer.from_file(str(tokenizer)).token_to_id(eos_token),
         "bos_token_id": None,
     }
 
 
-def training_for(checkpoint: Path) -> dict[str, Any]:
-    """From the checkpoint's metrics.json (written by `neutreno train`): the data, the last and
-    every command of its history, their total wall time, and the final metrics."""
+def training_for(checkpoint: Path, facts: DatasetFacts) -> dict[str, Any]:
+    """The data (from data.json) and, from the checkpoint's metrics.json (both written by
+    `neutreno train`): the last and every command of its history, their total wall time, and
+    the final metrics."""
     metrics = load_metrics(checkpoint)
-    data, command = metrics.pop("data", None), metrics.pop("command", None)
+    metrics.pop("data", None)  # metrics.json of checkpoints written before data.json existed
+    data, command = facts.description, metrics.pop("command", None)
     commands = metrics.pop("commands", [command] if command else [])
     return {
         "data": data,
@@ -106,6 +134,7 @@ def build_manifest(
     name: str,
     version: str,
     checkpoint: Path,
+    facts: DatasetFacts,
     checks: list[Parity],
     fp16: bool,
     tokenizer: Path | None,
@@ -114,19 +143,19 @@ def build_manifest(
     manifest: dict[str, Any] = {
         "name": name,
         "version": version,
-        "task": TASKS[cfg.family],
+        "task": TASK_OF_FAMILY[cfg.family],
         "attention": cfg.attention,
         "lam": cfg.fidelity_lam,
         "precision": "float16" if fp16 else "float32",
         "model": cfg.to_dict(),
-        "preprocessing": preprocessing_for(cfg),
-        "labels": labels_for(cfg),
-        "training": training_for(checkpoint),
+        "preprocessing": preprocessing_for(cfg, facts),
+        "labels": facts.labels,
+        "training": training_for(checkpoint, facts),
         "verification": [dataclasses.asdict(c) for c in checks],
         "exporter": exporter_versions(),
     }
     if isinstance(cfg, LMConfig):
-        manifest["generation"] = generation_for(cfg, tokenizer)
+        manifest["generation"] = generation_for(cfg, tokenizer, facts.eos_token)
     return manifest
 
 
@@ -138,7 +167,7 @@ def export_softmax_baseline(checkpoint: Path, path: Path) -> list[Parity]:
     baseline = build_model(cfg)
     baseline.load_state_dict(model.state_dict())
     proto = export_model(baseline, cfg, standard=True)
-    checks = verify(baseline, cfg, session(proto))
+    checks = verify(baseline, cfg, session(proto), sample=load_sample(checkpoint))
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return checks
@@ -195,6 +224,7 @@ def export_checkpoint(
         model, cfg = load_checkpoint(checkpoint)
     except ValueError as exc:  # weights that do not fit config.json, an unknown family
         raise CommandError(f"{exc}; export a folder as neutreno train wrote it") from None
+    facts = load_facts(checkpoint, cfg)
     tokenizer = checkpoint / "tokenizer.json" if isinstance(cfg, LMConfig) else None
     if tokenizer is not None and not tokenizer.is_file():
         raise CommandError(
@@ -202,8 +232,10 @@ def export_checkpoint(
             "train with --data-dir holding tokenizer.json (make data writes it)"
         )
     proto = export_model(model, cfg, fp16=fp16)
-    checks = verify(model, cfg, session(proto), tokenizer, fp16=fp16)
-    manifest = build_manifest(cfg, name, out.name, checkpoint, checks, fp16, tokenizer)
+    checks = verify(
+        model, cfg, session(proto), tokenizer, fp16=fp16, sample=load_sample(checkpoint)
+    )
+    manifest = build_manifest(cfg, name, out.name, checkpoint, facts, checks, fp16, tokenizer)
     if out.exists():
         shutil.rmtree(out)
     return write_bundle(out, proto, manifest, tokenizer)

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from export.runtime import LMStep, lm_step
 from models.attention import KVCache
-from models.config import LMConfig, ModelConfig, SegmenterConfig
+from models.checkpoint import Sample
+from models.config import LMConfig, ModelConfig
 
 TOLERANCE = 1e-4  # max abs difference, fp32
 FP16_RELATIVE = 1e-2  # fp16 graph vs fp32 torch: max abs diff / max(1, max |torch|)
@@ -118,24 +119,6 @@ def random_vision(cfg: ModelConfig, batch: int, seed: int = 0) -> Tensor:
     return torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
 
 
-def real_vision(cfg: ModelConfig, batch: int) -> tuple[Tensor, str] | None:
-    """Fashion-MNIST test images (or test scenes for the segmenter), None if absent or unfit."""
-    from models.data import fashion, scenes
-
-    try:
-        images, labels = fashion.load_split("test")
-    except FileNotFoundError:
-        return None
-    if isinstance(cfg, SegmenterConfig) and cfg.img_size == scenes.CANVAS and cfg.in_chans == 1:
-        canvases, _ = scenes.make_scenes(batch, images, labels, seed=10_000)
-        return torch.from_numpy(fashion.normalize(canvases)), f"{batch} Fashion-MNIST test scenes"
-    if cfg.img_size == images.shape[-1] and cfg.in_chans == 1:
-        return torch.from_numpy(
-            fashion.normalize(images[:batch])
-        ), f"{batch} Fashion-MNIST test images"
-    return None
-
-
 def random_lm(cfg: LMConfig, lengths: Sequence[int], seed: int = 0) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return left_pad(
@@ -157,9 +140,11 @@ def verify(
     sess: ort.InferenceSession,
     tokenizer: str | Path | None = None,
     fp16: bool = False,
+    sample: Sample | None = None,
 ) -> list[Parity]:
     """Parity on random inputs at batch 1 and 8 (the LM: 1 and 3 padded prompts) and on real
-    inputs when available; raises ParityError beyond the tolerance."""
+    inputs: the tokenizer's prompts, or the checkpoint's held-out `sample` of images when it has
+    one; raises ParityError beyond the tolerance."""
     model = model.eval()
     if isinstance(cfg, LMConfig):
         checks = [
@@ -175,7 +160,6 @@ def verify(
             vision_parity(model, sess, random_vision(cfg, b), f"random images, batch {b}")
             for b in (1, 8)
         ]
-        real = real_vision(cfg, 16)
-        if real is not None:
-            checks.append(vision_parity(model, sess, *real))
+        if sample is not None:
+            checks.append(vision_parity(model, sess, *sample))
     return [c.check(fp16) for c in checks]

@@ -1,14 +1,18 @@
-"""Checkpoints: safetensors weights + the model's config JSON, side by side in one folder."""
+"""Checkpoints: safetensors weights, the model's config JSON, the facts of its training data and
+a few held-out inputs, side by side in one folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -19,12 +23,49 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "train_state.pt"
 METRICS = "metrics.json"
+DATA = "data.json"
+SAMPLE = "sample.safetensors"
+SAMPLE_SIZE = 16  # held-out inputs a checkpoint keeps for export's parity check on real data
+Sample = tuple[torch.Tensor, str]  # (inputs (B, C, H, W) float32 as the model sees them, words)
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a model's training data says about its inputs and outputs. The training task states
+    it and the checkpoint keeps it (data.json), so export copies it into the bundle's manifest
+    instead of guessing from the model's shape.
+
+    description: the data and the evaluation, in words (the manifest's training.data).
+    labels: class names in output index order; [] for language models.
+    mean, std: per input channel, on the 0-1 pixel scale; [] for language models.
+    eos_token: the tokenizer's end-of-text token for language models, else None.
+    """
+
+    description: str
+    labels: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    eos_token: str | None = None
+
+    def save(self, folder: Path) -> None:
+        (folder / DATA).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> DatasetFacts:
+        """The facts `save` wrote; FileNotFoundError when the folder has none."""
+        return cls(**json.loads((Path(folder) / DATA).read_text()))
 
 
 def save_checkpoint(
-    folder: str | Path, model: nn.Module, cfg: ModelConfig, metrics: dict[str, Any] | None = None
+    folder: str | Path,
+    model: nn.Module,
+    cfg: ModelConfig,
+    facts: DatasetFacts,
+    metrics: dict[str, Any] | None = None,
+    sample: Sample | None = None,
 ) -> Path:
-    """Write weights (tied tensors stored once) and config; metrics.json when given."""
+    """Write weights (tied tensors stored once), config and data facts; metrics.json and the
+    held-out sample when given."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -32,9 +73,27 @@ def save_checkpoint(
         del state["head.weight"]  # tied to the token embedding
     save_file(state, str(folder / WEIGHTS), metadata={"config": json.dumps(cfg.to_dict())})
     cfg.save(folder / CONFIG)
+    facts.save(folder)
+    if sample is not None:
+        inputs, description = sample
+        save_file(
+            {"inputs": inputs.detach().cpu().contiguous()},
+            str(folder / SAMPLE),
+            metadata={"description": description},
+        )
     if metrics is not None:
         (folder / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     return folder
+
+
+def load_sample(folder: str | Path) -> Sample | None:
+    """The held-out inputs save_checkpoint kept, None when the checkpoint has none (language
+    models check on prompts instead; some datasets keep none)."""
+    path = Path(folder) / SAMPLE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("inputs"), f.metadata()["description"]
 
 
 def load_checkpoint(folder: str | Path, map_location: str = "cpu") -> tuple[nn.Module, ModelConfig]:

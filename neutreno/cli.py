@@ -12,7 +12,7 @@ import sys
 from neutreno.command import run
 
 COMMANDS = {
-    "train": ("models.train", "train NeuTRENO / softmax models (single process or torchrun)"),
+    "train": ("training.train", "train NeuTRENO / softmax models (single process or torchrun)"),
     "export": ("export.cli", "export a checkpoint to an ONNX model bundle"),
     "serve": ("service.cli", "serve the model repository over HTTP"),
     "bench": ("bench.cli", "run the load and speed benchmarks"),

@@ -1,5 +1,6 @@
 """The packages' import graph: no circles, counting every module-level import (a late import
-inside a function would hide one; those are for optional heavy dependencies only)."""
+inside a function would hide one; those are for optional heavy dependencies only), and no
+package importing one above it, counting every import, late ones too."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("neutreno", "bench", "service", "export", "models")
+PACKAGES = ("neutreno", "bench", "training", "service", "export", "models")
+# What each package may import (docs/ARCHITECTURE.md): the architectures at the bottom; export
+# on them; the serving path on the torch-free bundle contract only; training and benchmarks on
+# top; the command line dispatches to all of them. neutreno.command (CommandError and the
+# argument parser every subcommand shares) imports no project module.
+MAY_IMPORT = {
+    "models": {"models"},
+    "export": {"export", "models", "neutreno.command"},
+    "service": {"service", "export"},
+    "training": {"training", "models", "export", "service", "neutreno"},
+    "bench": {"bench", "service", "export", "models", "neutreno"},
+    "neutreno": set(PACKAGES),
+}
 
 
 def modules() -> dict[str, Path]:
@@ -21,10 +34,12 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def imports(path: Path, known: dict[str, Path]) -> set[str]:
-    """Project modules `path` imports when it is imported (module-level statements)."""
+def imports(path: Path, known: dict[str, Path], late: bool = False) -> set[str]:
+    """Project modules `path` imports when it is imported (module-level statements), or
+    anywhere in it when `late`."""
     targets: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree) if late else tree.body:
         if isinstance(node, ast.Import):
             targets |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -70,3 +85,15 @@ def test_no_import_circles() -> None:
 
 def test_the_cycle_finder_finds_one() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "c", "b"]]
+
+
+def test_no_package_imports_one_above_it() -> None:
+    known = modules()
+    upward = sorted(
+        f"{name} imports {target}"
+        for name, path in known.items()
+        for target in imports(path, known, late=True)
+        if not {target, target.split(".")[0]} & MAY_IMPORT[name.split(".")[0]]
+    )
+    assert len(known) > 50, "the graph was not read"
+    assert upward == []

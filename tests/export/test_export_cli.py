@@ -51,6 +51,14 @@ def test_existing_version_folder_is_refused(classifier: Exported, capsys) -> Non
             ["{tmp}/mixed", "--out", "{tmp}/repo/clf/1"],
             ["does not match its config", "neutreno train"],
         ),
+        (
+            ["{tmp}/nofacts", "--out", "{tmp}/repo/clf/1"],
+            ["{tmp}/nofacts/data.json does not exist", "labels, mean, std", "neutreno train"],
+        ),
+        (
+            ["{tmp}/badfacts", "--out", "{tmp}/repo/clf/1"],
+            ["{tmp}/badfacts/data.json has 3 labels; the model has 10 classes"],
+        ),
     ],
 )
 def test_mistakes_are_one_line_with_the_fix(
@@ -59,6 +67,11 @@ def test_mistakes_are_one_line_with_the_fix(
     mixed = Path(shutil.copytree(checkpoint_of(classifier), tmp_path / "mixed"))
     config = json.loads((mixed / "config.json").read_text())
     (mixed / "config.json").write_text(json.dumps({**config, "depth": config["depth"] + 1}))
+    nofacts = Path(shutil.copytree(checkpoint_of(classifier), tmp_path / "nofacts"))
+    (nofacts / "data.json").unlink()
+    badfacts = Path(shutil.copytree(checkpoint_of(classifier), tmp_path / "badfacts"))
+    facts = json.loads((badfacts / "data.json").read_text())
+    (badfacts / "data.json").write_text(json.dumps({**facts, "labels": ["a", "b", "c"]}))
 
     def fill(text: str) -> str:
         return text.replace("{tmp}", str(tmp_path)).replace(
@@ -100,3 +113,25 @@ def test_force_replaces_and_reports_both_parities(
     training = load_bundle(out).manifest["training"]
     assert training["commands"] == ["neutreno train (test)"]
     assert training["command"] == "neutreno train (test)"
+
+
+def test_labels_and_normalisation_come_from_the_checkpoint_data_facts(
+    classifier: Exported, tmp_path: Path
+) -> None:
+    """Export copies data.json as the training task wrote it, whatever the model's shape."""
+    checkpoint = Path(shutil.copytree(checkpoint_of(classifier), tmp_path / "ckpt"))
+    facts = {
+        "description": "ten kinds of leaves, top-1 on 30 held-out photos",
+        "labels": [f"leaf {i}" for i in range(10)],
+        "mean": [0.5],
+        "std": [0.25],
+        "eos_token": None,
+    }
+    (checkpoint / "data.json").write_text(json.dumps(facts))
+    out = tmp_path / "repo" / "leaves" / "1"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+    manifest = load_bundle(out).manifest
+    assert manifest["labels"] == facts["labels"]
+    assert (manifest["preprocessing"]["mean"], manifest["preprocessing"]["std"]) == ([0.5], [0.25])
+    assert manifest["training"]["data"] == facts["description"]
+    assert [c["inputs"] for c in manifest["verification"]][-1] == "16 Fashion-MNIST test images"

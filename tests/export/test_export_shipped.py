@@ -52,7 +52,7 @@ def test_shipped_bundle_loads_and_runs(folder: Path) -> None:
 def test_shipped_bundle_matches_checkpoint(folder: Path) -> None:
     """ORT vs PyTorch <= 1e-4 at two batch sizes, on random and real inputs."""
     from export.verify import verify
-    from models.checkpoint import load_checkpoint
+    from models.checkpoint import load_checkpoint, load_sample
 
     manifest = json.loads((folder / "manifest.json").read_text())
     checkpoint = ROOT / (
@@ -62,4 +62,7 @@ def test_shipped_bundle_matches_checkpoint(folder: Path) -> None:
         pytest.skip(f"checkpoint {checkpoint} is not here")
     model, cfg = load_checkpoint(checkpoint)
     tokenizer = folder / "tokenizer.json" if cfg.family == "lm" else None
-    assert verify(model, cfg, session(folder / "model.onnx"), tokenizer)
+    checks = verify(
+        model, cfg, session(folder / "model.onnx"), tokenizer, sample=load_sample(checkpoint)
+    )
+    assert len(checks) == 3  # random at two batch sizes and real inputs

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from models import create_model, get_config, list_models
-from models.checkpoint import init_from, load_checkpoint, resize_pos_embed, save_checkpoint
+from models.checkpoint import (
+    DatasetFacts,
+    init_from,
+    load_checkpoint,
+    resize_pos_embed,
+    save_checkpoint,
+)
 from models.config import config_from_dict
 from models.vit import window_mask
 
@@ -99,8 +105,10 @@ def test_lm_greedy_uses_cache_consistently():
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = create_model("lm-kjv", **TINY).eval()
-    save_checkpoint(tmp_path, model, model.cfg, metrics={"test_bpc": 1.5})
+    facts = DatasetFacts("a test corpus", eos_token="<eos>")
+    save_checkpoint(tmp_path, model, model.cfg, facts, metrics={"test_bpc": 1.5})
     config = json.loads((tmp_path / "config.json").read_text())
+    assert DatasetFacts.load(tmp_path) == facts
     assert config["family"] == "lm" and config["depth"] == 2
     loaded, cfg = load_checkpoint(tmp_path)
     idx = torch.randint(0, 4096, (1, 8))
@@ -113,7 +121,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_classifier_initialises_the_segmenter_encoder(tmp_path):
     torch.manual_seed(0)
     vit = create_model("vit-fashion", depth=2, stem="conv")
-    save_checkpoint(tmp_path, vit, vit.cfg)
+    save_checkpoint(tmp_path, vit, vit.cfg, DatasetFacts("test"))
     seg = create_model("segmenter-fashion", depth=2, stem="conv")
     copied = init_from(seg, tmp_path)
     assert all(name.startswith("encoder.") for name in copied)
@@ -180,7 +188,7 @@ def test_pixel_refiner_starts_as_the_identity_on_a_trained_segmenter(tmp_path):
     """A refiner added to a trained segmenter leaves its output unchanged until it trains."""
     torch.manual_seed(0)
     plain = create_model("segmenter-fashion", depth=2, stem="conv").eval()
-    save_checkpoint(tmp_path, plain, plain.cfg)
+    save_checkpoint(tmp_path, plain, plain.cfg, DatasetFacts("test"))
     refined = create_model("segmenter-fashion", depth=2, stem="conv", refine_channels=8).eval()
     copied = set(init_from(refined, tmp_path))
     assert copied == set(plain.state_dict()) and not any(n.startswith("refiner.") for n in copied)

@@ -19,14 +19,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from support.export_helpers import facts_for
 from support.generation_helpers import NAME, add_lm, tiny_lm
 from support.service_helpers import b64, make_settings, png_bytes
 
 from export.cli import export_checkpoint
 from models import create_model, get_config
 from models.checkpoint import save_checkpoint
-from models.data import scenes
 from service import create_app
+from training.data import scenes
 
 TINY = {"depth": 2, "dim": 32, "heads": 2}
 VARIANTS = {
@@ -43,7 +44,8 @@ def _checkpoint(folder: Path, variant: str, overrides: dict) -> Path:
         folder,
         create_model(variant, **overrides),
         cfg,
-        metrics={"command": "neutreno train (test)", "data": "random weights"},
+        facts_for(cfg),
+        metrics={"command": "neutreno train (test)"},
     )
     return folder
 

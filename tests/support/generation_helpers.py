@@ -21,7 +21,7 @@ SOURCES = [
     "models/layers.py",
     "models/attention.py",
     "models/config.py",
-    "models/data/kjv.py",
+    "training/data/kjv.py",
     "export/graphs.py",
     "export/ops.py",
     "export/opdef.py",
@@ -44,16 +44,19 @@ def _build(folder: Path) -> None:
     from export.cli import export_checkpoint
     from models import create_model, get_config
     from models.checkpoint import save_checkpoint
-    from models.data.kjv import train_tokenizer
+    from support.export_helpers import facts_for
+    from training.data.kjv import train_tokenizer
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.manual_seed(0)
     ckpt = folder / "checkpoint"
+    cfg = get_config("lm-kjv", **TINY_LM)
     save_checkpoint(
         ckpt,
         create_model("lm-kjv", **TINY_LM),
-        get_config("lm-kjv", **TINY_LM),
-        metrics={"data": "random weights (test)", "command": "test fixture"},
+        cfg,
+        facts_for(cfg, "random weights (test)"),
+        metrics={"command": "test fixture"},
     )
     text = (ROOT / "tests/fixtures/kjv-sample.txt").read_text()
     train_tokenizer(text, vocab_size=TINY_LM["vocab_size"]).save(str(ckpt / "tokenizer.json"))

@@ -24,8 +24,8 @@ from PIL import Image
 from bench.common import free_port, serve_command
 from export.bundle import write_bundle
 from export.opdef import DOMAIN, OP_TYPE, OPSET, attach_functions
-from models.data.fashion import LABELS, MEAN, STD
 from service import Settings
+from training.data.fashion import LABELS, MEAN, STD
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION = LABELS  # the class names the tiny bundles carry, as the shipped ones do
