@@ -70,8 +70,8 @@ RUN --mount=type=secret,id=ca_bundle \
     && /opt/venv/bin/python /opt/pip.whl/pip install -r requirements-gpu.txt
 
 # app: the project's serving packages (the CLI, service/, export/: torch-free) installed under
-# /app-install with the venv's layout, copied over /opt/venv by the targets; models/ (PyTorch) and
-# bench/ stay out of the image
+# /app-install with the venv's layout, copied over /opt/venv by the targets; models/ and training/
+# (PyTorch) and bench/ stay out of the image
 FROM deps-cpu AS app
 COPY README.md ./
 COPY neutreno/ neutreno/
