@@ -1,5 +1,5 @@
 """The attention benchmarks on CPU at tiny sizes: the overhead table keeps its output contract
-(shared/DESIGN.md) and the device benchmark (written for a CUDA host) runs end to end on the
+(bench/attention_overhead.py's docstring) and the device benchmark (written for a CUDA host) runs end to end on the
 CPU."""
 
 from __future__ import annotations
