@@ -25,7 +25,7 @@ from export.graphs import export_model
 from export.runtime import session
 from export.verify import Parity, verify
 from models.checkpoint import CONFIG, WEIGHTS, load_checkpoint, load_metrics
-from models.config import LMConfig, ModelConfig, SegmenterConfig
+from models.config import LMConfig, ModelConfig, SegmenterConfig, ViTConfig
 from models.registry import build_model
 from neutreno.command import ArgumentParser, CommandError
 
@@ -39,6 +39,7 @@ def labels_for(cfg: ModelConfig) -> list[str]:
 
     if isinstance(cfg, LMConfig):
         return []
+    assert isinstance(cfg, ViTConfig)  # the image families: ViT and Segmenter
     offset = 1 if isinstance(cfg, SegmenterConfig) else 0
     if cfg.num_classes == len(LABELS) + offset:
         return ["background", *LABELS] if offset else list(LABELS)
@@ -51,6 +52,7 @@ def preprocessing_for(cfg: ModelConfig) -> dict[str, Any]:
 
     if isinstance(cfg, LMConfig):
         return {"tokenizer": "tokenizer.json", "padding_side": "left"}
+    assert isinstance(cfg, ViTConfig)  # the image families: ViT and Segmenter
     grey = cfg.in_chans == 1
     return {
         "image_size": [cfg.img_size, cfg.img_size],
@@ -126,6 +128,7 @@ def build_manifest(
         "exporter": exporter_versions(),
     }
     if isinstance(cfg, LMConfig):
+        assert tokenizer is not None  # export_checkpoint requires an LM's tokenizer.json
         manifest["generation"] = generation_for(cfg, tokenizer)
     return manifest
 

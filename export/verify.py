@@ -11,9 +11,11 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from export.graphs import VisionModel
 from export.runtime import LMStep, lm_step
 from models.attention import KVCache
-from models.config import LMConfig, ModelConfig, SegmenterConfig
+from models.config import LMConfig, ModelConfig, SegmenterConfig, ViTConfig
+from models.lm import CausalLM
 
 TOLERANCE = 1e-4  # max abs difference, fp32
 FP16_RELATIVE = 1e-2  # fp16 graph vs fp32 torch: max abs diff / max(1, max |torch|)
@@ -51,9 +53,9 @@ def compare(inputs: str, got: Sequence[np.ndarray], want: Sequence[Tensor]) -> P
     """Parity of ORT outputs `got` against torch outputs `want` (same order)."""
     diff, scale = 0.0, 0.0
     for g, w in zip(got, want, strict=True):
-        w = w.detach().float().numpy()
-        diff = max(diff, float(np.abs(g.astype(np.float32) - w).max(initial=0.0)))
-        scale = max(scale, float(np.abs(w).max(initial=0.0)))
+        ref = w.detach().float().numpy()
+        diff = max(diff, float(np.abs(g.astype(np.float32) - ref).max(initial=0.0)))
+        scale = max(scale, float(np.abs(ref).max(initial=0.0)))
     return Parity(inputs, diff, scale)
 
 
@@ -62,7 +64,7 @@ def _feed_dtype(sess: ort.InferenceSession) -> type:
 
 
 @torch.no_grad()
-def vision_parity(model: nn.Module, sess: ort.InferenceSession, x: Tensor, inputs: str) -> Parity:
+def vision_parity(model: VisionModel, sess: ort.InferenceSession, x: Tensor, inputs: str) -> Parity:
     """x (B, C, H, W) through forward_with_similarity and the graph."""
     want = model.forward_with_similarity(x)
     got = sess.run(None, {"pixel_values": x.numpy().astype(_feed_dtype(sess))})
@@ -70,7 +72,7 @@ def vision_parity(model: nn.Module, sess: ort.InferenceSession, x: Tensor, input
 
 
 def _torch_step(
-    model: nn.Module, ids: Tensor, mask: Tensor, past: list[KVCache] | None
+    model: CausalLM, ids: Tensor, mask: Tensor, past: list[KVCache] | None
 ) -> list[Tensor]:
     out = model(ids, mask, past)
     return [out.logits, *[t for kv in out.presents for t in kv], model.similarity(out, mask)]
@@ -82,7 +84,7 @@ def _ort_outputs(step: LMStep) -> list[np.ndarray]:
 
 @torch.no_grad()
 def lm_parity(
-    model: nn.Module, sess: ort.InferenceSession, ids: Tensor, mask: Tensor, inputs: str
+    model: CausalLM, sess: ort.InferenceSession, ids: Tensor, mask: Tensor, inputs: str
 ) -> Parity:
     """Prefill (empty past) on ids (B, T) with mask (B, T), then one decode step with the cache."""
     want = _torch_step(model, ids, mask, None)
@@ -113,12 +115,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tenso
     return ids, mask
 
 
-def random_vision(cfg: ModelConfig, batch: int, seed: int = 0) -> Tensor:
+def random_vision(cfg: ViTConfig, batch: int, seed: int = 0) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
 
 
-def real_vision(cfg: ModelConfig, batch: int) -> tuple[Tensor, str] | None:
+def real_vision(cfg: ViTConfig, batch: int) -> tuple[Tensor, str] | None:
     """Fashion-MNIST test images (or test scenes for the segmenter), None if absent or unfit."""
     from models.data import fashion, scenes
 
@@ -159,9 +161,11 @@ def verify(
     fp16: bool = False,
 ) -> list[Parity]:
     """Parity on random inputs at batch 1 and 8 (the LM: 1 and 3 padded prompts) and on real
-    inputs when available; raises ParityError beyond the tolerance."""
+    inputs when available; raises ParityError beyond the tolerance. `model` is the class
+    `cfg.family` builds."""
     model = model.eval()
     if isinstance(cfg, LMConfig):
+        assert isinstance(model, CausalLM)
         checks = [
             lm_parity(model, sess, *random_lm(cfg, [9]), "random tokens, batch 1"),
             lm_parity(
@@ -171,6 +175,7 @@ def verify(
         if tokenizer is not None:
             checks.append(lm_parity(model, sess, *real_lm(tokenizer), "3 KJV verses, left padded"))
     else:
+        assert isinstance(cfg, ViTConfig) and isinstance(model, VisionModel)
         checks = [
             vision_parity(model, sess, random_vision(cfg, b), f"random images, batch {b}")
             for b in (1, 8)
