@@ -24,10 +24,12 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve
 	$(BIN)/neutreno serve --host $(HOST) --port $(PORT)
 
-# Lint: ruff's checks (pyproject.toml [tool.ruff.lint]) and its formatter, over the whole tree.
+# Lint: ruff's checks (pyproject.toml [tool.ruff.lint]) and its formatter, over the whole tree,
+# then mypy over service/ and export/ (pyproject.toml [tool.mypy]).
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(VENV)/.dev deploy-tools chromium container-engine
 	$(BIN)/python -m pytest -q tests
@@ -170,4 +172,4 @@ data: $(VENV)/.dev
 	$(BIN)/python -m training.data.prepare --out data
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

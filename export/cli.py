@@ -40,7 +40,7 @@ from models.checkpoint import (
     load_metrics,
     load_sample,
 )
-from models.config import LMConfig, ModelConfig
+from models.config import LMConfig, ModelConfig, ViTConfig
 from models.registry import build_model
 from neutreno.command import ArgumentParser, CommandError
 
@@ -64,6 +64,7 @@ def load_facts(checkpoint: Path, cfg: ModelConfig) -> DatasetFacts:
         if facts.eos_token is None:
             raise CommandError(f"{checkpoint / DATA} names no eos_token for the language model")
         return facts
+    assert isinstance(cfg, ViTConfig)  # the image families: ViT and Segmenter
     if len(facts.labels) != cfg.num_classes:
         raise CommandError(
             f"{checkpoint / DATA} has {len(facts.labels)} labels; the model has "
@@ -80,6 +81,7 @@ def preprocessing_for(cfg: ModelConfig, facts: DatasetFacts) -> dict[str, Any]:
     """Pixel preprocessing (docs/BUNDLE_FORMAT.md) or the tokenizer file for LMs."""
     if isinstance(cfg, LMConfig):
         return {"tokenizer": "tokenizer.json", "padding_side": "left"}
+    assert isinstance(cfg, ViTConfig)  # the image families: ViT and Segmenter
     return {
         "image_size": [cfg.img_size, cfg.img_size],
         "channels": cfg.in_chans,
@@ -155,6 +157,8 @@ def build_manifest(
         "exporter": exporter_versions(),
     }
     if isinstance(cfg, LMConfig):
+        assert tokenizer is not None  # export_checkpoint requires an LM's tokenizer.json
+        assert facts.eos_token is not None  # load_facts requires an LM's eos_token
         manifest["generation"] = generation_for(cfg, tokenizer, facts.eos_token)
     return manifest
 

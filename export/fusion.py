@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -41,6 +42,8 @@ MS_DOMAIN = "com.microsoft"
 HEAD_SPLIT_PERM = [2, 0, 3, 1, 4]  # (B, T, 3, H, D) -> (3, B, H, T, D)
 HEAD_MERGE_PERM = [0, 2, 1, 3]  # (B, H, T, D) -> (B, T, H, D)
 MASKED = float(np.finfo(np.float16).min)  # attention_bias where attn_mask is False (finite in fp16)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -90,7 +93,9 @@ class _Graph:
         return users[0] if ok else None
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+def _attr(node: onnx.NodeProto, name: str, default: T) -> T:
+    """Attribute `name` of `node` (of the default's type in the graphs fused here), else
+    `default`."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -118,9 +123,8 @@ def _head_split(g: _Graph, name: str) -> tuple[_HeadSplit, int] | None:
     if starts is None or ends is None or axes is None or list(axes) != [0]:
         return None
     index = int(starts[0])
-    if int(ends[0]) != index + 1 or list(
-        g.const(squeeze.input[1]) if len(squeeze.input) > 1 else [0]
-    ) != [0]:
+    squeezed = g.const(squeeze.input[1]) if len(squeeze.input) > 1 else [0]
+    if int(ends[0]) != index + 1 or squeezed is None or list(squeezed) != [0]:
         return None
     transpose = g.producer.get(slice_.input[0])
     if transpose is None or transpose.op_type != "Transpose":
@@ -157,9 +161,12 @@ class _Plan:
 
 def _plan(g: _Graph, node: onnx.NodeProto) -> _Plan | str:
     """A fusion plan for `node`, or the reason it keeps the portable body."""
-    found = [_head_split(g, name) for name in node.input[:3]]
-    if any(f is None for f in found):
-        return "Q/K/V do not come from the exporter's head split"
+    found: list[tuple[_HeadSplit, int]] = []
+    for name in node.input[:3]:
+        split = _head_split(g, name)
+        if split is None:
+            return "Q/K/V do not come from the exporter's head split"
+        found.append(split)
     splits = {id(f[0].transpose) for f in found}
     if len(splits) != 1 or [f[1] for f in found] != [0, 1, 2]:
         return "Q/K/V are not the three parts of one projection"
@@ -223,7 +230,9 @@ class _Builder:
         if key not in self.shared:
             zero, low = self.scalar(0.0, like, out), self.scalar(MASKED, like, out)
             bias = f"{mask}__fused_bias"
-            rank = len(self.g.dims(mask))
+            dims = self.g.dims(mask)
+            assert dims is not None  # `_plan` keeps a node whose mask has no static rank portable
+            rank = len(dims)
             if rank < 4:
                 axes = f"{bias}_axes"
                 self.initializers.append(
@@ -248,7 +257,8 @@ class _Builder:
 
     def attention(self, plan: _Plan) -> list[onnx.NodeProto] | None:
         """The fused replacement of plan.node, or None when its V0 has no (B, T, C) form."""
-        node, out = plan.node, []
+        node = plan.node
+        out: list[onnx.NodeProto] = []
         inputs = list(node.input) + [""] * (7 - len(node.input))
         q, k, v = self.splits[id(plan.split.transpose)]
         lam = float(_attr(node, "lam", 0.0))
@@ -331,11 +341,11 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FusionRepor
     builder = _Builder(g, plans)
     replaced: dict[int, list[onnx.NodeProto]] = {}
     for key, plan in plans.items():
-        nodes = builder.attention(plan)
-        if nodes is None:
+        fused = builder.attention(plan)
+        if fused is None:
             report.reasons.append(f"{plan.node.name}: V0 is not the V of a fused layer")
         else:
-            replaced[key] = nodes
+            replaced[key] = fused
     split_at = {id(p.split.transpose): p for p in plans.values()}  # unused ones are dropped
     skip = {id(n) for k in replaced for n in (plans[k].merge, plans[k].merge_transpose)}
     nodes: list[onnx.NodeProto] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import onnx
 import torch
@@ -22,15 +22,20 @@ from export.bundle import PAST, PRESENT, kv_names
 from export.opdef import attach_functions
 from export.ops import custom_op_attention, translation_table
 from models.config import LMConfig, ModelConfig, ViTConfig
+from models.lm import CausalLM
+from models.segmenter import Segmenter
+from models.vit import ViT
 
 # torch.export specialises example dims of 0 and 1, so every dynamic axis starts at >= 2.
 EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 3, 4
+
+VisionModel: TypeAlias = ViT | Segmenter  # the families exported via forward_with_similarity
 
 
 class VisionGraph(nn.Module):
     """pixel_values (B, C, H, W) -> (logits, token_similarity (B, layers))."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: VisionModel) -> None:
         super().__init__()
         self.model = model
 
@@ -41,7 +46,7 @@ class VisionGraph(nn.Module):
 class LMGraph(nn.Module):
     """(input_ids, attention_mask, past_key_values) -> (logits, *presents, token_similarity)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: CausalLM) -> None:
         super().__init__()
         self.model = model
 
@@ -67,7 +72,7 @@ class GraphSpec:
     dynamic_shapes: dict[str, Any]
 
 
-def vision_spec(model: nn.Module, cfg: ViTConfig, dtype: torch.dtype) -> GraphSpec:
+def vision_spec(model: VisionModel, cfg: ViTConfig, dtype: torch.dtype) -> GraphSpec:
     x = torch.randn(EXAMPLE_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, dtype=dtype)
     return GraphSpec(
         VisionGraph(model),
@@ -78,7 +83,7 @@ def vision_spec(model: nn.Module, cfg: ViTConfig, dtype: torch.dtype) -> GraphSp
     )
 
 
-def lm_spec(model: nn.Module, cfg: LMConfig, dtype: torch.dtype) -> GraphSpec:
+def lm_spec(model: CausalLM, cfg: LMConfig, dtype: torch.dtype) -> GraphSpec:
     b, t, p, d = EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST, cfg.dim // cfg.heads
     ids = torch.randint(0, cfg.vocab_size, (b, t))
     mask = torch.ones(b, p + t, dtype=torch.long)
@@ -102,9 +107,11 @@ def lm_spec(model: nn.Module, cfg: LMConfig, dtype: torch.dtype) -> GraphSpec:
 
 
 def graph_spec(model: nn.Module, cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> GraphSpec:
-    """The export graph of a model family."""
+    """The export graph of a model family (`model` is the class `cfg.family` builds)."""
     if isinstance(cfg, LMConfig):
+        assert isinstance(model, CausalLM)
         return lm_spec(model, cfg, dtype)
+    assert isinstance(cfg, ViTConfig) and isinstance(model, VisionModel)
     return vision_spec(model, cfg, dtype)
 
 
@@ -133,6 +140,7 @@ def export_model(
             external_data=False,
             verbose=False,
         )
+    assert program is not None  # torch.onnx.export returns None only when dynamo=False
     proto = program.model_proto
     if not standard:
         attach_functions(proto)

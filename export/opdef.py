@@ -77,7 +77,7 @@ def register_schema() -> None:
         onnx.defs.register_schema(op_schema())
 
 
-def _ref_attr(name: str, ref: str, kind: int) -> onnx.AttributeProto:
+def _ref_attr(name: str, ref: str, kind: onnx.AttributeProto.AttributeType) -> onnx.AttributeProto:
     """An attribute that takes the value of the enclosing function's attribute `ref`."""
     return onnx.AttributeProto(name=name, ref_attr_name=ref, type=kind)
 

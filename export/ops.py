@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import onnxscript
 import torch
@@ -21,6 +22,14 @@ from export.opdef import DOMAIN, OP_TYPE, OP_VERSION, register_schema
 from models.attention import Attention, KVCache, attention_core, causal_mask
 
 NEUTRENO = onnxscript.values.Opset(DOMAIN, OP_VERSION)
+
+
+def _kv_cache(past_key: Tensor | None, past_value: Tensor | None) -> KVCache | None:
+    """The op's past as a KV cache: `onnx_core` passes both halves of one, or neither."""
+    if past_key is None:
+        return None
+    assert past_value is not None
+    return past_key, past_value
 
 
 @torch.library.custom_op("neutreno::fidelity_attention", mutates_args=())
@@ -36,7 +45,7 @@ def fidelity_attention_op(
     causal: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """models.attention.attention_core as one op: (Y, present_key, present_value)."""
-    past = None if past_key is None else (past_key, past_value)
+    past = _kv_cache(past_key, past_value)
     out, (k_all, v_all) = attention_core(
         q, k, v, v0, lam=lam, causal=causal, mask=mask, past=past, fused=False
     )
@@ -57,8 +66,9 @@ def _(
     lam: float,
     causal: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if past_key is not None:
-        k, v = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
+    past = _kv_cache(past_key, past_value)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
     return q.new_empty(q.shape[:-1] + v.shape[-1:]), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -106,7 +116,9 @@ def custom_op_attention(model: nn.Module) -> Iterator[nn.Module]:
             m.core = core
 
 
-def translate_fidelity(
+# torch.onnx reads a translation's signature from its annotations (unannotated parameters are
+# graph inputs of any type, annotated ones attributes), so the tensor parameters stay unannotated.
+def translate_fidelity(  # type: ignore[no-untyped-def]
     q,
     k,
     v,
@@ -123,7 +135,7 @@ def translate_fidelity(
     )
 
 
-def translate_softmax(
+def translate_softmax(  # type: ignore[no-untyped-def]  # unannotated: see translate_fidelity
     q,
     k,
     v,
@@ -143,7 +155,7 @@ def translate_softmax(
     return y, present_key, present_value
 
 
-def translation_table(standard: bool = False) -> dict[Callable, Callable]:
+def translation_table(standard: bool = False) -> dict[Callable[..., Any], Callable[..., Any]]:
     """custom_translation_table for torch.onnx.export: FidelityAttention or standard Attention."""
     register_schema()
     fn = translate_softmax if standard else translate_fidelity

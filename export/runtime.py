@@ -43,8 +43,8 @@ class LMStep:
     token_similarity: np.ndarray
 
 
-def lm_layout(sess: ort.InferenceSession) -> tuple[int, int, int, np.dtype]:
-    """(layers, heads, head_dim, float dtype) read from the graph's past_key_values inputs."""
+def lm_layout(sess: ort.InferenceSession) -> tuple[int, int, int, type[np.floating]]:
+    """(layers, heads, head_dim, float scalar type) read from the graph's past_key_values inputs."""
     past = [i for i in sess.get_inputs() if i.name.startswith(f"{PAST}.")]
     _, heads, _, head_dim = past[0].shape
     dtype = np.float16 if past[0].type == "tensor(float16)" else np.float32

@@ -11,10 +11,12 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from export.graphs import VisionModel
 from export.runtime import LMStep, lm_step
 from models.attention import KVCache
 from models.checkpoint import Sample
-from models.config import LMConfig, ModelConfig
+from models.config import LMConfig, ModelConfig, ViTConfig
+from models.lm import CausalLM
 
 TOLERANCE = 1e-4  # max abs difference, fp32
 FP16_RELATIVE = 1e-2  # fp16 graph vs fp32 torch: max abs diff / max(1, max |torch|)
@@ -52,9 +54,9 @@ def compare(inputs: str, got: Sequence[np.ndarray], want: Sequence[Tensor]) -> P
     """Parity of ORT outputs `got` against torch outputs `want` (same order)."""
     diff, scale = 0.0, 0.0
     for g, w in zip(got, want, strict=True):
-        w = w.detach().float().numpy()
-        diff = max(diff, float(np.abs(g.astype(np.float32) - w).max(initial=0.0)))
-        scale = max(scale, float(np.abs(w).max(initial=0.0)))
+        ref = w.detach().float().numpy()
+        diff = max(diff, float(np.abs(g.astype(np.float32) - ref).max(initial=0.0)))
+        scale = max(scale, float(np.abs(ref).max(initial=0.0)))
     return Parity(inputs, diff, scale)
 
 
@@ -63,7 +65,7 @@ def _feed_dtype(sess: ort.InferenceSession) -> type:
 
 
 @torch.no_grad()
-def vision_parity(model: nn.Module, sess: ort.InferenceSession, x: Tensor, inputs: str) -> Parity:
+def vision_parity(model: VisionModel, sess: ort.InferenceSession, x: Tensor, inputs: str) -> Parity:
     """x (B, C, H, W) through forward_with_similarity and the graph."""
     want = model.forward_with_similarity(x)
     got = sess.run(None, {"pixel_values": x.numpy().astype(_feed_dtype(sess))})
@@ -71,7 +73,7 @@ def vision_parity(model: nn.Module, sess: ort.InferenceSession, x: Tensor, input
 
 
 def _torch_step(
-    model: nn.Module, ids: Tensor, mask: Tensor, past: list[KVCache] | None
+    model: CausalLM, ids: Tensor, mask: Tensor, past: list[KVCache] | None
 ) -> list[Tensor]:
     out = model(ids, mask, past)
     return [out.logits, *[t for kv in out.presents for t in kv], model.similarity(out, mask)]
@@ -83,7 +85,7 @@ def _ort_outputs(step: LMStep) -> list[np.ndarray]:
 
 @torch.no_grad()
 def lm_parity(
-    model: nn.Module, sess: ort.InferenceSession, ids: Tensor, mask: Tensor, inputs: str
+    model: CausalLM, sess: ort.InferenceSession, ids: Tensor, mask: Tensor, inputs: str
 ) -> Parity:
     """Prefill (empty past) on ids (B, T) with mask (B, T), then one decode step with the cache."""
     want = _torch_step(model, ids, mask, None)
@@ -114,7 +116,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tenso
     return ids, mask
 
 
-def random_vision(cfg: ModelConfig, batch: int, seed: int = 0) -> Tensor:
+def random_vision(cfg: ViTConfig, batch: int, seed: int = 0) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen)
 
@@ -144,9 +146,10 @@ def verify(
 ) -> list[Parity]:
     """Parity on random inputs at batch 1 and 8 (the LM: 1 and 3 padded prompts) and on real
     inputs: the tokenizer's prompts, or the checkpoint's held-out `sample` of images when it has
-    one; raises ParityError beyond the tolerance."""
+    one; raises ParityError beyond the tolerance. `model` is the class `cfg.family` builds."""
     model = model.eval()
     if isinstance(cfg, LMConfig):
+        assert isinstance(model, CausalLM)
         checks = [
             lm_parity(model, sess, *random_lm(cfg, [9]), "random tokens, batch 1"),
             lm_parity(
@@ -156,6 +159,7 @@ def verify(
         if tokenizer is not None:
             checks.append(lm_parity(model, sess, *real_lm(tokenizer), "3 KJV verses, left padded"))
     else:
+        assert isinstance(cfg, ViTConfig) and isinstance(model, VisionModel)
         checks = [
             vision_parity(model, sess, random_vision(cfg, b), f"random images, batch {b}")
             for b in (1, 8)

@@ -249,11 +249,11 @@ class DynamicBatcher:
                 continue
             succeeded += 1
             self._scatter([req], outputs)
-        for req, exc in failures:
+        for req, error in failures:
             if succeeded:
-                self._fail(req, BadRequest(f"{self.model!r} cannot process this input: {exc}"))
+                self._fail(req, BadRequest(f"{self.model!r} cannot process this input: {error}"))
             else:
-                self._fail(req, InferenceFailed(f"inference failed on {self.model!r}: {exc}"))
+                self._fail(req, InferenceFailed(f"inference failed on {self.model!r}: {error}"))
 
     @staticmethod
     def _fail(req: _Request, error: Exception) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from service.logs import configure_logging
 from service.runtime import RuntimeSetupError, choose_providers
-from service.settings import Settings
+from service.settings import Overrides, Settings
 from service.supervisor import Supervisor
 
 
@@ -23,21 +24,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="neutreno serve", description=__doc__.splitlines()[0])
     p.add_argument("--host", help="bind address (default NEUTRENO_HOST or 0.0.0.0)")
     p.add_argument("--port", type=int, help="port (default NEUTRENO_PORT or 8000)")
-    p.add_argument("--model-repository", help="bundle folder (default NEUTRENO_MODEL_REPOSITORY)")
+    p.add_argument(
+        "--model-repository", type=Path, help="bundle folder (default NEUTRENO_MODEL_REPOSITORY)"
+    )
     return p.parse_args(argv)
 
 
-def overrides_of(args: argparse.Namespace) -> dict[str, object]:
+def overrides_of(args: argparse.Namespace) -> Overrides:
     """The command line's settings (each process reads the rest from the environment)."""
-    return {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "model_repository": args.model_repository,
-        }.items()
-        if v is not None
-    }
+    overrides: Overrides = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.model_repository is not None:
+        overrides["model_repository"] = args.model_repository
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from service.app import create_app
 from service.connections import server_options
 from service.engine.client import MPClient
 from service.logs import configure_logging, logging_config
-from service.settings import Settings
+from service.settings import Overrides, Settings
 
 
 class DrainingServer(uvicorn.Server):
@@ -72,7 +72,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
-def frontend_main(overrides: dict[str, Any], address: str, sock: socket.socket) -> None:
+def frontend_main(overrides: Overrides, address: str, sock: socket.socket) -> None:
     """Process entry point (spawned by the supervisor) serving on the shared socket."""
     settings = Settings(**overrides)
     configure_logging(settings)

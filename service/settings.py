@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Overrides(TypedDict, total=False):
+    """Settings given on `neutreno serve`'s command line; the supervisor passes them to every
+    process it starts, which reads the rest from the environment."""
+
+    host: str
+    port: int
+    model_repository: Path
 
 
 class Settings(BaseSettings):

@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from prometheus_client import multiprocess
@@ -31,7 +30,7 @@ from prometheus_client import multiprocess
 from service.engine.server import engine_main
 from service.frontend import frontend_main, uvicorn_config
 from service.metrics import MULTIPROC_ENV
-from service.settings import Settings
+from service.settings import Overrides, Settings
 
 log = logging.getLogger("neutreno.service")
 
@@ -41,7 +40,7 @@ WATCH_EVERY_S = 0.2
 class Supervisor:
     """Starts, watches and drains the engine and front-end processes."""
 
-    def __init__(self, settings: Settings, overrides: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, overrides: Overrides) -> None:
         self.settings = settings
         self.overrides = overrides
         self.ctx = multiprocessing.get_context("spawn")

@@ -28,7 +28,7 @@ from service.errors import InferenceFailed, ServiceError
 from service.generation.scheduler import Submission
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Overrides, Settings
 
 log = logging.getLogger("neutreno.service")
 
@@ -167,7 +167,7 @@ async def run_engine(
 
 
 def engine_main(
-    overrides: dict[str, Any], address: str, stop: multiprocessing.synchronize.Event
+    overrides: Overrides, address: str, stop: multiprocessing.synchronize.Event
 ) -> None:
     """Process entry point (spawned by `neutreno serve`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

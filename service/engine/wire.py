@@ -30,7 +30,7 @@ def encode(header: dict[str, Any], tensors: Feeds | None = None) -> Frames:
     """Header map + arrays -> frames (array data is not copied when already contiguous)."""
     arrays = [(n, np.ascontiguousarray(a)) for n, a in (tensors or {}).items()]
     header = {**header, "tensors": [[n, a.dtype.str, list(a.shape)] for n, a in arrays]}
-    return [msgpack.packb(header), *(memoryview(a.reshape(-1).view(np.uint8)) for _, a in arrays)]
+    return [msgpack.packb(header), *(a.reshape(-1).view(np.uint8).data for _, a in arrays)]
 
 
 def decode(frames: Frames) -> tuple[dict[str, Any], Feeds]:

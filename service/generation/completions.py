@@ -18,6 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -28,6 +29,7 @@ from service.generation.schemas import (
     Completion,
     CompletionChoice,
     CompletionRequest,
+    FinishReason,
     Logprobs,
     Usage,
 )
@@ -93,7 +95,7 @@ class CompletionWriter:
         """Wait for every sequence; one choice per prompt, in prompt order."""
         texts = {r.index: "" for r in submission.requests}
         tokens: dict[int, list[TokenLogprob]] = {i: [] for i in texts}
-        reasons: dict[int, str | None] = {i: None for i in texts}
+        reasons: dict[int, FinishReason | None] = {i: None for i in texts}
         try:
             async for chunk in self.timed(submission):
                 if chunk.error is not None:
@@ -169,7 +171,7 @@ def _error_event(error: ServiceError) -> str:
     return _event({"error": {"type": error.type, "message": error.message}})
 
 
-def _event(payload: dict) -> str:
+def _event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 

@@ -16,6 +16,7 @@ the next run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 from onnxruntime import OrtValue
@@ -24,7 +25,7 @@ from export.bundle import PAST, PRESENT, kv_names
 
 Feeds = dict[str, np.ndarray]
 Resident = dict[str, OrtValue]  # tensors that stay on the session's device between runs
-Cache = np.ndarray | OrtValue
+Cache: TypeAlias = np.ndarray | OrtValue
 
 
 @dataclass(frozen=True)

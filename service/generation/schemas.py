@@ -6,6 +6,7 @@ need the tokenizer or the model's limits live in `service.generation.validation`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -17,6 +18,7 @@ MAX_PROMPTS = 64
 MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
 
 Prompt = str | list[str] | list[int] | list[list[int]]
+FinishReason = Literal["stop", "length"]
 # OpenAI parameters accepted only at their no-op values.
 NEUTRAL: dict[str, tuple[object, ...]] = {"best_of": (None, 1), "suffix": (None, "")}
 
@@ -96,8 +98,10 @@ class CompletionRequest(BaseModel):
     @field_validator("best_of", "suffix")
     @classmethod
     def _unsupported(cls, value: object, info: ValidationInfo) -> object:
-        if value not in NEUTRAL[info.field_name]:
-            raise ValueError(f"{info.field_name} is not supported (leave it unset)")
+        name = info.field_name
+        assert name is not None  # pydantic names the field for every field validator
+        if value not in NEUTRAL[name]:
+            raise ValueError(f"{name} is not supported (leave it unset)")
         return value
 
     @field_validator("prompt")
@@ -165,14 +169,14 @@ class CompletionRequest(BaseModel):
             )
         return self
 
-    def prompts(self) -> list[str] | list[list[int]]:
-        """The prompts as a list: texts, or token-id lists."""
+    def prompts(self) -> Sequence[str | list[int]]:
+        """The prompts as a list: texts, or token-id lists (never a mix)."""
         p = self.prompt
         if isinstance(p, str):
             return [p]
         if isinstance(p[0], int):
-            return [p]  # type: ignore[list-item]
-        return p  # type: ignore[return-value]
+            return [p]
+        return p
 
     def logit_bias_items(self) -> tuple[tuple[int, float], ...]:
         """logit_bias as (token id, bias) pairs, ascending ids."""
@@ -195,7 +199,7 @@ class CompletionChoice(BaseModel):
     text: str
     index: int
     logprobs: Logprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class Usage(BaseModel):

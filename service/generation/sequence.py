@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from service import tracing
 from service.errors import ServiceError
 from service.generation.penalties import LogitsProcessor
 from service.generation.sampling import Sampler, log_softmax, top_logprobs
+from service.generation.schemas import FinishReason
 from service.generation.tokenizer import IncrementalDecoder, TextTokenizer
 from service.generation.validation import ValidRequest
 
@@ -39,7 +41,7 @@ class Chunk:
     index: int
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     error: ServiceError | None = None
     new_tokens: int = 0  # tokens generated since this sequence's previous chunk (usage)
 
@@ -75,7 +77,7 @@ class Sequence:
         self.sampler = Sampler(request.sampling)
         self.processor = _processor(request, tokenizer)
         self.generated: list[int] = []
-        self.finish_reason: str | None = None
+        self.finish_reason: FinishReason | Literal["error"] | None = None
         self.cancelled = False
         self.enqueued = time.perf_counter()
         self.trace = tracing.generation_trace(self.enqueued)
@@ -201,25 +203,27 @@ class Sequence:
                 return size
         return 0
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: FinishReason) -> None:
         stop_at = self._stopped_at()
         if stop_at is None:
             self._text += self._decoder.flush()
             stop_at = self._stopped_at()
         end = len(self._text) if stop_at is None else stop_at
-        self.finish_reason = "stop" if stop_at is not None else reason
+        finish: FinishReason = "stop" if stop_at is not None else reason
+        self.finish_reason = finish
         self._end_trace()
         if stop_at is not None:
             self._pending = [t for t in self._pending if t.offset - self._base < end]
-        self._release(end)
+        self._release(end, finish)
 
-    def _release(self, end: int) -> None:
-        """Emit text up to `end` (and pending logprobs) when there is something new."""
+    def _release(self, end: int, finish: FinishReason | None = None) -> None:
+        """Emit text up to `end` (and pending logprobs) when there is something new, with
+        `finish`, the sequence's finish reason, when this is its last chunk."""
         text = self._text[self._sent : end] if end > self._sent else ""
-        if not text and not self._pending and self.finish_reason is None:
+        if not text and not self._pending and finish is None:
             return
         self._sent = max(self._sent, end)
-        chunk = Chunk(self.request.index, text, self._pending, self.finish_reason)
+        chunk = Chunk(self.request.index, text, self._pending, finish)
         self._pending = []
         self._emit(chunk)
 

@@ -8,6 +8,7 @@ ends in an incomplete character (U+FFFD).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -23,7 +24,7 @@ class TextTokenizer:
         self.vocab_size = vocab_size
 
     @classmethod
-    def of_bundle(cls, bundle: Path, generation: dict) -> TextTokenizer:
+    def of_bundle(cls, bundle: Path, generation: dict[str, Any]) -> TextTokenizer:
         """The tokenizer of a text-generation bundle (its manifest's `generation` facts)."""
         return cls(
             bundle / "tokenizer.json", generation.get("eos_token_id"), generation["vocab_size"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -17,7 +19,7 @@ from service.state import GenerationFront, ServiceState, get_state
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-STREAM_OK = {
+STREAM_OK: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the completion; with stream true, Server-Sent Events of "
         "completion chunks ending in `data: [DONE]`",

@@ -3,6 +3,8 @@ own tokenizer, so clients count and inspect tokens exactly as the model sees the
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +21,9 @@ from service.security import require_api_key
 from service.state import ServiceState, get_state
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
-TOKENIZE_ERRORS = {code: ERRORS[code] for code in (400, 401, 404, 413, 422, 503)}
+TOKENIZE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: ERRORS[code] for code in (400, 401, 404, 413, 422, 503)
+}
 
 
 @router.post(

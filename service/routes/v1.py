@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from service import vision
 from service.schemas import (
@@ -41,7 +42,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _image_body(json_model: type, form_model: type) -> dict[str, Any]:
+def _image_body(json_model: type[BaseModel], form_model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI request body: JSON with base64 `image`, or multipart with a `file` part."""
     form = form_model.model_json_schema()
     form["properties"] = {"file": {"type": "string", "format": "binary"}, **form["properties"]}

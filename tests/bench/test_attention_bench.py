@@ -1,6 +1,6 @@
 """The attention benchmarks on CPU at tiny sizes: the overhead table keeps its output contract
-(bench/attention_overhead.py's docstring) and the device benchmark (written for a CUDA host) runs end to end on the
-CPU."""
+(bench/attention_overhead.py's docstring) and the device benchmark (written for a CUDA host) runs
+end to end on the CPU."""
 
 from __future__ import annotations
 
