@@ -21,15 +21,16 @@ import httpx
 import numpy as np
 
 from bench.common import ROOT, Server, machine, print_markdown, request_bodies
+from export.bundle import CLASSIFICATION, SEGMENTATION
 
 
 def exercise(url: str, models: dict[str, str]) -> None:
     """One request to every loaded model, so lazily allocated buffers exist."""
     image = json.loads(request_bodies(1)[0])["image"]
     for name, task in models.items():
-        if task == "classification":
+        if task == CLASSIFICATION:
             r = httpx.post(f"{url}/v1/models/{name}/classify", json={"image": image}, timeout=60)
-        elif task == "segmentation":
+        elif task == SEGMENTATION:
             r = httpx.post(f"{url}/v1/models/{name}/segment", json={"image": image}, timeout=60)
         else:
             r = httpx.post(

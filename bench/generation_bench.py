@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.common import ROOT, Server, machine, print_markdown
-from export.bundle import PAST, PRESENT, kv_names
+from export.bundle import ATTENTION_MASK, INPUT_IDS, LOGITS, PAST, PRESENT, kv_names
 
 TEXT = ROOT / "tests/fixtures/kjv-sample.txt"
 
@@ -174,11 +174,11 @@ class Direct:
         self, ids: list[int], mask_len: int, past: list[np.ndarray] | None
     ) -> list[np.ndarray]:
         feeds = {
-            "input_ids": np.array([ids], np.int64),
-            "attention_mask": np.ones((1, mask_len), np.int64),
+            INPUT_IDS: np.array([ids], np.int64),
+            ATTENTION_MASK: np.ones((1, mask_len), np.int64),
         }
         feeds.update(zip(self.past_names, past or [self.empty] * len(self.past_names), strict=True))
-        return self.sess.run(["logits", *self.present_names], feeds)
+        return self.sess.run([LOGITS, *self.present_names], feeds)
 
     def naive(self, prompt: str, max_tokens: int) -> tuple[int, float]:
         """No cache: every token re-runs the whole prefix. (tokens, TTFT seconds)."""

@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from bench import generation_bench, serve_bench
 from bench.common import ROOT, machine, print_markdown
+from export.bundle import LOGITS
 from service.runtime import CUDA
 from service.settings import Settings
 
@@ -56,7 +57,7 @@ def ort_alone(bundle: Path, batches: list[int], seconds: float) -> str:
         )
         binding = session.io_binding()
         binding.bind_ortvalue_input(spec.name, value)
-        binding.bind_output("logits", "cuda", settings.cuda_device_id)
+        binding.bind_output(LOGITS, "cuda", settings.cuda_device_id)
         for _ in range(3):
             session.run_with_iobinding(binding)
         runs, started = 0, time.perf_counter()

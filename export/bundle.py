@@ -24,8 +24,13 @@ FORMAT_VERSION = 1
 MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "manifest.json", "tokenizer.json"
 CLASSIFICATION, SEGMENTATION, TEXT_GENERATION = "classification", "segmentation", "text-generation"
 TASKS = (CLASSIFICATION, SEGMENTATION, TEXT_GENERATION)
-# KV-cache tensor names (the Optimum / onnxruntime-genai convention): inputs
-# past_key_values.{i}.key|value, outputs present.{i}.key|value, one pair per layer.
+# Graph tensor names (docs/BUNDLE_FORMAT.md, "Tensors per task"). Vision: PIXEL_VALUES in,
+# LOGITS and SIMILARITY (per-layer token similarity) out. Language models: INPUT_IDS and
+# ATTENTION_MASK in, LOGITS and SIMILARITY out, plus the KV cache (the Optimum /
+# onnxruntime-genai convention): inputs past_key_values.{i}.key|value, outputs
+# present.{i}.key|value, one pair per layer.
+PIXEL_VALUES, INPUT_IDS, ATTENTION_MASK = "pixel_values", "input_ids", "attention_mask"
+LOGITS, SIMILARITY = "logits", "token_similarity"
 PAST, PRESENT = "past_key_values", "present"
 AREA = "area"  # preprocessing `resize`: box (area-average) reduction when shrinking, bilinear up
 ATTENTIONS = ("neutreno", "softmax")

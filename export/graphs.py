@@ -18,7 +18,16 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from export.bundle import PAST, PRESENT, kv_names
+from export.bundle import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    LOGITS,
+    PAST,
+    PIXEL_VALUES,
+    PRESENT,
+    SIMILARITY,
+    kv_names,
+)
 from export.opdef import attach_functions
 from export.ops import custom_op_attention, translation_table
 from models.config import LMConfig, ModelConfig, ViTConfig
@@ -77,9 +86,9 @@ def vision_spec(model: VisionModel, cfg: ViTConfig, dtype: torch.dtype) -> Graph
     return GraphSpec(
         VisionGraph(model),
         (x,),
-        ["pixel_values"],
-        ["logits", "token_similarity"],
-        {"pixel_values": {0: "batch"}},
+        [PIXEL_VALUES],
+        [LOGITS, SIMILARITY],
+        {PIXEL_VALUES: {0: "batch"}},
     )
 
 
@@ -93,15 +102,15 @@ def lm_spec(model: CausalLM, cfg: LMConfig, dtype: torch.dtype) -> GraphSpec:
     ]
     kv_axes = {0: "batch", 2: "past_sequence"}
     dynamic = {
-        "input_ids": {0: "batch", 1: "sequence"},
-        "attention_mask": {0: "batch", 1: "total_sequence"},
+        INPUT_IDS: {0: "batch", 1: "sequence"},
+        ATTENTION_MASK: {0: "batch", 1: "total_sequence"},
         "past_key_values": [(kv_axes, kv_axes) for _ in range(cfg.depth)],
     }
     return GraphSpec(
         LMGraph(model),
         (ids, mask, past),
-        ["input_ids", "attention_mask", *kv_names(cfg.depth, PAST)],
-        ["logits", *kv_names(cfg.depth, PRESENT), "token_similarity"],
+        [INPUT_IDS, ATTENTION_MASK, *kv_names(cfg.depth, PAST)],
+        [LOGITS, *kv_names(cfg.depth, PRESENT), SIMILARITY],
         dynamic,
     )
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.bundle import PAST, kv_names
+from export.bundle import ATTENTION_MASK, INPUT_IDS, PAST, kv_names
 from export.fusion import session_model
 
 
@@ -67,8 +67,8 @@ def lm_step(
     """input_ids (B, T) int64, attention_mask (B, P + T) int64, past per layer (B, H, P, D)."""
     past = empty_past(sess, input_ids.shape[0]) if past is None else past
     feed = {
-        "input_ids": input_ids.astype(np.int64),
-        "attention_mask": attention_mask.astype(np.int64),
+        INPUT_IDS: input_ids.astype(np.int64),
+        ATTENTION_MASK: attention_mask.astype(np.int64),
     }
     feed.update(zip(kv_names(len(past), PAST), (t for pair in past for t in pair), strict=True))
     out = sess.run(None, feed)

@@ -16,7 +16,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-SIMILARITY_OUTPUT = "token_similarity"
+from export.bundle import SIMILARITY
+
 SIMILARITY_FLAG = "compute_token_similarity"
 
 
@@ -63,7 +64,7 @@ def _renamed(info: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
 
 
 def gate_output(
-    model: onnx.ModelProto, name: str = SIMILARITY_OUTPUT, flag: str = SIMILARITY_FLAG
+    model: onnx.ModelProto, name: str = SIMILARITY, flag: str = SIMILARITY_FLAG
 ) -> bool:
     """Put the nodes only `name` needs under If(flag); flag is a bool graph input defaulting to
     True. Modifies `model`; returns False (model unchanged) when the graph has no such output or

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from export.bundle import PIXEL_VALUES
 from export.graphs import VisionModel
 from export.runtime import LMStep, lm_step
 from models.attention import KVCache
@@ -68,7 +69,7 @@ def _feed_dtype(sess: ort.InferenceSession) -> type:
 def vision_parity(model: VisionModel, sess: ort.InferenceSession, x: Tensor, inputs: str) -> Parity:
     """x (B, C, H, W) through forward_with_similarity and the graph."""
     want = model.forward_with_similarity(x)
-    got = sess.run(None, {"pixel_values": x.numpy().astype(_feed_dtype(sess))})
+    got = sess.run(None, {PIXEL_VALUES: x.numpy().astype(_feed_dtype(sess))})
     return compare(inputs, got, want)
 
 

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.bundle import MANIFEST_FILE, BundleError, load_bundle
+from export.bundle import MANIFEST_FILE, TEXT_GENERATION, BundleError, load_bundle
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -126,7 +126,7 @@ def load_model(name: str, path: Path, settings: Settings) -> ModelRuntime:
         bundle.path, {**bundle.manifest, "name": name, "version": path.name}, settings
     )
     if settings.warmup:
-        model.warmup(settings.buckets(model.device) if model.task != "text-generation" else ())
+        model.warmup(settings.buckets(model.device) if model.task != TEXT_GENERATION else ())
     return model
 
 

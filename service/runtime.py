@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from export.bundle import ATTENTION_MASK, INPUT_IDS, TEXT_GENERATION
 from export.fusion import session_model
 from service.settings import Settings
 
@@ -177,7 +178,7 @@ class ModelRuntime(ModelInfo):
 
     def example_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Zero inputs of the right shapes (an empty KV cache for language models)."""
-        if self.task == "text-generation":
+        if self.task == TEXT_GENERATION:
             return self._lm_example(batch)
         return {
             s.name: np.zeros(self._concrete(s.shape, batch), s.numpy_dtype) for s in self.inputs
@@ -191,9 +192,9 @@ class ModelRuntime(ModelInfo):
         seq = 2
         feeds: dict[str, np.ndarray] = {}
         for spec in self.inputs:
-            if spec.name == "input_ids":
+            if spec.name == INPUT_IDS:
                 feeds[spec.name] = np.zeros((batch, seq), np.int64)
-            elif spec.name == "attention_mask":
+            elif spec.name == ATTENTION_MASK:
                 feeds[spec.name] = np.ones((batch, seq), np.int64)
             else:
                 feeds[spec.name] = np.zeros(

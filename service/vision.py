@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
+from export.bundle import LOGITS
 from service import imaging
 from service.errors import BadRequest, UnsupportedMediaType
 from service.runtime import ModelInfo
@@ -129,7 +130,7 @@ async def classify(
 ) -> ClassifyResponse:
     """Top-k classes with softmax scores, best first."""
     _, outputs = await _infer(state, model, data)
-    probs = _softmax(outputs["logits"][0].astype(np.float64))
+    probs = _softmax(outputs[LOGITS][0].astype(np.float64))
     order = np.argsort(-probs, kind="stable")[:top_k]
     return ClassifyResponse(
         model=model.name,
@@ -148,7 +149,7 @@ async def segment(
     overlay_pixels = state.settings.max_overlay_pixels if with_overlay else None
     decoded, outputs = await _infer(state, model, data, overlay_pixels)
     async with state.image_slots:
-        return await run_in_threadpool(_segment_response, model, decoded, outputs["logits"][0])
+        return await run_in_threadpool(_segment_response, model, decoded, outputs[LOGITS][0])
 
 
 def _segment_response(model: ModelInfo, decoded: Decoded, logits: np.ndarray) -> SegmentResponse:

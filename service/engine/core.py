@@ -1,11 +1,12 @@
 """`EngineCore`: the loaded models and their workers, whoever calls them.
 
-A *worker* turns requests for one model into ONNX Runtime runs: the `DynamicBatcher` for vision
-models, the `GenerationScheduler` for language models. `WORKER_FACTORIES` maps a bundle's task
-to the factory that builds its worker, so a new kind of model plugs in with one entry here and
-one router in `service.app.ROUTERS`. The core never sees HTTP: it takes validated feeds or
-`ValidRequest`s and returns arrays or generation chunks; `status()` is the plain-data picture
-(models, failures, queue depths) that front ends turn into readiness and model metadata.
+A *worker* turns requests for one model into ONNX Runtime runs: a `Batcher` (the
+`DynamicBatcher`) for vision models, a `Generator` (the `GenerationScheduler`) for language
+models. `BATCHERS` and `GENERATORS` map a bundle's task to the factory that builds its worker,
+so a new kind of model plugs in with one entry here and one router in `service.app.ROUTERS`.
+The core never sees HTTP: it takes validated feeds or `ValidRequest`s and returns arrays or
+generation chunks; `status()` is the plain-data picture (models, failures, queue depths) that
+front ends turn into readiness and model metadata.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from export.bundle import CLASSIFICATION, SEGMENTATION, SIMILARITY, TEXT_GENERATION
 from export.telemetry import is_gated, skip_similarity
 from service.batching import DynamicBatcher
 from service.errors import (
@@ -64,7 +66,24 @@ class Worker(Protocol):
         ...
 
 
-WorkerFactory = Callable[[ModelRuntime, Settings, Metrics], Worker]
+class Batcher(Worker, Protocol):
+    """A worker that batches validated tensor requests (vision models)."""
+
+    def admit(self) -> None:
+        """Raise now what `submit` would refuse (shutting down, queue full)."""
+        ...
+
+    async def submit(self, feeds: Feeds, timeout_s: float, shared: bool = False) -> Feeds:
+        """Run one request's feeds in a batch; its own rows of every output."""
+        ...
+
+
+class Generator(Worker, Protocol):
+    """A worker that generates text for validated requests (language models)."""
+
+    def submit(self, requests: list[ValidRequest]) -> Submission:
+        """Queue one request's prompts; its chunks arrive through the Submission."""
+        ...
 
 
 class SimilaritySampler:
@@ -91,8 +110,8 @@ class SimilaritySampler:
     def __call__(self, outputs: Feeds) -> None:
         due = self._due() if self._decided is None else self._decided
         self._decided = None
-        if due and "token_similarity" in outputs:
-            self.metrics.observe_similarity(self.model, outputs["token_similarity"])
+        if due and SIMILARITY in outputs:
+            self.metrics.observe_similarity(self.model, outputs[SIMILARITY])
 
 
 def make_batcher(model: ModelRuntime, settings: Settings, metrics: Metrics) -> DynamicBatcher:
@@ -124,10 +143,12 @@ def make_generation_worker(
     return make_scheduler(model, settings, metrics, on_prefill=sampler)
 
 
-WORKER_FACTORIES: dict[str, WorkerFactory] = {
-    "classification": make_batcher,
-    "segmentation": make_batcher,
-    "text-generation": make_generation_worker,
+BATCHERS: dict[str, Callable[[ModelRuntime, Settings, Metrics], Batcher]] = {
+    CLASSIFICATION: make_batcher,
+    SEGMENTATION: make_batcher,
+}
+GENERATORS: dict[str, Callable[[ModelRuntime, Settings, Metrics], Generator]] = {
+    TEXT_GENERATION: make_generation_worker,
 }
 
 
@@ -138,7 +159,8 @@ class EngineCore:
         self.settings = settings
         self.metrics = metrics
         self.repository: Repository | None = None
-        self.workers: dict[str, Worker] = {}
+        self.batchers: dict[str, Batcher] = {}
+        self.generators: dict[str, Generator] = {}
         self.started = False
         self.draining = False
         self._poller: asyncio.Task[None] | None = None
@@ -146,6 +168,16 @@ class EngineCore:
     @property
     def models(self) -> dict[str, ModelRuntime]:
         return self.repository.models if self.repository else {}
+
+    @property
+    def workers(self) -> dict[str, Worker]:
+        """Every model's worker, whichever kind."""
+        return {**self.batchers, **self.generators}
+
+    def _take_worker(self, name: str) -> Worker | None:
+        """Remove model `name`'s worker from service and return it (None when it has none)."""
+        batcher, generator = self.batchers.pop(name, None), self.generators.pop(name, None)
+        return batcher or generator
 
     async def start(self) -> None:
         """Load every bundle (off the event loop), then start a worker per model; in poll mode
@@ -161,11 +193,15 @@ class EngineCore:
     def _serve(self, name: str, model: ModelRuntime) -> None:
         """Publish a loaded model and start its worker (no await: requests see it at once)."""
         self.metrics.set_model_info(name, model.info_labels())
-        self.metrics.declare_model(name, generates=model.task == "text-generation")
-        factory = WORKER_FACTORIES.get(model.task)
-        if factory is not None:
-            self.workers[name] = factory(model, self.settings, self.metrics)
-            self.workers[name].start()
+        self.metrics.declare_model(name, generates=model.task in GENERATORS)
+        worker: Worker
+        if model.task in GENERATORS:
+            worker = self.generators[name] = GENERATORS[model.task](
+                model, self.settings, self.metrics
+            )
+        else:
+            worker = self.batchers[name] = BATCHERS[model.task](model, self.settings, self.metrics)
+        worker.start()
 
     async def _retire(self, name: str, model: ModelRuntime | None, worker: Worker | None) -> None:
         """Let a replaced or unloaded model finish what it accepted, then close it."""
@@ -225,7 +261,7 @@ class EngineCore:
             if name not in self.models:
                 self.repository.failures[name] = fresh.failures[name]
             raise BadRequest(f"model {name!r} not loaded: {fresh.failures[name]}")
-        old, worker = self.repository.models.get(name), self.workers.pop(name, None)
+        old, worker = self.repository.models.get(name), self._take_worker(name)
         self.repository.adopt(name, fresh)
         self._serve(name, fresh.models[name])
         log.info("model %s version %s loaded", name, fresh.models[name].version)
@@ -233,7 +269,7 @@ class EngineCore:
 
     async def _unload(self, name: str) -> None:
         assert self.repository is not None
-        model, worker = self.repository.forget(name), self.workers.pop(name, None)
+        model, worker = self.repository.forget(name), self._take_worker(name)
         log.info("model %s unloaded", name)
         await self._retire(name, model, worker)
 
@@ -296,18 +332,18 @@ class EngineCore:
     def admit(self, name: str) -> None:
         """Refuse now (QueueFull, ModelNotReady) a request the model's batcher would refuse."""
         self._model(name)
-        worker = self.workers.get(name)
-        if isinstance(worker, DynamicBatcher):
-            worker.admit()
+        batcher = self.batchers.get(name)
+        if batcher is not None:
+            batcher.admit()
 
     async def run(self, name: str, feeds: Feeds, shared: bool = False) -> Feeds:
         """Validated feeds through the model's batcher, or one direct run when it has none;
         `shared`: the front end has others in flight for this model (not a lone client)."""
         model = self._model(name)
         timeout = self.settings.request_timeout_s
-        worker = self.workers.get(name)
-        if isinstance(worker, DynamicBatcher):
-            return await worker.submit(feeds, timeout, shared)
+        batcher = self.batchers.get(name)
+        if batcher is not None:
+            return await batcher.submit(feeds, timeout, shared)
         try:
             return await asyncio.wait_for(model.run_async(feeds), timeout)
         except TimeoutError:
@@ -318,7 +354,7 @@ class EngineCore:
     def generate(self, name: str, requests: list[ValidRequest]) -> Submission:
         """Queue one request's validated prompts on the model's generation scheduler."""
         self._model(name)
-        worker = self.workers.get(name)
-        if not isinstance(worker, GenerationScheduler):
+        generator = self.generators.get(name)
+        if generator is None:
             raise WrongTask(f"model {name!r} does not generate text")
-        return worker.submit(requests)
+        return generator.submit(requests)

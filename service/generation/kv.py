@@ -21,7 +21,7 @@ from typing import TypeAlias
 import numpy as np
 from onnxruntime import OrtValue
 
-from export.bundle import PAST, PRESENT, kv_names
+from export.bundle import ATTENTION_MASK, INPUT_IDS, PAST, PRESENT, kv_names
 
 Feeds = dict[str, np.ndarray]
 Resident = dict[str, OrtValue]  # tensors that stay on the session's device between runs
@@ -111,8 +111,8 @@ class KVBatch:
         """Inputs of one decode step: tokens (B,) -> input_ids (B, 1), mask (B, P + 1) from the
         host; the past as it is (resident values are bound, numpy ones uploaded)."""
         feeds: Feeds = {
-            "input_ids": tokens.reshape(-1, 1).astype(np.int64),
-            "attention_mask": self.grown_mask(),
+            INPUT_IDS: tokens.reshape(-1, 1).astype(np.int64),
+            ATTENTION_MASK: self.grown_mask(),
         }
         resident: Resident = {}
         for name, past in zip(graph.past_names(), self.past, strict=True):
@@ -139,11 +139,11 @@ def prefill_feeds(graph: LMGraph, prompts: list[tuple[int, ...]]) -> Feeds:
     for row, prompt in enumerate(prompts):
         ids[row, length - len(prompt) :] = prompt
         mask[row, length - len(prompt) :] = 1
-    feeds = {"input_ids": ids, "attention_mask": mask}
+    feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask}
     feeds.update(zip(graph.past_names(), graph.empty_past(len(prompts)), strict=True))
     return feeds
 
 
 def prefilled(graph: LMGraph, feeds: Feeds, presents: Resident) -> KVBatch:
     """The KV batch a prefill run leaves: its presents and its prompt mask."""
-    return KVBatch([presents[n] for n in graph.present_names()], feeds["attention_mask"])
+    return KVBatch([presents[n] for n in graph.present_names()], feeds[ATTENTION_MASK])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.bundle import PAST
+from export.bundle import ATTENTION_MASK, INPUT_IDS, PAST
 from service.errors import BadRequest, PayloadTooLarge
 from service.generation.validation import ModelLimits
 
@@ -27,7 +27,7 @@ def check_raw_feeds(
     (B, heads, past, head_dim), as `service.oip.decode_inputs` returns them (shapes checked
     against the graph's rank and fixed dims already).
     """
-    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    ids, mask = feeds[INPUT_IDS], feeds[ATTENTION_MASK]
     rows, new = ids.shape
     pasts = {a.shape[2] for n, a in feeds.items() if n.startswith(f"{PAST}.")}
     if len(pasts) > 1:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from export.bundle import PAST, PRESENT
+from export.bundle import LOGITS, PAST, PRESENT
 from service import tracing
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
 from service.generation.kv import Feeds, KVBatch, LMGraph, Resident, prefill_feeds, prefilled
@@ -214,7 +214,7 @@ class GenerationScheduler:
             self._cached -= sum(s.request.reserved_tokens for s in sequences)
             return
         outputs, presents = result
-        logits = outputs["logits"]
+        logits = outputs[LOGITS]
         for row, seq in enumerate(sequences):
             if seq.request.echo:
                 seq.prompt_scored(logits[row, logits.shape[1] - len(seq.request.prompt_ids) :])
@@ -231,13 +231,13 @@ class GenerationScheduler:
         """One token for every running sequence in one batched run."""
         tokens = np.array([s.last_token for s in self._running], np.int64)
         feeds, resident = self._batch.decode_inputs(self.graph, tokens)
-        result = await self._run(feeds, resident, self._running, ["logits"])
+        result = await self._run(feeds, resident, self._running, [LOGITS])
         if result is None:
             self._running, self._batch, self._cached = [], KVBatch.empty(self.graph), 0
             return
         outputs, presents = result
         self._batch = self._batch.advanced(self.graph, presents)
-        logits = outputs["logits"][:, -1]
+        logits = outputs[LOGITS][:, -1]
         for row, seq in enumerate(self._running):
             if not seq.done:
                 self._sample(seq, logits[row])

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
+from export.bundle import TEXT_GENERATION
 from service.generation.completions import CompletionWriter, respond
 from service.generation.schemas import Completion, CompletionRequest
 from service.generation.validation import validate
@@ -31,7 +32,7 @@ STREAM_OK: dict[int | str, dict[str, Any]] = {
 def generation_model(state: ServiceState, name: str) -> tuple[ModelInfo, GenerationFront]:
     """A loaded text-generation model and its tokenizer and limits (404 / 400 / 503 otherwise)."""
     note_model(name)
-    model = state.model(name, "text-generation")
+    model = state.model(name, TEXT_GENERATION)
     return model, state.generation_front(model)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from export.bundle import CLASSIFICATION, SEGMENTATION
 from service import vision
 from service.schemas import (
     ClassifyParams,
@@ -94,7 +95,7 @@ async def list_models(state: ServiceState = Depends(get_state)) -> ModelList:
 async def classify(
     name: str, request: Request, state: ServiceState = Depends(get_state)
 ) -> ClassifyResponse:
-    model = state.model(name, "classification")
+    model = state.model(name, CLASSIFICATION)
     data, params = await vision.read_image_request(request, ClassifyRequest, ClassifyParams)
     return await vision.classify(state, model, data, params.top_k)
 
@@ -110,6 +111,6 @@ async def classify(
 async def segment(
     name: str, request: Request, state: ServiceState = Depends(get_state)
 ) -> SegmentResponse:
-    model = state.model(name, "segmentation")
+    model = state.model(name, SEGMENTATION)
     data, params = await vision.read_image_request(request, SegmentRequest, SegmentParams)
     return await vision.segment(state, model, data, params.overlay)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from export.bundle import TEXT_GENERATION
 from service import oip
 from service.errors import ModelNotReady
 from service.generation.raw import check_raw_feeds
@@ -155,7 +156,7 @@ async def infer(name: str, request: Request, state: ServiceState = Depends(get_s
     req, binary = oip.parse_request(await request.body(), request.headers.get(oip.HEADER_LENGTH))
     feeds = oip.decode_inputs(model, req, binary)
     oip.batch_rows(feeds)
-    if model.task == "text-generation":
+    if model.task == TEXT_GENERATION:
         front = generation_model(state, name)[1]
         check_raw_feeds(
             feeds, front.limits, front.tokenizer.vocab_size, state.settings.max_running_sequences

@@ -7,9 +7,10 @@ import numpy as np
 import onnx
 from support.export_helpers import ROOT
 
+from export.bundle import SIMILARITY
 from export.fusion import fuse_attention
 from export.runtime import empty_past, session
-from export.telemetry import SIMILARITY_FLAG, SIMILARITY_OUTPUT, gate_output
+from export.telemetry import SIMILARITY_FLAG, gate_output
 
 CLASSIFIER = ROOT / "model_repository/fashion-classifier/1/model.onnx"
 LM = ROOT / "model_repository/kjv-lm/1/model.onnx"
@@ -20,7 +21,7 @@ def test_gate_moves_the_similarity_nodes_under_if() -> None:
     before = len(model.graph.node)
     assert gate_output(model)
     gate = model.graph.node[-1]
-    assert gate.op_type == "If" and list(gate.output) == [SIMILARITY_OUTPUT]
+    assert gate.op_type == "If" and list(gate.output) == [SIMILARITY]
     moved = len(next(a.g for a in gate.attribute if a.name == "then_branch").node)
     assert moved > 20 and len(model.graph.node) == before - moved + 1
     assert not gate_output(model)  # already gated

@@ -42,7 +42,7 @@ def complete(client: TestClient, **body: object) -> dict:
 
 
 def scheduler(client: TestClient) -> GenerationScheduler:
-    return client.app.state.service.engine.core.workers[NAME]
+    return client.app.state.service.engine.core.generators[NAME]
 
 
 def test_greedy_equals_pytorch(app_client: TestClient, built: Path) -> None:
@@ -287,7 +287,7 @@ def test_shipped_kjv_lm_greedy_equals_pytorch(tmp_path: Path) -> None:
     (tmp_path / "kjv-lm").symlink_to(SHIPPED, target_is_directory=True)
     model, _ = load_checkpoint(CHECKPOINT)
     with TestClient(create_app(make_settings(tmp_path))) as client:
-        tok = client.app.state.service.engine.core.workers["kjv-lm"].tokenizer
+        tok = client.app.state.service.engine.core.generators["kjv-lm"].tokenizer
         for prompt in ["In the beginning God created", "And Jesus answered and said unto"]:
             ids = tok.encode(prompt)
             expected = model.greedy(torch.tensor([ids]), 24)[0, len(ids) :].tolist()

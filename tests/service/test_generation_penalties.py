@@ -28,7 +28,7 @@ def app_client(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def tok(app_client: TestClient) -> TextTokenizer:
-    return app_client.app.state.service.engine.core.workers[NAME].tokenizer
+    return app_client.app.state.service.engine.core.generators[NAME].tokenizer
 
 
 def complete(client: TestClient, **body: object) -> dict:
