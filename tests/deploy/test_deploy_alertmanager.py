@@ -13,12 +13,13 @@ import yaml
 from support.deploy_helpers import (
     DEPLOY,
     PROMETHEUS_DIR,
-    free_port,
     get,
     require_tool,
     stop,
     wait_for,
 )
+
+from bench.live_server import free_port
 
 CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 RECEIVER = {"critical": "oncall", "warning": "team"}

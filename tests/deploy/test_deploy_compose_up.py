@@ -25,12 +25,13 @@ from support.deploy_helpers import (
     PROMETHEUS_DIR,
     ROOT,
     compose_command,
-    free_port,
     get,
     make_image,
     require_tool,
     wait_for,
 )
+
+from bench.live_server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,9 @@ import uuid
 
 import numpy as np
 import pytest
-from support.deploy_helpers import ROOT, free_port, make_image
+from support.deploy_helpers import ROOT, make_image
+
+from bench.live_server import free_port
 
 pytestmark = pytest.mark.slow
 

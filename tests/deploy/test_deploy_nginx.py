@@ -18,15 +18,16 @@ from pathlib import Path
 
 import pytest
 from support.deploy_helpers import (
+    API_SETTINGS,
     DEPLOY,
     ROOT,
-    free_port,
     get,
     require_tool,
-    start_api,
     stop,
     wait_for,
 )
+
+from bench.live_server import LiveServer, free_port
 
 NGINX_DIR = DEPLOY / "nginx"
 
@@ -115,23 +116,22 @@ def edge(tmp_path_factory):
     """A live `neutreno serve` (shipped bundles) with nginx in front: the edge's base URL."""
     nginx = require_tool("nginx", "Debian package nginx")
     tmp = tmp_path_factory.mktemp("edge")
-    api_port, edge_port = free_port(), free_port()
-    api = start_api(ROOT / "model_repository", api_port, tmp / "api.log")
-    main = local_copy(tmp, api_port, edge_port)
+    edge_port = free_port()
+    api = LiveServer(ROOT / "model_repository", API_SETTINGS, log=tmp / "api.log")
+    main = local_copy(tmp, api.port, edge_port)
     proxy = subprocess.Popen(
         [nginx, "-c", str(main), "-g", "daemon off;"],
         stdout=open(tmp / "nginx.log", "wb"),
         stderr=subprocess.STDOUT,
     )
     try:
+        api.wait_ready(timeout=300)
         base = f"http://127.0.0.1:{edge_port}"
-        wait_for(
-            "the api through nginx", lambda: get(f"{base}/healthz")[0] == 200, 300, [api, proxy]
-        )
+        wait_for("the api through nginx", lambda: get(f"{base}/healthz")[0] == 200, 60, [proxy])
         yield base
     finally:
         stop(proxy)
-        stop(api)
+        api.stop()
 
 
 def test_edge_proxies_the_api_and_hides_metrics(edge):

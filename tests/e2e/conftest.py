@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 from support.generation_helpers import add_lm, tiny_lm
-from support.service_helpers import ROOT, LiveServer, write_test_repository
+from support.service_helpers import ROOT, start_server, write_test_repository
+
+from bench.live_server import LiveServer
 
 CHROMIUM = Path(os.environ.get("NEUTRENO_E2E_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -68,7 +70,7 @@ def e2e_repository(
 
 @pytest.fixture(scope="session")
 def server(e2e_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(
+    live = start_server(
         e2e_repository,
         {
             "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1",

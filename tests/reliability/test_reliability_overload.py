@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.reliability_helpers import Server, heavy_classifier_graph, run_wrk, write_classifier
-from support.service_helpers import b64, png_bytes
+from support.reliability_helpers import heavy_classifier_graph, run_wrk, write_classifier
+from support.service_helpers import b64, png_bytes, start_server
 
 SECONDS = float(os.environ.get("NEUTRENO_OVERLOAD_SECONDS", "60"))
 pytestmark = [
@@ -89,7 +89,7 @@ def heavy_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository: Path) -> None:
-    server = Server(
+    server = start_server(
         heavy_repository,
         {
             "NEUTRENO_MAX_BATCH_SIZE": "8",
@@ -101,7 +101,7 @@ def test_overload_3x_refuses_fast_meets_deadlines_and_recovers(heavy_repository:
     )
     bodies = _bodies()
     try:
-        server.wait_up()
+        server.wait_ready()
         run_wrk(server.url, PATH, bodies, connections=8, seconds=2)  # warm-up
         base = run_wrk(server.url, PATH, bodies, connections=16, seconds=6)
         assert set(base["statuses"]) == {200}, base

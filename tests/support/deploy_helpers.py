@@ -15,13 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import free_port, serve_command  # noqa: F401 (free_port: shared by the deploy tests)
-
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 GRAFANA_DIR = DEPLOY / "grafana"
 K8S_DIR = DEPLOY / "k8s"
+# The live api of the deployment tests (bench.live_server.LiveServer): on CPU, no key, one ORT
+# thread per model.
+API_SETTINGS = {
+    "NEUTRENO_DEVICE": "cpu",
+    "NEUTRENO_API_KEY": "",
+    "NEUTRENO_INTRA_OP_THREADS": "1",
+}
 
 # Labels Prometheus itself attaches to every scraped series.
 TARGET_LABELS = {"job", "instance", "service"}
@@ -157,24 +162,3 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-
-
-def start_api(repository: Path, port: int, log: Path, **settings: str) -> subprocess.Popen:
-    """`neutreno serve` on CPU at `port` for a deployment test (no key, one ORT thread), with
-    extra NEUTRENO_* `settings`; output to `log`."""
-    env = {
-        **os.environ,
-        "NEUTRENO_MODEL_REPOSITORY": str(repository),
-        "NEUTRENO_DEVICE": "cpu",
-        "NEUTRENO_LOG_LEVEL": "warning",
-        "NEUTRENO_API_KEY": "",
-        "NEUTRENO_INTRA_OP_THREADS": "1",
-        **settings,
-    }
-    return subprocess.Popen(
-        serve_command(str(port)),
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
