@@ -22,10 +22,10 @@ from support.deploy_helpers import (
     DEPLOY,
     ROOT,
     get,
-    require_tool,
     stop,
     wait_for,
 )
+from support.tools import require_tool
 
 from bench.live_server import LiveServer, free_port
 
@@ -82,12 +82,12 @@ def local_copy(
 
 
 def nginx_test(main: Path) -> subprocess.CompletedProcess:
-    exe = require_tool("nginx", "Debian package nginx")
+    exe = require_tool("nginx", target="deploy-tools", package="Debian package nginx")
     return subprocess.run([exe, "-t", "-c", str(main)], capture_output=True, text=True, timeout=60)
 
 
 def test_nginx_accepts_the_config_plain_and_with_tls(tmp_path):
-    require_tool("openssl", "Debian package openssl")
+    require_tool("openssl", target="deploy-tools", package="Debian package openssl")
     for name, tls_port in (("plain", None), ("tls", 8443)):
         (tmp_path / name).mkdir()
         result = nginx_test(local_copy(tmp_path / name, 8000, 8080, tls_port))
@@ -114,7 +114,7 @@ def test_nginx_sets_the_documented_limits():
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory):
     """A live `neutreno serve` (shipped bundles) with nginx in front: the edge's base URL."""
-    nginx = require_tool("nginx", "Debian package nginx")
+    nginx = require_tool("nginx", target="deploy-tools", package="Debian package nginx")
     tmp = tmp_path_factory.mktemp("edge")
     edge_port = free_port()
     api = LiveServer(ROOT / "model_repository", API_SETTINGS, log=tmp / "api.log")

@@ -21,7 +21,6 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,28 +31,15 @@ from support.deploy_helpers import (
     ROOT,
     get,
     metric_names,
-    require_tool,
     stop,
     wait_for,
 )
-from support.service_helpers import write_test_repository
+from support.tools import require_tool
 from test_deploy_grafana import dashboard_exprs, rule_exprs
 
 from bench.live_server import LiveServer, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def model_repository(tmp: Path) -> Path:
-    """The shipped bundles when there are any; else the service tests' tiny torch-free bundles
-    (tests/support/service_helpers.py)."""
-    shipped = ROOT / "model_repository"
-    if shipped.is_dir() and any(shipped.glob("*/*/manifest.json")):
-        return shipped
-    repo = tmp / "model_repository"
-    repo.mkdir()
-    write_test_repository(repo)
-    return repo
 
 
 def post_json(url: str, payload: dict) -> int:
@@ -79,11 +65,13 @@ def png_b64(size: int) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    promtool_dir = require_tool("prometheus", "Debian package prometheus")
+    promtool_dir = require_tool(
+        "prometheus", target="deploy-tools", package="Debian package prometheus"
+    )
     tmp = tmp_path_factory.mktemp("prometheus-live")
     prom_port = free_port()
 
-    repository = model_repository(tmp)
+    repository = ROOT / "model_repository"  # the shipped bundles, fashion-classifier among them
     models = sorted({p.parent.parent.name for p in repository.glob("*/*/manifest.json")})
     api = LiveServer(
         repository, {**API_SETTINGS, "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1"}, log=tmp / "api.log"
@@ -182,8 +170,6 @@ def test_requests_total_is_queryable_after_requests(stack):
 
 def test_inference_metrics_reach_prometheus(stack):
     """A real classification: model info, batch size and token similarity become queryable."""
-    if "fashion-classifier" not in stack["models"]:
-        pytest.skip("no fashion-classifier bundle to send images to")
     url = f"{stack['api']}/v1/models/fashion-classifier/classify"
     for _ in range(4):
         assert post_json(url, {"image": png_b64(28)}) == 200

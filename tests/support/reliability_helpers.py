@@ -29,6 +29,7 @@ from support.service_helpers import (
     classifier_model,
     classifier_parts,
 )
+from support.tools import require_tool
 
 
 class Watch:
@@ -138,12 +139,13 @@ def run_wrk(
 ) -> dict:
     """One wrk run, each connection pausing `pause_ms` between requests (0: closed loop);
     returns the RESULT record plus `rate` (responses/s)."""
+    wrk = require_tool("wrk", target="wrk", package="Debian package wrk")
     with tempfile.TemporaryDirectory() as tmp:
         script, data = Path(tmp, "load.lua"), Path(tmp, "bodies.txt")
         script.write_text(WRK_SCRIPT)
         data.write_text("\n".join(bodies) + "\n")
         cmd = [
-            "wrk",
+            wrk,
             "-t",
             str(threads),
             "-c",
