@@ -12,8 +12,7 @@ after `make test` when its time budget allows.
 from __future__ import annotations
 
 import pytest
-from support.deploy_helpers import make_image
-from test_deploy_image import inspect, run
+from support.deploy_helpers import inspect, make_image, run
 
 pytestmark = [
     pytest.mark.slow,

@@ -29,13 +29,14 @@ from support.deploy_helpers import (
     API_SETTINGS,
     PROMETHEUS_DIR,
     ROOT,
+    dashboard_exprs,
     get,
     metric_names,
+    rule_exprs,
     stop,
     wait_for,
 )
 from support.tools import require_tool
-from test_deploy_grafana import dashboard_exprs, rule_exprs
 
 from bench.live_server import LiveServer, free_port
 

@@ -1,9 +1,11 @@
 """Shared helpers for the deployment tests: repository paths, the metric names the service
-exports, the compose command and the container engine (`make deploy-tools` and
-`make container-engine` install them; support.tools says what happens when one is missing)."""
+exports, the dashboard's and the rules' PromQL, compose configurations and the container engine
+(`make deploy-tools` and `make container-engine` install the tools; support.tools says what
+happens when one is missing)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from support.tools import MissingTool, find_tool, require_tool
 
@@ -21,6 +24,7 @@ DEPLOY = ROOT / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 GRAFANA_DIR = DEPLOY / "grafana"
 K8S_DIR = DEPLOY / "k8s"
+DASHBOARD = GRAFANA_DIR / "dashboards" / "neutreno.json"
 # The live api of the deployment tests (bench.live_server.LiveServer): on CPU, no key, one ORT
 # thread per model.
 API_SETTINGS = {
@@ -83,6 +87,30 @@ def compose_command() -> list[str]:
     )
 
 
+def run_compose_config(
+    *files: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`docker compose config` of `files` from the repository root, in a bare environment plus
+    `env`."""
+    cmd = compose_command()
+    args = [a for f in files for a in ("-f", f)]
+    return subprocess.run(
+        [*cmd, *args, "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **(env or {})},
+    )
+
+
+def compose_config(*files: str, env: dict[str, str] | None = None) -> dict:
+    """The merged compose configuration of `files` (asserts compose accepts it)."""
+    result = run_compose_config(*files, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 PODMAN_CONF = DEPLOY / "podman" / "containers.conf"
 IMAGE = "neutreno-serve"
 
@@ -98,6 +126,19 @@ def container_engine() -> tuple[str, dict[str, str]]:
     require_tool("podman", target="container-engine", package="Debian package podman")
     env.setdefault("CONTAINERS_CONF", str(PODMAN_CONF))
     return "podman", env
+
+
+def run(engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The container engine (`engine`: name, environment) run with `args`, output captured."""
+    name, env = engine
+    return subprocess.run([name, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def inspect(engine, kind: str, ref: str) -> dict:
+    """`<engine> <kind> inspect <ref>`: the object's description (asserts it exists)."""
+    result = run(engine, kind, "inspect", ref)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)[0]
 
 
 def make_image(target: str) -> str:
@@ -153,3 +194,38 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def dashboard() -> dict:
+    """The Grafana dashboard deploy/grafana provisions."""
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(dash: dict) -> list[dict]:
+    """Every panel of a dashboard, those inside rows included."""
+    out = []
+    for panel in dash["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(where, PromQL) of every dashboard panel target and template variable query."""
+    exprs = [(p["title"], t["expr"]) for p in panels(dashboard()) for t in p.get("targets", [])]
+    for var in dashboard()["templating"]["list"]:
+        query = var.get("query")
+        exprs.append(
+            (f"variable {var['name']}", query["query"] if isinstance(query, dict) else query)
+        )
+    return exprs
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    """(alert or record name, PromQL) of every Prometheus rule in deploy/prometheus/rules."""
+    out = []
+    for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                out.append((rule.get("alert") or rule["record"], rule["expr"]))
+    return out
