@@ -154,10 +154,13 @@ class LiveServer:
         *,
         group: bool,
     ) -> None:
+        """Start `argv` now; the log goes to `log` or to a temporary folder this object owns."""
         self.name, self.port, self.group = name, port, group
         self.url = f"http://127.0.0.1:{port}"
-        self._tmp = None if log else tempfile.TemporaryDirectory(prefix="live-server-")
-        self.log = log or Path(self._tmp.name) / "server.log"
+        if log is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="live-server-")
+            log = Path(self._tmp.name) / "server.log"
+        self.log = log
         self.started = time.perf_counter()
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -174,10 +177,6 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def output(self) -> str:
         """Everything the server has written so far."""
