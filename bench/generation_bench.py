@@ -26,7 +26,8 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import ROOT, Server, machine, print_markdown
+from bench.common import ROOT, machine, print_markdown
+from bench.live_server import LiveServer
 from export.bundle import ATTENTION_MASK, INPUT_IDS, LOGITS, PAST, PRESENT, kv_names
 
 TEXT = ROOT / "tests/fixtures/kjv-sample.txt"
@@ -119,7 +120,7 @@ def run_share(args: tuple[str, str, list[str], int, int]) -> tuple[int, list[flo
 
 
 def level(
-    server: Server,
+    server: LiveServer,
     model: str,
     streams: int,
     requests: int,
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.client_procs > 1
         else None
     )
-    with Server(
+    with LiveServer(
         args.model_repository,
         {
             "NEUTRENO_MAX_RUNNING_SEQUENCES": str(max(levels)),
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             "NEUTRENO_INTRA_OP_THREADS": str(args.threads),
         },
     ) as server:
-        server.wait()
+        server.wait_ready(timeout=300)
         level(
             server, args.model, args.client_procs, args.client_procs, 4, pool, args.client_procs
         )  # warm-up, and every load process started

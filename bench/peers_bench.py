@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +29,13 @@ import httpx
 
 from bench.common import (
     ROOT,
-    free_port,
     machine,
     print_markdown,
     request_bodies,
     run_wrk,
-    serve_command,
-    tree_cpu_seconds,
     write_wrk_files,
 )
+from bench.live_server import LiveServer, serve_command
 
 RAY_PYTHON = ROOT / "bench/.venv-ray/bin/python"
 
@@ -58,51 +52,10 @@ class Point:
     cpu_ms: float
 
 
-class Peer:
-    """One system under test as a subprocess (its own process group, so Ray's helpers die)."""
-
-    def __init__(
-        self, name: str, cmd: list[str], env: dict[str, str], port: int, path: str
-    ) -> None:
-        self.name, self.port, self.path = name, port, path
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = Path(tempfile.mkstemp(prefix=f"peer-{name}-", suffix=".log")[1])
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                cmd,
-                env={**os.environ, **env},
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def wait_ready(self, body: str, timeout: float = 300.0) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                r = httpx.post(
-                    self.url + self.path,
-                    content=body,
-                    timeout=10,
-                    headers={"content-type": "application/json"},
-                )
-                if r.status_code == 200:
-                    return time.monotonic() - started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.name} not ready:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+def first_classify(url: str, body: str) -> bool:
+    """Whether one classify POST answers 200: every system is timed to its first success."""
+    r = httpx.post(url, content=body, timeout=10, headers={"content-type": "application/json"})
+    return r.status_code == 200
 
 
 def systems(args: argparse.Namespace) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -171,15 +124,19 @@ def measure(args: argparse.Namespace) -> tuple[list[Point], dict[str, float]]:
         files = write_wrk_files(Path(tmp), bodies)
         path = f"/v1/models/{args.model}/classify"
         for name, (cmd, env) in systems(args).items():
-            port = free_port()
-            peer = Peer(name, [c.replace("{port}", str(port)) for c in cmd], env, port, path)
+            peer = LiveServer.command(name, cmd, env)
             try:
-                ready_s[name] = peer.wait_ready(bodies[0])
+                ready_s[name] = peer.wait_until(
+                    lambda peer=peer: first_classify(peer.url + path, bodies[0]),
+                    "a first classify",
+                    timeout=300,
+                    interval=0.5,
+                )
                 run_wrk(peer.url, path, files, max(clients), args.warmup)
                 for c in clients:
-                    cpu0 = tree_cpu_seconds(peer.proc.pid)
+                    cpu0 = peer.cpu_seconds()
                     r = run_wrk(peer.url, path, files, c, args.duration)
-                    cpu = tree_cpu_seconds(peer.proc.pid) - cpu0
+                    cpu = peer.cpu_seconds() - cpu0
                     point = Point(
                         name,
                         c,

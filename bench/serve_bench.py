@@ -25,7 +25,6 @@ import httpx
 
 from bench.common import (
     ROOT,
-    Server,
     WrkFiles,
     machine,
     print_markdown,
@@ -33,6 +32,7 @@ from bench.common import (
     run_wrk,
     write_wrk_files,
 )
+from bench.live_server import LiveServer
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Result:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def batch_totals(server: Server, model: str) -> tuple[float, float]:
+def batch_totals(server: LiveServer, model: str) -> tuple[float, float]:
     """(rows, batches) so far, from neutreno_batch_size's sum and count."""
     found = {"sum": 0.0, "count": 0.0}
     for line in httpx.get(server.url + "/metrics", timeout=5).text.splitlines():
@@ -66,7 +66,7 @@ def batch_totals(server: Server, model: str) -> tuple[float, float]:
 
 
 def measure(
-    server: Server,
+    server: LiveServer,
     config: str,
     model: str,
     clients: list[int],
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files: WrkFiles = write_wrk_files(Path(tmp), request_bodies(64))
         for name, settings in configs:
-            with Server(args.repository, settings) as server:
-                server.wait()
+            with LiveServer(args.repository, settings) as server:
+                server.wait_ready(timeout=300)
 
                 def load(c: int, s: float, url: str = server.url) -> dict:
                     return run_wrk(url, path, files, c, s, threads=min(args.wrk_threads, c))

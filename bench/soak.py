@@ -21,13 +21,13 @@ import numpy as np
 
 from bench.common import (
     ROOT,
-    Server,
     machine,
     print_markdown,
     request_bodies,
     run_wrk,
     write_wrk_files,
 )
+from bench.live_server import LiveServer
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     path = f"/v1/models/{args.model}/classify"
     segments = []
     with (
-        Server(args.repository, {"NEUTRENO_MAX_QUEUE_SIZE": "1024"}) as server,
+        LiveServer(args.repository, {"NEUTRENO_MAX_QUEUE_SIZE": "1024"}) as server,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        server.wait()
+        server.wait_ready(timeout=300)
         files = write_wrk_files(Path(tmp), request_bodies(64))
 
         def wrk(seconds: float, pause: int) -> dict:

@@ -13,12 +13,13 @@ import yaml
 from support.deploy_helpers import (
     DEPLOY,
     PROMETHEUS_DIR,
-    free_port,
     get,
-    require_tool,
     stop,
     wait_for,
 )
+from support.tools import require_tool
+
+from bench.live_server import free_port
 
 CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 RECEIVER = {"critical": "oncall", "warning": "team"}
@@ -34,7 +35,9 @@ def alerts() -> list[dict]:
 
 
 def amtool(*args: str) -> subprocess.CompletedProcess:
-    exe = require_tool("amtool", "Debian package prometheus-alertmanager")
+    exe = require_tool(
+        "amtool", target="deploy-tools", package="Debian package prometheus-alertmanager"
+    )
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
 
 
@@ -65,7 +68,11 @@ def test_every_alert_routes_by_its_severity():
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory):
-    exe = require_tool("prometheus-alertmanager", "Debian package prometheus-alertmanager")
+    exe = require_tool(
+        "prometheus-alertmanager",
+        target="deploy-tools",
+        package="Debian package prometheus-alertmanager",
+    )
     tmp = tmp_path_factory.mktemp("alertmanager")
     url = f"http://127.0.0.1:{free_port()}"
     proc = subprocess.Popen(

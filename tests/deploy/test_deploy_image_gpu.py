@@ -5,24 +5,18 @@ find every CUDA / cuDNN library it links in the venv's NVIDIA wheels; only the d
 (libcuda.so.1, mounted from the host by the NVIDIA container toolkit) may be missing here.
 
 The build downloads about 3 GB of CUDA wheels, more than `make test` can afford on a small CI
-machine, so these tests run with NEUTRENO_IMAGE_GPU=1: `make test-image-gpu`, which .ci/run
-calls after `make test`.
+machine, so these tests are opt-in: `make test-image-gpu` (pytest --opt-in), which .ci/run calls
+after `make test` when its time budget allows.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from support.deploy_helpers import make_image
-from test_deploy_image import inspect, run
+from support.deploy_helpers import inspect, make_image, run
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("NEUTRENO_IMAGE_GPU") != "1",
-        reason="GPU image build (~3 GB download): `make test-image-gpu` runs it",
-    ),
+    pytest.mark.opt_in("make test-image-gpu: builds the GPU image (~3 GB download)"),
 ]
 
 PROVIDERS_LIB = (

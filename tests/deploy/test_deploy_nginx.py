@@ -18,15 +18,16 @@ from pathlib import Path
 
 import pytest
 from support.deploy_helpers import (
+    API_SETTINGS,
     DEPLOY,
     ROOT,
-    free_port,
     get,
-    require_tool,
-    start_api,
     stop,
     wait_for,
 )
+from support.tools import require_tool
+
+from bench.live_server import LiveServer, free_port
 
 NGINX_DIR = DEPLOY / "nginx"
 
@@ -81,12 +82,12 @@ def local_copy(
 
 
 def nginx_test(main: Path) -> subprocess.CompletedProcess:
-    exe = require_tool("nginx", "Debian package nginx")
+    exe = require_tool("nginx", target="deploy-tools", package="Debian package nginx")
     return subprocess.run([exe, "-t", "-c", str(main)], capture_output=True, text=True, timeout=60)
 
 
 def test_nginx_accepts_the_config_plain_and_with_tls(tmp_path):
-    require_tool("openssl", "Debian package openssl")
+    require_tool("openssl", target="deploy-tools", package="Debian package openssl")
     for name, tls_port in (("plain", None), ("tls", 8443)):
         (tmp_path / name).mkdir()
         result = nginx_test(local_copy(tmp_path / name, 8000, 8080, tls_port))
@@ -113,25 +114,24 @@ def test_nginx_sets_the_documented_limits():
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory):
     """A live `neutreno serve` (shipped bundles) with nginx in front: the edge's base URL."""
-    nginx = require_tool("nginx", "Debian package nginx")
+    nginx = require_tool("nginx", target="deploy-tools", package="Debian package nginx")
     tmp = tmp_path_factory.mktemp("edge")
-    api_port, edge_port = free_port(), free_port()
-    api = start_api(ROOT / "model_repository", api_port, tmp / "api.log")
-    main = local_copy(tmp, api_port, edge_port)
+    edge_port = free_port()
+    api = LiveServer(ROOT / "model_repository", API_SETTINGS, log=tmp / "api.log")
+    main = local_copy(tmp, api.port, edge_port)
     proxy = subprocess.Popen(
         [nginx, "-c", str(main), "-g", "daemon off;"],
         stdout=open(tmp / "nginx.log", "wb"),
         stderr=subprocess.STDOUT,
     )
     try:
+        api.wait_ready(timeout=300)
         base = f"http://127.0.0.1:{edge_port}"
-        wait_for(
-            "the api through nginx", lambda: get(f"{base}/healthz")[0] == 200, 300, [api, proxy]
-        )
+        wait_for("the api through nginx", lambda: get(f"{base}/healthz")[0] == 200, 60, [proxy])
         yield base
     finally:
         stop(proxy)
-        stop(api)
+        api.stop()
 
 
 def test_edge_proxies_the_api_and_hides_metrics(edge):

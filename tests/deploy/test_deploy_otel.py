@@ -7,8 +7,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import yaml
-from support.deploy_helpers import DEPLOY
-from test_deploy_docker import compose_config
+from support.deploy_helpers import DEPLOY, compose_config
 
 OTEL = DEPLOY / "otel"
 OVERRIDE = "deploy/otel/docker-compose.otel.yml"

@@ -21,38 +21,26 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from support.deploy_helpers import (
+    API_SETTINGS,
     PROMETHEUS_DIR,
     ROOT,
-    free_port,
+    dashboard_exprs,
     get,
     metric_names,
-    require_tool,
-    start_api,
+    rule_exprs,
     stop,
     wait_for,
 )
-from support.service_helpers import write_test_repository
-from test_deploy_grafana import dashboard_exprs, rule_exprs
+from support.tools import require_tool
+
+from bench.live_server import LiveServer, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def model_repository(tmp: Path) -> Path:
-    """The shipped bundles when there are any; else the service tests' tiny torch-free bundles
-    (tests/support/service_helpers.py)."""
-    shipped = ROOT / "model_repository"
-    if shipped.is_dir() and any(shipped.glob("*/*/manifest.json")):
-        return shipped
-    repo = tmp / "model_repository"
-    repo.mkdir()
-    write_test_repository(repo)
-    return repo
 
 
 def post_json(url: str, payload: dict) -> int:
@@ -78,21 +66,20 @@ def png_b64(size: int) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    promtool_dir = require_tool("prometheus", "Debian package prometheus")
+    promtool_dir = require_tool(
+        "prometheus", target="deploy-tools", package="Debian package prometheus"
+    )
     tmp = tmp_path_factory.mktemp("prometheus-live")
-    api_port, prom_port = free_port(), free_port()
+    prom_port = free_port()
 
-    repository = model_repository(tmp)
+    repository = ROOT / "model_repository"  # the shipped bundles, fashion-classifier among them
     models = sorted({p.parent.parent.name for p in repository.glob("*/*/manifest.json")})
-    api = start_api(repository, api_port, tmp / "api.log", NEUTRENO_SIMILARITY_SAMPLE_EVERY="1")
-    procs = [api]
+    api = LiveServer(
+        repository, {**API_SETTINGS, "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1"}, log=tmp / "api.log"
+    )
+    procs = [api.proc]
     try:
-        wait_for(
-            "the service's /healthz",
-            lambda: get(f"http://127.0.0.1:{api_port}/healthz")[0] == 200,
-            300,
-            procs,
-        )
+        api.wait_ready(timeout=300)
 
         # The project's scrape config, pointed at the service on loopback.
         config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
@@ -101,7 +88,7 @@ def stack(tmp_path_factory):
         jobs = {job["job_name"]: job for job in config["scrape_configs"]}
         api_job = jobs["neutreno-api"]
         api_job["scrape_interval"], api_job["scrape_timeout"] = "1s", "1s"
-        api_job["static_configs"][0]["targets"] = [f"127.0.0.1:{api_port}"]
+        api_job["static_configs"][0]["targets"] = [f"127.0.0.1:{api.port}"]
         jobs["prometheus"]["static_configs"][0]["targets"] = [f"127.0.0.1:{prom_port}"]
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         shutil.copytree(PROMETHEUS_DIR / "rules", tmp / "rules")
@@ -121,15 +108,16 @@ def stack(tmp_path_factory):
         base = f"http://127.0.0.1:{prom_port}"
         wait_for("Prometheus /-/ready", lambda: get(f"{base}/-/ready")[0] == 200, 60, procs)
         yield {
-            "api": f"http://127.0.0.1:{api_port}",
+            "api": api.url,
             "prom": base,
             "procs": procs,
             "tmp": tmp,
             "models": models,
         }
     finally:
-        for proc in reversed(procs):
+        for proc in procs[1:]:
             stop(proc)
+        api.stop()
 
 
 def query(stack, promql: str) -> dict:
@@ -183,8 +171,6 @@ def test_requests_total_is_queryable_after_requests(stack):
 
 def test_inference_metrics_reach_prometheus(stack):
     """A real classification: model info, batch size and token similarity become queryable."""
-    if "fashion-classifier" not in stack["models"]:
-        pytest.skip("no fashion-classifier bundle to send images to")
     url = f"{stack['api']}/v1/models/fashion-classifier/classify"
     for _ in range(4):
         assert post_json(url, {"image": png_b64(28)}) == 200

@@ -6,13 +6,14 @@ from __future__ import annotations
 import subprocess
 
 import yaml
-from support.deploy_helpers import K8S_DIR, PROMETHEUS_DIR, require_tool
+from support.deploy_helpers import K8S_DIR, PROMETHEUS_DIR
+from support.tools import require_tool
 
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    exe = require_tool("promtool", "Debian package prometheus")
+    exe = require_tool("promtool", target="deploy-tools", package="Debian package prometheus")
     return subprocess.run(
         [exe, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=120
     )

@@ -2,11 +2,11 @@
 
 The service serves model_repository/ when it holds the shipped vision bundles and an LM; else the
 tiny test bundles of tests/service: the vision ones written by the export package's bundle writer
-and the random-weight `tiny-lm`, exported once and cached like tests/service does. Without torch
-(a serve-only venv) that LM cannot be built and only the streaming tests skip, saying why.
+and the random-weight `tiny-lm`, exported once and cached like tests/service does.
 
-Chromium is Debian's `chromium` package (`make test` installs it); Playwright drives that
-executable and never downloads a browser. Without it every test here skips, saying why.
+Chromium is Debian's `chromium` package (`make chromium`, part of `make test`); Playwright (the
+dev extra) drives that executable and never downloads a browser. Without either, every test here
+fails, saying which is missing (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytest
 from support.generation_helpers import add_lm, tiny_lm
-from support.service_helpers import ROOT, LiveServer, write_test_repository
+from support.service_helpers import ROOT, start_server, write_test_repository
+from support.tools import MissingTool
+
+from bench.live_server import LiveServer
 
 CHROMIUM = Path(os.environ.get("NEUTRENO_E2E_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -59,16 +62,12 @@ def e2e_repository(
     if shipped.is_dir() and set(VISION) <= set(bundle_tasks(shipped)) and lm_name(shipped):
         return shipped
     repo = write_test_repository(tmp_path_factory.mktemp("e2e_model_repository"))
-    try:
-        add_lm(repo, tiny_lm(request.config, tmp_path_factory.getbasetemp()))
-    except ImportError as exc:  # no torch to export the tiny LM with
-        print(f"tests/e2e: no text-generation bundle ({exc}); streaming tests will skip")
-    return repo
+    return add_lm(repo, tiny_lm(request.config, tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="session")
 def server(e2e_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(
+    live = start_server(
         e2e_repository,
         {
             "NEUTRENO_SIMILARITY_SAMPLE_EVERY": "1",
@@ -76,7 +75,6 @@ def server(e2e_repository: Path) -> Iterator[LiveServer]:
             "NEUTRENO_API_KEY": "",
         },
     )
-    live.lm = lm_name(e2e_repository)  # type: ignore[attr-defined]
     try:
         live.wait_ready(timeout=120)
         yield live
@@ -85,14 +83,11 @@ def server(e2e_repository: Path) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def lm(server: LiveServer) -> str:
+def lm(e2e_repository: Path) -> str:
     """The served text-generation model's name."""
-    if server.lm is None:  # type: ignore[attr-defined]
-        pytest.skip(
-            "no text-generation bundle: the tiny test LM needs torch to export "
-            "(pip install -e '.[train]'; make test does it)"
-        )
-    return server.lm  # type: ignore[attr-defined]
+    name = lm_name(e2e_repository)
+    assert name is not None, f"no text-generation bundle in {e2e_repository}"
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +96,14 @@ def browser() -> Iterator[object]:
     must be gone before later test modules call asyncio.run."""
     try:
         from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install -e '.[dev]'; make test does it)")
+    except ImportError as exc:
+        raise MissingTool(
+            "playwright is not installed here (the dev extra: pip install -e '.[dev]')"
+        ) from exc
     if not CHROMIUM.exists():
-        pytest.skip(
-            f"{CHROMIUM} not found: Debian's chromium package could not be installed "
-            "(make test runs `apt-get install -y chromium`)"
+        raise MissingTool(
+            f"{CHROMIUM} is not installed here (Debian package chromium; "
+            "`make chromium` installs it)"
         )
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000)

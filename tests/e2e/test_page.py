@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.service_helpers import ROOT, LiveServer, png_bytes
+from support.service_helpers import ROOT, png_bytes
+
+from bench.live_server import LiveServer
 
 SAMPLES = ROOT / "service" / "static" / "samples"
 # generous: a cold run exports the tiny test LM first (cached after, shared with tests/service)

@@ -18,8 +18,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.reliability_helpers import Server, poison_classifier_graph, write_classifier
-from support.service_helpers import b64, png_bytes
+from support.reliability_helpers import poison_classifier_graph, write_classifier
+from support.service_helpers import b64, png_bytes, start_server
+
+from bench.live_server import LiveServer
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 
@@ -48,7 +50,7 @@ def fault_server(full_repository: Path, tmp_path_factory: pytest.TempPathFactory
     (repo / "bad-manifest" / "1" / "model.onnx").write_bytes(b"\0")
     # 3: a model folder without a version
     (repo / "no-version").mkdir()
-    server = Server(
+    server = start_server(
         repo,
         {
             "NEUTRENO_MAX_QUEUE_DELAY_MS": "1000",
@@ -57,13 +59,13 @@ def fault_server(full_repository: Path, tmp_path_factory: pytest.TempPathFactory
         },
     )
     try:
-        server.wait_up(ready=False)
+        server.wait_ready(ready=False)
         yield server
     finally:
         assert server.stop() == 0
 
 
-def test_broken_bundles_are_named_and_healthy_models_serve(fault_server: Server) -> None:
+def test_broken_bundles_are_named_and_healthy_models_serve(fault_server: LiveServer) -> None:
     with httpx.Client(base_url=fault_server.url, timeout=30) as c:
         ready = c.get("/readyz")
         assert ready.status_code == 503
@@ -87,7 +89,7 @@ def test_broken_bundles_are_named_and_healthy_models_serve(fault_server: Server)
         assert gen.status_code == 200 and gen.json()["choices"][0]["finish_reason"]
 
 
-def test_ort_error_inside_a_batch_fails_only_the_poison_request(fault_server: Server) -> None:
+def test_ort_error_inside_a_batch_fails_only_the_poison_request(fault_server: LiveServer) -> None:
     """Nine requests land in one batch (1 s queue delay); one is a white image that makes
     the poison model's Gather index go out of bounds inside ONNX Runtime."""
     url = fault_server.url + "/v1/models/poison-classifier/classify"
@@ -122,7 +124,7 @@ async def _concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:
         return await asyncio.gather(*(client.post(url, json=b) for b in bodies))
 
 
-def _batches(server: Server, model: str) -> tuple[float, float]:
+def _batches(server: LiveServer, model: str) -> tuple[float, float]:
     """(rows, batches) executed so far: neutreno_batch_size's sum and count."""
     found = {"sum": 0.0, "count": 0.0}
     for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
@@ -138,7 +140,7 @@ def _raw_request(port: int, head: str, body: bytes, read: bool = False) -> bytes
         return s.recv(65536) if read else b""
 
 
-def test_client_disconnects_are_contained(fault_server: Server) -> None:
+def test_client_disconnects_are_contained(fault_server: LiveServer) -> None:
     port = fault_server.port
     statuses_before = fault_server.status_counts()
     # 1. mid-upload: Content-Length promises 100 kB, 1 kB arrives, the socket closes
@@ -186,7 +188,7 @@ def test_client_disconnects_are_contained(fault_server: Server) -> None:
     assert new_5xx == 0, (statuses_before, after, fault_server.output()[-3000:])
 
 
-async def _abandon_streams(server: Server, count: int) -> None:
+async def _abandon_streams(server: LiveServer, count: int) -> None:
     payload = {
         "model": "tiny-lm",
         "prompt": "In the beginning",
@@ -206,7 +208,7 @@ async def _abandon_streams(server: Server, count: int) -> None:
         await asyncio.gather(*(one(client) for _ in range(count)))
 
 
-def _wait_for_idle_generation(server: Server, timeout: float = 10.0) -> None:
+def _wait_for_idle_generation(server: LiveServer, timeout: float = 10.0) -> None:
     """Abandoned sequences leave the running and waiting sets."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -227,7 +229,7 @@ def _wait_for_idle_generation(server: Server, timeout: float = 10.0) -> None:
         raise AssertionError("abandoned sequences are still running")
 
 
-def _tokens(server: Server) -> float:
+def _tokens(server: LiveServer) -> float:
     return sum(
         v
         for labels, v in server.samples("neutreno_generated_tokens")

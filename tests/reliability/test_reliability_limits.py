@@ -21,7 +21,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from support.reliability_helpers import Server, Watch
+from support.reliability_helpers import Watch
+from support.service_helpers import start_server
+
+from bench.live_server import LiveServer
 
 KEY = "limits-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -41,10 +44,10 @@ ENV = {
 
 
 @pytest.fixture(scope="module")
-def server(full_repository: Path) -> Iterator[Server]:
-    live = Server(full_repository, ENV)
+def server(full_repository: Path) -> Iterator[LiveServer]:
+    live = start_server(full_repository, ENV)
     try:
-        live.wait_up()
+        live.wait_ready()
         yield live
     finally:
         assert live.stop() == 0
@@ -52,7 +55,7 @@ def server(full_repository: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(autouse=True)
-def watch(server: Server) -> Iterator[Watch]:
+def watch(server: LiveServer) -> Iterator[Watch]:
     with Watch(server) as live:
         yield live
     print(f"/healthz slowest {live.worst_s * 1000:.0f} ms, RSS +{live.rss_growth_mb:.0f} MB")
@@ -60,7 +63,7 @@ def watch(server: Server) -> Iterator[Watch]:
 
 
 @pytest.fixture
-def client(server: Server) -> Iterator[httpx.Client]:
+def client(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
         yield c
 
@@ -215,7 +218,7 @@ def test_tiny_temperature_is_greedy(client: httpx.Client) -> None:
     assert text(5e-324) == greedy and text(1e-300) == greedy
 
 
-def test_key_checked_before_the_body(server: Server) -> None:
+def test_key_checked_before_the_body(server: LiveServer) -> None:
     """Issue: /v1/completions parsed (8 MB) bodies before answering 401."""
     with httpx.Client(base_url=server.url, timeout=30) as anon:
         malformed = anon.post(
@@ -273,7 +276,7 @@ def test_chunked_body_over_limit_is_413(client: httpx.Client) -> None:
         assert "NEUTRENO_MAX_BODY_BYTES" in r.text
 
 
-def test_header_values_give_400_in_one_log_line(server: Server, client: httpx.Client) -> None:
+def test_header_values_give_400_in_one_log_line(server: LiveServer, client: httpx.Client) -> None:
     """Issue: `Inference-Header-Content-Length: ²` and 5,000 digits gave 500 + tracebacks."""
     body = b'{"inputs": []}'
     before = len(server.output().splitlines())
@@ -290,7 +293,7 @@ def test_header_values_give_400_in_one_log_line(server: Server, client: httpx.Cl
     assert len(added) <= 6 and not any("Traceback" in line for line in added), added
 
 
-def _raw_connect(server: Server) -> socket.socket:
+def _raw_connect(server: LiveServer) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     sock.settimeout(5)
     return sock
@@ -310,7 +313,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
         return True, data
 
 
-def test_idle_connections_capped_then_closed(server: Server) -> None:
+def test_idle_connections_capped_then_closed(server: LiveServer) -> None:
     """Issue: 20,000 idle connections used up every descriptor and /healthz timed out.
     Here 30 idle sockets against a cap of 24: the extra ones get 503 at once, the watch's
     established connection is served throughout, and every idle one is closed by the 1 s
@@ -338,7 +341,7 @@ def test_idle_connections_capped_then_closed(server: Server) -> None:
             sock.close()
 
 
-def test_slow_headers_closed_by_header_timeout(server: Server) -> None:
+def test_slow_headers_closed_by_header_timeout(server: LiveServer) -> None:
     """Issue: connections sending headers a byte at a time stayed open indefinitely."""
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40 + b"\r\n\r\n"
     socks = [_raw_connect(server) for _ in range(8)]
@@ -361,7 +364,7 @@ def test_slow_headers_closed_by_header_timeout(server: Server) -> None:
     assert time.monotonic() - started < 4.0
 
 
-def test_inflight_cap_503_and_slow_body_408(server: Server, client: httpx.Client) -> None:
+def test_inflight_cap_503_and_slow_body_408(server: LiveServer, client: httpx.Client) -> None:
     """Six requests whose bodies never finish fill the in-flight cap: the next request gets a
     JSON 503 with Retry-After at once (health probes still answer), and the body timeout
     answers each slow one 408 after 1 s, after which requests are served again."""
@@ -390,7 +393,9 @@ def test_inflight_cap_503_and_slow_body_408(server: Server, client: httpx.Client
     assert ok.status_code == 200, ok.text
 
 
-def test_page_security_headers_and_cross_site_refusal(server: Server, client: httpx.Client) -> None:
+def test_page_security_headers_and_cross_site_refusal(
+    server: LiveServer, client: httpx.Client
+) -> None:
     page = client.get("/")
     assert (
         page.status_code == 200

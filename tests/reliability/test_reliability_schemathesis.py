@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.reliability_helpers import Server
-from support.service_helpers import png_bytes
+from support.service_helpers import png_bytes, start_server
 
 KEY = "schemathesis-key"
 MODELS = ["fashion-classifier", "fashion-segmenter", "tiny-lm", "no-such-model"]
@@ -78,9 +77,11 @@ probability = 0.6
 def test_schemathesis_every_route_no_5xx_no_schema_violation(
     full_repository: Path, tmp_path: Path
 ) -> None:
-    server = Server(full_repository, {"NEUTRENO_API_KEY": KEY, "NEUTRENO_MAX_QUEUE_DELAY_MS": "1"})
+    server = start_server(
+        full_repository, {"NEUTRENO_API_KEY": KEY, "NEUTRENO_MAX_QUEUE_DELAY_MS": "1"}
+    )
     try:
-        server.wait_up()
+        server.wait_ready()
         schema = httpx.get(server.url + "/openapi.json", timeout=10).json()
         routes = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m in ops}
         before = sum(server.status_counts().values())

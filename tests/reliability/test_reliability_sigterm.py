@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.reliability_helpers import Server
-from support.service_helpers import b64, png_bytes
+from support.service_helpers import b64, png_bytes, start_server
+
+from bench.live_server import LiveServer
 
 DRAIN_TIMEOUT_S = 30
 STREAM_TOKENS = 96
@@ -67,7 +68,7 @@ async def _stream(
         return r.status_code, tokens, done, reason
 
 
-async def _queued(server: Server, model: str) -> float:
+async def _queued(server: LiveServer, model: str) -> float:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
         text = (await c.get("/metrics")).text
     line = next(
@@ -81,7 +82,7 @@ async def _queued(server: Server, model: str) -> float:
     return float(line.split()[-1])
 
 
-async def _scenario(server: Server) -> dict:
+async def _scenario(server: LiveServer) -> dict:
     limits = httpx.Limits(max_connections=REQUESTS + STREAMS + 4)
     async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
         started, counter = asyncio.Event(), [0]
@@ -97,7 +98,7 @@ async def _scenario(server: Server) -> dict:
             assert time.monotonic() < deadline, "the requests never all queued"
             await asyncio.sleep(0.05)
         signalled = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
+        server.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
         late = []
         for _ in range(5):  # new requests on new connections after the signal
@@ -113,7 +114,7 @@ async def _scenario(server: Server) -> dict:
             await asyncio.sleep(0.1)
         results = await asyncio.gather(*calls)
         stream_results = await asyncio.gather(*streams)
-    code = await asyncio.to_thread(server.proc.wait, DRAIN_TIMEOUT_S + 10)
+    code = await asyncio.to_thread(server.wait, DRAIN_TIMEOUT_S + 10)
     return {
         "results": results,
         "streams": stream_results,
@@ -125,7 +126,7 @@ async def _scenario(server: Server) -> dict:
 
 @pytest.mark.slow
 def test_sigterm_drains_requests_and_streams_then_exits_zero(full_repository: Path) -> None:
-    server = Server(
+    server = start_server(
         full_repository,
         {
             "NEUTRENO_MAX_QUEUE_DELAY_MS": "8000",
@@ -134,7 +135,7 @@ def test_sigterm_drains_requests_and_streams_then_exits_zero(full_repository: Pa
         },
     )
     try:
-        server.wait_up()
+        server.wait_ready()
         out = asyncio.run(_scenario(server))
     finally:
         server.stop(signal.SIGKILL, timeout=5)

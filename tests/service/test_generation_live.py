@@ -17,8 +17,10 @@ import httpx
 import openai
 import pytest
 from support.generation_helpers import NAME
-from support.service_helpers import LiveServer
+from support.service_helpers import start_server
 from tokenizers import Tokenizer
+
+from bench.live_server import LiveServer
 
 PROMPT = "In the beginning God created"
 STREAMS = [
@@ -35,7 +37,7 @@ STREAMS = [
 
 @pytest.fixture(scope="module")
 def server(lm_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(lm_repository)
+    live = start_server(lm_repository)
     try:
         live.wait_ready()
         yield live
@@ -150,7 +152,7 @@ def test_client_disconnect_frees_a_non_streaming_sequence(server: LiveServer) ->
 
 
 def test_sigterm_drains_running_streams(lm_repository: Path) -> None:
-    live = LiveServer(lm_repository)
+    live = start_server(lm_repository)
     live.wait_ready()
     lines: list[str] = []
     started = threading.Event()
@@ -171,10 +173,10 @@ def test_sigterm_drains_running_streams(lm_repository: Path) -> None:
     reader = threading.Thread(target=consume)
     reader.start()
     assert started.wait(60)
-    live.proc.send_signal(signal.SIGTERM)
+    live.send_signal(signal.SIGTERM)
     at_signal = len(lines)
     reader.join(120)
-    assert live.proc.wait(120) == 0
+    assert live.wait(120) == 0
     assert at_signal < len(lines), "the stream had already ended before SIGTERM"
     assert [ln for ln in lines if ln][-1] == "data: [DONE]"
     assert any('"finish_reason":"length"' in line for line in lines), lines[-4:]
@@ -216,7 +218,7 @@ def test_completion_deadline(lm_repository: Path) -> None:
     only an incomplete UTF-8 byte (logit_bias), text that is held back until the end."""
     tok = Tokenizer.from_file(str(lm_repository / NAME / "1" / "tokenizer.json"))
     partial = next(i for i in range(tok.get_vocab_size()) if tok.decode([i]) == "\ufffd")
-    live = LiveServer(
+    live = start_server(
         lm_repository, {"NEUTRENO_REQUEST_TIMEOUT_S": "2", "NEUTRENO_MAX_RUNNING_SEQUENCES": "1"}
     )
     live.wait_ready()

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from support.generation_helpers import NAME
-from support.service_helpers import FASHION, LiveServer, b64, png_bytes
+from support.service_helpers import FASHION, b64, png_bytes, start_server
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
@@ -21,7 +21,9 @@ TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
 @pytest.fixture(scope="module")
 def records(lm_repository: Path) -> tuple[list[dict], dict[str, httpx.Response]]:
     """(every JSON log record, the responses by name) of one server session."""
-    live = LiveServer(lm_repository, {"NEUTRENO_LOG_FORMAT": "json", "NEUTRENO_LOG_LEVEL": "info"})
+    live = start_server(
+        lm_repository, {"NEUTRENO_LOG_FORMAT": "json", "NEUTRENO_LOG_LEVEL": "info"}
+    )
     try:
         live.wait_ready()
         with httpx.Client(base_url=live.url, timeout=30) as c:
@@ -107,7 +109,7 @@ def test_error_records(records: tuple[list[dict], dict]) -> None:
 
 def test_text_format_carries_the_request_id(lm_repository: Path) -> None:
     """Text logs: successful requests only at debug, errors at warning, each with its id."""
-    live = LiveServer(lm_repository, {"NEUTRENO_LOG_LEVEL": "info"})
+    live = start_server(lm_repository, {"NEUTRENO_LOG_LEVEL": "info"})
     try:
         live.wait_ready()
         ok = httpx.get(live.url + "/healthz", headers={"X-Request-Id": "ok-1"})

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from support.service_helpers import ROOT, LiveServer, b64, make_settings, png_bytes
+from support.service_helpers import ROOT, b64, make_settings, png_bytes, start_server
 
+from bench.live_server import LiveServer
 from service import create_app
 
 KEY = {"Authorization": "Bearer live-key"}
@@ -23,7 +24,7 @@ KEY = {"Authorization": "Bearer live-key"}
 
 @pytest.fixture(scope="module")
 def server(repository: Path):
-    live = LiveServer(repository, {"NEUTRENO_API_KEY": "live-key"})
+    live = start_server(repository, {"NEUTRENO_API_KEY": "live-key"})
     try:
         live.wait_ready()
         yield live
@@ -173,7 +174,7 @@ def _queue_depth(live: LiveServer) -> float:
 
 
 def test_sigterm_drains_queued_requests_then_exits_zero(repository: Path, fashion) -> None:
-    live = LiveServer(
+    live = start_server(
         repository, {"NEUTRENO_MAX_QUEUE_DELAY_MS": "3000", "NEUTRENO_MAX_BATCH_SIZE": "64"}
     )
     live.wait_ready()
@@ -192,10 +193,10 @@ def test_sigterm_drains_queued_requests_then_exits_zero(repository: Path, fashio
         while (queued := _queue_depth(live)) < 12 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert queued >= 1, "no request reached the queue"
-        live.proc.send_signal(signal.SIGTERM)
+        live.send_signal(signal.SIGTERM)
         codes = [f.result() for f in futures]
     assert set(codes) <= {200, 503, "refused"}, codes  # 503: arrived while draining
     assert codes.count(200) >= queued  # everything accepted before SIGTERM was answered
-    assert live.proc.wait(timeout=20) == 0
+    assert live.wait(timeout=20) == 0
     with pytest.raises(httpx.TransportError):
         httpx.get(live.url + "/healthz", timeout=2)

@@ -17,16 +17,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.service_helpers import LiveServer, b64, png_bytes
+from support.service_helpers import b64, png_bytes, start_server
+
+from bench.live_server import LiveServer
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 
 
 @pytest.fixture()
 def server(repository: Path, tmp_path: Path) -> Iterator[LiveServer]:
-    live = LiveServer(
+    live = start_server(
         repository,
-        env={
+        {
             "NEUTRENO_WORKERS": "2",
             "NEUTRENO_LOG_LEVEL": "info",
             "NEUTRENO_MAX_QUEUE_DELAY_MS": "50",
@@ -106,15 +108,15 @@ def test_killed_front_end_is_replaced_and_others_keep_serving(server: LiveServer
 
 def test_killed_engine_stops_the_server_non_zero(server: LiveServer) -> None:
     os.kill(engine_pid(server), signal.SIGKILL)
-    assert server.proc.wait(60) == 1
+    assert server.wait(60) == 1
     assert "the engine process exited" in server.output()
 
 
 def test_sigterm_drains_every_process_and_exits_zero(server: LiveServer, fashion) -> None:
     body = {"image": b64(png_bytes(fashion[0][0]))}
     assert asyncio.run(classify_many(server.url, [body] * 4)) == [200] * 4
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(60) == 0
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(60) == 0
     assert "drained; exiting" in server.output()
 
 
@@ -122,8 +124,8 @@ def test_killed_supervisor_takes_every_process_with_it(server: LiveServer) -> No
     """SIGKILL leaves no orphan: the engine and the front ends see their parent gone and exit,
     so nothing keeps serving on the port."""
     children = [engine_pid(server), *frontend_pids(server)]
-    server.proc.kill()
-    server.proc.wait(10)
+    server.kill()
+    server.wait(10)
     wait_for(
         lambda: (
             not any(

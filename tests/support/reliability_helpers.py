@@ -1,16 +1,13 @@
-"""Reliability test helpers: a real `neutreno serve` process, its RSS and metrics, wrk, graphs.
+"""Reliability test helpers: a watch on a live server's health and memory, wrk, graphs.
 
-The server runs as its own process (as in production) with its output in a log file, so a
-chatty server can never block on a full pipe. Its 5xx count is read from its own
+The server is a real `neutreno serve` process (bench.live_server.LiveServer, started with
+support.service_helpers.start_server), as in production; its 5xx count is read from its own
 `neutreno_requests_total`, which counts every response the app sent, whoever the client was.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
 import tempfile
 import threading
@@ -21,117 +18,28 @@ import httpx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import serve_command
+from bench.live_server import LiveServer
 from export.bundle import write_bundle
 from support.service_helpers import (
     FASHION,
-    ROOT,
     _attention_block,
     _attention_inits,
     _manifest,
     classifier_model,
     classifier_parts,
-    free_port,
 )
-
-
-class Server:
-    """`neutreno serve` on a free port with NEUTRENO_* overrides; output goes to a log file."""
-
-    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(tempfile.mkstemp(prefix="neutreno-serve-", suffix=".log")[1])
-        full_env = {
-            **os.environ,
-            "NEUTRENO_MODEL_REPOSITORY": str(repo),
-            "NEUTRENO_INTRA_OP_THREADS": "1",
-            "NEUTRENO_LOG_LEVEL": "warning",
-            "NEUTRENO_WORKERS": "1",
-            **(env or {}),
-        }
-        self.started = time.monotonic()
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                serve_command(str(self.port)),
-                env=full_env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_up(self, timeout: float = 90.0, ready: bool = True) -> float:
-        """Seconds from process start until start-up finished: /readyz 200 when `ready`
-        (a model that failed to load raises at once), else /readyz answering at all."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                r = httpx.get(self.url + "/readyz", timeout=2.0)
-            except httpx.TransportError:
-                time.sleep(0.05)
-                continue
-            if r.status_code == 200:
-                return time.monotonic() - self.started
-            reasons = r.json().get("reasons", [])
-            if not any("loading" in reason for reason in reasons):
-                if not ready:
-                    return time.monotonic() - self.started
-                raise RuntimeError(f"server started but is not ready: {reasons}")
-            time.sleep(0.05)
-        raise TimeoutError(f"server not up in {timeout} s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def rss_kb(self) -> int:
-        """Resident set size of the server process (VmRSS), in KiB."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
-
-    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
-        """(labels, value) of every sample of metric family `name` (without _total etc.)."""
-        text = httpx.get(self.url + "/metrics", timeout=10).text
-        return [
-            (s.labels, s.value)
-            for fam in text_string_to_metric_families(text)
-            if fam.name == name
-            for s in fam.samples
-            if s.name.startswith(name)
-        ]
-
-    def status_counts(self) -> dict[str, float]:
-        """Responses by HTTP status so far, summed over models and endpoints."""
-        counts: dict[str, float] = {}
-        for labels, value in self.samples("neutreno_requests"):
-            if "status" in labels:
-                counts[labels["status"]] = counts.get(labels["status"], 0.0) + value
-        return counts
-
-    def count_5xx(self) -> int:
-        return int(sum(v for s, v in self.status_counts().items() if s.startswith("5")))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=10)
+from support.tools import require_tool
 
 
 class Watch:
-    """While its block runs, a thread asks /healthz every `every` s and samples the server's
-    RSS: `worst_s` is the slowest /healthz answer, `rss_growth_mb` the highest RSS sample
-    above the one taken on entry."""
+    """While its block runs, a thread asks /healthz every `every` s and samples the RSS of the
+    server's processes together (supervisor, engine, front ends): `worst_s` is the slowest
+    /healthz answer, `rss_growth_mb` the highest RSS sample above the one taken on entry."""
 
     def __init__(
         self,
-        server: Server,
+        server: LiveServer,
         every: float = 0.02,
         max_worst_s: float = 1.0,
         max_rss_growth_mb: float = 100.0,
@@ -143,7 +51,7 @@ class Watch:
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def __enter__(self) -> Watch:
-        self._rss_start = self.server.rss_kb()
+        self._rss_start = self.server.memory_mib()["VmRSS"]
         self._client = httpx.Client(base_url=self.server.url, timeout=30)
         self._poll_once()  # connected before the block starts
         self._thread.start()
@@ -165,7 +73,7 @@ class Watch:
         started = time.perf_counter()
         self.statuses.add(self._client.get("/healthz").status_code)
         self.worst_s = max(self.worst_s, time.perf_counter() - started)
-        growth = (self.server.rss_kb() - self._rss_start) / 1024
+        growth = self.server.memory_mib()["VmRSS"] - self._rss_start
         self.rss_growth_mb = max(self.rss_growth_mb, growth)
 
     def _poll(self) -> None:
@@ -231,12 +139,13 @@ def run_wrk(
 ) -> dict:
     """One wrk run, each connection pausing `pause_ms` between requests (0: closed loop);
     returns the RESULT record plus `rate` (responses/s)."""
+    wrk = require_tool("wrk", target="wrk", package="Debian package wrk")
     with tempfile.TemporaryDirectory() as tmp:
         script, data = Path(tmp, "load.lua"), Path(tmp, "bodies.txt")
         script.write_text(WRK_SCRIPT)
         data.write_text("\n".join(bodies) + "\n")
         cmd = [
-            "wrk",
+            wrk,
             "-t",
             str(threads),
             "-c",

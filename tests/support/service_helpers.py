@@ -1,4 +1,4 @@
-"""Service test helpers: tiny model bundles, settings, image encoding and a live server.
+"""Service test helpers: tiny model bundles, settings, image encoding and live servers.
 
 The bundles are tiny hand-built ONNX graphs written with `export.bundle.write_bundle`, so they
 satisfy the full bundle contract (one FidelityAttention node with its function body, manifest,
@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from bench.common import free_port, serve_command
+from bench.live_server import LiveServer
 from export.bundle import write_bundle
 from export.opdef import DOMAIN, OP_TYPE, OPSET, attach_functions
 from service import Settings
@@ -179,53 +175,14 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-class LiveServer:
-    """`neutreno serve` in a subprocess on a free port."""
+# What every live test server runs with unless a test says otherwise: one ORT thread and one
+# front end, so that several servers fit the 2-core CI machine beside the tests driving them.
+TEST_SERVER_SETTINGS = {"NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_WORKERS": "1"}
 
-    def __init__(
-        self, repo: Path, env: dict[str, str] | None = None, log: Path | None = None
-    ) -> None:
-        """One front end unless `env` says otherwise; output to `log` (readable while the
-        server runs) or to a pipe read by `output()` after it has stopped."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        full_env = {
-            **os.environ,
-            "NEUTRENO_MODEL_REPOSITORY": str(repo),
-            "NEUTRENO_INTRA_OP_THREADS": "1",
-            "NEUTRENO_LOG_LEVEL": "warning",
-            "NEUTRENO_WORKERS": "1",
-            **(env or {}),
-        }
-        out = subprocess.PIPE if log is None else log.open("w")
-        self.proc = subprocess.Popen(
-            serve_command(str(self.port)),
-            env=full_env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise TimeoutError(f"server not up in {timeout} s")
-
-    def output(self) -> str:
-        if self.log is not None:
-            return self.log.read_text()
-        return self.proc.stdout.read() if self.proc.stdout else ""
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(timeout=30)
+def start_server(
+    repo: Path, settings: dict[str, str] | None = None, *, log: Path | None = None
+) -> LiveServer:
+    """`neutreno serve` on `repo` as the live tests run it: TEST_SERVER_SETTINGS, then
+    `settings`; output to `log` or a temporary file (`LiveServer.output()` reads either)."""
+    return LiveServer(repo, {**TEST_SERVER_SETTINGS, **(settings or {})}, log=log)
