@@ -14,7 +14,7 @@ import onnx
 import pytest
 from support.export_helpers import ROOT
 
-from export.bundle import load_bundle
+from export.bundle import PIXEL_VALUES, TEXT_GENERATION, load_bundle
 from export.opdef import DOMAIN, OP_TYPE
 from export.runtime import empty_past, lm_step, session
 
@@ -37,13 +37,13 @@ def test_shipped_bundle_loads_and_runs(folder: Path) -> None:
     onnx.checker.check_model(model, full_check=True)
     assert any(n.op_type == OP_TYPE and n.domain == DOMAIN for n in model.graph.node)
     sess = session(bundle.model_path)
-    if bundle.task == "text-generation":
+    if bundle.task == TEXT_GENERATION:
         ids = np.array([[1, 2, 3], [4, 5, 6]], np.int64)
         step = lm_step(sess, ids, np.ones_like(ids), empty_past(sess, 2))
         assert step.logits.shape == (2, 3, bundle.manifest["generation"]["vocab_size"])
     else:
         c, h, w = (d for d in bundle.manifest["inputs"][0]["shape"][1:])
-        out = sess.run(None, {"pixel_values": np.zeros((2, c, h, w), np.float32)})
+        out = sess.run(None, {PIXEL_VALUES: np.zeros((2, c, h, w), np.float32)})
         assert np.isfinite(out[0]).all() and out[1].shape[0] == 2
 
 
