@@ -18,7 +18,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from export.opdef import DOMAIN, OP_TYPE, OP_VERSION, OPSET, model_opset
+from export.opdef import DOMAIN, NO_FIDELITY, OP_TYPE, OP_VERSION, OPSET, model_opset
 
 FORMAT_VERSION = 1
 MODEL_FILE, MANIFEST_FILE, TOKENIZER_FILE = "model.onnx", "manifest.json", "tokenizer.json"
@@ -247,20 +247,20 @@ def _check_attention(path: Path, model: onnx.ModelProto) -> None:
 def _check_lam(path: Path, model: onnx.ModelProto, m: dict[str, Any]) -> None:
     """The manifest's attention kind and lam say what the graph computes: every
     FidelityAttention node has lam 0 (the first layer, or a softmax baseline) or the manifest's
-    lam (float32), and a NeuTRENO bundle has at least one node with it."""
+    lam (float32); a NeuTRENO bundle has at least one node with it and a softmax bundle none,
+    unless the graph has no layer that can take the term (one layer: the first, no_fidelity)."""
+    nodes = [node for node in model.graph.node if node.op_type == OP_TYPE]
     lams = [
-        helper.get_attribute_value(a)
-        for node in model.graph.node
-        if node.op_type == OP_TYPE
-        for a in node.attribute
-        if a.name == "lam"
+        helper.get_attribute_value(a) for node in nodes for a in node.attribute if a.name == "lam"
     ]
     wanted = float(m.get("lam") or 0.0)
     odd = sorted({x for x in lams if x != 0.0 and not math.isclose(x, wanted, rel_tol=1e-6)})
     if odd:
         raise _fail(path, f"{OP_TYPE} nodes have lam {odd}; the manifest says lam {wanted}")
     fidelity = any(x != 0.0 for x in lams)
-    if (m.get("attention") == "softmax") == fidelity or (fidelity and not wanted):
+    capable = any(node.overload != NO_FIDELITY for node in nodes)
+    neutreno = m.get("attention") != "softmax" and bool(wanted)
+    if fidelity != (neutreno and capable) or (m.get("attention") == "softmax" and wanted):
         raise _fail(
             path,
             f"the manifest says attention {m.get('attention')!r} with lam {wanted}, but the "

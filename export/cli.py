@@ -26,6 +26,8 @@ from export.bundle import (
     SEGMENTATION,
     TEXT_GENERATION,
     Bundle,
+    BundleError,
+    load_bundle,
     write_bundle,
 )
 from export.graphs import export_model
@@ -240,9 +242,26 @@ def export_checkpoint(
         model, cfg, session(proto), tokenizer, fp16=fp16, sample=load_sample(checkpoint)
     )
     manifest = build_manifest(cfg, name, out.name, checkpoint, facts, checks, fp16, tokenizer)
+    return publish(out, proto, manifest, tokenizer)
+
+
+def publish(
+    out: Path, proto: onnx.ModelProto, manifest: dict[str, Any], tokenizer: Path | None
+) -> Bundle:
+    """Write the bundle beside `out` (a dot folder the service does not read), load it back,
+    and only then put it in place of `out`: a bundle that fails its own checks never lands in
+    the repository nor removes the version it would replace."""
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write_bundle(partial, proto, manifest, tokenizer)
+    except BundleError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise CommandError(f"the exported bundle does not load: {exc.detail}") from None
     if out.exists():
         shutil.rmtree(out)
-    return write_bundle(out, proto, manifest, tokenizer)
+    partial.rename(out)
+    return load_bundle(out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

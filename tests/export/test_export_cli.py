@@ -8,9 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.export_helpers import Exported
+from support.export_helpers import Exported, facts_for, sample_for
 
+from export import cli as export_cli
 from export.bundle import load_bundle
+from models.checkpoint import save_checkpoint
+from models.registry import build_model, get_config
 from neutreno.cli import main
 
 
@@ -135,3 +138,31 @@ def test_labels_and_normalisation_come_from_the_checkpoint_data_facts(
     assert (manifest["preprocessing"]["mean"], manifest["preprocessing"]["std"]) == ([0.5], [0.25])
     assert manifest["training"]["data"] == facts["description"]
     assert [c["inputs"] for c in manifest["verification"]][-1] == "16 Fashion-MNIST test images"
+
+
+def test_a_bundle_failing_its_own_checks_never_replaces_the_served_version(
+    classifier: Exported, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest claims another lam than the graph computes: load_bundle refuses it, and the
+    version in place stays byte for byte, with no partial folder left beside it."""
+    out = Path(shutil.copytree(classifier.bundle.path, tmp_path / "repo" / "clf" / "1"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = export_cli.build_manifest
+    monkeypatch.setattr(export_cli, "build_manifest", lambda *a, **k: {**real(*a, **k), "lam": 0.9})
+    assert main(["export", str(checkpoint_of(classifier)), "--out", str(out), "--force"]) == 2
+    err = one_line_error(capsys)
+    assert "the exported bundle does not load" in err and "lam" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["1"]
+
+
+def test_a_one_layer_neutreno_model_exports(tmp_path: Path) -> None:
+    """One layer is the first layer, which has no fidelity term: lam stays in the manifest and
+    the graph has no node carrying it."""
+    cfg = get_config("vit-fashion", depth=1, dim=32, heads=2)
+    checkpoint = tmp_path / "ckpt"
+    save_checkpoint(checkpoint, build_model(cfg), cfg, facts_for(cfg), sample=sample_for(cfg))
+    out = tmp_path / "repo" / "one-layer" / "1"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+    manifest = load_bundle(out).manifest
+    assert (manifest["attention"], manifest["lam"]) == ("neutreno", 0.6)
