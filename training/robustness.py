@@ -125,7 +125,7 @@ def miou(model: torch.nn.Module, case: Case, pre: dict[str, Any]) -> float:
     preds, truths = [], []
     for x, sizes, truth in batched(case, pre, 100):
         for logits, size, mask in zip(model(x), sizes, truth, strict=False):
-            preds.append(imaging.mask_at_size(logits.argmax(0).numpy(), size).ravel())
+            preds.append(np.asarray(imaging.mask_at_size(logits.argmax(0).numpy(), size)).ravel())
             truths.append(np.asarray(mask).ravel())
     pred, target = torch.from_numpy(np.concatenate(preds)), torch.from_numpy(np.concatenate(truths))
     return mean_iou(pred.long(), target.long(), len(scenes.SCENE_LABELS))[0]
