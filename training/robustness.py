@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from export.bundle import AREA
 from export.cli import load_facts, preprocessing_for
 from models.checkpoint import load_checkpoint
 from service import imaging
@@ -28,7 +29,7 @@ from training.data import fashion, framing, scenes
 from training.metrics import mean_iou
 
 MAX_PIXELS = 1 << 24
-RESIZE_METHODS = ("bilinear", imaging.AREA)
+RESIZE_METHODS = ("bilinear", AREA)
 SEED = 17
 CLASSIFIER_ITEMS = 2000  # x 4 cases x 2 resize methods: minutes on a 2-core machine
 
