@@ -25,7 +25,7 @@ serve: $(VENV)/.serve
 	$(BIN)/neutreno serve --host $(HOST) --port $(PORT)
 
 # Lint: ruff's checks (pyproject.toml [tool.ruff.lint]) and its formatter, over the whole tree,
-# then mypy over service/ and export/ (pyproject.toml [tool.mypy]).
+# then mypy over every package (pyproject.toml [tool.mypy]).
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

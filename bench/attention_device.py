@@ -31,6 +31,8 @@ from bench.common import machine
 from export.runtime import session
 from export.telemetry import SIMILARITY_FLAG
 from models import create_model
+from models.segmenter import Segmenter
+from models.vit import ViT
 
 Runner = Callable[[], None]
 
@@ -64,6 +66,7 @@ def ort_runner(path: Path, device: str, batch: int, fp16: bool) -> Runner:
 
 def torch_runner(model: torch.nn.Module, device: str, batch: int, bf16: bool) -> Runner:
     """One `model(x)` call, eager fp32 or under bf16 autocast, synchronised on CUDA."""
+    assert isinstance(model, ViT | Segmenter), type(model)  # --random names a vision model
     model = model.to(device).eval()
     cfg = model.cfg
     x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
@@ -117,15 +120,23 @@ def measure(args: argparse.Namespace, folder: Path) -> list[tuple[str, str, floa
     rows = []
     for fp16 in (False, True):
         paths = exported(args, folder, fp16)
-        pair = [ort_runner(p, args.device, args.batch, fp16) for p in paths]
+        neutreno, softmax = (ort_runner(p, args.device, args.batch, fp16) for p in paths)
         rows.append(
-            ("ORT, IO binding", "fp16" if fp16 else "fp32", *time_pair(*pair, args.repeats))
+            (
+                "ORT, IO binding",
+                "fp16" if fp16 else "fp32",
+                *time_pair(neutreno, softmax, args.repeats),
+            )
         )
     models = torch_pair(args.random, args.overrides)
     for bf16 in (False, True):
-        pair = [torch_runner(m, args.device, args.batch, bf16) for m in models]
+        neutreno, softmax = (torch_runner(m, args.device, args.batch, bf16) for m in models)
         rows.append(
-            ("torch", "bf16 autocast" if bf16 else "fp32 eager", *time_pair(*pair, args.repeats))
+            (
+                "torch",
+                "bf16 autocast" if bf16 else "fp32 eager",
+                *time_pair(neutreno, softmax, args.repeats),
+            )
         )
     return rows
 

@@ -45,15 +45,16 @@ def export_pair(
     import onnx
 
     from export.graphs import export_model
-    from models import create_model
+    from models import build_model, create_model, get_config
 
     overrides = overrides or {}
-    model = create_model(name, **overrides).eval()
-    baseline_cfg = dataclasses.replace(model.cfg, attention="softmax")
+    cfg = get_config(name, **overrides)
+    model = build_model(cfg).eval()
+    baseline_cfg = dataclasses.replace(cfg, attention="softmax")
     softmax = create_model(name, **overrides, attention="softmax").eval()
     softmax.load_state_dict(model.state_dict())
     paths = folder / "fidelity.onnx", folder / "softmax.onnx"
-    onnx.save(export_model(model, model.cfg, fp16=fp16), str(paths[0]))
+    onnx.save(export_model(model, cfg, fp16=fp16), str(paths[0]))
     onnx.save(
         export_model(softmax, baseline_cfg, standard=baseline == "standard", fp16=fp16),
         str(paths[1]),
@@ -81,7 +82,8 @@ def time_pair(
             if i >= 3:
                 times[k].append(time.perf_counter() - start)
                 times[k + 2].append(time.process_time() - cpu)
-    return tuple(statistics.median(t) for t in times)  # type: ignore[return-value]
+    wall_a, wall_b, cpu_a, cpu_b = (statistics.median(t) for t in times)
+    return wall_a, wall_b, cpu_a, cpu_b
 
 
 def table(rows: list[tuple[int, float, float, float, float]], threads: int, mode: str) -> str:

@@ -11,7 +11,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import numpy as np
 import onnxruntime
@@ -92,6 +92,21 @@ def write_wrk_files(directory: Path, bodies: list[str]) -> WrkFiles:
     return files
 
 
+class WrkResult(TypedDict):
+    """What one wrk run reports: WRK_LUA's RESULT line (times in microseconds) plus `rate`."""
+
+    requests: int
+    duration_us: int
+    p50_us: int
+    p90_us: int
+    p99_us: int
+    p999_us: int
+    max_us: int
+    non2xx: int
+    errors: int
+    rate: float  # requests per second
+
+
 def run_wrk(
     url: str,
     path: str,
@@ -100,11 +115,10 @@ def run_wrk(
     seconds: float,
     pause_ms: int | None = None,
     threads: int = 1,
-) -> dict:
+) -> WrkResult:
     """One wrk run of `clients` connections POSTing to url + path; with `pause_ms` each
     connection waits that long between requests (wrk `delay`), else it is a closed loop.
-    Returns the script's RESULT fields (requests, duration_us, p50_us, p90_us, p99_us, p999_us,
-    max_us, non2xx, errors) plus `rate`, requests per second."""
+    Returns the script's RESULT fields plus `rate` (WrkResult)."""
     cmd = [
         "wrk",
         "-t",

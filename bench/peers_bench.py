@@ -18,6 +18,7 @@ throughput ratios of NeuTRENO Serve to each peer with the p99s side by side.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -127,7 +128,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Point], dict[str, float]]:
             peer = LiveServer.command(name, cmd, env)
             try:
                 ready_s[name] = peer.wait_until(
-                    lambda peer=peer: first_classify(peer.url + path, bodies[0]),
+                    functools.partial(first_classify, peer.url + path, bodies[0]),
                     "a first classify",
                     timeout=300,
                     interval=0.5,

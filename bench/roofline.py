@@ -25,7 +25,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,7 +44,7 @@ LEVELS = {
 }
 
 
-def timed(fn, min_seconds: float = 1.0, min_runs: int = 3) -> float:
+def timed(fn: Callable[[], object], min_seconds: float = 1.0, min_runs: int = 3) -> float:
     """Seconds per call: best mean over a few blocks of at least `min_seconds`."""
     fn()
     best = float("inf")
@@ -94,7 +96,7 @@ def ort_peak(n: int = 2048, threads: int = 0) -> float:
 # 2. FLOPs -----------------------------------------------------------------------------------
 
 
-def _all_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, tuple]:
+def _all_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """The concrete shape of every value in the graph, from one unoptimised ORT run."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -117,14 +119,14 @@ def _all_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[st
 
 def count_flops(
     path: Path, input_shape: tuple[int, ...]
-) -> tuple[float, dict[str, float], list[tuple]]:
+) -> tuple[float, dict[str, float], list[tuple[int, int, int]]]:
     """(FLOPs per image, FLOPs by op type, distinct (M, K, N) matmul shapes) at batch 1."""
     model = onnx.inliner.inline_local_functions(onnx.load(str(path)))
     name = model.graph.input[0].name
     feeds = {name: np.zeros(input_shape, np.float32)}
     shapes = _all_shapes(model, feeds)
     by_op: dict[str, float] = defaultdict(float)
-    gemms: list[tuple] = []
+    gemms: list[tuple[int, int, int]] = []
     for node in model.graph.node:
         ins = [shapes.get(i) for i in node.input]
         out = shapes.get(node.output[0]) if node.output else None
@@ -211,7 +213,7 @@ def profile_ops(
             sess.run(None, {name: x})
         trace = json.loads(Path(sess.end_profiling()).read_text())
     by_op: dict[str, float] = defaultdict(float)
-    nodes: dict[str, set] = defaultdict(set)
+    nodes: dict[str, set[str]] = defaultdict(set)
     for event in trace:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             op = event["args"].get("op_name", "?")
@@ -221,7 +223,7 @@ def profile_ops(
     return sorted(((op, t / total, len(nodes[op])) for op, t in by_op.items()), key=lambda r: -r[1])
 
 
-def preprocessing_us(manifest: dict) -> float:
+def preprocessing_us(manifest: dict[str, Any]) -> float:
     """Per-image cost of the serving path before ORT: base64 + PNG decode + normalise."""
     from service import imaging
 
@@ -327,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         mm = ort_matmul_session(m * top[4], k, n, top[0])
         a = np.random.default_rng(0).random((m * top[4], k), dtype=np.float32)
         flops = 2 * m * top[4] * k * n
-        gemm_rows.append((m, k, n, flops / timed(lambda mm=mm, a=a: mm.run(None, {"a": a}), 0.5)))
+
+        def run(mm: ort.InferenceSession = mm, a: np.ndarray = a) -> object:
+            return mm.run(None, {"a": a})
+
+        gemm_rows.append((m, k, n, flops / timed(run, 0.5)))
 
     def eff(img_s: float) -> str:
         return f"{100 * flops * img_s / peak:.1f}%"

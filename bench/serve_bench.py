@@ -26,6 +26,7 @@ import httpx
 from bench.common import (
     ROOT,
     WrkFiles,
+    WrkResult,
     machine,
     print_markdown,
     request_bodies,
@@ -71,7 +72,7 @@ def measure(
     model: str,
     clients: list[int],
     seconds: float,
-    load: Callable[[int, float], dict],
+    load: Callable[[int, float], WrkResult],
 ) -> list[Result]:
     """Warm up, then one run per concurrency level against a running server."""
     load(8, min(2.0, seconds))
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             with LiveServer(args.repository, settings) as server:
                 server.wait_ready(timeout=300)
 
-                def load(c: int, s: float, url: str = server.url) -> dict:
+                def load(c: int, s: float, url: str = server.url) -> WrkResult:
                     return run_wrk(url, path, files, c, s, threads=min(args.wrk_threads, c))
 
                 results += measure(server, name, args.model, clients, args.duration, load)

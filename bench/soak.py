@@ -21,6 +21,7 @@ import numpy as np
 
 from bench.common import (
     ROOT,
+    WrkResult,
     machine,
     print_markdown,
     request_bodies,
@@ -28,6 +29,13 @@ from bench.common import (
     write_wrk_files,
 )
 from bench.live_server import LiveServer
+
+
+class Segment(WrkResult):
+    """One wrk segment of the soak, with the server's RSS after it and the minutes so far."""
+
+    rss_mib: float
+    t_min: float
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,7 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     path = f"/v1/models/{args.model}/classify"
-    segments = []
+    segments: list[Segment] = []
     with (
         LiveServer(args.repository, {"NEUTRENO_MAX_QUEUE_SIZE": "1024"}) as server,
         tempfile.TemporaryDirectory() as tmp,
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_ready(timeout=300)
         files = write_wrk_files(Path(tmp), request_bodies(64))
 
-        def wrk(seconds: float, pause: int) -> dict:
+        def wrk(seconds: float, pause: int) -> WrkResult:
             return run_wrk(server.url, path, files, args.clients, seconds, pause)
 
         wrk(5, 0)  # warm-up
@@ -72,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         start = time.monotonic()
         while time.monotonic() - start < args.minutes * 60:
-            r = wrk(args.segment, pause)
-            r["rss_mib"] = server.memory_mib()["VmRSS"]
-            r["t_min"] = (time.monotonic() - start) / 60
+            r: Segment = {
+                **wrk(args.segment, pause),
+                "rss_mib": server.memory_mib()["VmRSS"],
+                "t_min": (time.monotonic() - start) / 60,
+            }
             segments.append(r)
             print(
                 f"  t={r['t_min']:5.1f} min {r['rate']:7.1f} req/s p50 "

@@ -9,8 +9,24 @@ sum_{i != j} u_i . u_j = |s|^2 - N, so the mean over the N (N - 1) ordered pairs
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor
+
+
+class Features(Protocol):
+    """What a model's forward_features returns: at least every layer's output (B, N, D)."""
+
+    @property
+    def hidden(self) -> list[Tensor]: ...
+
+
+class FeatureModel(Protocol):
+    """A model here with forward_features (the ViT, the Segmenter, the causal LM)."""
+
+    def eval(self) -> object: ...
+    def forward_features(self, x: Tensor, /) -> Features: ...
 
 
 def token_similarity(x: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -41,7 +57,7 @@ def layer_similarity(hidden: list[Tensor], weights: Tensor | None = None) -> Ten
 
 
 @torch.no_grad()
-def model_similarity(model: torch.nn.Module, inputs: Tensor) -> list[float]:
+def model_similarity(model: FeatureModel, inputs: Tensor) -> list[float]:
     """Batch-mean similarity per layer for any model here whose forward_features returns hidden."""
     model.eval()
     out = model.forward_features(inputs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from torch import nn
 
@@ -99,8 +100,9 @@ def list_models() -> list[str]:
     return sorted(VARIANTS)
 
 
-def get_config(name: str, **overrides: object) -> ModelConfig:
-    """The named variant's config with fields replaced by `overrides` (unknown fields raise)."""
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    """The named variant's config with fields replaced by `overrides` (unknown fields raise; the
+    values are not checked against the fields' types, hence Any)."""
     if name not in VARIANTS:
         raise KeyError(f"unknown model {name!r}; choose from {list_models()}")
     return dataclasses.replace(VARIANTS[name], **overrides)

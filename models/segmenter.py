@@ -67,6 +67,7 @@ class PixelRefiner(nn.Module):
         self.conv1 = nn.Conv2d(n_cls + in_chans, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, n_cls, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
+        assert self.conv2.bias is not None  # a Conv2d made with its bias (the default)
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, masks: Tensor, image: Tensor) -> Tensor:

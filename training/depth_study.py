@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from models.checkpoint import CONFIG, load_metrics  # noqa: E402
 
@@ -121,7 +123,7 @@ def plot(rows: list[Row], path: Path) -> None:
     save_figure(fig, path)
 
 
-def finish_panel(ax: plt.Axes, title: str) -> None:
+def finish_panel(ax: Axes, title: str) -> None:
     """Title, axis labels, grid and legend of one per-layer similarity panel."""
     ax.set_title(title)
     ax.set_xlabel("layer")
@@ -130,7 +132,7 @@ def finish_panel(ax: plt.Axes, title: str) -> None:
     ax.legend()
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -33,6 +33,7 @@ import torch
 
 from models.checkpoint import WEIGHTS, load_checkpoint, load_metrics
 from models.diagnostics import model_similarity
+from models.vit import ViT
 from training.data import fashion
 
 STUDY_DEPTHS = (6, 12, 24)
@@ -294,6 +295,7 @@ def measure(folder: Path, fashion_dir: Path) -> list[float]:
     images (as training.report measures it), saved as similarity.json."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_checkpoint(folder)
+    assert isinstance(model, ViT), type(model)  # the depth study trains classifiers
     images, _ = fashion.load_split("test", fashion_dir)
     probe = torch.from_numpy(fashion.normalize(images[:PROBE_IMAGES])).to(device)
     values = model_similarity(model.to(device), probe)
@@ -352,7 +354,7 @@ def _ships(rel: Path, lm: Path | None) -> bool:
 
 def split(path: Path) -> list[Path]:
     """path -> path.part-00, part-01, ... of at most PART_BYTES each (path removed)."""
-    parts = []
+    parts: list[Path] = []
     with open(path, "rb") as src:
         while chunk := src.read(PART_BYTES):
             part = path.with_name(f"{path.name}.part-{len(parts):02d}")
@@ -392,6 +394,7 @@ def file_study(runs_dir: Path, checkpoints: Path) -> None:
 
 def choose(runs_dir: Path, kind: str) -> Path:
     """The candidate that meets the standard target with the best framed-case score."""
+    from export.bundle import AREA
     from training import robustness
 
     metric, target = TARGETS[kind]
@@ -403,8 +406,8 @@ def choose(runs_dir: Path, kind: str) -> Path:
                 if kind == "segmenter"
                 else robustness.classifier_cases(2000)
             )[1:]
-            results = robustness.evaluate(run, cases, (robustness.imaging.AREA,))
-            scored.append((sum(r[robustness.imaging.AREA] for r in results.values()), run))
+            results = robustness.evaluate(run, cases, (AREA,))
+            scored.append((sum(r[AREA] for r in results.values()), run))
             print(f"{run.name}: {metric} {load_metrics(run)[metric]:.4f}, framed {results}")
     if not scored:
         raise SystemExit(f"no {kind} run reached {metric} >= {target}: nothing to ship")

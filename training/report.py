@@ -20,11 +20,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
 
 from models.checkpoint import load_checkpoint, load_metrics  # noqa: E402
 from models.diagnostics import model_similarity  # noqa: E402
+from models.lm import CausalLM  # noqa: E402
+from models.segmenter import Segmenter  # noqa: E402
+from models.vit import ViT  # noqa: E402
 from training import depth_study  # noqa: E402
-from training.data import fashion, kjv, scenes  # noqa: E402
+from training.data import fashion, scenes  # noqa: E402
 
 
 def probe_inputs(family: str, data_dir: str) -> torch.Tensor:
@@ -36,7 +40,7 @@ def probe_inputs(family: str, data_dir: str) -> torch.Tensor:
         items, labels = fashion.load_split("test")
         images, _ = scenes.make_scenes(200, items, labels, seed=10_000)
         return torch.from_numpy(fashion.normalize(images))
-    tok = kjv.Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(Path(data_dir) / "tokenizer.json"))
     ids = torch.tensor(tok.encode((Path(data_dir) / "test.txt").read_text()).ids)
     n = min(64, len(ids) // 128)
     return ids[: n * 128].reshape(n, 128)
@@ -47,9 +51,10 @@ def study(folder: Path, data_dir: str) -> dict[str, Any]:
     model, cfg = load_checkpoint(folder)
     inputs = probe_inputs(cfg.family, data_dir)
     with torch.no_grad():
-        if cfg.family == "segmenter":
+        if isinstance(model, Segmenter):
             sims = model_similarity(model.encoder, inputs)
         else:
+            assert isinstance(model, ViT | CausalLM), type(model)  # models.registry.FAMILIES
             sims = model_similarity(model, inputs)
     return {"folder": folder, "cfg": cfg, "metrics": load_metrics(folder), "similarity": sims}
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from export.bundle import AREA
 from export.cli import load_facts, preprocessing_for
 from models.checkpoint import load_checkpoint
 from service import imaging
@@ -28,7 +29,7 @@ from training.data import fashion, framing, scenes
 from training.metrics import mean_iou
 
 MAX_PIXELS = 1 << 24
-RESIZE_METHODS = ("bilinear", imaging.AREA)
+RESIZE_METHODS = ("bilinear", AREA)
 SEED = 17
 CLASSIFIER_ITEMS = 2000  # x 4 cases x 2 resize methods: minutes on a 2-core machine
 
@@ -125,7 +126,7 @@ def miou(model: torch.nn.Module, case: Case, pre: dict[str, Any]) -> float:
     preds, truths = [], []
     for x, sizes, truth in batched(case, pre, 100):
         for logits, size, mask in zip(model(x), sizes, truth, strict=False):
-            preds.append(imaging.mask_at_size(logits.argmax(0).numpy(), size).ravel())
+            preds.append(np.asarray(imaging.mask_at_size(logits.argmax(0).numpy(), size)).ravel())
             truths.append(np.asarray(mask).ravel())
     pred, target = torch.from_numpy(np.concatenate(preds)), torch.from_numpy(np.concatenate(truths))
     return mean_iou(pred.long(), target.long(), len(scenes.SCENE_LABELS))[0]

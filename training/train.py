@@ -34,6 +34,7 @@ from models.registry import VARIANTS, build_model, get_config, list_models
 from neutreno.command import ArgumentParser, CommandError, run
 from training import runs
 from training.tasks import Task, make_task
+from training.tasks.base import Metrics
 
 
 @dataclass
@@ -213,7 +214,7 @@ def schedule_step(
     return max(step, int(total * min(1.0, elapsed / time_limit)))
 
 
-def evaluate(task: Task, model: nn.Module, env: Dist) -> dict[str, Any]:
+def evaluate(task: Task, model: nn.Module, env: Dist) -> Metrics:
     """Evaluate on rank 0 only (the held-out sets are small)."""
     if not env.main:
         return {}

@@ -17,6 +17,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def readyz() -> dict[str, str]:
 
 
 @app.post("/v1/models/{name}/classify")
-def classify(name: str, req: ClassifyRequest) -> dict:
+def classify(name: str, req: ClassifyRequest) -> dict[str, Any]:
     try:
         img = Image.open(io.BytesIO(base64.b64decode(req.image))).convert("L")
     except Exception as exc:

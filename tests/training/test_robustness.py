@@ -30,3 +30,13 @@ def test_classifier_cases_decode_at_their_sizes_and_score(tmp_path):
     assert set(results) == {c.name for c in cases}
     assert all(0.0 <= v <= 1.0 for r in results.values() for v in r.values())
     assert set(results["test items 28x28"]) == {"bilinear", "area"}
+
+
+def test_segmenter_cases_score_at_picture_size(tmp_path):
+    cases = robustness.segmenter_cases(limit=4)
+    assert [len(c.pictures) for c in cases] == [4, 4, 4]
+    cfg = get_config("segmenter-fashion", depth=1, decoder_depth=1)
+    save_checkpoint(tmp_path, build_model(cfg), cfg, facts_for(cfg))
+    results = robustness.evaluate(tmp_path, cases)
+    assert set(results) == {c.name for c in cases}
+    assert all(0.0 <= v <= 1.0 for r in results.values() for v in r.values())

@@ -17,9 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 
-from training.data.imagenet import load_rgb, to_tensor
+from training.data.imagenet import EpochDataset, load_rgb, to_tensor
 
 NUM_CLASSES, IGNORE = 150, 255
 SPLITS = {"train": "training", "validation": "validation"}
@@ -64,6 +63,7 @@ def rescale_size(width: int, height: int, long_max: float, short_max: float) -> 
 def random_crop(label: np.ndarray, crop: int, rng: np.random.Generator) -> tuple[int, int]:
     """Top-left of a crop (up to 10 tries) where no single class covers >= 75% of valid pixels."""
     h, w = label.shape
+    top = left = 0  # replaced by the first of the tries
     for _ in range(10):
         top = int(rng.integers(0, max(h - crop, 0) + 1))
         left = int(rng.integers(0, max(w - crop, 0) + 1))
@@ -80,13 +80,13 @@ def train_transform(
     """-> image (3, crop, crop) float32 and label (crop, crop) int64 with 255 = ignore."""
     ratio = rng.uniform(0.5, 2.0)
     size = rescale_size(*img.size, 4 * crop * ratio, crop * ratio)
-    img = img.resize(size, Image.BILINEAR)
-    label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+    img = img.resize(size, Image.Resampling.BILINEAR)
+    label = np.asarray(Image.fromarray(label).resize(size, Image.Resampling.NEAREST))
     top, left = random_crop(label, crop, rng)
     img = img.crop((left, top, left + min(crop, size[0]), top + min(crop, size[1])))
     label = label[top : top + crop, left : left + crop]
     if rng.random() < 0.5:
-        img, label = img.transpose(Image.FLIP_LEFT_RIGHT), label[:, ::-1]
+        img, label = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), label[:, ::-1]
     x, y = to_tensor(img), torch.from_numpy(label.astype(np.int64))
     pad = (0, crop - x.shape[2], 0, crop - x.shape[1])
     return F.pad(x, pad, value=0.0), F.pad(y, pad, value=IGNORE)
@@ -94,10 +94,10 @@ def train_transform(
 
 def eval_transform(img: Image.Image, crop: int) -> Tensor:
     """Keep-ratio rescale to fit (4 * crop, crop) -> (3, h, w) float32."""
-    return to_tensor(img.resize(rescale_size(*img.size, 4 * crop, crop), Image.BILINEAR))
+    return to_tensor(img.resize(rescale_size(*img.size, 4 * crop, crop), Image.Resampling.BILINEAR))
 
 
-class ADE20K(Dataset):
+class ADE20K(EpochDataset[tuple[Tensor, Tensor]]):
     """One split: train item -> (image (3, crop, crop), label (crop, crop) int64);
     validation item -> (rescaled image (3, h, w), original-size label (H, W) int64)."""
 
@@ -106,10 +106,6 @@ class ADE20K(Dataset):
     ) -> None:
         self.pairs = list_pairs(root, split)
         self.crop, self.train, self.seed, self.epoch = crop, train, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the augmentation of an epoch (call before iterating a new DataLoader)."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.pairs)

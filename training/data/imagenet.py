@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +23,21 @@ MEAN_RGB, STD_RGB = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet's, 
 MEAN, STD = np.array(MEAN_RGB, np.float32), np.array(STD_RGB, np.float32)
 EXTENSIONS = {".jpeg", ".jpg", ".png"}
 CROP_FRACTION = 0.875  # eval: resize to size / 0.875, centre crop size
+T_co = TypeVar("T_co", covariant=True)
+
+
+class EpochDataset(Dataset[T_co]):
+    """A map-style dataset of known length whose random augmentation depends on the epoch, as
+    training.tasks.paper's loaders use it (ImageNet, ADE20K)."""
+
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the augmentation of an epoch (call before iterating a new DataLoader)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        raise NotImplementedError
 
 
 def find_classes(folder: str | Path) -> list[str]:
@@ -80,9 +96,9 @@ def crop_box(
 
 def train_transform(img: Image.Image, size: int, rng: np.random.Generator) -> Tensor:
     """Random resized crop to (size, size), bicubic, flip with p=0.5 -> (3, size, size)."""
-    img = img.resize((size, size), Image.BICUBIC, box=crop_box(*img.size, rng))
+    img = img.resize((size, size), Image.Resampling.BICUBIC, box=crop_box(*img.size, rng))
     if rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return to_tensor(img)
 
 
@@ -91,12 +107,14 @@ def eval_transform(img: Image.Image, size: int) -> Tensor:
     short = int(size / CROP_FRACTION)
     w, h = img.size
     scale = short / min(w, h)
-    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)
+    img = img.resize(
+        (max(short, round(w * scale)), max(short, round(h * scale))), Image.Resampling.BICUBIC
+    )
     left, top = (img.width - size) // 2, (img.height - size) // 2
     return to_tensor(img.crop((left, top, left + size, top + size)))
 
 
-class ImageNet(Dataset):
+class ImageNet(EpochDataset[tuple[Tensor, int]]):
     """One split of an ImageNet folder tree: item i -> (image (3, size, size) float32, label).
 
     `classes` defaults to the split's own sorted wnids; pass the train split's list to make
@@ -116,10 +134,6 @@ class ImageNet(Dataset):
         self.classes = classes or find_classes(folder)
         self.samples = list_images(folder, self.classes)
         self.size, self.train, self.seed, self.epoch = size, train, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the augmentation of an epoch (call before iterating a new DataLoader)."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -9,7 +9,9 @@ paper-scale variants by name (PAPER_TASKS), the others by model family.
 
 from __future__ import annotations
 
-from models.config import ModelConfig
+from typing import Any
+
+from models.config import LMConfig, ModelConfig
 from training.tasks.base import Task
 from training.tasks.fashion import FashionMNISTTask, FashionScenesTask
 from training.tasks.paper import ADE20KTask, ImageNetTask
@@ -34,12 +36,15 @@ __all__ = [
 ]
 
 
-def make_task(cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: object) -> Task:
-    """The task a model trains on: paper-scale variants by name, the others by family."""
+def make_task(cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: Any) -> Task:
+    """The task a model trains on: paper-scale variants by name, the others by family.
+
+    kwargs go to the task's constructor as they are (training.train.task_options)."""
     if cfg.name in PAPER_TASKS:
         return PAPER_TASKS[cfg.name].from_config(cfg, data_dir, seed, **kwargs)
     if cfg.family == "vit":
         return FashionMNISTTask(root=data_dir, seed=seed, **kwargs)
     if cfg.family == "segmenter":
         return FashionScenesTask(root=data_dir, seed=seed, **kwargs)
+    assert isinstance(cfg, LMConfig), cfg  # the third family (models.config.CONFIG_CLASSES)
     return KJVTask(data_dir=data_dir or "data/kjv", block_size=cfg.block_size, seed=seed, **kwargs)

@@ -8,7 +8,7 @@ inputs (`sample`, for export's parity check) that the checkpoint keeps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -19,6 +19,8 @@ from models.checkpoint import DatasetFacts, Sample
 from models.config import ModelConfig
 
 Batch = tuple[Tensor, Tensor]
+# What `evaluate` reports: named values, and per-class lists (e.g. iou_per_class).
+Metrics = Mapping[str, float | list[float]]
 
 
 class Task(Protocol):
@@ -27,7 +29,7 @@ class Task(Protocol):
     def batches(self, epoch: int, batch_size: int, rank: int, world: int) -> Iterator[Batch]: ...
     def steps_per_epoch(self, batch_size: int, world: int) -> int: ...
     def loss(self, model: nn.Module, batch: Batch) -> Tensor: ...
-    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module) -> Metrics: ...
     def to(self, device: torch.device) -> None: ...
     def sample(self, n: int) -> Sample | None: ...
 

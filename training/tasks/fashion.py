@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from models.checkpoint import DatasetFacts, Sample
 from training.data import fashion, framing, scenes
 from training.metrics import mean_iou
-from training.tasks.base import Batch, model_device, shard
+from training.tasks.base import Batch, Metrics, model_device, shard
 
 
 def _augment_shift(x: Tensor, gen: torch.Generator, pad: int = 2) -> Tensor:
@@ -47,9 +47,9 @@ class FashionMNISTTask:
     framing: float = 0.0  # fraction of each batch redrawn at another scale and position
 
     def __post_init__(self) -> None:
-        images, self.y_train = fashion.load_split("train", self.root)
+        images, labels = fashion.load_split("train", self.root)
         self.x_train = torch.from_numpy(fashion.normalize(images))
-        self.y_train = torch.from_numpy(self.y_train)
+        self.y_train = torch.from_numpy(labels)
         test_images, test_labels = fashion.load_split("test", self.root)
         n = self.eval_limit or len(test_images)
         self.x_test = torch.from_numpy(fashion.normalize(test_images[:n]))
@@ -158,7 +158,7 @@ class FashionScenesTask:
         return F.cross_entropy(model(x), y)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module) -> Metrics:
         preds = torch.cat(
             [
                 model(self.x_test[i : i + 100].to(model_device(model))).argmax(1).cpu()

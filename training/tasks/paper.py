@@ -10,18 +10,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from models.checkpoint import DatasetFacts, Sample
-from models.config import SegmenterConfig, ViTConfig
+from models.config import ModelConfig, SegmenterConfig, ViTConfig
 from training.data import ade20k, imagenet
+from training.data.imagenet import EpochDataset
 from training.metrics import confusion, iou_from_confusion
-from training.tasks.base import Batch, model_device, require_data_dir, shard
+from training.tasks.base import Batch, Metrics, model_device, require_data_dir, shard
+
+T = TypeVar("T")
+D = TypeVar("D", bound=EpochDataset[object])
 
 
 def default_workers() -> int:
@@ -30,8 +35,14 @@ def default_workers() -> int:
 
 
 def train_loader(
-    dataset: Dataset, epoch: int, batch_size: int, rank: int, world: int, seed: int, workers: int
-) -> DataLoader:
+    dataset: EpochDataset[T],
+    epoch: int,
+    batch_size: int,
+    rank: int,
+    world: int,
+    seed: int,
+    workers: int,
+) -> DataLoader[T]:
     """This rank's batches of one epoch: `shard` of a permutation seeded by (seed, epoch)."""
     dataset.set_epoch(epoch)
     order = np.random.default_rng([seed, epoch]).permutation(len(dataset))
@@ -48,13 +59,13 @@ def spread(n: int, limit: int | None) -> list[int]:
     return np.linspace(0, n - 1, limit).round().astype(int).tolist()
 
 
-class LoaderEpochs:
+class LoaderEpochs(Generic[D]):
     """Epochs of a map-style `train_set` through `train_loader`, for the dataset-backed tasks.
 
     Subclasses provide train_set, seed and num_workers.
     """
 
-    train_set: Dataset
+    train_set: D
     seed: int
     num_workers: int
 
@@ -72,7 +83,7 @@ class LoaderEpochs:
 
 
 @dataclass
-class ImageNetTask(LoaderEpochs):
+class ImageNetTask(LoaderEpochs[imagenet.ImageNet]):
     """ImageNet-1k folder tree: DeiT augmentation, label smoothing 0.1; top-1/top-5 on val.
 
     Batches: images (B, 3, S, S) float32, labels (B,) int64.
@@ -108,8 +119,10 @@ class ImageNetTask(LoaderEpochs):
 
     @classmethod
     def from_config(
-        cls, cfg: ViTConfig, data_dir: str | None, seed: int, **kwargs: object
+        cls, cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: Any
     ) -> ImageNetTask:
+        if not isinstance(cfg, ViTConfig):
+            raise ValueError(f"{cls.__name__} trains a ViTConfig model, not a {type(cfg).__name__}")
         root = require_data_dir(data_dir, cfg, "an ImageNet folder with train/ and val/")
         return cls(root, img_size=cfg.img_size, seed=seed, **kwargs)
 
@@ -158,7 +171,7 @@ def slide_logits(model: nn.Module, x: Tensor, crop: int, stride: int) -> Tensor:
 
 
 @dataclass
-class ADE20KTask(LoaderEpochs):
+class ADE20KTask(LoaderEpochs[ade20k.ADE20K]):
     """ADE20K (150 classes, 255 ignored): mmseg augmentation; mIoU by sliding-window inference
     at the original label resolution, accumulated over the whole validation set.
 
@@ -189,8 +202,12 @@ class ADE20KTask(LoaderEpochs):
 
     @classmethod
     def from_config(
-        cls, cfg: SegmenterConfig, data_dir: str | None, seed: int, **kwargs: object
+        cls, cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: Any
     ) -> ADE20KTask:
+        if not isinstance(cfg, SegmenterConfig):
+            raise ValueError(
+                f"{cls.__name__} trains a SegmenterConfig model, not a {type(cfg).__name__}"
+            )
         if cfg.num_classes != ade20k.NUM_CLASSES:
             raise ValueError(f"ADE20K has {ade20k.NUM_CLASSES} classes, not {cfg.num_classes}")
         root = require_data_dir(data_dir, cfg, "ADEChallengeData2016")
@@ -203,7 +220,7 @@ class ADE20KTask(LoaderEpochs):
         return total / (y != ade20k.IGNORE).sum().clamp(min=1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module) -> Metrics:
         device, n = model_device(model), ade20k.NUM_CLASSES
         conf = torch.zeros(n, n, dtype=torch.int64)
         loader = DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers)

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from models.checkpoint import DatasetFacts
-from models.config import LMConfig
+from models.config import LMConfig, ModelConfig
 from training.data import kjv, wikitext
 from training.tasks.base import Batch, model_device, require_data_dir, shard
 
@@ -143,8 +144,10 @@ class WikiText103Task(CorpusTask):
 
     @classmethod
     def from_config(
-        cls, cfg: LMConfig, data_dir: str | None, seed: int, **kwargs: object
+        cls, cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: Any
     ) -> WikiText103Task:
+        if not isinstance(cfg, LMConfig):
+            raise ValueError(f"{cls.__name__} trains an LMConfig model, not a {type(cfg).__name__}")
         root = require_data_dir(data_dir, cfg, "a folder with wiki.{train,valid,test}.raw")
         return cls(root, cfg.block_size, seed=seed, vocab_size=cfg.vocab_size, **kwargs)
 
