@@ -21,18 +21,31 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests/fixtures/fashion-mnist-test-200.npz"
 
 # POSTs the JSON bodies of a file (one per line) round robin to a path. wrk passes the arguments
-# after `--` as args[1..]: path, bodies file and, optionally, a pause in ms; `delay` is only
-# defined when a pause is given, since wrk routes every request through a timer once it exists.
+# after `--` as args[1..]: path, bodies file, a pause in ms (0: none) and "statuses" to count
+# responses per status and 429s without Retry-After. `delay` and `response` are only defined when
+# asked for: wrk routes every request through a timer once `delay` exists, and parses every
+# response's headers for Lua once `response` does, which would cap the load it can offer.
 WRK_LUA = r"""
 local bodies, path, i = {}, nil, 0
+statuses, retry_missing = {}, 0  -- globals: done() reads them from each thread with t:get
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
 init = function(args)
   path = args[1]
   local f = assert(io.open(args[2], "r"))
   for line in f:lines() do bodies[#bodies + 1] = line end
   f:close()
-  if args[3] then
-    local pause = tonumber(args[3])
+  local pause = tonumber(args[3] or "0")
+  if pause > 0 then
     delay = function() return pause end
+  end
+  if args[4] == "statuses" then
+    response = function(status, headers, body)
+      statuses[status] = (statuses[status] or 0) + 1
+      if status == 429 and headers["Retry-After"] == nil and headers["retry-after"] == nil then
+        retry_missing = retry_missing + 1
+      end
+    end
   end
 end
 request = function()
@@ -40,12 +53,21 @@ request = function()
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
 end
 done = function(summary, latency, requests)
+  local merged, missing = {}, 0
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do merged[k] = (merged[k] or 0) + v end
+    missing = missing + t:get("retry_missing")
+  end
+  local parts = {}
+  for k, v in pairs(merged) do parts[#parts + 1] = string.format('"%d": %d', k, v) end
   local e = summary.errors
   io.write(string.format(
     'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
-    .. '"p999_us": %d, "max_us": %d, "non2xx": %d, "errors": %d}\n', summary.requests,
-    summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9), latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+    .. '"p999_us": %d, "max_us": %d, "non2xx": %d, "socket_errors": %d, "timeouts": %d, '
+    .. '"retry_after_missing": %d, "statuses": {%s}}\n', summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, e.status, e.connect + e.read + e.write, e.timeout,
+    missing, table.concat(parts, ", ")))
 end
 """
 
@@ -103,7 +125,10 @@ class WrkResult(TypedDict):
     p999_us: int
     max_us: int
     non2xx: int
-    errors: int
+    socket_errors: int  # connect, read and write errors
+    timeouts: int
+    retry_after_missing: int  # 429s without Retry-After (counted with statuses=True)
+    statuses: dict[int, int]  # responses per HTTP status (with statuses=True, else empty)
     rate: float  # requests per second
 
 
@@ -115,10 +140,14 @@ def run_wrk(
     seconds: float,
     pause_ms: int | None = None,
     threads: int = 1,
+    *,
+    timeout_s: float = 30.0,
+    statuses: bool = False,
 ) -> WrkResult:
     """One wrk run of `clients` connections POSTing to url + path; with `pause_ms` each
-    connection waits that long between requests (wrk `delay`), else it is a closed loop.
-    Returns the script's RESULT fields plus `rate` (WrkResult)."""
+    connection waits that long between requests (wrk `delay`), else it is a closed loop;
+    `statuses` counts responses per status (costs wrk some speed). Returns the script's RESULT
+    fields plus `rate` (WrkResult)."""
     cmd = [
         "wrk",
         "-t",
@@ -128,21 +157,29 @@ def run_wrk(
         "-d",
         f"{seconds:g}s",
         "--timeout",
-        "30s",
+        f"{timeout_s:g}s",
         "-s",
         str(files.script),
         url,
         "--",
         path,
         str(files.bodies),
+        str(pause_ms or 0),
+        "statuses" if statuses else "",
     ]
-    if pause_ms is not None:
-        cmd.append(str(pause_ms))
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, timeout=seconds + timeout_s + 60
+    ).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
-    result = json.loads(line.removeprefix("RESULT "))
+    result: WrkResult = json.loads(line.removeprefix("RESULT "))
+    result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
     result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
+
+
+def failed(result: WrkResult) -> int:
+    """Requests of a wrk run that got no 2xx: error statuses, socket errors and timeouts."""
+    return result["non2xx"] + result["socket_errors"] + result["timeouts"]
 
 
 def print_markdown(text: str, out: Path | None) -> None:

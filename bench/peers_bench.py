@@ -30,6 +30,7 @@ import httpx
 
 from bench.common import (
     ROOT,
+    failed,
     machine,
     print_markdown,
     request_bodies,
@@ -145,7 +146,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Point], dict[str, float]]:
                         r["p50_us"] / 1e3,
                         r["p90_us"] / 1e3,
                         r["p99_us"] / 1e3,
-                        r["non2xx"] + r["errors"],
+                        failed(r),
                         1e3 * cpu / max(r["requests"], 1),
                     )
                     points.append(point)

@@ -27,6 +27,7 @@ from bench.common import (
     ROOT,
     WrkFiles,
     WrkResult,
+    failed,
     machine,
     print_markdown,
     request_bodies,
@@ -91,7 +92,7 @@ def measure(
             r["p50_us"] / 1e3,
             r["p99_us"] / 1e3,
             r["p999_us"] / 1e3,
-            r["non2xx"] + r["errors"],
+            failed(r),
             (rows1 - rows0) / max(1.0, batches1 - batches0),
             cpu_ms,
         )

@@ -22,6 +22,7 @@ import numpy as np
 from bench.common import (
     ROOT,
     WrkResult,
+    failed,
     machine,
     print_markdown,
     request_bodies,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
         wrk(5, 0)  # warm-up
         capacity = wrk(15, 0)
-        assert capacity["non2xx"] == capacity["errors"] == 0, capacity
+        assert failed(capacity) == 0, capacity
         target = args.load * capacity["rate"]
         pause = max(1, int(1000 * args.clients / target))
         for _ in range(3):  # calibrate the pause to the target rate
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  t={r['t_min']:5.1f} min {r['rate']:7.1f} req/s p50 "
                 f"{r['p50_us'] / 1e3:6.2f} ms p99 {r['p99_us'] / 1e3:6.2f} ms "
-                f"non2xx {r['non2xx']} errors {r['errors']} RSS {r['rss_mib']:.1f} MiB",
+                f"failed {failed(r)} RSS {r['rss_mib']:.1f} MiB",
                 file=sys.stderr,
             )
     third = max(1, (len(segments) - 1) // 3)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     last = [s["p99_us"] / 1e3 for s in segments[-third:]]
     p99_ratio = float(np.median(last) / np.median(first))
     rss_growth = (segments[-1]["rss_mib"] - segments[0]["rss_mib"]) / segments[0]["rss_mib"]
-    failures = sum(s["non2xx"] + s["errors"] for s in segments)
+    failures = sum(failed(s) for s in segments)
     ok = p99_ratio < 1.5 and rss_growth < 0.05 and failures == 0
     lines = [
         f"Soak of `{args.model}` for {args.minutes:g} min at {args.load:.0%} of capacity "
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {s['t_min']:.1f} | {s['rate']:.0f} | {s['p50_us'] / 1e3:.2f} | "
             f"{s['p99_us'] / 1e3:.2f} | {s['max_us'] / 1e3:.1f} | "
-            f"{s['non2xx'] + s['errors']} | {s['rss_mib']:.1f} |"
+            f"{failed(s)} | {s['rss_mib']:.1f} |"
         )
     lines += [
         "",

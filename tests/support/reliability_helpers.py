@@ -7,8 +7,6 @@ support.service_helpers.start_server), as in production; its 5xx count is read f
 
 from __future__ import annotations
 
-import json
-import subprocess
 import tempfile
 import threading
 import time
@@ -19,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bench.common import WrkResult, write_wrk_files
+from bench.common import run_wrk as bench_run_wrk
 from bench.live_server import LiveServer
 from export.bundle import write_bundle
 from support.service_helpers import (
@@ -81,51 +81,6 @@ class Watch:
             self._poll_once()
 
 
-# wrk: a C load generator; the Lua script cycles through one request body per line and
-# reports per-status counts, latency percentiles and Retry-After presence as one JSON line.
-WRK_SCRIPT = r"""
-local bodies, path, i, pause = {}, nil, 0, 0
-statuses, retry_missing = {}, 0  -- globals: done() reads them from each thread with t:get
-local threads = {}
-setup = function(thread) table.insert(threads, thread) end
-init = function(args)
-  path = args[1]
-  pause = tonumber(args[3] or "0")
-  local f = assert(io.open(args[2], "r"))
-  for line in f:lines() do bodies[#bodies + 1] = line end
-  f:close()
-  statuses, retry_missing = {}, 0
-end
-delay = function() return pause end
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
-end
-response = function(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
-  if status == 429 and headers["Retry-After"] == nil and headers["retry-after"] == nil then
-    retry_missing = retry_missing + 1
-  end
-end
-done = function(summary, latency, requests)
-  local merged, missing = {}, 0
-  for _, t in ipairs(threads) do
-    local s = t:get("statuses")
-    for k, v in pairs(s) do merged[k] = (merged[k] or 0) + v end
-    missing = missing + t:get("retry_missing")
-  end
-  local parts = {}
-  for k, v in pairs(merged) do parts[#parts + 1] = string.format('"%d": %d', k, v) end
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, '
-    .. '"socket_errors": %d, "timeouts": %d, "retry_after_missing": %d, "statuses": {%s}}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.max, e.connect + e.read + e.write, e.timeout, missing, table.concat(parts, ", ")))
-end
-"""
-
-
 def run_wrk(
     url: str,
     path: str,
@@ -136,40 +91,23 @@ def run_wrk(
     threads: int = 1,
     timeout_s: float = 10.0,
     pause_ms: int = 0,
-) -> dict:
-    """One wrk run, each connection pausing `pause_ms` between requests (0: closed loop);
-    returns the RESULT record plus `rate` (responses/s)."""
-    wrk = require_tool("wrk", target="wrk", package="Debian package wrk")
+) -> WrkResult:
+    """One wrk run (bench.common.run_wrk) counting responses per status, each connection pausing
+    `pause_ms` between requests (0: closed loop); wrk must be installed (make wrk)."""
+    require_tool("wrk", target="wrk", package="Debian package wrk")
     with tempfile.TemporaryDirectory() as tmp:
-        script, data = Path(tmp, "load.lua"), Path(tmp, "bodies.txt")
-        script.write_text(WRK_SCRIPT)
-        data.write_text("\n".join(bodies) + "\n")
-        cmd = [
-            wrk,
-            "-t",
-            str(threads),
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds:g}s",
-            "--timeout",
-            f"{timeout_s:g}s",
-            "-s",
-            str(script),
+        files = write_wrk_files(Path(tmp), bodies)
+        return bench_run_wrk(
             url,
-            "--",
             path,
-            str(data),
-            str(pause_ms),
-        ]
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, check=True, timeout=seconds + 60
-        ).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
-    result = json.loads(line.removeprefix("RESULT "))
-    result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
-    result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
+            files,
+            connections,
+            seconds,
+            pause_ms,
+            threads,
+            timeout_s=timeout_s,
+            statuses=True,
+        )
 
 
 # Fault-injection bundles: real ONNX graphs that misbehave inside ONNX Runtime.
