@@ -13,7 +13,7 @@ from export.runtime import empty_past, session
 from export.telemetry import SIMILARITY_FLAG, gate_output
 
 CLASSIFIER = ROOT / "model_repository/fashion-classifier/1/model.onnx"
-LM = ROOT / "model_repository/kjv-lm/1/model.onnx"
+LM = ROOT / "model_repository/kjv-lm/2/model.onnx"
 
 
 def test_gate_moves_the_similarity_nodes_under_if() -> None:
