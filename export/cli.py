@@ -27,7 +27,6 @@ from export.bundle import (
     TEXT_GENERATION,
     Bundle,
     BundleError,
-    load_bundle,
     write_bundle,
 )
 from export.graphs import export_model
@@ -254,14 +253,14 @@ def publish(
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        write_bundle(partial, proto, manifest, tokenizer)
+        bundle = write_bundle(partial, proto, manifest, tokenizer)  # loaded back and checked
     except BundleError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise CommandError(f"the exported bundle does not load: {exc.detail}") from None
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    return load_bundle(out)
+    return dataclasses.replace(bundle, path=out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
