@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,17 +274,39 @@ class LiveServer:
         engine and front ends)."""
         return tree_memory_mib(self.proc.pid)
 
+    def _families(self) -> list[Metric]:
+        """The metric families of one scrape of the server's /metrics."""
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return list(text_string_to_metric_families(text))
+
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         """(labels, value) of every sample of metric family `name` (without _total etc.) on
         the server's /metrics."""
-        text = httpx.get(self.url + "/metrics", timeout=10).text
         return [
             (s.labels, s.value)
-            for fam in text_string_to_metric_families(text)
+            for fam in self._families()
             if fam.name == name
             for s in fam.samples
             if s.name.startswith(name)
         ]
+
+    def metric(self, sample: str, **labels: str) -> float:
+        """Sum of the /metrics samples named `sample` (e.g. neutreno_batch_size_count) whose
+        labels include `labels`; 0 when there is none."""
+        return sum(
+            s.value
+            for fam in self._families()
+            for s in fam.samples
+            if s.name == sample and labels.items() <= s.labels.items()
+        )
+
+    def batch_totals(self, model: str) -> tuple[float, float]:
+        """(rows, batches) the engine has run for `model` so far: neutreno_batch_size's sum and
+        count."""
+        return (
+            self.metric("neutreno_batch_size_sum", model=model),
+            self.metric("neutreno_batch_size_count", model=model),
+        )
 
     def status_counts(self) -> dict[str, float]:
         """Responses by HTTP status so far, summed over models and endpoints, from the

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from bench.common import (
     ROOT,
     WrkFiles,
@@ -57,16 +55,6 @@ class Result:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def batch_totals(server: LiveServer, model: str) -> tuple[float, float]:
-    """(rows, batches) so far, from neutreno_batch_size's sum and count."""
-    found = {"sum": 0.0, "count": 0.0}
-    for line in httpx.get(server.url + "/metrics", timeout=5).text.splitlines():
-        for kind in found:
-            if line.startswith(f'neutreno_batch_size_{kind}{{model="{model}"}}'):
-                found[kind] = float(line.rsplit(" ", 1)[1])
-    return found["sum"], found["count"]
-
-
 def measure(
     server: LiveServer,
     config: str,
@@ -79,11 +67,11 @@ def measure(
     load(8, min(2.0, seconds))
     results = []
     for c in clients:
-        rows0, batches0 = batch_totals(server, model)
+        rows0, batches0 = server.batch_totals(model)
         cpu0 = server.cpu_seconds()
         r = load(c, seconds)
         cpu_ms = (server.cpu_seconds() - cpu0) * 1e3 / max(r["requests"], 1)
-        rows1, batches1 = batch_totals(server, model)
+        rows1, batches1 = server.batch_totals(model)
         result = Result(
             config,
             c,

@@ -99,9 +99,9 @@ def test_ort_error_inside_a_batch_fails_only_the_poison_request(fault_server: Li
         return httpx.post(url, json=_image(value), timeout=30)
 
     five_xx = fault_server.count_5xx()  # readiness 503s of the broken bundles so far
-    rows0, batches0 = _batches(fault_server, "poison-classifier")
+    rows0, batches0 = fault_server.batch_totals("poison-classifier")
     responses = asyncio.run(_concurrently(url, [_image(v) for v in values]))
-    rows1, batches1 = _batches(fault_server, "poison-classifier")
+    rows1, batches1 = fault_server.batch_totals("poison-classifier")
     assert rows1 - rows0 == len(values) and batches1 - batches0 <= 3  # they shared batches
     for value, r in zip(values, responses, strict=True):
         if value == 255:
@@ -122,16 +122,6 @@ def test_ort_error_inside_a_batch_fails_only_the_poison_request(fault_server: Li
 async def _concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=30) as client:
         return await asyncio.gather(*(client.post(url, json=b) for b in bodies))
-
-
-def _batches(server: LiveServer, model: str) -> tuple[float, float]:
-    """(rows, batches) executed so far: neutreno_batch_size's sum and count."""
-    found = {"sum": 0.0, "count": 0.0}
-    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
-        for kind in found:
-            if line.startswith(f'neutreno_batch_size_{kind}{{model="{model}"}}'):
-                found[kind] = float(line.split()[-1])
-    return found["sum"], found["count"]
 
 
 def _raw_request(port: int, head: str, body: bytes, read: bool = False) -> bytes:

@@ -163,16 +163,6 @@ def test_broken_bundle_is_named_and_healthy_models_serve(
         assert ok.status_code == 200
 
 
-def _queue_depth(live: LiveServer) -> float:
-    text = httpx.get(live.url + "/metrics", timeout=5).text
-    line = next(
-        ln
-        for ln in text.splitlines()
-        if ln.startswith('neutreno_queue_depth{model="fashion-classifier"}')
-    )
-    return float(line.split()[-1])
-
-
 def test_sigterm_drains_queued_requests_then_exits_zero(repository: Path, fashion) -> None:
     live = start_server(
         repository, {"NEUTRENO_MAX_QUEUE_DELAY_MS": "3000", "NEUTRENO_MAX_BATCH_SIZE": "64"}
@@ -190,7 +180,9 @@ def test_sigterm_drains_queued_requests_then_exits_zero(repository: Path, fashio
     with ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(call, i) for i in range(12)]
         deadline = time.monotonic() + 2.5  # the batch waits 3 s for more requests
-        while (queued := _queue_depth(live)) < 12 and time.monotonic() < deadline:
+        while (
+            queued := live.metric("neutreno_queue_depth", model="fashion-classifier")
+        ) < 12 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert queued >= 1, "no request reached the queue"
         live.send_signal(signal.SIGTERM)
