@@ -9,7 +9,7 @@ inputs (`sample`, for export's parity check) that the checkpoint keeps.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from models.checkpoint import DatasetFacts, Sample
 from models.config import ModelConfig
+
+C = TypeVar("C", bound=ModelConfig)
 
 Batch = tuple[Tensor, Tensor]
 # What `evaluate` reports: named values, and per-class lists (e.g. iou_per_class).
@@ -51,3 +53,12 @@ def require_data_dir(data_dir: str | None, cfg: ModelConfig, layout: str) -> str
     if not data_dir:
         raise ValueError(f"{cfg.name} needs --data-dir pointing at {layout}")
     return data_dir
+
+
+def require_config(task: type, cfg: ModelConfig, kind: type[C]) -> C:
+    """cfg as the config class `kind` that `task` trains, or a ValueError naming both."""
+    if not isinstance(cfg, kind):
+        raise ValueError(
+            f"{task.__name__} trains a {kind.__name__} model, not a {type(cfg).__name__}"
+        )
+    return cfg

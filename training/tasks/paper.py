@@ -23,7 +23,14 @@ from models.config import ModelConfig, SegmenterConfig, ViTConfig
 from training.data import ade20k, imagenet
 from training.data.imagenet import EpochDataset
 from training.metrics import confusion, iou_from_confusion
-from training.tasks.base import Batch, Metrics, model_device, require_data_dir, shard
+from training.tasks.base import (
+    Batch,
+    Metrics,
+    model_device,
+    require_config,
+    require_data_dir,
+    shard,
+)
 
 T = TypeVar("T")
 D = TypeVar("D", bound=EpochDataset[object])
@@ -121,8 +128,7 @@ class ImageNetTask(LoaderEpochs[imagenet.ImageNet]):
     def from_config(
         cls, cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: Any
     ) -> ImageNetTask:
-        if not isinstance(cfg, ViTConfig):
-            raise ValueError(f"{cls.__name__} trains a ViTConfig model, not a {type(cfg).__name__}")
+        cfg = require_config(cls, cfg, ViTConfig)
         root = require_data_dir(data_dir, cfg, "an ImageNet folder with train/ and val/")
         return cls(root, img_size=cfg.img_size, seed=seed, **kwargs)
 
@@ -204,10 +210,7 @@ class ADE20KTask(LoaderEpochs[ade20k.ADE20K]):
     def from_config(
         cls, cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: Any
     ) -> ADE20KTask:
-        if not isinstance(cfg, SegmenterConfig):
-            raise ValueError(
-                f"{cls.__name__} trains a SegmenterConfig model, not a {type(cfg).__name__}"
-            )
+        cfg = require_config(cls, cfg, SegmenterConfig)
         if cfg.num_classes != ade20k.NUM_CLASSES:
             raise ValueError(f"ADE20K has {ade20k.NUM_CLASSES} classes, not {cfg.num_classes}")
         root = require_data_dir(data_dir, cfg, "ADEChallengeData2016")

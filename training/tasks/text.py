@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from models.checkpoint import DatasetFacts
 from models.config import LMConfig, ModelConfig
 from training.data import kjv, wikitext
-from training.tasks.base import Batch, model_device, require_data_dir, shard
+from training.tasks.base import Batch, model_device, require_config, require_data_dir, shard
 
 
 @dataclass
@@ -146,8 +146,7 @@ class WikiText103Task(CorpusTask):
     def from_config(
         cls, cfg: ModelConfig, data_dir: str | None, seed: int, **kwargs: Any
     ) -> WikiText103Task:
-        if not isinstance(cfg, LMConfig):
-            raise ValueError(f"{cls.__name__} trains an LMConfig model, not a {type(cfg).__name__}")
+        cfg = require_config(cls, cfg, LMConfig)
         root = require_data_dir(data_dir, cfg, "a folder with wiki.{train,valid,test}.raw")
         return cls(root, cfg.block_size, seed=seed, vocab_size=cfg.vocab_size, **kwargs)
 
