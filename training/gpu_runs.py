@@ -72,6 +72,17 @@ def plan(data: Path, budget: float, max_steps: int | None = None) -> list[Run]:
         *(("--max-steps", str(max_steps)) if max_steps else ("--epochs", "1000")),
     )
     kjv = ("--data-dir", str(data / "kjv"))
+    segmenter = (  # the shipped segmenter's architecture, fine-tuned from it
+        "segmenter-fashion",
+        "--set",
+        "stem=conv",
+        "--set",
+        "window=3",
+        "--set",
+        "refine_channels=16",
+        "--init",
+        "checkpoints/fashion-segmenter",
+    )
     runs = [
         Run(
             "classifier-d64",
@@ -120,15 +131,7 @@ def plan(data: Path, budget: float, max_steps: int | None = None) -> list[Run]:
         Run(
             "segmenter-f50",
             (
-                "segmenter-fashion",
-                "--set",
-                "stem=conv",
-                "--set",
-                "window=3",
-                "--set",
-                "refine_channels=16",
-                "--init",
-                "checkpoints/fashion-segmenter",
+                *segmenter,
                 "--framing",
                 "0.5",
                 "--batch-size",
@@ -144,15 +147,7 @@ def plan(data: Path, budget: float, max_steps: int | None = None) -> list[Run]:
         Run(
             "segmenter-f70",
             (
-                "segmenter-fashion",
-                "--set",
-                "stem=conv",
-                "--set",
-                "window=3",
-                "--set",
-                "refine_channels=16",
-                "--init",
-                "checkpoints/fashion-segmenter",
+                *segmenter,
                 "--framing",
                 "0.7",
                 "--batch-size",
