@@ -58,15 +58,6 @@ def engine_pid(live: LiveServer) -> int:
     return int(re.search(r"engine pid (\d+)", live.output()).group(1))
 
 
-def metric_sum(text: str, family: str, **labels: str) -> float:
-    """Sum of a family's samples whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(family) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def classify_many(url: str, bodies: list[dict]) -> list[int]:
     """Each request on its own connection, so the kernel spreads them over the front ends."""
 
@@ -82,15 +73,11 @@ def test_metrics_are_one_view_and_batches_mix_front_ends(server: LiveServer, fas
     statuses = asyncio.run(classify_many(server.url, bodies))
     assert statuses == [200] * 24
     for _ in range(4):  # each scrape may be answered by either front end: all agree
-        text = httpx.get(server.url + "/metrics").text
-        assert (
-            metric_sum(
-                text, "neutreno_requests_total", status="200", endpoint="/v1/models/{name}/classify"
-            )
-            == 24
+        ok = server.metric(
+            "neutreno_requests_total", status="200", endpoint="/v1/models/{name}/classify"
         )
-        rows = metric_sum(text, "neutreno_batch_size_sum", model="fashion-classifier")
-        batches = metric_sum(text, "neutreno_batch_size_count", model="fashion-classifier")
+        assert ok == 24
+        rows, batches = server.batch_totals("fashion-classifier")
         assert rows == 24
         assert rows / batches >= 2, "the engine never batched requests together"
 
