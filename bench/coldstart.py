@@ -70,7 +70,7 @@ def one_start(repository: Path, env: dict[str, str]) -> dict[str, float]:
 
 def import_seconds() -> float:
     code = (
-        "import time; t = time.perf_counter(); import service.app, uvicorn; "
+        "import time; t = time.perf_counter(); import service.frontend.app, uvicorn; "
         "print(time.perf_counter() - t)"
     )
     out = subprocess.run(
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines += [
         "",
-        f"Importing the serving stack (`import service.app, uvicorn`) alone takes "
+        f"Importing the serving stack (`import service.frontend.app, uvicorn`) alone takes "
         f"{np.median(imports):.2f} s of that start time.",
     ]
     print_markdown("\n".join(lines) + "\n", args.out)

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from bench import generation_bench, serve_bench
 from bench.common import ROOT, machine, print_markdown
 from export.bundle import LOGITS
-from service.runtime import CUDA
+from service.engine.runtime import CUDA
 from service.settings import Settings
 
 

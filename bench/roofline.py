@@ -225,7 +225,7 @@ def profile_ops(
 
 def preprocessing_us(manifest: dict[str, Any]) -> float:
     """Per-image cost of the serving path before ORT: base64 + PNG decode + normalise."""
-    from service import imaging
+    from service.frontend import imaging
 
     bodies = [json.loads(b)["image"] for b in request_bodies(64)]
     pre = manifest["preprocessing"]

@@ -13,7 +13,7 @@ __all__ = ["Settings", "create_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from service.app import create_app
+        from service.frontend.app import create_app
 
         return create_app
     if name == "Settings":

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.engine.runtime import RuntimeSetupError, choose_providers
 from service.logs import configure_logging
-from service.runtime import RuntimeSetupError, choose_providers
 from service.settings import Overrides, Settings
 from service.supervisor import Supervisor
 

@@ -28,7 +28,7 @@ import uvicorn
 from prometheus_client import multiprocess
 
 from service.engine.server import engine_main
-from service.frontend import frontend_main, uvicorn_config
+from service.frontend.main import frontend_main, uvicorn_config
 from service.metrics import MULTIPROC_ENV
 from service.settings import Overrides, Settings
 
@@ -85,7 +85,7 @@ class Supervisor:
 
     def _config(self) -> uvicorn.Config:
         """The front ends' uvicorn configuration, here only to bind their socket."""
-        return uvicorn_config("service.frontend:app", self.settings)
+        return uvicorn_config("service.frontend.main:app", self.settings)
 
     def _start_frontend(self, index: int) -> multiprocessing.process.BaseProcess:
         proc = self.ctx.Process(

@@ -1,8 +1,9 @@
 """Held-out framing cases (issue 17), evaluated through the service's own decoding and resize.
 
 Each case is a list of encoded pictures (PNG or JPEG bytes) and their truth; every picture goes
-through service.imaging (open, decode, preprocess with the bundle's preprocessing) exactly as a
-request would, then through the PyTorch checkpoint (the exported bundle matches it to ~1e-5).
+through service.frontend.imaging (open, decode, preprocess with the bundle's preprocessing)
+exactly as a request would, then through the PyTorch checkpoint (the exported bundle matches it
+to ~1e-5).
 
     python -m training.robustness checkpoints/fashion-classifier checkpoints/fashion-segmenter
 """
@@ -24,7 +25,7 @@ from PIL import Image
 from export.bundle import AREA
 from export.cli import load_facts, preprocessing_for
 from models.checkpoint import load_checkpoint
-from service import imaging
+from service.frontend import imaging
 from training.data import fashion, framing, scenes
 from training.metrics import mean_iou
 

@@ -3,7 +3,8 @@
 A *worker* turns requests for one model into ONNX Runtime runs: a `Batcher` (the
 `DynamicBatcher`) for vision models, a `Generator` (the `GenerationScheduler`) for language
 models. `BATCHERS` and `GENERATORS` map a bundle's task to the factory that builds its worker,
-so a new kind of model plugs in with one entry here and one router in `service.app.ROUTERS`.
+so a new kind of model plugs in with one entry here and one router in
+`service.frontend.app.ROUTERS`.
 The core never sees HTTP: it takes validated feeds or `ValidRequest`s and returns arrays or
 generation chunks; `status()` is the plain-data picture (models, failures, queue depths) that
 front ends turn into readiness and model metadata.
@@ -20,7 +21,16 @@ import numpy as np
 
 from export.bundle import CLASSIFICATION, SEGMENTATION, SIMILARITY, TEXT_GENERATION
 from export.telemetry import is_gated, skip_similarity
-from service.batching import DynamicBatcher
+from service.engine.batching import DynamicBatcher
+from service.engine.repository import (
+    Repository,
+    folder_signatures,
+    load_newest,
+    load_repository,
+    repository_index,
+)
+from service.engine.runtime import ModelRuntime, choose_providers
+from service.engine.scheduler import GenerationScheduler, Submission, make_scheduler
 from service.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -29,17 +39,8 @@ from service.errors import (
     ServiceError,
     WrongTask,
 )
-from service.generation.scheduler import GenerationScheduler, Submission, make_scheduler
-from service.generation.validation import ValidRequest
+from service.frontend.generation.validation import ValidRequest
 from service.metrics import Metrics
-from service.repository import (
-    Repository,
-    folder_signatures,
-    load_newest,
-    load_repository,
-    repository_index,
-)
-from service.runtime import ModelRuntime, choose_providers
 from service.settings import Settings
 
 log = logging.getLogger("neutreno.service")

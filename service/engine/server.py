@@ -20,12 +20,11 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from service import tracing
-from service.engine import wire
-from service.engine.client import CONTROL_OPS
+from service import tracing, wire
 from service.engine.core import EngineCore
+from service.engine.scheduler import Submission
 from service.errors import InferenceFailed, ServiceError
-from service.generation.scheduler import Submission
+from service.frontend.client import CONTROL_OPS
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.settings import Overrides, Settings

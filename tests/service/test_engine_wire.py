@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.engine import wire
+from service import wire
+from service.engine.penalties import Penalties
+from service.engine.sampling import SamplingParams
+from service.engine.sequence import Chunk, TokenLogprob
 from service.errors import DeadlineExceeded, QueueFull
-from service.generation.penalties import Penalties
-from service.generation.sampling import SamplingParams
-from service.generation.sequence import Chunk, TokenLogprob
-from service.generation.validation import ValidRequest
+from service.frontend.generation.validation import ValidRequest
 
 
 def test_tensors_round_trip_bytes_dtype_and_shape() -> None:

@@ -19,10 +19,10 @@ from support.service_helpers import ROOT, make_settings
 
 from models.checkpoint import load_checkpoint
 from service import create_app
-from service.generation.kv import KVBatch
-from service.generation.sampling import SamplingParams
-from service.generation.scheduler import GenerationScheduler
-from service.generation.validation import ValidRequest
+from service.engine.kv import KVBatch
+from service.engine.sampling import SamplingParams
+from service.engine.scheduler import GenerationScheduler
+from service.frontend.generation.validation import ValidRequest
 
 PROMPTS = ["In the beginning God created", "And the LORD said unto Moses,", "Blessed are"]
 

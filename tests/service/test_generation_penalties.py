@@ -14,7 +14,7 @@ from support.service_helpers import make_settings
 
 from models.checkpoint import load_checkpoint
 from service import create_app
-from service.generation.tokenizer import TextTokenizer
+from service.frontend.generation.tokenizer import TextTokenizer
 
 PROMPT = "And the LORD said unto Moses,"
 
@@ -50,7 +50,7 @@ def reference(
     eos: int = 0,
 ) -> list[int]:
     """Greedy tokens from the PyTorch model with the controls written out as OpenAI and vLLM
-    document them (an independent implementation of service.generation.penalties)."""
+    document them (an independent implementation of service.engine.penalties)."""
     model, _ = load_checkpoint(built / "checkpoint")
     out: list[int] = []
     for _ in range(steps):

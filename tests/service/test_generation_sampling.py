@@ -1,4 +1,4 @@
-"""service.generation.sampling: every accepted parameter value samples a real token (issue 19)."""
+"""service.engine.sampling: every accepted parameter value samples a real token (issue 19)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from service.generation.sampling import Sampler, SamplingParams
+from service.engine.sampling import Sampler, SamplingParams
 
 TEMPERATURES = [5e-324, 1e-310, 1e-300, 1e-30, 1e-3, 0.7, 2.0]
 

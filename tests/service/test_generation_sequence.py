@@ -1,4 +1,4 @@
-"""service.generation.sequence: stop strings hold back only what could still start one, and the
+"""service.engine.sequence: stop strings hold back only what could still start one, and the
 check costs no more than the unsent text (issue 19), with the tiny LM's real tokenizer."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from support.generation_helpers import NAME, tiny_lm
 
-from service.generation.sampling import SamplingParams
-from service.generation.sequence import Chunk, Sequence
-from service.generation.tokenizer import TextTokenizer
-from service.generation.validation import ValidRequest
+from service.engine.sampling import SamplingParams
+from service.engine.sequence import Chunk, Sequence
+from service.frontend.generation.tokenizer import TextTokenizer
+from service.frontend.generation.validation import ValidRequest
 
 
 @pytest.fixture(scope="module")

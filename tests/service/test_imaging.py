@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from service import imaging
+from service.frontend import imaging
 
 PRE = {"image_size": [28, 28], "channels": 1, "mean": [0.0], "std": [1.0]}
 

@@ -13,7 +13,7 @@ import pytest
 from support.service_helpers import b64, make_settings, png_bytes
 
 from service import create_app, imaging
-from service.batching import DynamicBatcher
+from service.engine.batching import DynamicBatcher
 from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
 from service.metrics import Metrics
 

@@ -1,4 +1,4 @@
-"""service.guards: strict header numbers, the cross-site rule, CORS, the page's headers."""
+"""service.frontend.guards: strict header numbers, the cross-site rule, CORS, the page's headers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.datastructures import Headers
 from support.service_helpers import make_settings, png_bytes
 
 from service import create_app
-from service.guards import CSP, cross_site, parse_length
+from service.frontend.guards import CSP, cross_site, parse_length
 
 ALLOWED = "https://app.example"
 CLASSIFY = "/v1/models/fashion-classifier/classify"

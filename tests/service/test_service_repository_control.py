@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from support.service_helpers import b64, make_settings, png_bytes, start_server
 
 from service import create_app
-from service.engine.client import MPClient
+from service.frontend.client import MPClient
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 MODEL = "fashion-classifier"

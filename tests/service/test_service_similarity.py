@@ -11,8 +11,8 @@ import pytest
 from support.service_helpers import ROOT, make_settings
 
 from service.engine.core import SimilaritySampler
+from service.engine.runtime import ModelRuntime
 from service.metrics import Metrics
-from service.runtime import ModelRuntime
 
 FOLDER = ROOT / "model_repository/fashion-classifier/1"
 

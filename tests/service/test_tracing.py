@@ -18,7 +18,7 @@ from support.generation_helpers import NAME
 from support.service_helpers import b64, make_settings, png_bytes
 
 from service import create_app, tracing
-from service.middleware import TracingMiddleware
+from service.frontend.middleware import TracingMiddleware
 
 TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PARENT = 0x00F067AA0BA902B7

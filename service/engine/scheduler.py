@@ -23,13 +23,13 @@ import numpy as np
 
 from export.bundle import LOGITS, PAST, PRESENT
 from service import tracing
+from service.engine.kv import Feeds, KVBatch, LMGraph, Resident, prefill_feeds, prefilled
+from service.engine.runtime import ModelRuntime
+from service.engine.sequence import Chunk, ChunkReader, Sequence
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
-from service.generation.kv import Feeds, KVBatch, LMGraph, Resident, prefill_feeds, prefilled
-from service.generation.sequence import Chunk, ChunkReader, Sequence
-from service.generation.tokenizer import TextTokenizer
-from service.generation.validation import ModelLimits, ValidRequest
+from service.frontend.generation.tokenizer import TextTokenizer
+from service.frontend.generation.validation import ModelLimits, ValidRequest
 from service.metrics import Metrics
-from service.runtime import ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger("neutreno.service")

@@ -20,11 +20,17 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from export.bundle import LOGITS
-from service import imaging
+from service.engine.runtime import ModelInfo
 from service.errors import BadRequest, UnsupportedMediaType
-from service.runtime import ModelInfo
-from service.schemas import ClassFraction, ClassifyResponse, ImageField, Prediction, SegmentResponse
-from service.state import ServiceState
+from service.frontend import imaging
+from service.frontend.schemas import (
+    ClassFraction,
+    ClassifyResponse,
+    ImageField,
+    Prediction,
+    SegmentResponse,
+)
+from service.frontend.state import ServiceState
 
 P = TypeVar("P", bound=BaseModel)
 FILE_TYPES = ("image/", "application/octet-stream")

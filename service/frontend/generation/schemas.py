@@ -1,7 +1,8 @@
 """OpenAI-compatible `/v1/completions` request and response models.
 
 Field constraints here are the schema rules (422 through the service's error map); rules that
-need the tokenizer or the model's limits live in `service.generation.validation` (400 / 413).
+need the tokenizer or the model's limits live in
+`service.frontend.generation.validation` (400 / 413).
 """
 
 from __future__ import annotations

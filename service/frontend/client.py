@@ -22,12 +22,11 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from service import tracing
-from service.engine import wire
+from service import tracing, wire
 from service.engine.core import EngineCore
+from service.engine.sequence import Chunk, ChunkReader
 from service.errors import DeadlineExceeded, ModelNotReady, QueueFull
-from service.generation.sequence import Chunk, ChunkReader
-from service.generation.validation import ValidRequest
+from service.frontend.generation.validation import ValidRequest
 
 log = logging.getLogger("neutreno.service")
 

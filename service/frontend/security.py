@@ -1,8 +1,8 @@
 """Optional Bearer API key (NEUTRENO_API_KEY) for the inference routes.
 
-`ApiKeyMiddleware` (service.guards) checks the key before any body is read, on every route but
-the open ones; `require_api_key` runs the same check as a route dependency, which also puts the
-Bearer scheme into the OpenAPI document.
+`ApiKeyMiddleware` (service.frontend.guards) checks the key before any body is read, on every
+route but the open ones; `require_api_key` runs the same check as a route dependency, which
+also puts the Bearer scheme into the OpenAPI document.
 """
 
 from __future__ import annotations

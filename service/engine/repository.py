@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.bundle import MANIFEST_FILE, TEXT_GENERATION, BundleError, load_bundle
-from service.runtime import ModelRuntime
+from service.engine.runtime import ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger("neutreno.service")

@@ -16,8 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, tracing
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout, ServiceError
-from service.guards import parse_length, reject
-from service.state import ServiceState
+from service.frontend.guards import parse_length, reject
+from service.frontend.state import ServiceState
 
 access_log = logging.getLogger(logs.ACCESS_LOGGER)
 

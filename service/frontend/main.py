@@ -20,9 +20,9 @@ from typing import Any
 
 import uvicorn
 
-from service.app import create_app
-from service.connections import server_options
-from service.engine.client import MPClient
+from service.frontend.app import create_app
+from service.frontend.client import MPClient
+from service.frontend.connections import server_options
 from service.logs import configure_logging, logging_config
 from service.settings import Overrides, Settings
 

@@ -8,17 +8,17 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from service.generation.schemas import (
+from service.frontend.generation.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
     TokenizeRequest,
     TokenizeResponse,
 )
-from service.generation.validation import check_token_ids, check_unicode
-from service.routes.completions import generation_model
-from service.routes.v1 import ERRORS
-from service.security import require_api_key
-from service.state import ServiceState, get_state
+from service.frontend.generation.validation import check_token_ids, check_unicode
+from service.frontend.routes.completions import generation_model
+from service.frontend.routes.v1 import ERRORS
+from service.frontend.security import require_api_key
+from service.frontend.state import ServiceState, get_state
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(require_api_key)])
 TOKENIZE_ERRORS: dict[int | str, dict[str, Any]] = {

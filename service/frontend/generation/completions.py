@@ -23,9 +23,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.engine.client import GenerationStream
+from service.engine.sequence import Chunk, TokenLogprob
 from service.errors import DeadlineExceeded, ServiceError
-from service.generation.schemas import (
+from service.frontend.client import GenerationStream
+from service.frontend.generation.schemas import (
     Completion,
     CompletionChoice,
     CompletionRequest,
@@ -33,7 +34,6 @@ from service.generation.schemas import (
     Logprobs,
     Usage,
 )
-from service.generation.sequence import Chunk, TokenLogprob
 
 CLIENT_CLOSED = 499
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from export.bundle import ATTENTION_MASK, INPUT_IDS, PAST
 from service.errors import BadRequest, PayloadTooLarge
-from service.generation.validation import ModelLimits
+from service.frontend.generation.validation import ModelLimits
 
 
 def check_raw_feeds(
@@ -24,7 +24,7 @@ def check_raw_feeds(
     """Raise BadRequest / PayloadTooLarge unless these decoded v2 feeds are a bounded run.
 
     feeds: input_ids (B, S), attention_mask (B, T) with T = past + S, and past_key_values.*
-    (B, heads, past, head_dim), as `service.oip.decode_inputs` returns them (shapes checked
+    (B, heads, past, head_dim), as `service.frontend.oip.decode_inputs` returns them (shapes checked
     against the graph's rank and fixed dims already).
     """
     ids, mask = feeds[INPUT_IDS], feeds[ATTENTION_MASK]

@@ -37,7 +37,7 @@ from service.errors import (
     UnsupportedMediaType,
     error_response,
 )
-from service.security import check_api_key
+from service.frontend.security import check_api_key
 from service.settings import Settings
 
 OPEN_PATHS = frozenset(

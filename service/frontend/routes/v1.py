@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from export.bundle import CLASSIFICATION, SEGMENTATION
-from service import vision
-from service.schemas import (
+from service.frontend import vision
+from service.frontend.schemas import (
     ClassifyParams,
     ClassifyRequest,
     ClassifyResponse,
@@ -20,8 +20,8 @@ from service.schemas import (
     SegmentRequest,
     SegmentResponse,
 )
-from service.security import require_api_key
-from service.state import ServiceState, get_state
+from service.frontend.security import require_api_key
+from service.frontend.state import ServiceState, get_state
 
 router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
 

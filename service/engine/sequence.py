@@ -16,12 +16,12 @@ from typing import Literal
 import numpy as np
 
 from service import tracing
+from service.engine.penalties import LogitsProcessor
+from service.engine.sampling import Sampler, log_softmax, top_logprobs
 from service.errors import ServiceError
-from service.generation.penalties import LogitsProcessor
-from service.generation.sampling import Sampler, log_softmax, top_logprobs
-from service.generation.schemas import FinishReason
-from service.generation.tokenizer import IncrementalDecoder, TextTokenizer
-from service.generation.validation import ValidRequest
+from service.frontend.generation.schemas import FinishReason
+from service.frontend.generation.tokenizer import IncrementalDecoder, TextTokenizer
+from service.frontend.generation.validation import ValidRequest
 
 
 @dataclass

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from service.engine.client import EngineClient, GenerationStream
+from service.engine.runtime import ModelInfo
 from service.errors import ModelNotFound, ModelNotReady, WrongTask
-from service.generation.tokenizer import TextTokenizer
-from service.generation.validation import ModelLimits, ValidRequest
+from service.frontend.client import EngineClient, GenerationStream
+from service.frontend.generation.tokenizer import TextTokenizer
+from service.frontend.generation.validation import ModelLimits, ValidRequest
 from service.metrics import Metrics
-from service.runtime import ModelInfo
 from service.settings import Settings
 
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.schemas import Health
-from service.state import ServiceState, get_state
+from service.frontend.schemas import Health
+from service.frontend.state import ServiceState, get_state
 
 router = APIRouter(tags=["health"])
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.engine.penalties import Penalties
+from service.engine.sampling import SamplingParams
 from service.errors import BadRequest, PayloadTooLarge
-from service.generation.penalties import Penalties
-from service.generation.sampling import SamplingParams
-from service.generation.schemas import CompletionRequest
-from service.generation.tokenizer import TextTokenizer
+from service.frontend.generation.schemas import CompletionRequest
+from service.frontend.generation.tokenizer import TextTokenizer
 
 CHARS_PER_TOKEN_LIMIT = 32  # a prompt longer than context * this is refused before tokenizing
 

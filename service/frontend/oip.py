@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from service.engine.runtime import ModelInfo, TensorSpec
 from service.errors import BadRequest, ResponseTooLarge
-from service.guards import parse_length
-from service.runtime import ModelInfo, TensorSpec
-from service.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta
+from service.frontend.guards import parse_length
+from service.frontend.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES = {

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.routes.v2 import error_responses
-from service.schemas import V2RepositoryEntry
-from service.security import require_api_key
-from service.state import ServiceState, get_state
+from service.frontend.routes.v2 import error_responses
+from service.frontend.schemas import V2RepositoryEntry
+from service.frontend.security import require_api_key
+from service.frontend.state import ServiceState, get_state
 
 router = APIRouter(
     prefix="/v2/repository",

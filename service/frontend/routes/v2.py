@@ -9,13 +9,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from export.bundle import TEXT_GENERATION
-from service import oip
 from service.errors import ModelNotReady
-from service.generation.raw import check_raw_feeds
-from service.routes.completions import generation_model
-from service.schemas import V2Error, V2InferRequest, V2ModelMetadata, V2ModelReady
-from service.security import require_api_key
-from service.state import ServiceState, get_state
+from service.frontend import oip
+from service.frontend.generation.raw import check_raw_feeds
+from service.frontend.routes.completions import generation_model
+from service.frontend.schemas import V2Error, V2InferRequest, V2ModelMetadata, V2ModelReady
+from service.frontend.security import require_api_key
+from service.frontend.state import ServiceState, get_state
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 models = APIRouter(

@@ -10,7 +10,7 @@ HTTP protocol class with both limits added:
   the previous response ended, else the connection is closed (408 when nothing was sent yet
   would be a lie: there is no request to answer, so it is just closed).
 
-The body has its own deadline (NEUTRENO_BODY_TIMEOUT_S, `service.middleware`).
+The body has its own deadline (NEUTRENO_BODY_TIMEOUT_S, `service.frontend.middleware`).
 """
 
 from __future__ import annotations

@@ -18,21 +18,21 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from service import tracing
-from service.engine.client import EngineClient, InprocClient
 from service.engine.core import EngineCore
 from service.errors import install_error_handlers
-from service.guards import install_guards
-from service.logs import access_ok_level
-from service.metrics import Metrics
-from service.middleware import (
+from service.frontend.client import EngineClient, InprocClient
+from service.frontend.guards import install_guards
+from service.frontend.middleware import (
     BodyLimitMiddleware,
     MetricsMiddleware,
     RequestLogMiddleware,
     TracingMiddleware,
 )
-from service.routes import completions, health, repository, tokenize, v1, v2
+from service.frontend.routes import completions, health, repository, tokenize, v1, v2
+from service.frontend.state import ServiceState
+from service.logs import access_ok_level
+from service.metrics import Metrics
 from service.settings import Settings
-from service.state import ServiceState
 
 log = logging.getLogger("neutreno.service")
 
@@ -45,7 +45,7 @@ ROUTERS: list[APIRouter] = [
     v2.models,
     repository.router,
 ]
-STATIC = Path(__file__).parent / "static"  # the web page at / (no build step)
+STATIC = Path(__file__).parents[1] / "static"  # the web page at / (no build step)
 
 DESCRIPTION = """Serves NeuTRENO transformer bundles (ONNX, one `ai.neutreno::FidelityAttention`
 node per layer) with dynamic batching. Images go in as multipart `file` or JSON base64 `image`.

@@ -16,11 +16,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from service.engine.penalties import Penalties
+from service.engine.sampling import SamplingParams
+from service.engine.sequence import Chunk, TokenLogprob
 from service.errors import ServiceError
-from service.generation.penalties import Penalties
-from service.generation.sampling import SamplingParams
-from service.generation.sequence import Chunk, TokenLogprob
-from service.generation.validation import ValidRequest
+from service.frontend.generation.validation import ValidRequest
 
 Feeds = dict[str, np.ndarray]
 Frames = list[Any]  # bytes, memoryview or zmq.Frame

@@ -1,0 +1,1 @@
+"""The completions API on the front end: schemas, validation, tokenization, output processing."""
