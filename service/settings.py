@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     )
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="the KServe v2 / Triton gRPC service (inference.GRPCInferenceService and "
+        "grpc.health.v1.Health), served by every front end on this port; 0 = off",
+    )
+    grpc_max_metadata_bytes: int = Field(
+        16384, ge=1024, le=1 << 20, description="a gRPC call's metadata (headers) limit"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses the CUDA execution provider when onnxruntime has it"
     )

@@ -1,9 +1,12 @@
 """`create_app(settings, engine)`: one front end's FastAPI application and its lifespan.
 
 Start-up (lifespan): connect to the engine (or, without one given, start an `EngineCore` in this
-process, which loads and warms every bundle) and report ready once the engine has its models.
+process, which loads and warms every bundle) and report ready once the engine has its models;
+then serve gRPC on NEUTRENO_GRPC_PORT beside HTTP (service/frontend/grpc).
 Shutdown: mark draining (readiness goes 503); uvicorn has already stopped accepting connections
-and waited for in-flight requests by then; an in-process engine then finishes its accepted work.
+and waited for in-flight requests by then, and the gRPC server, which stopped taking calls when
+the drain began, waits for its calls in flight; an in-process engine then finishes its accepted
+work.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from service import tracing
 from service.engine.core import EngineCore
 from service.errors import install_error_handlers
 from service.frontend.client import EngineClient, InprocClient
+from service.frontend.grpc import GrpcServer
 from service.frontend.guards import install_guards
 from service.frontend.middleware import (
     BodyLimitMiddleware,
@@ -59,13 +63,17 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     metrics = Metrics()
     state = ServiceState(settings, engine or InprocClient(EngineCore(settings, metrics)), metrics)
 
+    grpc_server = GrpcServer(state)  # NEUTRENO_GRPC_PORT; nothing when it is 0
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.engine.start()
+        await grpc_server.start()
         try:
             yield
         finally:
             state.draining = True
+            await grpc_server.stop()  # gRPC calls in flight finish (it began at the drain)
             await state.engine.stop()
 
     app = FastAPI(
