@@ -42,6 +42,13 @@ OTHER_ATTENTION = {
     "PackedAttention",
     "Softmax",
 }
+# Loading limits: a manifest is a small JSON document whose every value the engine can send to
+# front ends as it is (msgpack: 64-bit integers, valid Unicode) and JSON can render (finite
+# floats). Anything beyond these bounds is a hostile or broken bundle, refused at load.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MANIFEST_DEPTH = 16
+MAX_FILES = 64
+INT64_RANGE = (-(2**63), 2**63 - 1)
 REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format_version": int,
     "name": str,
@@ -130,18 +137,66 @@ def _fail(path: Path, message: str) -> BundleError:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest as JSON, read only when it is a regular file (no link) of at most
+    MAX_MANIFEST_BYTES, and every value in it within `_check_value`'s bounds."""
     file = path / MANIFEST_FILE
     if not path.is_dir():
         raise _fail(path, "is not a folder")
+    if file.is_symlink():
+        raise _fail(path, f"{MANIFEST_FILE} is a symbolic link; bundles hold their own files")
     if not file.is_file():
         raise _fail(path, f"{MANIFEST_FILE} is missing")
+    size = file.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise _fail(path, f"{MANIFEST_FILE} has {size} bytes; the limit is {MAX_MANIFEST_BYTES}")
     try:
-        manifest = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _fail(path, f"{MANIFEST_FILE} is not valid JSON ({e})") from None
+        with file.open("rb") as f:
+            manifest = json.loads(f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise _fail(path, f"{MANIFEST_FILE} is not valid JSON ({type(e).__name__})") from None
     if not isinstance(manifest, dict):
         raise _fail(path, f"{MANIFEST_FILE} must hold a JSON object")
+    for key, value in manifest.items():
+        _check_value(path, key, value, 1)
     return manifest
+
+
+def _check_value(path: Path, where: str, value: Any, depth: int) -> None:
+    """A manifest value (at field path `where`) any consumer can carry: nesting at most
+    MAX_MANIFEST_DEPTH, integers within 64 bits, finite floats, valid Unicode strings."""
+    problem = None
+    if depth > MAX_MANIFEST_DEPTH:
+        problem = f"nests deeper than {MAX_MANIFEST_DEPTH} levels"
+    elif isinstance(value, int) and not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+        problem = "is an integer beyond 64 bits"
+    elif isinstance(value, float) and not math.isfinite(value):
+        problem = f"is {value}, not a finite number"
+    elif isinstance(value, str) and not _is_unicode(value):
+        problem = "is not valid Unicode"
+    if problem is not None:
+        raise _fail(path, f"manifest field {_printable(where)} {problem}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            label = f"{where}.{key}"
+            if not _is_unicode(key):
+                raise _fail(path, f"manifest field {_printable(label)} is not valid Unicode")
+            _check_value(path, label, item, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_value(path, f"{where}[{index}]", item, depth + 1)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(where: str) -> str:
+    """A field path for a message: escaped, and cut short (hostile keys can be long)."""
+    return ascii(where)[1:-1][:120]
 
 
 def _check_schema(path: Path, m: dict[str, Any]) -> None:
@@ -204,10 +259,19 @@ def _bundle_file(path: Path, name: str) -> Path:
 
 
 def _check_files(path: Path, m: dict[str, Any]) -> None:
+    """Every file `files` lists exists in the bundle with its sha256; each file is listed (and
+    so read) once, however its name is spelled."""
+    if len(m["files"]) > MAX_FILES:
+        raise _fail(path, f"manifest 'files' lists {len(m['files'])} files; at most {MAX_FILES}")
+    seen: dict[tuple[int, int], str] = {}  # (device, inode) -> the name first listing it
     for name, meta in m["files"].items():
         if not isinstance(meta, dict):
             raise _fail(path, f"manifest 'files' entry {name!r} must be an object with sha256")
-        actual = sha256_file(_bundle_file(path, name))
+        file = _bundle_file(path, name)
+        stat = file.stat()
+        if (first := seen.setdefault((stat.st_dev, stat.st_ino), name)) != name:
+            raise _fail(path, f"manifest 'files' lists {first!r} more than once (as {name!r})")
+        actual = sha256_file(file)
         if actual != meta.get("sha256"):
             raise _fail(
                 path,

@@ -24,6 +24,7 @@ from export.telemetry import is_gated, skip_similarity
 from service.engine.batching import DynamicBatcher
 from service.engine.repository import (
     Repository,
+    check_model_name,
     folder_signatures,
     load_newest,
     load_repository,
@@ -219,12 +220,23 @@ class EngineCore:
         return repository_index(self.repository)
 
     async def control(self, op: str, name: str | None) -> Any:
-        """One repository-control operation by name (what front ends send)."""
+        """One repository-control operation by name (what front ends send). Always answers:
+        the name is checked before any path is built from it, and a disk error (or a bug)
+        becomes a 400 for this operation instead of an unanswered request."""
+        assert self.repository is not None
+        self.repository.prune()
         if op == "index":
             return self.index()
         if name is None:
             raise BadRequest(f"{op} needs a model name")
-        await (self.load(name) if op == "load" else self.unload(name))
+        check_model_name(name)
+        try:
+            await (self.load(name) if op == "load" else self.unload(name))
+        except ServiceError:
+            raise
+        except Exception as exc:
+            log.exception("repository %s of model %s failed", op, ascii(name))
+            raise BadRequest(f"{op} of model {name!r} failed: {type(exc).__name__}") from None
         return None
 
     async def load(self, name: str) -> None:
@@ -235,9 +247,11 @@ class EngineCore:
         await self._reload(name)
 
     async def unload(self, name: str) -> None:
-        """Stop serving `name`: new requests get 404, accepted ones finish."""
+        """Stop serving `name`: new requests get 404, accepted ones finish; a model that failed
+        to load is no longer reported (its failure record goes)."""
         self._controllable()
-        if name not in self.models:
+        assert self.repository is not None
+        if name not in self.models and name not in self.repository.failures:
             raise ModelNotFound(f"model {name!r} is not loaded")
         await self._unload(name)
 
@@ -251,17 +265,19 @@ class EngineCore:
     async def _reload(self, name: str) -> None:
         assert self.repository is not None
         folder = self.repository.root / name
-        if not folder.is_dir():
+        if not self.repository.has_folder(name):
             if name in self.models:
                 await self._unload(name)
                 return
+            self.repository.forget(name)
             raise ModelNotFound(f"no model folder {name!r} in the repository")
         fresh = Repository(self.repository.root)
         await asyncio.to_thread(load_newest, fresh, folder, self.settings)
         if name not in fresh.models:
-            if name not in self.models:
-                self.repository.failures[name] = fresh.failures[name]
-            raise BadRequest(f"model {name!r} not loaded: {fresh.failures[name]}")
+            failure = fresh.failures.get(name, "the folder changed while it was read")
+            if name not in self.models and self.repository.has_folder(name):
+                self.repository.failures[name] = failure
+            raise BadRequest(f"model {name!r} not loaded: {failure}")
         old, worker = self.repository.models.get(name), self._take_worker(name)
         self.repository.adopt(name, fresh)
         self._serve(name, fresh.models[name])
@@ -276,19 +292,29 @@ class EngineCore:
 
     async def _poll(self) -> None:
         """NEUTRENO_MODEL_CONTROL=poll: reload folders whose versions changed, load new ones,
-        unload removed ones, every NEUTRENO_REPOSITORY_POLL_S."""
-        assert self.repository is not None
-        seen = await asyncio.to_thread(folder_signatures, self.repository.root)
-        while not self.draining:
-            await asyncio.sleep(self.settings.repository_poll_s)
-            now = await asyncio.to_thread(folder_signatures, self.repository.root)
-            for name in sorted(set(seen) | set(now)):
-                if seen.get(name) != now.get(name):
+        unload removed ones, every NEUTRENO_REPOSITORY_POLL_S. A model that cannot be reloaded
+        is logged and retried at its next change; should the poller itself ever stop, the
+        repository reports it as a problem, so /readyz fails instead of lying."""
+        repo = self.repository
+        assert repo is not None
+        try:
+            seen = await asyncio.to_thread(folder_signatures, repo.root)
+            while not self.draining:
+                await asyncio.sleep(self.settings.repository_poll_s)
+                now = await asyncio.to_thread(folder_signatures, repo.root)
+                for name in sorted(n for n in set(seen) | set(now) if seen.get(n) != now.get(n)):
                     try:
                         await self._reload(name)
                     except ServiceError as exc:
                         log.error("repository poll: %s", exc.message)
-            seen = now
+                    except Exception:  # retried at the folder's next change
+                        log.exception("repository poll: model %s not reloaded", ascii(name))
+                repo.prune()
+                seen = now
+        except Exception as exc:
+            log.exception("repository poll stopped")
+            repo.problems.append(f"the repository poller stopped ({type(exc).__name__})")
+            raise
 
     def flush(self) -> None:
         """A drain has begun: refuse new work, run what is queued without waiting."""

@@ -9,19 +9,31 @@ stop the service: it is recorded with the reason, the healthy models serve, and 
 
 Reasons shown by /readyz name bundles as `<model>/<version>`, never by host path; the start-up
 log says what serves, from where, on which device, and why anything is not loaded.
+
+Names and links are checked before the disk is: a model name is one plain folder name
+(`check_model_name`), so `..`, `.`, separators and over-long names never reach a path; a model
+or version folder that is a symbolic link leading out of the repository is skipped. A failure
+record belongs to a model folder that exists: it is dropped when the folder goes away
+(`prune`), when the model loads, or when it is unloaded. Poll mode scans a repository that may
+change under it (rsync creates and deletes files as it goes): whatever vanishes mid-scan is
+skipped, logged, and seen again on the next scan.
 """
 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.bundle import MANIFEST_FILE, TEXT_GENERATION, BundleError, load_bundle
 from service.engine.runtime import ModelRuntime
+from service.errors import BadRequest
 from service.settings import Settings
 
 log = logging.getLogger("neutreno.service")
+
+MAX_NAME_BYTES = 255  # a folder name (NAME_MAX on Linux)
 
 
 @dataclass
@@ -36,13 +48,33 @@ class Repository:
     problems: list[str] = field(default_factory=list)
 
     def reasons(self) -> list[str]:
-        """Why the repository is not fully ready (empty when every model loaded)."""
-        return self.problems + [f"model {n} failed to load: {r}" for n, r in self.failures.items()]
+        """Why the repository is not fully ready (empty when every model loaded); a failed
+        model whose folder is gone is no reason."""
+        failed = self._live(self.failures)
+        return self.problems + [f"model {n} failed to load: {r}" for n, r in failed.items()]
+
+    def prune(self) -> None:
+        """Drop the failure and skipped-version records of model folders that are gone."""
+        for records in (self.failures, self.skipped):
+            for name in [n for n in records if n not in self.models and not self.has_folder(n)]:
+                del records[name]
+                log.info("model %s: folder gone, its failure record dropped", ascii(name))
+
+    def has_folder(self, name: str) -> bool:
+        """Whether `name` is a model folder of this repository (never raises)."""
+        try:
+            return in_repository(self.root, self.root / name) and (self.root / name).is_dir()
+        except OSError:
+            return False
 
     def statuses(self) -> dict[str, str]:
         """Per model: "ready" (with the skipped versions, if any) or why it is not loaded."""
         found = {n: self._ready(n, m) for n, m in self.models.items()}
-        return {**found, **self.failures}
+        return {**found, **self._live(self.failures)}
+
+    def _live(self, records: dict[str, str]) -> dict[str, str]:
+        """The records whose model folder still exists (`prune` drops the others)."""
+        return {n: r for n, r in records.items() if self.has_folder(n)}
 
     def _ready(self, name: str, model: ModelRuntime) -> str:
         if name not in self.skipped:
@@ -68,16 +100,80 @@ class Repository:
             model.close()
 
 
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a model folder's name, or None: one plain path component (not `.`
+    or `..`, no separator, not hidden), printable valid Unicode, at most MAX_NAME_BYTES."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode"
+    if not name or size > MAX_NAME_BYTES:
+        return f"it must have 1 to {MAX_NAME_BYTES} bytes of UTF-8, not {size}"
+    if name.startswith(".") or "/" in name or "\\" in name:
+        return "it must be a plain folder name (no separator, not starting with '.')"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        return "it must not contain control or format characters"
+    return None
+
+
+def check_model_name(name: str) -> None:
+    """400 unless `name` could name a model folder (`name_problem`); checked before any path
+    is built from it."""
+    if (problem := name_problem(name)) is not None:
+        raise BadRequest(f"model name {ascii(name[:64])} is not valid: {problem}")
+
+
+def in_repository(root: Path, path: Path) -> bool:
+    """Whether `path` is no link, or a link whose target stays inside the repository."""
+    return not path.is_symlink() or path.resolve().is_relative_to(root.resolve())
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What `folder` holds; [] (logged) when it vanished or cannot be read."""
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        log.warning("repository scan: %s skipped (%s)", ascii(folder.name), exc.strerror)
+        return []
+
+
+def _listing(folder: Path, root: Path) -> list[Path]:
+    """Subfolders of `folder` that stay inside the repository."""
+    found = []
+    for entry in _entries(folder):
+        try:
+            if entry.is_dir() and in_repository(root, entry):
+                found.append(entry)
+            elif entry.is_symlink():
+                log.warning("repository scan: %s links outside the repository; skipped", entry)
+        except OSError as exc:  # removed or unreadable since the listing
+            log.warning("repository scan: %s skipped (%s)", ascii(entry.name), exc.strerror)
+    return found
+
+
 def version_folders(model_dir: Path) -> list[Path]:
-    """A model folder's positive integer version folders, newest first."""
+    """A model folder's positive integer version folders inside the repository (the model
+    folder's parent), newest first."""
     versions = [
-        v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit() and int(v.name) > 0
+        v
+        for v in _listing(model_dir, model_dir.parent)
+        if v.name.isdigit() and 0 < int(v.name) < 2**63
     ]
     return sorted(versions, key=lambda v: int(v.name), reverse=True)
 
 
 def model_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The model folders of `root`: not hidden, validly named (others are logged), not links
+    out of the repository."""
+    folders = []
+    for folder in _listing(root, root):
+        if folder.name.startswith("."):
+            continue
+        if (problem := name_problem(folder.name)) is not None:
+            log.warning("model folder %s skipped: %s", ascii(folder.name), problem)
+            continue
+        folders.append(folder)
+    return sorted(folders)
 
 
 def repository_problem(root: Path, folders: list[Path]) -> str | None:
@@ -192,16 +288,26 @@ def log_outcome(repo: Repository) -> None:
     )
 
 
+def _newest_mtime(version: Path) -> float:
+    """The newest mtime among a version folder's files; files that vanish while it is read are
+    skipped (logged), a folder that vanished counts as empty."""
+    newest = 0.0
+    for file in _entries(version):
+        try:
+            if file.is_file():
+                newest = max(newest, file.stat().st_mtime)
+        except OSError as exc:
+            log.info("repository scan: %s skipped (%s)", ascii(file.name), exc.strerror)
+    return newest
+
+
 def folder_signatures(root: Path) -> dict[str, tuple[tuple[str, float], ...]]:
     """Per model folder, its version folders and their files' newest mtime: what poll mode
-    compares to see that a model changed."""
-    found = {}
-    for folder in model_folders(root):
-        found[folder.name] = tuple(
-            (v.name, max((f.stat().st_mtime for f in v.iterdir() if f.is_file()), default=0.0))
-            for v in version_folders(folder)
-        )
-    return found
+    compares to see that a model changed. Never raises for files that come and go."""
+    return {
+        folder.name: tuple((v.name, _newest_mtime(v)) for v in version_folders(folder))
+        for folder in model_folders(root)
+    }
 
 
 def repository_index(repo: Repository) -> list[dict[str, str]]:
