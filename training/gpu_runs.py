@@ -197,31 +197,32 @@ def plan(data: Path, budget: float, max_steps: int | None = None) -> list[Run]:
                 ship=True,
             )
         )
-    for depth in STUDY_DEPTHS:
-        for seed in STUDY_SEEDS:
-            for attention in ("neutreno", "softmax"):
-                runs.append(
-                    Run(
-                        f"depth{depth}-{attention}-s{seed}",
-                        (
-                            "vit-fashion",
-                            "--depth",
-                            str(depth),
-                            "--attention",
-                            attention,
-                            "--seed",
-                            str(seed),
-                            "--batch-size",
-                            "256",
-                            "--lr",
-                            "1.5e-3",
-                            "--warmup",
-                            "200",
-                            *common,
-                        ),
-                    )
-                )
+    recipe = ("--batch-size", "256", "--lr", "1.5e-3", "--warmup", "200", *common)
+    runs += [
+        study_run(depth, attention, seed, recipe)
+        for depth in STUDY_DEPTHS
+        for seed in STUDY_SEEDS
+        for attention in ("neutreno", "softmax")
+    ]
     return runs
+
+
+def study_run(depth: int, attention: str, seed: int, recipe: tuple[str, ...]) -> Run:
+    """One depth-study run: vit-fashion at `depth` with `attention`; the seed fixes its initial
+    weights and data order, so a NeuTRENO run and its softmax twin differ in attention only."""
+    return Run(
+        f"depth{depth}-{attention}-s{seed}",
+        (
+            "vit-fashion",
+            "--depth",
+            str(depth),
+            "--attention",
+            attention,
+            "--seed",
+            str(seed),
+            *recipe,
+        ),
+    )
 
 
 def launch(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from export.bundle import AREA
 from export.cli import load_facts, preprocessing_for
 from models.checkpoint import load_checkpoint
 from service.frontend import imaging
+from training import runs
 from training.data import fashion, framing, scenes
 from training.metrics import mean_iou
 
@@ -166,10 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 segmenter_cases() if family == "segmenter" else classifier_cases(args.limit)
             )
         results[str(folder)] = evaluate(folder, cases[family])
-    text = json.dumps(results, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    runs.emit_json(results, args.out)
     return 0
 
 

@@ -12,6 +12,7 @@ them, not only the last.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import typing
 from pathlib import Path
@@ -164,3 +165,12 @@ def history_facts(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "wall_time_s": round(sum(r["wall_time_s"] for r in runs), 3),
         "runs": runs,
     }
+
+
+def emit_json(results: Any, out: Path | None) -> None:
+    """Print results as indented JSON, and write them to `out` when given (the output of the
+    evaluation commands: training.robustness, training.lm_eval)."""
+    text = json.dumps(results, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    print(text)
