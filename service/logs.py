@@ -42,6 +42,9 @@ FIELDS = (
 )
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+# Characters JSON leaves raw that break line-oriented log shippers (NEL, LINE and PARAGRAPH
+# SEPARATOR end a line for some) or the UTF-8 stream itself (lone surrogates).
+_UNSAFE_IN_LINE = re.compile(r"[\u0085\u2028\u2029\ud800-\udfff]")
 
 
 @dataclass
@@ -116,7 +119,15 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return _json_line(line)
+
+
+def _json_line(fields: dict[str, Any]) -> str:
+    """`fields` as one line of JSON, readable UTF-8, with every character that a line-oriented
+    reader could take for a line end (or that UTF-8 cannot carry) written as a \\u escape, in
+    whichever field it came."""
+    text = json.dumps(fields, ensure_ascii=False, default=str)
+    return _UNSAFE_IN_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def access_ok_level(log_format: LogFormat) -> int:

@@ -11,8 +11,10 @@ Reasons shown by /readyz name bundles as `<model>/<version>`, never by host path
 log says what serves, from where, on which device, and why anything is not loaded.
 
 Names and links are checked before the disk is: a model name is one plain folder name
-(`check_model_name`), so `..`, `.`, separators and over-long names never reach a path; a model
-or version folder that is a symbolic link leading out of the repository is skipped. A failure
+(`check_model_name`), so `..`, `.`, separators and over-long names never reach a path. A model
+folder may be a symbolic link (how an operator composes a repository from bundles kept
+elsewhere), but what it holds is the bundle's: a version folder linking out of its model folder
+is skipped, and a bundle's own files are never links (`export.bundle`). A failure
 record belongs to a model folder that exists: it is dropped when the folder goes away
 (`prune`), when the model loads, or when it is unloaded. Poll mode scans a repository that may
 change under it (rsync creates and deletes files as it goes): whatever vanishes mid-scan is
@@ -63,7 +65,7 @@ class Repository:
     def has_folder(self, name: str) -> bool:
         """Whether `name` is a model folder of this repository (never raises)."""
         try:
-            return in_repository(self.root, self.root / name) and (self.root / name).is_dir()
+            return (self.root / name).is_dir()
         except OSError:
             return False
 
@@ -123,9 +125,9 @@ def check_model_name(name: str) -> None:
         raise BadRequest(f"model name {ascii(name[:64])} is not valid: {problem}")
 
 
-def in_repository(root: Path, path: Path) -> bool:
-    """Whether `path` is no link, or a link whose target stays inside the repository."""
-    return not path.is_symlink() or path.resolve().is_relative_to(root.resolve())
+def _stays_in(folder: Path, path: Path) -> bool:
+    """Whether `path` is no link, or a link whose target stays inside `folder`."""
+    return not path.is_symlink() or path.resolve().is_relative_to(folder.resolve())
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -137,36 +139,35 @@ def _entries(folder: Path) -> list[Path]:
         return []
 
 
-def _listing(folder: Path, root: Path) -> list[Path]:
-    """Subfolders of `folder` that stay inside the repository."""
+def _listing(folder: Path, confined: bool) -> list[Path]:
+    """Subfolders of `folder`; when `confined`, only those that do not link out of it."""
     found = []
     for entry in _entries(folder):
         try:
-            if entry.is_dir() and in_repository(root, entry):
+            if entry.is_dir() and (not confined or _stays_in(folder, entry)):
                 found.append(entry)
             elif entry.is_symlink():
-                log.warning("repository scan: %s links outside the repository; skipped", entry)
+                log.warning("repository scan: %s links out of its folder; skipped", entry)
         except OSError as exc:  # removed or unreadable since the listing
             log.warning("repository scan: %s skipped (%s)", ascii(entry.name), exc.strerror)
     return found
 
 
 def version_folders(model_dir: Path) -> list[Path]:
-    """A model folder's positive integer version folders inside the repository (the model
-    folder's parent), newest first."""
+    """A model folder's positive integer version folders (none linking out of it), newest
+    first."""
     versions = [
         v
-        for v in _listing(model_dir, model_dir.parent)
+        for v in _listing(model_dir, confined=True)
         if v.name.isdigit() and 0 < int(v.name) < 2**63
     ]
     return sorted(versions, key=lambda v: int(v.name), reverse=True)
 
 
 def model_folders(root: Path) -> list[Path]:
-    """The model folders of `root`: not hidden, validly named (others are logged), not links
-    out of the repository."""
+    """The model folders of `root`: not hidden, validly named (others are logged)."""
     folders = []
-    for folder in _listing(root, root):
+    for folder in _listing(root, confined=False):
         if folder.name.startswith("."):
             continue
         if (problem := name_problem(folder.name)) is not None:

@@ -17,11 +17,34 @@ MAX_STOP_CHARS = 256
 MAX_LOGPROBS = 5
 MAX_PROMPTS = 64
 MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
+INT32_MAX = 2**31 - 1  # counts and ids travel to the engine as 32-bit integers at most
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 FinishReason = Literal["stop", "length"]
 # OpenAI parameters accepted only at their no-op values.
 NEUTRAL: dict[str, tuple[object, ...]] = {"best_of": (None, 1), "suffix": (None, "")}
+
+
+def _canonical_id(key: str) -> bool:
+    """A logit_bias key as `str(int)` writes a token id: ASCII digits, no leading zero, at
+    most 18 of them; so "5" and "05" cannot both name token 5 and add up past the bound."""
+    return key.isascii() and key.isdigit() and len(key) <= 18 and key == str(int(key))
+
+
+def unicode_problem(text: str, what: str) -> str | None:
+    """Why `text` is not valid Unicode, or None: JSON may escape lone surrogates ("\\ud800"),
+    which neither UTF-8 nor the engine's wire can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{what} is not valid Unicode: {exc.reason} at character {exc.start}"
+    return None
+
+
+def _check_text(text: str, what: str) -> None:
+    """A schema rule (422): `text` is valid Unicode."""
+    if (problem := unicode_problem(text, what)) is not None:
+        raise ValueError(problem)
 
 
 class StreamOptions(BaseModel):
@@ -49,10 +72,12 @@ class CompletionRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=256)
     prompt: Prompt = Field(description="text, list of texts (one choice each) or token ids")
-    max_tokens: int | None = Field(16, ge=0, description="None = up to the context length")
+    max_tokens: int | None = Field(
+        16, ge=0, le=INT32_MAX, description="None = up to the context length"
+    )
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 = off")
+    top_k: int = Field(0, ge=0, le=INT32_MAX, description="0 = off")
     n: int = Field(1, description="only 1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -78,6 +103,7 @@ class CompletionRequest(BaseModel):
     min_tokens: int = Field(
         0,
         ge=0,
+        le=INT32_MAX,
         description="extension (as in vLLM): no EOS and no stop string before this many tokens",
     )
     logit_bias: dict[str, float] | None = Field(
@@ -125,10 +151,11 @@ class CompletionRequest(BaseModel):
             return bias
         if len(bias) > MAX_LOGIT_BIAS:
             raise ValueError(f"logit_bias has {len(bias)} entries; at most {MAX_LOGIT_BIAS}")
-        bad_keys = [k[:24] for k in bias if not (k.isascii() and k.isdigit() and len(k) <= 18)]
+        bad_keys = [k[:24] for k in bias if not _canonical_id(k)]
         if bad_keys:
             raise ValueError(
-                f"logit_bias keys must be token ids (non-negative integers), got {bad_keys[:3]}"
+                "logit_bias keys must be token ids written as non-negative integers without "
+                f"leading zeros (one key per token), got {bad_keys[:3]}"
             )
         out_of_range = [k for k, v in bias.items() if not -100.0 <= v <= 100.0]
         if out_of_range:
@@ -151,7 +178,16 @@ class CompletionRequest(BaseModel):
                 f"stop strings may have at most {MAX_STOP_CHARS} characters, got "
                 f"{max(len(s) for s in stops)}"
             )
+        for index, text in enumerate(stops):
+            _check_text(text, f"stop string {index}")
         return stop
+
+    @field_validator("model", "user", "suffix")
+    @classmethod
+    def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _check_text(value, str(info.field_name))
+        return value
 
     @model_validator(mode="after")
     def _max_tokens_zero_needs_echo(self) -> CompletionRequest:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from service.engine.penalties import Penalties
 from service.engine.sampling import SamplingParams
 from service.errors import BadRequest, PayloadTooLarge
-from service.frontend.generation.schemas import CompletionRequest
+from service.frontend.generation.schemas import CompletionRequest, unicode_problem
 from service.frontend.generation.tokenizer import TextTokenizer
 
 CHARS_PER_TOKEN_LIMIT = 32  # a prompt longer than context * this is refused before tokenizing
@@ -55,14 +55,26 @@ class ValidRequest:
 
 
 def check_unicode(text: str, what: str) -> None:
-    """400 unless `text` is valid Unicode: JSON allows escaped lone surrogates ("\ud800"),
-    which are not text."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise BadRequest(
-            f"{what} is not valid Unicode: {exc.reason} at character {exc.start}"
-        ) from None
+    """400 unless `text` is valid Unicode (`unicode_problem`)."""
+    if (problem := unicode_problem(text, what)) is not None:
+        raise BadRequest(problem)
+
+
+def check_text_length(text: str, what: str, limits: ModelLimits) -> None:
+    """413 when `text` has more characters than a prompt that fits the context could have
+    (checked before tokenizing, whose cost grows with the text)."""
+    limit = limits.context_length * CHARS_PER_TOKEN_LIMIT
+    if len(text) > limit:
+        raise PayloadTooLarge(
+            f"{what} has {len(text)} characters; the limit is {limit} for a context of "
+            f"{limits.context_length} tokens"
+        )
+
+
+def check_token_count(count: int, what: str, limit: int) -> None:
+    """413 when `count` tokens exceed the `limit` of the model's context."""
+    if count > limit:
+        raise PayloadTooLarge(f"{what} has {count} tokens; the model's context is {limit} tokens")
 
 
 def check_token_ids(ids: list[int], tokenizer: TextTokenizer, what: str) -> None:
@@ -76,25 +88,18 @@ def _prompt_ids(
     prompt: str | list[int], index: int, tokenizer: TextTokenizer, limits: ModelLimits
 ) -> tuple[str, tuple[int, ...]]:
     """(text, ids) of one prompt; 413 when it cannot fit the context, 400 when unusable."""
+    what = f"prompt {index}"
     if isinstance(prompt, str):
-        if len(prompt) > limits.context_length * CHARS_PER_TOKEN_LIMIT:
-            raise PayloadTooLarge(
-                f"prompt {index} has {len(prompt)} characters; the limit is "
-                f"{limits.context_length * CHARS_PER_TOKEN_LIMIT} for a context of "
-                f"{limits.context_length} tokens"
-            )
-        check_unicode(prompt, f"prompt {index}")
+        check_text_length(prompt, what, limits)
+        check_unicode(prompt, what)
         ids = tuple(tokenizer.encode(prompt))
     else:
-        check_token_ids(prompt, tokenizer, f"prompt {index}")
+        check_token_count(len(prompt), what, limits.max_total_tokens)
+        check_token_ids(prompt, tokenizer, what)
         ids = tuple(prompt)
     if not ids:
-        raise BadRequest(f"prompt {index} is empty; it must contain at least one token")
-    if len(ids) > limits.max_total_tokens:
-        raise PayloadTooLarge(
-            f"prompt {index} has {len(ids)} tokens; the model's context is "
-            f"{limits.max_total_tokens} tokens"
-        )
+        raise BadRequest(f"{what} is empty; it must contain at least one token")
+    check_token_count(len(ids), what, limits.max_total_tokens)
     text = prompt if isinstance(prompt, str) else tokenizer.decode(list(ids))
     return text, ids
 
