@@ -45,7 +45,9 @@ def test_tokenize_bounded_like_completions(app_client: TestClient) -> None:
     assert fits.status_code == 200 and fits.json()["count"] <= CONTEXT
     long = app_client.post("/detokenize", json={"model": NAME, "tokens": [1] * (CONTEXT + 1)})
     assert long.status_code == 413
-    assert app_client.post("/detokenize", json={"model": NAME, "tokens": [1] * 8}).status_code == 200
+    assert (
+        app_client.post("/detokenize", json={"model": NAME, "tokens": [1] * 8}).status_code == 200
+    )
 
 
 @pytest.mark.parametrize(
