@@ -38,6 +38,7 @@ class Score:
     nats: float
     tokens: int
     chars: int
+    first: float = 0.0  # of `nats`: on each document's first token (documents only)
 
     @property
     def bpc(self) -> float:
@@ -119,7 +120,9 @@ def documents(
     for row in (r for r in rows if len(r) > block + 1):
         n, t = stream_nll(model, torch.tensor(row[skip:]), block)
         nats, tokens = nats + n, tokens + t
-    return Score(nats, tokens, sum(len(d) for d in docs))
+    firsts = torch.tensor([r[: len(head) + 1] for r in rows])  # (docs, prefix + 1)
+    first = float(token_nll(model, firsts, torch.full((len(rows),), firsts.shape[1]))[:, -1].sum())
+    return Score(nats, tokens, sum(len(d) for d in docs), first)
 
 
 @torch.no_grad()
@@ -186,6 +189,16 @@ def generate(
     return str(tokenizer.decode(ids))
 
 
+def summary(score: Score, docs: int) -> dict[str, float]:
+    """bpc, token perplexity and count; for documents also the mean NLL (nats) of a document's
+    first token and the mean NLL per token after it."""
+    out = {"bpc": score.bpc, "perplexity": score.perplexity, "tokens": score.tokens}
+    if score.first:
+        out["first_token_nats"] = score.first / docs
+        out["later_token_nats"] = (score.nats - score.first) / (score.tokens - docs)
+    return out
+
+
 def evaluate(folder: Path, data: Path, new_tokens: int = 60) -> dict[str, object]:
     """One checkpoint: Revelation verse by verse (EOS, and a newline, as the only context),
     as running text, validation as running text, and two samples."""
@@ -205,10 +218,7 @@ def evaluate(folder: Path, data: Path, new_tokens: int = 60) -> dict[str, object
         ),
     }
     return {
-        **{
-            k: {"bpc": s.bpc, "perplexity": s.perplexity, "tokens": s.tokens}
-            for k, s in scores.items()
-        },
+        **{k: summary(s, len(verses)) for k, s in scores.items()},
         "verses": len(verses),
         "sample_t08_seed0": generate(model, tokenizer, PROMPT, new_tokens, block, temperature=0.8),
         "sample_greedy_rep1.3": generate(

@@ -52,6 +52,17 @@ def test_batched_documents_equal_one_at_a_time(model, tokenizer, lines):
     assert together.nats == pytest.approx(sum(s.nats for s in alone), rel=1e-5)
     assert together.tokens == sum(len(tokenizer.encode(d).ids) for d in docs)
     assert together.chars == sum(len(d) for d in docs)
+    assert together.first == pytest.approx(sum(s.first for s in alone), rel=1e-5)
+
+
+def test_first_token_is_predicted_from_the_context_alone(model, tokenizer, lines):
+    doc = short_docs(tokenizer, lines)[0]
+    first_id = tokenizer.encode(doc).ids[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([[0]])).logits[0, 0]
+    expected = float(torch.nn.functional.cross_entropy(logits, torch.tensor(first_id)))
+    score = lm_eval.documents(model, tokenizer, [doc], BLOCK)
+    assert score.first == pytest.approx(expected, rel=1e-5) and score.first < score.nats
 
 
 def test_a_document_alone_is_its_own_stream(model, tokenizer, lines):
