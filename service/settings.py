@@ -133,6 +133,20 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(
         5.0, ge=0.0, le=3600.0, description="idle keep-alive connections close after this"
     )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        le=3600.0,
+        description="a client that reads nothing of a pending response for this long is "
+        "disconnected (its buffered response freed)",
+    )
+    liveness_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        le=3600.0,
+        description="/healthz fails once the engine has not answered a front end for this "
+        "long beyond the client's own dead-engine bound, so an orchestrator restarts it",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated browser origins allowed to call the "
