@@ -123,6 +123,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="classifier/segmenter: fraction of each batch drawn at other scales "
         "and positions (training.data.framing)",
     )
+    ap.add_argument(
+        "--enlarged",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="segmenter: fraction of each batch's standard scenes seen as a 2-4x larger "
+        "photo is after the service's resize (training.data.framing.rephotographed)",
+    )
     ap.add_argument("--batch-size", type=int, default=128, help="per process")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -190,6 +198,10 @@ def task_options(args: argparse.Namespace, cfg: ModelConfig) -> dict[str, Any]:
         if cfg.family not in ("vit", "segmenter"):
             raise SystemExit("--framing applies to the classifier and the segmenter")
         options["framing"] = args.framing
+    if args.enlarged:
+        if cfg.family != "segmenter":
+            raise SystemExit("--enlarged applies to the segmenter")
+        options["enlarged"] = args.enlarged
     return options
 
 

@@ -211,3 +211,17 @@ def test_time_limit_stops_training_and_keep_best_keeps_the_best(tmp_path):
 def test_is_best_knows_which_way_is_better():
     log = [{"top1": 0.5, "validation_bpc": 2.0}, {"top1": 0.4, "validation_bpc": 1.9}]
     assert is_best(log, "validation_bpc") and not is_best(log, "top1")
+
+
+def test_segmenter_batches_enlarge_their_share_of_standard_scenes(tmp_path):
+    from training.tasks.fashion import FashionScenesTask
+
+    def batch(enlarged: float) -> tuple[torch.Tensor, torch.Tensor]:
+        task = FashionScenesTask(FASHION, scenes_per_epoch=16, test_scenes=4, enlarged=enlarged)
+        return next(task.batches(0, 8, 0, 1))
+
+    (x0, y0), (x1, y1) = batch(0.0), batch(0.5)
+    assert torch.equal(y0, y1) and torch.equal(x0[4:], x1[4:])  # masks and the rest unchanged
+    assert not torch.equal(x0[:4], x1[:4])
+    with pytest.raises(SystemExit, match="--enlarged applies to the segmenter"):
+        main(["vit-fashion", "--out", str(tmp_path), "--data-dir", FASHION, "--enlarged", "0.5"])

@@ -83,6 +83,26 @@ def scaled_scenes(
     return canvas, mask
 
 
+ENLARGE_FACTORS = (2, 3, 4)
+
+
+def rephotographed(images: Tensor, gen: torch.Generator) -> Tensor:
+    """Images (B, 1, H, W) in [0, 1] as the service sees a 2-4x larger photo of them: enlarged
+    bilinearly by a random factor in ENLARGE_FACTORS (PIL's BILINEAR enlargement: pixel-centre
+    aligned, as align_corners=False), then area-reduced back to H x W (B, 1, H, W). A slightly
+    blurred copy with the same geometry, so the masks stay as they are."""
+    factors = torch.tensor(ENLARGE_FACTORS)[
+        torch.randint(len(ENLARGE_FACTORS), (len(images),), generator=gen)
+    ]
+    out = images.clone()
+    for f in ENLARGE_FACTORS:
+        rows = (factors == f).nonzero().flatten().to(images.device)
+        if len(rows):
+            big = F.interpolate(images[rows], scale_factor=f, mode="bilinear", align_corners=False)
+            out[rows] = F.avg_pool2d(big, f)
+    return out
+
+
 def upscaled(image: np.ndarray, factor: int) -> Image.Image:
     """A uint8 picture enlarged `factor` times (bilinear), as a 'bigger photo' of it."""
     h, w = image.shape

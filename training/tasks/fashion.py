@@ -107,6 +107,7 @@ class FashionScenesTask:
     test_scenes: int = 500
     seed: int = 0
     framing: float = 0.0  # fraction of each batch replaced by scenes of 14-64 px items
+    enlarged: float = 0.0  # fraction of each batch: standard scenes seen as a larger photo
 
     def __post_init__(self) -> None:
         self.items, self.item_labels = fashion.load_split("train", self.root)
@@ -146,7 +147,17 @@ class FashionScenesTask:
                 drawn, masks_k = framing.scaled_scenes(self.items_01, self.labels_t, k, gen)
                 xb = torch.cat([(drawn - fashion.MEAN) / fashion.STD, xb[k:]])
                 yb = torch.cat([masks_k, yb[k:]])
-            yield xb, yb
+            yield self._enlarged(xb, k, gen), yb
+
+    def _enlarged(self, x: Tensor, start: int, gen: torch.Generator) -> Tensor:
+        """The `enlarged` share of a normalised batch (B, 1, 64, 64), from row `start` (after
+        the framing scenes), replaced by framing.rephotographed copies; masks unchanged."""
+        m = round(self.enlarged * len(x))
+        if m == 0:
+            return x
+        part = x[start : start + m] * fashion.STD + fashion.MEAN
+        redrawn = (framing.rephotographed(part, gen) - fashion.MEAN) / fashion.STD
+        return torch.cat([x[:start], redrawn, x[start + m :]])
 
     def to(self, device: torch.device) -> None:
         """Draw the scaled scenes on the training device."""

@@ -40,3 +40,16 @@ def test_placed_item_is_40_to_90_px_and_masked():
         side = int(np.sqrt((mask == 4).sum()))
         assert photo.size == (96, 96) and 40 <= side <= 90
         assert set(np.unique(mask)) == {0, 4}
+
+
+def test_rephotographed_keeps_geometry_and_blurs_edges():
+    gen = torch.Generator().manual_seed(2)
+    images = torch.zeros(12, 1, 64, 64)
+    images[:, :, 16:48, 16:48] = 1.0
+    out = framing.rephotographed(images, gen)
+    assert out.shape == images.shape and torch.allclose(
+        out.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=1e-4
+    )
+    assert (out[:, :, 20:44, 20:44] == 1.0).all() and (out[:, :, :12] == 0).all()
+    edge = out[:, 0, 32, 15:17]  # across the left border: no longer a hard 0 -> 1 step
+    assert ((edge > 0) & (edge < 1)).any()
