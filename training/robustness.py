@@ -148,6 +148,27 @@ def evaluate(
     }
 
 
+@torch.no_grad()
+def mask_classes(folder: Path, pictures: list[Path]) -> dict[str, dict[str, float]]:
+    """{picture file name: {label: pixel fraction}} of a segmenter checkpoint's masks at picture
+    size, through the service's decoding and the checkpoint's own preprocessing (e.g. the web
+    page's demo samples: one garment should come out as one class beside the background)."""
+    model, cfg = load_checkpoint(folder)
+    pre = preprocessing_for(cfg, load_facts(folder, cfg))
+    out = {}
+    for path in pictures:
+        x, size = decoded(path.read_bytes(), pre)
+        mask = np.asarray(
+            imaging.mask_at_size(model(torch.from_numpy(x))[0].argmax(0).numpy(), size)
+        )
+        ids, counts = np.unique(mask, return_counts=True)
+        out[path.name] = {
+            scenes.SCENE_LABELS[i]: round(float(c) / mask.size, 4)
+            for i, c in zip(ids, counts, strict=True)
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,7 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         "--limit", type=int, default=CLASSIFIER_ITEMS, help="classifier: the first N test items"
     )
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument(
+        "--pictures",
+        type=Path,
+        nargs="+",
+        help="segmenters: instead of the cases, the classes of these pictures' masks",
+    )
     args = ap.parse_args(argv)
+    if args.pictures:
+        runs.emit_json({str(f): mask_classes(f, args.pictures) for f in args.checkpoints}, args.out)
+        return 0
     results, cases = {}, {}
     for folder in args.checkpoints:
         family = load_checkpoint(folder)[1].family

@@ -40,3 +40,15 @@ def test_segmenter_cases_score_at_picture_size(tmp_path):
     results = robustness.evaluate(tmp_path, cases)
     assert set(results) == {c.name for c in cases}
     assert all(0.0 <= v <= 1.0 for r in results.values() for v in r.values())
+
+
+def test_mask_classes_are_pixel_fractions_at_picture_size(tmp_path):
+    from PIL import Image
+
+    cfg = get_config("segmenter-fashion", depth=1, decoder_depth=1)
+    save_checkpoint(tmp_path, build_model(cfg), cfg, facts_for(cfg))
+    picture = tmp_path / "one.png"
+    Image.new("L", (28, 28), 0).save(picture)
+    classes = robustness.mask_classes(tmp_path, [picture])["one.png"]
+    assert sum(classes.values()) == pytest.approx(1.0, abs=1e-3)
+    assert set(classes) <= set(robustness.scenes.SCENE_LABELS)
