@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.engine.runtime import ModelInfo, TensorSpec
+from service.messages import ModelInfo, TensorSpec
 from service.errors import BadRequest, ResponseTooLarge
 from service.frontend.guards import parse_length
 from service.frontend.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta

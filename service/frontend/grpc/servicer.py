@@ -121,6 +121,7 @@ class Servicer:
         call.for_model(request.model_name)
         model = state.model(request.model_name, version=request.model_version or None)
         v2_request, binary = tensors.as_v2(request)
+        tensors.check_outputs(model.name, [s.name for s in model.outputs], v2_request)
         feeds = oip.decode_inputs(model, v2_request, binary)
         oip.batch_rows(feeds)
         if model.task == TEXT_GENERATION:
@@ -177,12 +178,13 @@ class Servicer:
 
     @staticmethod
     def _plain_control(name: str, parameters: Any) -> None:
-        """Load and unload take a model name only: Triton's config or file overrides (and
-        unload_dependents) have no meaning for bundles read from their folder."""
+        """Load and unload take a model name: Triton's config and file overrides have no
+        meaning for bundles read from their folder (`unload_dependents`, which tritonclient
+        always sends, is moot: no model depends on another)."""
         if not name:
             raise BadRequest("model_name is required")
-        if parameters:
+        if unknown := sorted(set(parameters) - {"unload_dependents"}):
             raise BadRequest(
-                f"load/unload parameters {sorted(parameters)[:8]} are not supported: bundles "
+                f"load/unload parameters {unknown[:8]} are not supported: bundles "
                 "are read from the repository folder as they are"
             )

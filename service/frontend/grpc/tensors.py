@@ -99,6 +99,14 @@ def as_v2(request: pb.ModelInferRequest) -> tuple[V2InferRequest, bytes]:
     return v2, raw[0] if len(raw) == 1 else b"".join(raw)
 
 
+def check_outputs(model: str, names: list[str], request: V2InferRequest) -> None:
+    """BadRequest for requested outputs the model does not have, before it runs (the HTTP
+    route finds out after the run, in `oip.response_bound`)."""
+    wanted = [o.name for o in request.outputs or []]
+    if unknown := sorted(set(wanted) - set(names)):
+        raise BadRequest(f"unknown output(s) {unknown}; {model!r} has {sorted(names)}")
+
+
 def response(
     name: str, version: str, request: V2InferRequest, outputs: dict[str, np.ndarray]
 ) -> pb.ModelInferResponse:
