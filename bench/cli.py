@@ -34,6 +34,10 @@ BENCHMARKS = {
         "bench.roofline",
         "ORT images/s vs measured fp32 matmul peak; threads, opt level; profile",
     ),
+    "engine": (
+        "bench.engine_bench",
+        "engine and front-end CPU per request / per token with compute-free bundles",
+    ),
     "coldstart": ("bench.coldstart", "process start to ready, RSS with the models loaded"),
     "soak": ("bench.soak", "10 min at 70% of capacity: p99 stability and RSS growth"),
     "gpu": (

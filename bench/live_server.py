@@ -118,6 +118,7 @@ class LiveServer:
         settings: Mapping[str, str] | None = None,
         *,
         log: Path | None = None,
+        tree: Path = ROOT,
     ) -> None:
         port = free_port()
         env = {
@@ -125,7 +126,7 @@ class LiveServer:
             "NEUTRENO_LOG_LEVEL": "warning",
             **(settings or {}),
         }
-        self._start("neutreno serve", serve_command(port), port, env, log, group=False)
+        self._start("neutreno serve", serve_command(port), port, env, log, group=False, tree=tree)
 
     @classmethod
     def command(
@@ -154,8 +155,10 @@ class LiveServer:
         log: Path | None,
         *,
         group: bool,
+        tree: Path = ROOT,
     ) -> None:
-        """Start `argv` now; the log goes to `log` or to a temporary folder this object owns."""
+        """Start `argv` in `tree` (a checkout; this one by default) now; the log goes to `log`
+        or to a temporary folder this object owns."""
         self.name, self.port, self.group = name, port, group
         self.url = f"http://127.0.0.1:{port}"
         if log is None:
@@ -167,7 +170,7 @@ class LiveServer:
             self.proc = subprocess.Popen(
                 argv,
                 env={**os.environ, **env},
-                cwd=ROOT,
+                cwd=tree,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=group,

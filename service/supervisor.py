@@ -30,6 +30,7 @@ from prometheus_client import multiprocess
 from service.engine.server import engine_main
 from service.frontend.main import frontend_main, uvicorn_config
 from service.metrics import MULTIPROC_ENV
+from service.process import set_title
 from service.settings import Overrides, Settings
 
 log = logging.getLogger("neutreno.service")
@@ -59,6 +60,7 @@ class Supervisor:
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # inherited by every child process
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        set_title("supervisor")
         try:
             self.engine = self.ctx.Process(
                 target=engine_main,
@@ -91,7 +93,7 @@ class Supervisor:
         proc = self.ctx.Process(
             target=frontend_main,
             name=f"neutreno-frontend-{index}",
-            args=(self.overrides, self.address, self.sock),
+            args=(self.overrides, self.address, self.sock, index),
         )
         proc.start()
         return proc

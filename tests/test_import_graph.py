@@ -97,3 +97,35 @@ def test_no_package_imports_one_above_it() -> None:
     )
     assert len(known) > 50, "the graph was not read"
     assert upward == []
+
+
+# The processes of a running server (docs/ARCHITECTURE.md): the engine never imports the front
+# end; the front end reaches the engine only through the wire types (service.wire,
+# service.messages) and its client, which also builds an in-process engine (tests, library use).
+FRONTEND_MAY_IMPORT_ENGINE = {"service.frontend.client", "service.frontend.app"}
+
+
+def test_the_engine_never_imports_the_front_end() -> None:
+    known = modules()
+    found = sorted(
+        f"{name} imports {target}"
+        for name, path in known.items()
+        if name.startswith("service.engine")
+        for target in imports(path, known, late=True)
+        if target.startswith("service.frontend")
+    )
+    assert any(n.startswith("service.engine.") for n in known), "the graph was not read"
+    assert found == []
+
+
+def test_the_front_end_reaches_the_engine_only_through_its_client() -> None:
+    known = modules()
+    found = sorted(
+        f"{name} imports {target}"
+        for name, path in known.items()
+        if name.startswith("service.frontend") and name not in FRONTEND_MAY_IMPORT_ENGINE
+        for target in imports(path, known, late=True)
+        if target.startswith("service.engine")
+    )
+    assert any(n.startswith("service.frontend.") for n in known), "the graph was not read"
+    assert found == []

@@ -1,5 +1,10 @@
 """Dynamic batching per model (the Triton / TorchServe scheme) on asyncio.
 
+Per-batch, not per-request, work: a request is a queue entry with a `Reply` callback (no task,
+no future of its own in the engine process); the batch loop answers every request of a batch
+by calling the callbacks, and the engine server groups the replies of one batch into one
+message per front end. `submit` wraps `enqueue` in a future for in-process callers.
+
 Requests are queued with their preprocessed feeds (batch axis 0, `rows` >= 1). One task per model
 forms a batch when the queued rows reach `max_batch_size` or the oldest request has waited
 `max_queue_delay`; a lone client (no two requests outstanding at once in the last second) does
@@ -30,22 +35,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import tracing
-from service.errors import BadRequest, DeadlineExceeded, InferenceFailed, ModelNotReady, QueueFull
+from service.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    InferenceFailed,
+    ModelNotReady,
+    QueueFull,
+    ServiceError,
+)
 from service.metrics import Metrics
 
 log = logging.getLogger("neutreno.service")
 
 Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Awaitable[Feeds]]
+Reply = Callable[[Feeds | None, ServiceError | None], None]  # (outputs, error): one is None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     feeds: Feeds
     rows: int
     enqueued: float
-    future: asyncio.Future[Feeds] = field(repr=False)
+    deadline: float
+    reply: Reply = field(repr=False)
     trace: object = field(default_factory=tracing.capture, repr=False)  # None when off
+    done: bool = False
 
 
 class DynamicBatcher:
@@ -115,29 +130,44 @@ class DynamicBatcher:
                 self._retry_after(),
             )
 
-    async def submit(self, feeds: Feeds, timeout_s: float, shared: bool = False) -> Feeds:
-        """Queue one request and wait for its outputs (each with the request's own rows).
-        `shared`: the caller knows of other requests in flight with it (a front end decoding
-        them), so it is not a lone client's even when it is alone in the queue."""
+    def enqueue(
+        self, feeds: Feeds, timeout_s: float, reply: Reply, shared: bool = False
+    ) -> _Request:
+        """Queue one request; `reply` gets its outputs (each with the request's own rows) or
+        its error, once. `shared`: the caller knows of other requests in flight with it (a
+        front end decoding them), so it is not a lone client's even when alone in the queue."""
         self.admit()
         rows = int(next(iter(feeds.values())).shape[0])
-        req = _Request(feeds, rows, time.perf_counter(), asyncio.get_running_loop().create_future())
+        now = time.perf_counter()
+        req = _Request(feeds, rows, now, now + timeout_s, reply)
         self._queue.append(req)
         self._queued_rows += rows
         self._outstanding += 1
         if self._outstanding > 1 or shared:
-            self._shared_at = req.enqueued
-        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+            self._shared_at = now
         self._wakeup.set()
+        return req
+
+    async def submit(self, feeds: Feeds, timeout_s: float, shared: bool = False) -> Feeds:
+        """`enqueue`, awaited (in-process callers)."""
+        future: asyncio.Future[Feeds] = asyncio.get_running_loop().create_future()
+
+        def reply(outputs: Feeds | None, error: ServiceError | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                assert outputs is not None
+                future.set_result(outputs)
+
+        req = self.enqueue(feeds, timeout_s, reply, shared)
         try:
-            return await asyncio.wait_for(asyncio.shield(req.future), timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
-            req.future.cancel()
-            raise DeadlineExceeded(
-                f"no result from {self.model!r} within {timeout_s:.3g} s"
-            ) from None
-        finally:
-            self._outstanding -= 1
+            error = DeadlineExceeded(f"no result from {self.model!r} within {timeout_s:.3g} s")
+            self._answer(req, error=error)
+            return await future
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(self._queued_rows / self.max_batch_size)
@@ -159,6 +189,7 @@ class DynamicBatcher:
     async def _wait_for_batch(self) -> None:
         """Return once a full batch is queued or the oldest request's delay has run out; at
         once for a lone client."""
+        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
         oldest = self._queue[0].enqueued
         lone = oldest - self._shared_at > self.LONE_WINDOW_S
         while (
@@ -177,16 +208,25 @@ class DynamicBatcher:
                 return
 
     def _take_batch(self) -> list[_Request]:
-        """Pop requests up to max_batch_size rows (a larger single request runs alone)."""
+        """Pop requests up to max_batch_size rows (a larger single request runs alone); those
+        whose deadline passed while queued get DeadlineExceeded (504)."""
         batch: list[_Request] = []
         rows = 0
+        now = time.perf_counter()
         while self._queue:
             req = self._queue[0]
             if batch and rows + req.rows > self.max_batch_size:
                 break
             self._queue.popleft()
             self._queued_rows -= req.rows
-            if req.future.done():  # deadline passed while queued
+            if req.done:  # its caller stopped waiting
+                continue
+            if req.deadline < now:
+                waited = now - req.enqueued
+                self._answer(
+                    req,
+                    error=DeadlineExceeded(f"no result from {self.model!r} within {waited:.3g} s"),
+                )
                 continue
             batch.append(req)
             rows += req.rows
@@ -240,8 +280,6 @@ class DynamicBatcher:
         failures: list[tuple[_Request, Exception]] = []
         succeeded = 0
         for req in batch:
-            if req.future.done():
-                continue
             try:
                 outputs = await self._run(req.feeds)
             except Exception as exc:
@@ -255,16 +293,22 @@ class DynamicBatcher:
             else:
                 self._fail(req, InferenceFailed(f"inference failed on {self.model!r}: {error}"))
 
-    @staticmethod
-    def _fail(req: _Request, error: Exception) -> None:
-        if not req.future.done():
-            req.future.set_exception(error)
+    def _answer(
+        self, req: _Request, outputs: Feeds | None = None, error: ServiceError | None = None
+    ) -> None:
+        """Give one request its outputs or error (once)."""
+        if req.done:
+            return
+        req.done = True
+        self._outstanding -= 1
+        req.reply(outputs, error)
 
-    @staticmethod
-    def _scatter(batch: list[_Request], outputs: Feeds) -> None:
+    def _fail(self, req: _Request, error: ServiceError) -> None:
+        self._answer(req, error=error)
+
+    def _scatter(self, batch: list[_Request], outputs: Feeds) -> None:
         start = 0
         for req in batch:
             part = {name: value[start : start + req.rows] for name, value in outputs.items()}
             start += req.rows
-            if not req.future.done():
-                req.future.set_result(part)
+            self._answer(req, part)

@@ -5,8 +5,9 @@ A *worker* turns requests for one model into ONNX Runtime runs: a `Batcher` (the
 models. `BATCHERS` and `GENERATORS` map a bundle's task to the factory that builds its worker,
 so a new kind of model plugs in with one entry here and one router in
 `service.frontend.app.ROUTERS`.
-The core never sees HTTP: it takes validated feeds or `ValidRequest`s and returns arrays or
-generation chunks; `status()` is the plain-data picture (models, failures, queue depths) that
+The core never sees HTTP: it takes validated feeds or `GenerateRequest`s (token ids) and
+answers with arrays or per-step `SeqOutput`s (token ids) through callbacks; `status()` is the
+plain-data picture (models with the manifest facts front ends use, failures, queue depths) that
 front ends turn into readiness and model metadata.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from export.bundle import CLASSIFICATION, SEGMENTATION, SIMILARITY, TEXT_GENERATION
 from export.telemetry import is_gated, skip_similarity
-from service.engine.batching import DynamicBatcher
+from service.engine.batching import DynamicBatcher, Reply
 from service.engine.repository import (
     Repository,
     check_model_name,
@@ -31,22 +32,40 @@ from service.engine.repository import (
     repository_index,
 )
 from service.engine.runtime import ModelRuntime, choose_providers
-from service.engine.scheduler import GenerationScheduler, Submission, make_scheduler
+from service.engine.scheduler import GenerationScheduler, make_scheduler
+from service.engine.sequence import Sink
 from service.errors import (
     BadRequest,
     DeadlineExceeded,
+    InferenceFailed,
     ModelNotFound,
     ModelNotReady,
     ServiceError,
     WrongTask,
 )
-from service.frontend.generation.validation import ValidRequest
+from service.messages import GenerateRequest
 from service.metrics import Metrics
 from service.settings import Settings
+from service.wire import Unencodable, pack
 
 log = logging.getLogger("neutreno.service")
 
 Feeds = dict[str, np.ndarray]
+# The manifest facts front ends use (service.messages.ModelInfo, /v1/models, tokenization);
+# free-form fields (training, metrics) stay in the engine.
+PUBLIC_MANIFEST = (
+    "name",
+    "version",
+    "task",
+    "labels",
+    "preprocessing",
+    "inputs",
+    "outputs",
+    "attention",
+    "lam",
+    "generation",
+    "precision",
+)
 
 
 class Worker(Protocol):
@@ -79,12 +98,21 @@ class Batcher(Worker, Protocol):
         """Run one request's feeds in a batch; its own rows of every output."""
         ...
 
+    def enqueue(self, feeds: Feeds, timeout_s: float, reply: Reply, shared: bool = False) -> Any:
+        """`submit` without waiting: `reply` gets the outputs or the error."""
+        ...
+
 
 class Generator(Worker, Protocol):
     """A worker that generates text for validated requests (language models)."""
 
-    def submit(self, requests: list[ValidRequest]) -> Submission:
-        """Queue one request's prompts; its chunks arrive through the Submission."""
+    def submit(self, rid: int, requests: list[GenerateRequest], sink: Sink) -> None:
+        """Queue one request's prompts (stream `rid`); each step's outputs go to `sink`."""
+        ...
+
+    def cancel(self, sink: Sink, rid: int | None = None, index: int | None = None) -> None:
+        """Stop prompt `index` of stream `rid` of `sink` (the whole stream, or every stream
+        of `sink`, when None)."""
         ...
 
 
@@ -166,6 +194,7 @@ class EngineCore:
         self.started = False
         self.draining = False
         self._poller: asyncio.Task[None] | None = None
+        self._entries: dict[int, dict[str, Any] | None] = {}  # status entry per ModelRuntime
 
     @property
     def models(self) -> dict[str, ModelRuntime]:
@@ -333,20 +362,43 @@ class EngineCore:
             await asyncio.to_thread(self.repository.close)
 
     def status(self) -> dict[str, Any]:
-        """Plain data (msgpack-able): what is loaded, what failed and why, queue depths."""
+        """Plain data the wire always encodes: what is loaded (with the manifest facts front
+        ends use, `PUBLIC_MANIFEST`), what failed and why, queue depths. A model whose facts
+        the wire cannot carry is reported as failed, never sent (one bad manifest must not
+        stop every status reply)."""
         repo = self.repository
+        failures = dict(repo.failures) if repo else {}
+        models = {}
+        for name, model in self.models.items():
+            entry = self._public(model)
+            if entry is None:
+                failures[name] = "its manifest has values the engine cannot send to front ends"
+            else:
+                models[name] = entry
         return {
             "started": self.started,
             "draining": self.draining,
-            "models": {
-                n: {"path": str(m.path), "manifest": m.manifest, "device": m.device}
-                for n, m in self.models.items()
-            },
-            "failures": dict(repo.failures) if repo else {},
+            "models": models,
+            "failures": failures,
             "reasons": repo.reasons() if repo else [],
             "statuses": repo.statuses() if repo else {},
             "depth": {n: w.depth for n, w in self.workers.items()},
         }
+
+    def _public(self, model: ModelRuntime) -> dict[str, Any] | None:
+        """A model's status entry (checked once per loaded model), None when unencodable."""
+        key = id(model)
+        if key not in self._entries:
+            manifest = {k: model.manifest[k] for k in PUBLIC_MANIFEST if k in model.manifest}
+            entry = {"path": str(model.path), "manifest": manifest, "device": model.device}
+            try:
+                pack(entry)
+            except Unencodable as exc:
+                log.error("model %s: manifest not sendable to front ends: %s", model.name, exc)
+                self._entries[key] = None
+            else:
+                self._entries[key] = entry
+        return self._entries[key]
 
     def _model(self, name: str) -> ModelRuntime:
         if self.draining:
@@ -378,10 +430,48 @@ class EngineCore:
         except Exception as exc:  # inputs the graph rejects (e.g. inconsistent KV-cache lengths)
             raise BadRequest(f"{name!r} rejected the inputs: {exc}") from None
 
-    def generate(self, name: str, requests: list[ValidRequest]) -> Submission:
-        """Queue one request's validated prompts on the model's generation scheduler."""
+    def enqueue(self, name: str, feeds: Feeds, shared: bool, reply: Reply) -> None:
+        """`run` without waiting (the engine server): `reply` gets the outputs or the error.
+        Raises at once what the batcher refuses (unknown model, queue full)."""
+        self._model(name)
+        batcher = self.batchers.get(name)
+        if batcher is None:  # a raw LM run (rare): one task
+            task = asyncio.ensure_future(self.run(name, feeds, shared))
+            task.add_done_callback(lambda t: _reply_from(t, reply))
+            return
+        batcher.enqueue(feeds, self.settings.request_timeout_s, reply, shared)
+
+    def generate(self, name: str, rid: int, requests: list[GenerateRequest], sink: Sink) -> None:
+        """Queue one request's prompts (stream `rid`) on the model's generation scheduler;
+        each step's outputs go to `sink`."""
         self._model(name)
         generator = self.generators.get(name)
         if generator is None:
             raise WrongTask(f"model {name!r} does not generate text")
-        return generator.submit(requests)
+        generator.submit(rid, requests, sink)
+
+    def cancel(
+        self, name: str, sink: Sink, rid: int | None = None, index: int | None = None
+    ) -> None:
+        """Stop prompt `index` of stream `rid` of `sink` on model `name` (the whole stream,
+        or every stream of `sink`, when None)."""
+        generator = self.generators.get(name)
+        if generator is not None:
+            generator.cancel(sink, rid, index)
+
+    def forget(self, sink: Sink) -> None:
+        """A front end is gone: cancel every sequence it had on every model."""
+        for generator in self.generators.values():
+            generator.cancel(sink)
+
+
+def _reply_from(task: asyncio.Future[Feeds], reply: Reply) -> None:
+    """Answer `reply` from a finished run task."""
+    if task.cancelled():
+        reply(None, InferenceFailed("the run was cancelled"))
+    elif isinstance(exc := task.exception(), ServiceError):
+        reply(None, exc)
+    elif exc is not None:
+        reply(None, InferenceFailed(f"inference failed: {exc}"))
+    else:
+        reply(task.result(), None)

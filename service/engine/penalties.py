@@ -15,30 +15,9 @@ on the row alone: the same under any batch composition, and deterministic under 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Penalties:
-    """One request's logit controls; the defaults change nothing."""
-
-    presence: float = 0.0
-    frequency: float = 0.0
-    repetition: float = 1.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    min_tokens: int = 0
-
-    @property
-    def changes_logits(self) -> bool:
-        return bool(
-            self.presence
-            or self.frequency
-            or self.repetition != 1.0
-            or self.logit_bias
-            or self.min_tokens
-        )
+from service.messages import Penalties
 
 
 class LogitsProcessor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import onnxruntime as ort
 
 from export.bundle import ATTENTION_MASK, INPUT_IDS, TEXT_GENERATION
 from export.fusion import session_model
+from service.messages import ModelInfo
 from service.settings import Settings
 
 CUDA = "CUDAExecutionProvider"
@@ -27,23 +27,6 @@ CPU = "CPUExecutionProvider"
 
 class RuntimeSetupError(RuntimeError):
     """The requested device cannot be used or a session cannot be created."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A graph input or output as the manifest declares it; string dims are dynamic."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str
-
-    @classmethod
-    def from_manifest(cls, entry: dict[str, Any]) -> TensorSpec:
-        return cls(entry["name"], tuple(entry["shape"]), entry["dtype"])
-
-    @property
-    def numpy_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype)
 
 
 def choose_providers(device: str) -> list[str]:
@@ -78,33 +61,6 @@ def _session_options(settings: Settings) -> ort.SessionOptions:
     # No busy-waiting between ops: on a small machine the event loop needs those cycles.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
-
-
-class ModelInfo:
-    """What a front end knows of a loaded bundle: its manifest facts and where it lives (the
-    engine process owns the session; front ends validate, decode and encode with this)."""
-
-    def __init__(self, path: Path, manifest: dict[str, Any], device: str) -> None:
-        self.path = path
-        self.manifest = manifest
-        self.device = device
-        self.name: str = manifest["name"]
-        self.version: str = str(manifest["version"])
-        self.task: str = manifest["task"]
-        self.labels: list[str] = list(manifest.get("labels") or [])
-        self.preprocessing: dict[str, Any] = dict(manifest.get("preprocessing") or {})
-        self.inputs = [TensorSpec.from_manifest(e) for e in manifest["inputs"]]
-        self.outputs = [TensorSpec.from_manifest(e) for e in manifest["outputs"]]
-
-    def info_labels(self) -> list[str]:
-        """Label values for neutreno_model_info after `model`."""
-        return [
-            self.version,
-            self.task,
-            str(self.manifest.get("attention", "")),
-            str(self.manifest.get("lam", "")),
-            self.device,
-        ]
 
 
 class ModelRuntime(ModelInfo):

@@ -1,24 +1,19 @@
-"""Next-token choice from one row of logits: greedy, temperature, top-k, top-p, seeded.
+"""Next-token choice for a whole decode batch at once: greedy, temperature, top-k, top-p, seeded.
 
-Each sequence owns a `Sampler` holding its own `numpy.random.Generator`, so a seeded request
-draws the same random numbers (one per token) whatever else shares its batch.
+`sample_batch` takes the step's (B, vocab) logits and every row's `SamplingParams` and random
+generator, and works on arrays: greedy rows are one argmax over their rows; sampled rows are
+tempered, filtered (top-k, then top-p) and drawn together. Each sequence owns its
+`numpy.random.Generator` and draws exactly one number per token from it, so a seeded request
+gets the same tokens whatever else shares its batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """temperature 0 = greedy; top_k 0 and top_p 1 switch those filters off."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
+from service.messages import SamplingParams, TopLogprobs
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -28,38 +23,62 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-class Sampler:
-    """Picks token ids from (vocab,) logits rows under one request's `SamplingParams`."""
-
-    def __init__(self, params: SamplingParams) -> None:
-        self.params = params
-        self._rng = np.random.default_rng(params.seed)
-
-    def __call__(self, logits: np.ndarray) -> int:
-        """(vocab,) logits -> token id."""
-        p = self.params
-        if p.temperature == 0.0:
-            return int(np.argmax(logits))
-        # Shift before dividing: (x - max) <= 0, so a tiny temperature gives -inf (never
-        # inf - inf = NaN) everywhere but at the maxima: greedy, as the limit should be.
-        x = logits.astype(np.float64)
-        with np.errstate(over="ignore"):  # the -inf is the point
-            scores = (x - x.max()) / p.temperature
-        if 0 < p.top_k < scores.shape[0]:
-            kth = np.partition(scores, -p.top_k)[-p.top_k]
-            scores = np.where(scores >= kth, scores, -np.inf)
-        order = np.argsort(-scores, kind="stable")
-        probs = np.exp(scores[order] - scores[order[0]])
-        probs /= probs.sum()
-        cumulative = np.cumsum(probs)
-        if p.top_p < 1.0:
-            keep = int(np.searchsorted(cumulative, p.top_p)) + 1
-            cumulative = cumulative[:keep] / cumulative[keep - 1]
-        pick = int(np.searchsorted(cumulative, self._rng.random(), side="right"))
-        return int(order[min(pick, len(cumulative) - 1)])
+def sample_batch(
+    logits: np.ndarray,
+    params: Sequence[SamplingParams],
+    rngs: Sequence[np.random.Generator],
+) -> np.ndarray:
+    """(B, vocab) logits -> (B,) int64 token ids, row r under params[r] drawing from rngs[r]."""
+    temps = np.fromiter((p.temperature for p in params), np.float64, len(params))
+    ids = np.empty(len(params), np.int64)
+    greedy = temps == 0.0
+    if greedy.any():
+        ids[greedy] = np.argmax(logits[greedy], axis=-1)
+    rows = [int(r) for r in np.flatnonzero(~greedy)]
+    if rows:
+        draws = np.array([rngs[r].random() for r in rows])
+        ids[rows] = _draw(
+            logits[rows],
+            temps[rows],
+            np.array([params[r].top_k for r in rows], np.int64),
+            np.array([params[r].top_p for r in rows], np.float64),
+            draws,
+        )
+    return ids
 
 
-def top_logprobs(logprobs: np.ndarray, n: int) -> list[tuple[int, float]]:
+def _draw(
+    logits: np.ndarray, temps: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, u: np.ndarray
+) -> np.ndarray:
+    """Sampled rows: logits (R, V), temps/top_k/top_p/u (R,) -> (R,) ids.
+
+    Shift before dividing: (x - max) <= 0, so a tiny temperature gives -inf (never inf - inf =
+    NaN) everywhere but at the maxima, greedy as the limit should be.
+    """
+    x = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # the -inf is the point
+        scores = (x - x.max(axis=-1, keepdims=True)) / temps[:, None]
+    order = np.argsort(-scores, axis=-1, kind="stable")  # (R, V) best first
+    ranked = np.take_along_axis(scores, order, axis=-1)
+    vocab = scores.shape[1]
+    k = np.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+    kth = np.take_along_axis(ranked, (k - 1)[:, None], axis=-1)  # ties with the k-th stay in
+    ranked = np.where(ranked >= kth, ranked, -np.inf)
+    probs = np.exp(ranked - ranked[:, :1])
+    cumulative = np.cumsum(probs, axis=-1)
+    cumulative /= cumulative[:, -1:]
+    keep = np.where(
+        top_p < 1.0, (cumulative < top_p[:, None]).sum(axis=-1) + 1, vocab
+    )  # tokens inside the nucleus
+    keep = np.minimum(keep, vocab)
+    cumulative = cumulative / np.take_along_axis(cumulative, (keep - 1)[:, None], axis=-1)
+    inside = np.arange(vocab)[None, :] < keep[:, None]
+    pick = ((cumulative <= u[:, None]) & inside).sum(axis=-1)
+    pick = np.minimum(pick, keep - 1)
+    return np.take_along_axis(order, pick[:, None], axis=-1)[:, 0]
+
+
+def top_logprobs(logprobs: np.ndarray, n: int) -> TopLogprobs:
     """(vocab,) log-probabilities -> the n best (token id, logprob), best first."""
     if n <= 0:
         return []

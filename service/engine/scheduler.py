@@ -8,6 +8,11 @@ goes through `ModelRuntime.run_async`, off the event loop. Waiting sequences bey
 limit are refused with 429. `stop` drains: nothing new is accepted, everything accepted
 finishes. A sequence's cache reservation is prompt + max_new_tokens, so admitted sequences never
 need to be preempted.
+
+Host work is per step, not per token: the step's logits are sampled for the whole batch at once
+(`sample_batch`), each row becomes a `SeqOutput` of token ids, and every front end gets one call
+of its `Sink` per step with all of its sequences' outputs; metrics are updated once per step.
+Text never appears here: the front ends detokenize and match stop strings.
 """
 
 from __future__ import annotations
@@ -25,32 +30,15 @@ from export.bundle import LOGITS, PAST, PRESENT
 from service import tracing
 from service.engine.kv import Feeds, KVBatch, LMGraph, Resident, prefill_feeds, prefilled
 from service.engine.runtime import ModelRuntime
-from service.engine.sequence import Chunk, ChunkReader, Sequence
+from service.engine.sampling import sample_batch
+from service.engine.sequence import EngineSequence, Sink
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
-from service.frontend.generation.tokenizer import TextTokenizer
-from service.frontend.generation.validation import ModelLimits, ValidRequest
+from service.messages import GenerateRequest, SeqOutput
 from service.metrics import Metrics
 from service.settings import Settings
+from service.wire import error_to_wire
 
 log = logging.getLogger("neutreno.service")
-
-
-class Submission(ChunkReader):
-    """The sequences of one HTTP request (one per prompt) and their shared output queue."""
-
-    def __init__(
-        self,
-        scheduler: GenerationScheduler,
-        sequences: list[Sequence],
-        outbox: asyncio.Queue[Chunk],
-    ) -> None:
-        super().__init__([s.request for s in sequences], outbox)
-        self.scheduler = scheduler
-        self.sequences = sequences
-
-    def cancel(self) -> None:
-        """The client is gone: free the sequences at the next step."""
-        self.scheduler.cancel(self.sequences)
 
 
 class GenerationScheduler:
@@ -59,7 +47,6 @@ class GenerationScheduler:
     def __init__(
         self,
         model: ModelRuntime,
-        tokenizer: TextTokenizer,
         metrics: Metrics,
         *,
         max_running: int,
@@ -70,18 +57,19 @@ class GenerationScheduler:
         gen = model.manifest["generation"]
         past = next(s for s in model.inputs if s.name.startswith(f"{PAST}."))
         self.model = model
-        self.tokenizer = tokenizer
+        self.eos_id: int | None = gen.get("eos_token_id")
+        self.vocab_size: int = gen["vocab_size"]
+        self.max_cached_tokens = max_cached_tokens
         self.graph = LMGraph(gen["num_layers"], gen["num_heads"], gen["head_dim"], past.numpy_dtype)
-        self.limits = ModelLimits(gen["context_length"], max_cached_tokens)
         self.max_running = max_running
         self.max_queue_size = max_queue_size
         self._metrics = metrics
         self._on_prefill = on_prefill
         # prefill brings back logits and the telemetry output (if the graph has it), not the cache
         self._prefill_outputs = [n for n in model.output_names if not n.startswith(f"{PRESENT}.")]
-        self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []
-        self._admitted: list[Sequence] = []
+        self._waiting: deque[EngineSequence] = deque()
+        self._running: list[EngineSequence] = []
+        self._admitted: list[EngineSequence] = []
         self._batch = KVBatch.empty(self.graph)
         self._cached = 0
         self._sequence_seconds = 1.0  # running estimate for Retry-After
@@ -115,8 +103,9 @@ class GenerationScheduler:
         if self._task is not None:
             await self._task
 
-    def submit(self, requests: list[ValidRequest]) -> Submission:
-        """Queue one request's validated prompts together; 429 when the queue has no room."""
+    def submit(self, rid: int, requests: list[GenerateRequest], sink: Sink) -> None:
+        """Queue one request's prompts together (stream `rid`, outputs to `sink`); 429 when
+        the queue has no room."""
         if self._closing:
             raise ModelNotReady(f"model {self.name!r} is shutting down")
         if len(self._waiting) + len(requests) > self.max_queue_size:
@@ -125,17 +114,19 @@ class GenerationScheduler:
                 f"(limit {self.max_queue_size}); retry later",
                 self._retry_after(),
             )
-        outbox: asyncio.Queue[Chunk] = asyncio.Queue()
-        sequences = [Sequence(r, self.tokenizer, outbox) for r in requests]
-        self._waiting.extend(sequences)
+        self._waiting.extend(
+            EngineSequence(rid, r, sink, self.eos_id, self.vocab_size) for r in requests
+        )
         self._publish_gauges()
         self._wakeup.set()
-        return Submission(self, sequences, outbox)
 
-    def cancel(self, sequences: list[Sequence]) -> None:
-        """Mark sequences cancelled; waiting ones leave now, running ones at the next step."""
-        for seq in sequences:
-            seq.cancel()
+    def cancel(self, sink: Sink, rid: int | None = None, index: int | None = None) -> None:
+        """Cancel prompt `index` of stream `rid` of front end `sink` (every prompt of the
+        stream when index is None, every stream when rid is None too): waiting sequences
+        leave now, running ones at the next step."""
+        for seq in [*self._waiting, *self._running, *self._admitted]:
+            if seq.sink is sink and rid in (None, seq.rid) and index in (None, seq.request.index):
+                seq.cancel()
         self._waiting = deque(s for s in self._waiting if not s.cancelled)
         self._publish_gauges()
         self._wakeup.set()
@@ -191,12 +182,12 @@ class GenerationScheduler:
         else:
             self._batch = KVBatch.empty(self.graph)
 
-    def _admit(self) -> list[Sequence]:
+    def _admit(self) -> list[EngineSequence]:
         """Pop waiting sequences (FIFO) while the running and cached-token limits allow."""
-        admitted: list[Sequence] = []
+        admitted: list[EngineSequence] = []
         while self._waiting and len(self._running) + len(admitted) < self.max_running:
             reserve = self._waiting[0].request.reserved_tokens
-            if self._cached + reserve > self.limits.max_cached_tokens:
+            if self._cached + reserve > self.max_cached_tokens:
                 break
             seq = self._waiting.popleft()
             self._cached += reserve
@@ -206,7 +197,7 @@ class GenerationScheduler:
             self._metrics.queue_duration_seconds.labels(self.name).observe(now - seq.enqueued)
         return admitted
 
-    async def _prefill(self, sequences: list[Sequence]) -> None:
+    async def _prefill(self, sequences: list[EngineSequence]) -> None:
         """One run over the new prompts; sample their first tokens; merge their caches."""
         feeds = prefill_feeds(self.graph, [s.request.prompt_ids for s in sequences])
         result = await self._run(feeds, {}, sequences, self._prefill_outputs)
@@ -214,12 +205,14 @@ class GenerationScheduler:
             self._cached -= sum(s.request.reserved_tokens for s in sequences)
             return
         outputs, presents = result
-        logits = outputs[LOGITS]
+        logits = outputs[LOGITS]  # (B, L, vocab)
+        scored = []
         for row, seq in enumerate(sequences):
             if seq.request.echo:
-                seq.prompt_scored(logits[row, logits.shape[1] - len(seq.request.prompt_ids) :])
-            if not seq.done:
-                self._sample(seq, logits[row, -1])
+                prompt = logits[row, logits.shape[1] - len(seq.request.prompt_ids) :]
+                scored.append((seq, seq.scored_prompt(prompt)))
+        live = [row for row, seq in enumerate(sequences) if not seq.done]
+        self._deliver(scored + self._sample([sequences[r] for r in live], logits[live, -1]))
         if self._on_prefill is not None:
             self._on_prefill(outputs)
         self._batch = await asyncio.to_thread(
@@ -237,23 +230,60 @@ class GenerationScheduler:
             return
         outputs, presents = result
         self._batch = self._batch.advanced(self.graph, presents)
-        logits = outputs[LOGITS][:, -1]
-        for row, seq in enumerate(self._running):
-            if not seq.done:
-                self._sample(seq, logits[row])
+        live = [seq for seq in self._running if not seq.done]
+        rows = [row for row, seq in enumerate(self._running) if not seq.done]
+        self._deliver(self._sample(live, outputs[LOGITS][rows, -1]))
 
-    def _sample(self, seq: Sequence, logits: np.ndarray) -> None:
-        previous = seq.last_token_at
-        seq.sample(logits)
-        metrics, now = self._metrics, seq.last_token_at or time.perf_counter()
-        if previous is None:
-            metrics.time_to_first_token_seconds.labels(self.name).observe(now - seq.enqueued)
-        else:
-            metrics.inter_token_latency_seconds.labels(self.name).observe(now - previous)
-        metrics.generated_tokens_total.labels(self.name).inc()
+    def _sample(
+        self, sequences: list[EngineSequence], logits: np.ndarray
+    ) -> list[tuple[EngineSequence, SeqOutput]]:
+        """Pick the next id of every row at once (logits (B, vocab)); one output per row."""
+        if not sequences:
+            return []
+        scores = logits
+        if any(s.processor is not None for s in sequences):
+            scores = logits.astype(np.float64)
+            for row, seq in enumerate(sequences):
+                if seq.processor is not None:
+                    scores[row] = seq.processor(logits[row])
+        ids = sample_batch(
+            scores, [s.request.sampling for s in sequences], [s.rng for s in sequences]
+        )
+        now = time.perf_counter()
+        self._observe(sequences, now)
+        wants = [s.request.logprobs is not None for s in sequences]
+        return [
+            (seq, seq.accept(int(ids[row]), logits[row] if wants[row] else None, now))
+            for row, seq in enumerate(sequences)
+        ]
+
+    def _observe(self, sequences: list[EngineSequence], now: float) -> None:
+        """TTFT / inter-token latency per row, the token counter once per step."""
+        metrics = self._metrics
+        ttft = metrics.time_to_first_token_seconds.labels(self.name)
+        itl = metrics.inter_token_latency_seconds.labels(self.name)
+        for seq in sequences:
+            if seq.last_token_at is None:
+                ttft.observe(now - seq.enqueued)
+            else:
+                itl.observe(now - seq.last_token_at)
+        metrics.generated_tokens_total.labels(self.name).inc(len(sequences))
+
+    @staticmethod
+    def _deliver(outputs: list[tuple[EngineSequence, SeqOutput]]) -> None:
+        """One sink call per front end with its sequences' outputs of this step."""
+        grouped: dict[int, tuple[Sink, list[SeqOutput]]] = {}
+        for seq, out in outputs:
+            grouped.setdefault(id(seq.sink), (seq.sink, []))[1].append(out)
+        for sink, outs in grouped.values():
+            sink(outs)
 
     async def _run(
-        self, feeds: Feeds, resident: Resident, sequences: list[Sequence], to_host: list[str]
+        self,
+        feeds: Feeds,
+        resident: Resident,
+        sequences: list[EngineSequence],
+        to_host: list[str],
     ) -> tuple[Feeds, Resident] | None:
         """One ORT run with its metrics: outputs `to_host` as numpy, the presents left on the
         device; on failure every sequence in it fails (503)."""
@@ -279,11 +309,9 @@ class GenerationScheduler:
         self._running, self._admitted, self._batch = [], [], KVBatch.empty(self.graph)
         self._cached = 0
 
-    def _fail(self, sequences: list[Sequence], exc: Exception) -> None:
-        error = InferenceFailed(f"generation failed on {self.name!r}: {exc}")
-        for seq in sequences:
-            if not seq.done:
-                seq.fail(error)
+    def _fail(self, sequences: list[EngineSequence], exc: Exception) -> None:
+        error = error_to_wire(InferenceFailed(f"generation failed on {self.name!r}: {exc}"))
+        self._deliver([(seq, seq.fail(error)) for seq in sequences if not seq.done])
 
     def _publish_gauges(self) -> None:
         self._metrics.running_sequences.labels(self.name).set(len(self._running))
@@ -298,10 +326,8 @@ def make_scheduler(
     on_prefill: Callable[[Feeds], None] | None = None,
 ) -> GenerationScheduler:
     """The generation worker of a text-generation bundle, configured from settings."""
-    tokenizer = TextTokenizer.of_bundle(model.path, model.manifest["generation"])
     return GenerationScheduler(
         model,
-        tokenizer,
         metrics,
         max_running=settings.max_running_sequences,
         max_cached_tokens=settings.max_cached_tokens,

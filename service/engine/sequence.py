@@ -1,252 +1,116 @@
-"""One generating sequence: its tokens, text, stop strings, logprobs and output queue.
+"""One generating sequence in the engine: token ids, its random generator and logit controls.
 
-The scheduler calls `prompt_scored` after prefill (echo) and `append` for every sampled token;
-the sequence turns tokens into `Chunk`s of stop-safe text on its `outbox`, which the HTTP layer
-reads. Text that might be the start of a stop string is held back until it is known not to be.
+The engine deals in ids only: a sequence appends the ids the batch sampler picks, finishes on
+EOS or at max_new_tokens, and reports each step as a `SeqOutput` (ids, logprobs when asked) for
+the front end that asked, which turns ids into text and applies stop strings (and cancels the
+sequence when one matches). `Sink` is where a step's outputs go: one call per front end per step.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable
 
 import numpy as np
 
 from service import tracing
 from service.engine.penalties import LogitsProcessor
-from service.engine.sampling import Sampler, log_softmax, top_logprobs
-from service.errors import ServiceError
-from service.frontend.generation.schemas import FinishReason
-from service.frontend.generation.tokenizer import IncrementalDecoder, TextTokenizer
-from service.frontend.generation.validation import ValidRequest
+from service.engine.sampling import log_softmax, top_logprobs
+from service.messages import EngineFinish, GenerateRequest, SeqOutput
+
+Sink = Callable[[list[SeqOutput]], None]
 
 
-@dataclass
-class TokenLogprob:
-    """One token as OpenAI's legacy logprobs lists it; offset is into the choice's text."""
-
-    token: str
-    logprob: float | None
-    top: dict[str, float] | None
-    offset: int
-
-
-@dataclass
-class Chunk:
-    """New output of one sequence: text, its tokens' logprobs, the finish reason when done."""
-
-    index: int
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: FinishReason | None = None
-    error: ServiceError | None = None
-    new_tokens: int = 0  # tokens generated since this sequence's previous chunk (usage)
-
-
-class ChunkReader:
-    """The chunks of one request's sequences, read from their shared queue until every one has
-    finished or failed; counts the completion tokens they report (usage)."""
-
-    def __init__(self, requests: list[ValidRequest], outbox: asyncio.Queue[Chunk]) -> None:
-        self.requests = requests
-        self.outbox = outbox
-        self.completion_tokens = 0
-
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        remaining = len(self.requests)
-        while remaining:
-            chunk = await self.outbox.get()
-            if chunk.finish_reason is not None or chunk.error is not None:
-                remaining -= 1
-            self.completion_tokens += chunk.new_tokens
-            yield chunk
-
-
-class Sequence:
-    """Per-request generation state owned by the scheduler."""
+class EngineSequence:
+    """Per-prompt generation state owned by the scheduler (stream `rid` of front end `sink`)."""
 
     def __init__(
-        self, request: ValidRequest, tokenizer: TextTokenizer, outbox: asyncio.Queue[Chunk]
+        self, rid: int, request: GenerateRequest, sink: Sink, eos_id: int | None, vocab: int
     ) -> None:
+        self.rid = rid
         self.request = request
-        self.tokenizer = tokenizer
-        self.outbox = outbox
-        self.sampler = Sampler(request.sampling)
-        self.processor = _processor(request, tokenizer)
+        self.sink = sink
+        self.eos_id = None if request.ignore_eos else eos_id
+        self.rng = np.random.default_rng(request.sampling.seed)
+        self.processor = (
+            LogitsProcessor(request.penalties, request.prompt_ids, vocab, self.eos_id)
+            if request.penalties.changes_logits
+            else None
+        )
         self.generated: list[int] = []
-        self.finish_reason: FinishReason | Literal["error"] | None = None
+        self.finish: EngineFinish | None = None
         self.cancelled = False
         self.enqueued = time.perf_counter()
         self.trace = tracing.generation_trace(self.enqueued)
         self.last_token_at: float | None = None
-        self._decoder = IncrementalDecoder(tokenizer, list(request.prompt_ids))
-        self._base = len(request.prompt_text) if request.echo else 0
-        self._text = ""
-        self._sent = 0
-        self._counted = 0  # tokens reported in chunks so far
-        self._pending: list[TokenLogprob] = []
-        self._stop_floor = 0  # stop strings count only if they end after this text index
 
     @property
     def done(self) -> bool:
-        return self.finish_reason is not None or self.cancelled
+        return self.finish is not None or self.cancelled
 
     @property
     def last_token(self) -> int:
         return self.generated[-1]
 
-    def prompt_scored(self, logits: np.ndarray) -> None:
-        """Echo: emit the prompt text, with its logprobs if asked.
+    def output(self) -> SeqOutput:
+        return SeqOutput(self.rid, self.request.index)
+
+    def scored_prompt(self, logits: np.ndarray) -> SeqOutput:
+        """Echo: the prompt's per-token logprobs (after the first token) if asked; finishes at
+        once when no new token is wanted.
 
         logits (prompt_tokens, vocab): the prefill logits of this sequence's real positions.
         """
-        req = self.request
-        scored: list[TokenLogprob] = []
+        req, out = self.request, self.output()
+        out.prompt = []
         if req.logprobs is not None:
-            logprobs = log_softmax(logits[:-1])
-            offsets = _offsets(self.tokenizer, list(req.prompt_ids))
-            for i, token_id in enumerate(req.prompt_ids):
-                row = logprobs[i - 1] if i else None
-                scored.append(
-                    TokenLogprob(
-                        self.tokenizer.token_text(token_id),
-                        None if row is None else float(row[token_id]),
-                        None if row is None else self._top(row),
-                        offsets[i],
-                    )
-                )
-        self._emit(Chunk(req.index, req.prompt_text, scored))
+            rows = log_softmax(logits[:-1])
+            out.prompt = [
+                (float(row[token]), top_logprobs(row, req.logprobs))
+                for row, token in zip(rows, req.prompt_ids[1:], strict=True)
+            ]
         if req.max_new_tokens == 0:
-            self._finish("length")
+            self._end("length")
+            out.finish = "length"
+        return out
 
-    def sample(self, logits: np.ndarray) -> int:
-        """Pick and append the next token from its (vocab,) logits (after the request's logit
-        controls; logprobs stay those of the model); returns it."""
-        if self.processor is None:
-            token_id = self.sampler(logits)
-        else:
-            token_id = self.sampler(self.processor(logits))
-            self.processor.observe(token_id)
-        self.append(token_id, logits)
-        return token_id
-
-    def append(self, token_id: int, logits: np.ndarray) -> None:
-        """Record a generated token, emit the text it makes safe, finish when a limit is met."""
+    def accept(self, token_id: int, logits: np.ndarray | None, now: float) -> SeqOutput:
+        """Record the sampled id (logits (vocab,): the model's own row, for logprobs) and say
+        whether it ends the sequence (EOS, max_new_tokens)."""
+        req, out = self.request, self.output()
         self.generated.append(token_id)
-        self.last_token_at = time.perf_counter()
-        if self.request.logprobs is not None:
+        self.last_token_at = now
+        if self.processor is not None:
+            self.processor.observe(token_id)
+        out.tokens = [token_id]
+        if req.logprobs is not None and logits is not None:
             row = log_softmax(logits)
-            self._pending.append(
-                TokenLogprob(
-                    self.tokenizer.token_text(token_id),
-                    float(row[token_id]),
-                    self._top(row),
-                    self._base + len(self._text),
-                )
-            )
-        self._text += self._decoder.push(token_id)
-        if len(self.generated) < self.request.penalties.min_tokens:
-            self._stop_floor = len(self._text)
-        if token_id == self.tokenizer.eos_id and not self.request.ignore_eos:
-            self._finish("stop")
-        elif self._stopped_at() is not None:
-            self._finish("stop")
-        elif len(self.generated) >= self.request.max_new_tokens:
-            self._finish("length")
-        else:
-            self._release(len(self._text) - self._held_back())
+            out.logprobs = [float(row[token_id])]
+            out.top = [top_logprobs(row, req.logprobs)]
+        if token_id == self.eos_id:
+            self._end("stop")
+        elif len(self.generated) >= req.max_new_tokens:
+            self._end("length")
+        out.finish = self.finish
+        return out
 
-    def fail(self, error: ServiceError) -> None:
-        """End the sequence with an error the HTTP layer reports."""
-        self.finish_reason = "error"
-        self._end_trace()
-        self._emit(Chunk(self.request.index, error=error))
+    def fail(self, error: dict[str, object]) -> SeqOutput:
+        """End with an error the front end reports (error in service.wire's form)."""
+        self._end("error")
+        out = self.output()
+        out.finish, out.error = "error", error
+        return out
 
     def cancel(self) -> None:
-        """The client is gone or its deadline passed: stop at the next step."""
-        self.cancelled = True
-        self._end_trace()
+        """The client is gone, a stop string matched, or its deadline passed."""
+        if not self.done:
+            self.cancelled = True
+            self._end_trace("cancelled")
 
-    def _end_trace(self) -> None:
+    def _end(self, reason: EngineFinish) -> None:
+        self.finish = reason
+        self._end_trace(reason)
+
+    def _end_trace(self, reason: str) -> None:
         if self.trace is not None:
-            self.trace.end(
-                len(self.request.prompt_ids), len(self.generated), self.finish_reason or "cancelled"
-            )
-
-    def _top(self, row: np.ndarray) -> dict[str, float] | None:
-        n = self.request.logprobs or 0
-        return {self.tokenizer.token_text(t): lp for t, lp in top_logprobs(row, n)} if n else None
-
-    def _stopped_at(self) -> int | None:
-        """Index in the text where the first stop string starts, if any has appeared."""
-        start = max(0, self._sent - max((len(s) for s in self.request.stop), default=0))
-        found = [
-            i
-            for s in self.request.stop
-            if (i := self._text.find(s, max(start, self._stop_floor - len(s) + 1))) >= 0
-        ]
-        return min(found) if found else None
-
-    def _held_back(self) -> int:
-        """Length of the longest text suffix that is a proper prefix of a stop string.
-
-        Only the unsent text can start one (text was sent because no stop string could start
-        in it), so the search is bounded by that length, not by the longest stop string.
-        """
-        unsent = self._text[self._sent :]
-        longest = max((len(s) for s in self.request.stop), default=1) - 1
-        for size in range(min(longest, len(unsent)), 0, -1):
-            if any(unsent.endswith(s[:size]) for s in self.request.stop if len(s) > size):
-                return size
-        return 0
-
-    def _finish(self, reason: FinishReason) -> None:
-        stop_at = self._stopped_at()
-        if stop_at is None:
-            self._text += self._decoder.flush()
-            stop_at = self._stopped_at()
-        end = len(self._text) if stop_at is None else stop_at
-        finish: FinishReason = "stop" if stop_at is not None else reason
-        self.finish_reason = finish
-        self._end_trace()
-        if stop_at is not None:
-            self._pending = [t for t in self._pending if t.offset - self._base < end]
-        self._release(end, finish)
-
-    def _release(self, end: int, finish: FinishReason | None = None) -> None:
-        """Emit text up to `end` (and pending logprobs) when there is something new, with
-        `finish`, the sequence's finish reason, when this is its last chunk."""
-        text = self._text[self._sent : end] if end > self._sent else ""
-        if not text and not self._pending and finish is None:
-            return
-        self._sent = max(self._sent, end)
-        chunk = Chunk(self.request.index, text, self._pending, finish)
-        self._pending = []
-        self._emit(chunk)
-
-    def _emit(self, chunk: Chunk) -> None:
-        if not self.cancelled:
-            chunk.new_tokens = len(self.generated) - self._counted
-            self._counted = len(self.generated)
-            self.outbox.put_nowait(chunk)
-
-
-def _processor(request: ValidRequest, tokenizer: TextTokenizer) -> LogitsProcessor | None:
-    """The request's logit controls, or None when they change nothing (the common case)."""
-    if not request.penalties.changes_logits:
-        return None
-    eos = None if request.ignore_eos else tokenizer.eos_id
-    return LogitsProcessor(request.penalties, request.prompt_ids, tokenizer.vocab_size, eos)
-
-
-def _offsets(tokenizer: TextTokenizer, ids: list[int]) -> list[int]:
-    """Character offset of each token in decode(ids)."""
-    decoder = IncrementalDecoder(tokenizer, [])
-    offsets, length = [], 0
-    for token_id in ids:
-        offsets.append(length)
-        length += len(decoder.push(token_id))
-    return offsets
+            self.trace.end(len(self.request.prompt_ids), len(self.generated), reason)

@@ -1,11 +1,17 @@
-"""The engine process: an `EngineCore` behind a ZeroMQ ROUTER socket.
+"""The engine process: an `EngineCore` behind a ZeroMQ ROUTER socket, per-batch host work.
 
 `engine_main` is the process entry point `neutreno serve` starts (one per device). It binds the
 socket before loading the bundles, so front ends see "models are still loading" instead of
 nothing, then serves until the supervisor sets `stop`: it refuses new work, finishes everything
 accepted (queued batches, running sequences) and exits 0. It ignores SIGINT and SIGTERM (the
 supervisor drains the front ends first, then the engine) and exits when its parent dies.
-Each request runs as its own task, so requests from every front end meet in one batcher.
+
+Host cost is per batch and per step, not per request or token (vLLM's engine core): the socket
+is a plain (not asyncio) ZeroMQ socket read from the event loop's reader callback, draining every
+queued message at once; an `infer` is a queue entry with a reply callback (no task, no future);
+replies produced in one turn of the loop (a batch, a generation step) are grouped per front end
+and sent as ONE `results` and ONE `step` message each. A front end silent for `SILENT_AFTER_S`
+(front ends poll the status 4 times a second) is taken as dead: its sequences are cancelled.
 """
 
 from __future__ import annotations
@@ -15,133 +21,214 @@ import logging
 import multiprocessing.synchronize
 import os
 import signal
+import time
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from service import tracing, wire
 from service.engine.core import EngineCore
-from service.engine.scheduler import Submission
 from service.errors import InferenceFailed, ServiceError
-from service.frontend.client import CONTROL_OPS
 from service.logs import configure_logging
+from service.messages import SeqOutput
 from service.metrics import Metrics
+from service.process import set_title
 from service.settings import Overrides, Settings
 
 log = logging.getLogger("neutreno.service")
 
 Identity = bytes
+CONTROL_OPS = ("index", "load", "unload")
+
+
+class FrontEnd:
+    """One connected front end: replies and step outputs waiting to go out to it; calling it is
+    the generation scheduler's per-step sink for its sequences."""
+
+    def __init__(self, server: EngineServer, identity: Identity) -> None:
+        self.server, self.identity = server, identity
+        self.results: list[wire.Result] = []
+        self.outputs: list[SeqOutput] = []
+        self.seen = time.monotonic()
+        self.models: set[str] = set()  # models it has generated on (to cancel when it dies)
+
+    def __call__(self, outputs: list[SeqOutput]) -> None:
+        self.outputs.extend(outputs)
+        self.server.schedule_flush(self)
+
+    def reply(self, rid: int, outputs: wire.Feeds | None, error: ServiceError | None) -> None:
+        self.results.append((rid, outputs, None if error is None else wire.error_to_wire(error)))
+        self.server.schedule_flush(self)
 
 
 class EngineServer:
-    """Dispatches front-end messages to the core and sends replies back to their sender."""
+    """Reads front-end messages into the core and sends replies back to their sender."""
+
+    SILENT_AFTER_S = 5.0
 
     def __init__(self, core: EngineCore, address: str) -> None:
         self.core = core
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 0)  # replies are bounded by the accepted work
         self._sock.bind(address)
+        self._frontends: dict[Identity, FrontEnd] = {}
+        self._dirty: dict[Identity, FrontEnd] = {}  # front ends with something to send
         self._tasks: set[asyncio.Task[None]] = set()
-        self._streams: dict[tuple[Identity, int], tuple[Submission, asyncio.Task[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def serve(self) -> None:
-        """Receive forever (cancelled by `close`)."""
-        while True:
-            frames = await self._sock.recv_multipart(copy=False)
-            identity = frames[0].bytes
-            header, tensors = wire.decode(frames[1:])
+    def start(self) -> None:
+        """Read the socket from this event loop (the ZeroMQ FD signals new messages)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(wire.socket_fd(self._sock), self._drain)
+        self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Handle every message queued on the socket (the FD is edge-triggered: read until
+        the socket says there is nothing left)."""
+        sock = self._sock
+        while wire.readable(sock):
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            frontend = self._frontend(frames[0].bytes)
+            header: dict[str, Any] = {}
             try:
-                self._dispatch(identity, header, tensors)
+                header, tensors = wire.decode(frames[1:])
+                self._dispatch(frontend, header, tensors)
             except Exception as exc:  # one bad message must not stop the engine answering
-                log.exception("engine could not handle %s", header.get("op"))
+                log.exception("engine could not handle a %s message", header.get("op"))
                 error = InferenceFailed(f"the engine could not handle the request: {exc}")
-                self._send(
-                    identity,
-                    {"op": "result", "id": header.get("id", 0), "error": wire.error_to_wire(error)},
-                )
+                frontend.reply(header.get("id", 0), None, error)
 
-    def _dispatch(self, identity: Identity, header: dict[str, Any], tensors: wire.Feeds) -> None:
+    def _frontend(self, identity: Identity) -> FrontEnd:
+        frontend = self._frontends.get(identity)
+        if frontend is None:
+            frontend = self._frontends[identity] = FrontEnd(self, identity)
+        frontend.seen = time.monotonic()
+        return frontend
+
+    def _dispatch(self, frontend: FrontEnd, header: dict[str, Any], tensors: wire.Feeds) -> None:
         op, rid = header["op"], header["id"]
         if op == "status":
-            self._send(identity, {"op": "status", "id": rid, "status": self.core.status()})
+            self._send(frontend.identity, {"op": "status", "id": rid, "status": self.core.status()})
         elif op == "infer":
-            self._spawn(self._infer(identity, rid, header, tensors))
+            self._infer(frontend, rid, header, tensors)
         elif op == "generate":
-            self._generate(identity, rid, header)
-        elif op in CONTROL_OPS:
-            self._spawn(self._control(identity, rid, op, header.get("model")))
+            self._generate(frontend, rid, header)
         elif op == "cancel":
-            stream = self._streams.pop((identity, rid), None)
-            if stream is not None:  # cancelled sequences send nothing more: stop forwarding
-                stream[0].cancel()
-                stream[1].cancel()
+            self.core.cancel(header["model"], frontend, rid, header.get("index"))
+        elif op in CONTROL_OPS:
+            self._spawn(self._control(frontend, rid, op, header.get("model")))
 
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _infer(
-        self, identity: Identity, rid: int, header: dict[str, Any], feeds: wire.Feeds
+    def _infer(
+        self, frontend: FrontEnd, rid: int, header: dict[str, Any], feeds: wire.Feeds
     ) -> None:
-        model = header["model"]
+        def reply(outputs: wire.Feeds | None, error: ServiceError | None) -> None:
+            frontend.reply(rid, outputs, error)
+
         try:
             with tracing.attached(header.get("trace")):
-                outputs = await self.core.run(model, feeds, header.get("shared", False))
+                self.core.enqueue(header["model"], feeds, header.get("shared", False), reply)
         except ServiceError as exc:
-            self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(exc)})
-            return
-        except Exception as exc:  # a bug must reach the waiting request, not kill the engine
-            log.exception("engine run on %s failed", model)
-            error = InferenceFailed(f"inference failed on {model!r}: {exc}")
-            self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(error)})
-            return
-        self._send(identity, {"op": "result", "id": rid}, outputs)
+            frontend.reply(rid, None, exc)
 
-    async def _control(self, identity: Identity, rid: int, op: str, name: str | None) -> None:
+    def _generate(self, frontend: FrontEnd, rid: int, header: dict[str, Any]) -> None:
+        model = header["model"]
+        try:
+            requests = [wire.request_from_wire(r) for r in header["requests"]]
+            with tracing.attached(header.get("trace")):
+                self.core.generate(model, rid, requests, frontend)
+        except ServiceError as exc:
+            frontend.reply(rid, None, exc)
+            return
+        frontend.models.add(model)
+        frontend.reply(rid, None, None)
+
+    async def _control(self, frontend: FrontEnd, rid: int, op: str, name: str | None) -> None:
         """A repository-control op; the reply carries the new status so front ends follow."""
         try:
             data = await self.core.control(op, name)
         except ServiceError as exc:
-            self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(exc)})
+            frontend.reply(rid, None, exc)
             return
         self._send(
-            identity, {"op": "result", "id": rid, "data": data, "status": self.core.status()}
+            frontend.identity,
+            {"op": "result", "id": rid, "data": data, "status": self.core.status()},
         )
+        self._drain()  # sending may have consumed the FD's edge
 
-    def _generate(self, identity: Identity, rid: int, header: dict[str, Any]) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def schedule_flush(self, frontend: FrontEnd) -> None:
+        """Send `frontend`'s pending replies at the end of this turn of the loop, together
+        with whatever else the same batch or step produces for it."""
+        if not self._dirty:
+            assert self._loop is not None
+            self._loop.call_soon(self.flush)
+        self._dirty[frontend.identity] = frontend
+
+    def flush(self) -> None:
+        """One `results` and one `step` message per front end with something pending."""
+        dirty, self._dirty = self._dirty, {}
+        for frontend in dirty.values():
+            results, frontend.results = frontend.results, []
+            outputs, frontend.outputs = frontend.outputs, []
+            if results:
+                self._send_results(frontend.identity, results)
+            if outputs:
+                self._send(frontend.identity, {"op": "step", "out": wire.outputs_to_wire(outputs)})
+        self._drain()  # sending may have consumed the FD's edge
+
+    def _send_results(self, identity: Identity, results: list[wire.Result]) -> None:
         try:
-            requests = [wire.request_from_wire(r) for r in header["requests"]]
-            with tracing.attached(header.get("trace")):
-                submission = self.core.generate(header["model"], requests)
-        except ServiceError as exc:
-            self._send(identity, {"op": "result", "id": rid, "error": wire.error_to_wire(exc)})
+            frames = wire.encode_results(results)
+        except wire.Unencodable:  # answer each alone, so one bad reply fails only itself
+            for result in results:
+                self._send_results_alone(identity, result)
             return
-        self._send(identity, {"op": "result", "id": rid})
-        task = self._spawn(self._forward(identity, rid, submission))
-        self._streams[(identity, rid)] = (submission, task)
+        self._sock.send_multipart([identity, *frames], copy=False)
 
-    async def _forward(self, identity: Identity, rid: int, submission: Submission) -> None:
+    def _send_results_alone(self, identity: Identity, result: wire.Result) -> None:
         try:
-            async for chunk in submission.chunks():
-                self._send(identity, {"op": "chunk", "id": rid, "chunk": wire.chunk_to_wire(chunk)})
-        finally:
-            self._streams.pop((identity, rid), None)
+            frames = wire.encode_results([result])
+        except wire.Unencodable as exc:
+            error = InferenceFailed(f"the engine could not encode the reply: {exc}")
+            frames = wire.encode_results([(result[0], None, wire.error_to_wire(error))])
+        self._sock.send_multipart([identity, *frames], copy=False)
 
-    def _send(
-        self, identity: Identity, header: dict[str, Any], tensors: wire.Feeds | None = None
-    ) -> None:
-        self._sock.send_multipart([identity, *wire.encode(header, tensors)], copy=False)
+    def _send(self, identity: Identity, header: dict[str, Any]) -> None:
+        try:
+            frames = wire.encode(header)
+        except wire.Unencodable as exc:
+            log.error("engine could not encode a %s reply: %s", header.get("op"), exc)
+            error = InferenceFailed(f"the engine could not encode the reply: {exc}")
+            frames = wire.encode_results([(header.get("id", 0), None, wire.error_to_wire(error))])
+        self._sock.send_multipart([identity, *frames], copy=False)
+
+    def forget_silent(self) -> None:
+        """Cancel the sequences of front ends not heard from for SILENT_AFTER_S (dead: a
+        front end polls the status every 0.25 s), and forget them."""
+        now = time.monotonic()
+        for identity, frontend in list(self._frontends.items()):
+            if now - frontend.seen > self.SILENT_AFTER_S:
+                if frontend.models:
+                    log.warning("a front end went silent; cancelling its sequences")
+                self.core.forget(frontend)
+                del self._frontends[identity]
+                self._dirty.pop(identity, None)
 
     async def finish(self) -> None:
-        """Wait until every accepted request has been answered and every stream forwarded."""
+        """Wait until every control op has answered, then send what is pending."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self.flush()
 
     def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(wire.socket_fd(self._sock))
         self._sock.close()
         self._ctx.term()
 
@@ -152,26 +239,33 @@ async def run_engine(
     """Bind, load, serve until `stop` is set (or the parent dies), then drain."""
     core = EngineCore(settings, Metrics())
     server = EngineServer(core, address)
-    receiving = asyncio.create_task(server.serve(), name="engine-receive")
+    server.start()
     parent = os.getppid()
     await core.start()
+    ticks = 0
     while not stop.is_set() and os.getppid() == parent:
         await asyncio.sleep(0.1)
+        ticks += 1
+        if ticks % 10 == 0:
+            server.forget_silent()
     log.info("engine draining")
     core.flush()
     await core.stop()
     await server.finish()
-    receiving.cancel()
     server.close()
 
 
 def engine_main(
-    overrides: Overrides, address: str, stop: multiprocessing.synchronize.Event
+    overrides: Overrides,
+    address: str,
+    stop: multiprocessing.synchronize.Event,
+    title: str = "engine 0",
 ) -> None:
     """Process entry point (spawned by `neutreno serve`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = Settings(**overrides)
+    set_title(f"{title} ({settings.device})")
     configure_logging(settings)
     tracing.configure_from_env()
     asyncio.run(run_engine(settings, address, stop))

@@ -2,11 +2,13 @@
 
 `InprocClient` calls an `EngineCore` living in the same process (tests, `create_app()` used as a
 library). `MPClient` talks to the engine process (`service.engine.server`) over a ZeroMQ DEALER
-socket: requests carry an id, replies and generation chunks come back on one read loop that
-resolves the waiting futures and streams. `start` returns once the engine has loaded its models
-(so a front end accepts connections only then, as an in-process engine does). It polls the
-engine's status every `STATUS_EVERY_S`; no answer for `DEAD_AFTER_S` means the engine is gone:
-readiness fails and every waiting request gets 503 instead of hanging.
+socket read from the event loop's reader callback (no asyncio wrapper: one drain handles every
+message that arrived): requests carry an id; a `results` message answers several requests at
+once, a `step` message carries token ids for several streams. Token ids become text here
+(`GenerationStream`). `start` returns once the engine has loaded its models (so a front end
+accepts connections only then, as an in-process engine does). It polls the engine's status
+every `STATUS_EVERY_S`; no answer for `DEAD_AFTER_S` means the engine is gone: readiness fails
+and every waiting request gets 503 instead of hanging.
 """
 
 from __future__ import annotations
@@ -15,33 +17,23 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from service import tracing, wire
 from service.engine.core import EngineCore
-from service.engine.sequence import Chunk, ChunkReader
-from service.errors import DeadlineExceeded, ModelNotReady, QueueFull
+from service.errors import DeadlineExceeded, ModelNotReady, QueueFull, ServiceError
+from service.frontend.generation.output import GenerationStream
+from service.frontend.generation.tokenizer import TextTokenizer
 from service.frontend.generation.validation import ValidRequest
+from service.messages import SeqOutput
 
 log = logging.getLogger("neutreno.service")
 
 Feeds = dict[str, np.ndarray]
-
-
-class GenerationStream(Protocol):
-    """One completion request's sequences as the front end sees them."""
-
-    requests: list[ValidRequest]
-    completion_tokens: int
-
-    def chunks(self) -> AsyncIterator[Chunk]: ...
-
-    def cancel(self) -> None: ...
 
 
 class EngineClient(Protocol):
@@ -67,7 +59,9 @@ class EngineClient(Protocol):
         """Outputs of one validated request; `shared`: others are in flight with it."""
         ...
 
-    async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream: ...
+    async def generate(
+        self, name: str, requests: list[ValidRequest], tokenizer: TextTokenizer
+    ) -> GenerationStream: ...
 
     async def control(self, op: str, name: str | None = None) -> Any:
         """Model repository control: "index" (every version and its state), "load" or
@@ -75,7 +69,28 @@ class EngineClient(Protocol):
         ...
 
 
-CONTROL_OPS = ("index", "load", "unload")
+class Streams:
+    """This front end's open generation streams by id; called with a step's outputs (the
+    engine's per-step sink), it hands each stream its own."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, GenerationStream] = {}
+
+    def __call__(self, outputs: list[SeqOutput]) -> None:
+        by_stream: dict[int, list[SeqOutput]] = {}
+        for out in outputs:
+            by_stream.setdefault(out.rid, []).append(out)
+        for rid, outs in by_stream.items():
+            stream = self.open.get(rid)
+            if stream is not None:
+                stream.deliver(outs)
+                if any(o.finish is not None for o in outs) and stream.finished:
+                    del self.open[rid]
+
+    def fail_all(self, error: ServiceError) -> None:
+        for stream in self.open.values():
+            stream.fail(error)
+        self.open.clear()
 
 
 class InprocClient:
@@ -83,6 +98,8 @@ class InprocClient:
 
     def __init__(self, core: EngineCore) -> None:
         self.core = core
+        self._ids = itertools.count(1)
+        self._streams = Streams()
 
     async def start(self) -> None:
         await self.core.start()
@@ -102,27 +119,28 @@ class InprocClient:
     async def run(self, name: str, feeds: Feeds, shared: bool = False) -> Feeds:
         return await self.core.run(name, feeds, shared)
 
-    async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream:
-        return self.core.generate(name, requests)
+    async def generate(
+        self, name: str, requests: list[ValidRequest], tokenizer: TextTokenizer
+    ) -> GenerationStream:
+        rid = next(self._ids)
+
+        def cancel(index: int | None) -> None:
+            self.core.cancel(name, self._streams, rid, index)
+
+        stream = GenerationStream(requests, tokenizer, cancel)
+        self._streams.open[rid] = stream
+        try:
+            self.core.generate(name, rid, [r.to_engine() for r in requests], self._streams)
+        except BaseException:
+            del self._streams.open[rid]
+            raise
+        return stream
 
     async def control(self, op: str, name: str | None = None) -> Any:
         return await self.core.control(op, name)
 
 
-class RemoteStream(ChunkReader):
-    """Chunks of one completion request arriving from the engine process."""
-
-    def __init__(self, client: MPClient, rid: int, requests: list[ValidRequest]) -> None:
-        super().__init__(requests, asyncio.Queue())
-        self.client, self.rid = client, rid
-
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        async for chunk in super().chunks():
-            yield chunk
-        self.client.forget(self.rid)
-
-    def cancel(self) -> None:
-        self.client.cancel(self.rid)
+Reply = tuple[dict[str, Any], Feeds]
 
 
 class MPClient:
@@ -136,20 +154,24 @@ class MPClient:
         self.address = address
         self.request_timeout_s = request_timeout_s
         self.max_queue_size = max_queue_size
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], Feeds]]] = {}
-        self._streams: dict[int, RemoteStream] = {}
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._streams = Streams()
         self._status: dict[str, Any] | None = None
         self._status_at = -float("inf")
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_scheduled = False
 
     async def start(self) -> None:
         """Connect, then wait until the engine reports its models loaded."""
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 0)  # requests are bounded by the front end's limits
         self._sock.connect(self.address)
-        self._tasks = [asyncio.create_task(self._read_loop(), name="engine-reader")]
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(wire.socket_fd(self._sock), self._drain)
         while self._status is None or not self._status["started"]:
             self._send({"op": "status", "id": 0})
             await asyncio.sleep(0.05)
@@ -159,6 +181,8 @@ class MPClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._loop is not None:
+            self._loop.remove_reader(wire.socket_fd(self._sock))
         self._sock.close()
         self._ctx.term()
 
@@ -185,56 +209,59 @@ class MPClient:
             )
 
     async def run(self, name: str, feeds: Feeds, shared: bool = False) -> Feeds:
-        header, outputs = await self._call(
-            {"op": "infer", "model": name, "shared": shared, "trace": tracing.carrier()}, feeds
-        )
+        header: dict[str, Any] = {"op": "infer", "model": name, "shared": shared}
+        if trace := tracing.carrier():
+            header["trace"] = trace
+        _, outputs = await self._call(header, feeds)
         return outputs
 
-    async def generate(self, name: str, requests: list[ValidRequest]) -> GenerationStream:
+    async def generate(
+        self, name: str, requests: list[ValidRequest], tokenizer: TextTokenizer
+    ) -> GenerationStream:
         rid = next(self._ids)
-        stream = RemoteStream(self, rid, requests)
-        self._streams[rid] = stream
+        stream = GenerationStream(requests, tokenizer, self._canceller(name, rid))
+        self._streams.open[rid] = stream
         try:
             await self._call(
                 {
                     "op": "generate",
                     "model": name,
                     "trace": tracing.carrier(),
-                    "requests": [wire.request_to_wire(r) for r in requests],
+                    "requests": [wire.request_to_wire(r.to_engine()) for r in requests],
                 },
                 rid=rid,
             )
         except BaseException:
-            self._streams.pop(rid, None)
+            self._streams.open.pop(rid, None)
             raise
         return stream
+
+    def _canceller(self, name: str, rid: int) -> Callable[[int | None], None]:
+        def cancel(index: int | None) -> None:
+            if index is None:
+                self._streams.open.pop(rid, None)
+            self._send({"op": "cancel", "id": rid, "model": name, "index": index})
+
+        return cancel
 
     async def control(self, op: str, name: str | None = None) -> Any:
         reply, _ = await self._call({"op": op, "model": name})
         return reply.get("data")
 
-    def cancel(self, rid: int) -> None:
-        if self._streams.pop(rid, None) is not None:
-            self._send({"op": "cancel", "id": rid})
-
-    def forget(self, rid: int) -> None:
-        """A stream has delivered its last chunk."""
-        self._streams.pop(rid, None)
-
     async def _call(
         self, header: dict[str, Any], feeds: Feeds | None = None, rid: int | None = None
-    ) -> tuple[dict[str, Any], Feeds]:
+    ) -> Reply:
         """Send one request and wait for its reply (or raise the engine's error)."""
         if self.status() is None:
             raise ModelNotReady("the engine is not answering")
+        assert self._loop is not None
         rid = next(self._ids) if rid is None else rid
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending[rid] = future
         self._send({**header, "id": rid}, feeds)
         try:
-            reply, tensors = await asyncio.wait_for(
-                future, self.request_timeout_s + self.REPLY_GRACE_S
-            )
+            async with asyncio.timeout(self.request_timeout_s + self.REPLY_GRACE_S):
+                reply, tensors = await future
         except TimeoutError:
             raise DeadlineExceeded(
                 f"no answer from the engine within {self.request_timeout_s:.3g} s"
@@ -247,24 +274,40 @@ class MPClient:
 
     def _send(self, header: dict[str, Any], feeds: Feeds | None = None) -> None:
         self._sock.send_multipart(wire.encode(header, feeds), copy=False)
+        if not self._drain_scheduled and self._loop is not None:  # a send can eat the FD's edge
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
 
-    async def _read_loop(self) -> None:
-        while True:
-            frames = await self._sock.recv_multipart(copy=False)
-            header, tensors = wire.decode(frames)
-            op = header["op"]
-            if op == "status":
+    def _drain(self) -> None:
+        """Handle every message that has arrived (the FD is edge-triggered)."""
+        self._drain_scheduled = False
+        sock = self._sock
+        while wire.readable(sock):
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            try:
+                self._handle(frames)
+            except Exception:  # a message this front end cannot read must not stop the others
+                log.exception("front end could not read an engine message")
+
+    def _handle(self, frames: list[Any]) -> None:
+        header, tensors = wire.decode(frames[:1])
+        op = header["op"]
+        if op == "step":
+            self._streams(wire.outputs_from_wire(header["out"]))
+        elif op == "results":
+            for rid, outputs, error in wire.decode_results(header, frames[1:]):
+                self._resolve(rid, {"error": error}, outputs or {})
+        elif op == "status":
+            self._status, self._status_at = header["status"], time.monotonic()
+        else:
+            if "status" in header:  # a control op's reply: the change is visible at once
                 self._status, self._status_at = header["status"], time.monotonic()
-            elif op == "chunk":
-                stream = self._streams.get(header["id"])
-                if stream is not None:
-                    stream.outbox.put_nowait(wire.chunk_from_wire(header["chunk"]))
-            else:
-                if "status" in header:  # a control op's reply: the change is visible at once
-                    self._status, self._status_at = header["status"], time.monotonic()
-                future = self._pending.get(header["id"])
-                if future is not None and not future.done():
-                    future.set_result((header, tensors))
+            self._resolve(header["id"], header, tensors)
+
+    def _resolve(self, rid: int, reply: dict[str, Any], tensors: Feeds) -> None:
+        future = self._pending.get(rid)
+        if future is not None and not future.done():
+            future.set_result((reply, tensors))
 
     async def _poll_status(self) -> None:
         """Ask for the engine's status; when it stops answering, fail whoever waits."""
@@ -278,7 +321,4 @@ class MPClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
-        for stream in self._streams.values():
-            for request in stream.requests:
-                stream.outbox.put_nowait(Chunk(request.index, error=error))
-        self._streams.clear()
+        self._streams.fail_all(error)

@@ -24,6 +24,7 @@ from service.frontend.app import create_app
 from service.frontend.client import MPClient
 from service.frontend.connections import server_options
 from service.logs import configure_logging, logging_config
+from service.process import set_title
 from service.settings import Overrides, Settings
 
 
@@ -72,8 +73,9 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
-def frontend_main(overrides: Overrides, address: str, sock: socket.socket) -> None:
+def frontend_main(overrides: Overrides, address: str, sock: socket.socket, index: int = 0) -> None:
     """Process entry point (spawned by the supervisor) serving on the shared socket."""
+    set_title(f"front end {index}")
     settings = Settings(**overrides)
     configure_logging(settings)
     engine = MPClient(address, settings.request_timeout_s, settings.max_queue_size)

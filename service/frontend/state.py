@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
-from service.engine.runtime import ModelInfo
 from service.errors import ModelNotFound, ModelNotReady, WrongTask
-from service.frontend.client import EngineClient, GenerationStream
+from service.frontend.client import EngineClient
+from service.frontend.generation.output import GenerationStream
 from service.frontend.generation.tokenizer import TextTokenizer
 from service.frontend.generation.validation import ModelLimits, ValidRequest
+from service.messages import ModelInfo
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -152,7 +153,9 @@ class ServiceState:
 
     async def generate(self, model: ModelInfo, requests: list[ValidRequest]) -> GenerationStream:
         """Queue validated prompts on the engine's scheduler for this model."""
-        return await self.engine.generate(model.name, requests)
+        return await self.engine.generate(
+            model.name, requests, self.generation_front(model).tokenizer
+        )
 
 
 async def get_state(request: Request) -> ServiceState:

@@ -20,7 +20,6 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 from export.bundle import LOGITS
-from service.engine.runtime import ModelInfo
 from service.errors import BadRequest, UnsupportedMediaType
 from service.frontend import imaging
 from service.frontend.schemas import (
@@ -31,6 +30,7 @@ from service.frontend.schemas import (
     SegmentResponse,
 )
 from service.frontend.state import ServiceState
+from service.messages import ModelInfo
 
 P = TypeVar("P", bound=BaseModel)
 FILE_TYPES = ("image/", "application/octet-stream")

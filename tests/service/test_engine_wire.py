@@ -1,15 +1,14 @@
-"""The front end <-> engine message format: tensors, errors, requests and chunks round-trip."""
+"""The front end <-> engine message format: tensors, errors, requests, step outputs and grouped
+results round-trip; what cannot be encoded is refused clearly."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from service import wire
-from service.engine.penalties import Penalties
-from service.engine.sampling import SamplingParams
-from service.engine.sequence import Chunk, TokenLogprob
 from service.errors import DeadlineExceeded, QueueFull
-from service.frontend.generation.validation import ValidRequest
+from service.messages import GenerateRequest, Penalties, SamplingParams, SeqOutput
 
 
 def test_tensors_round_trip_bytes_dtype_and_shape() -> None:
@@ -38,14 +37,12 @@ def test_errors_keep_their_class_status_and_headers() -> None:
     )
 
 
-def test_requests_and_chunks_round_trip() -> None:
-    request = ValidRequest(
+def test_requests_and_step_outputs_round_trip() -> None:
+    request = GenerateRequest(
         1,
-        "In the",
         (5, 6),
         8,
         SamplingParams(0.8, 40, 0.9, 1),
-        ("\n",),
         2,
         False,
         True,
@@ -53,21 +50,41 @@ def test_requests_and_chunks_round_trip() -> None:
     )
     header, _ = wire.decode(wire.encode({"r": wire.request_to_wire(request)}))
     assert wire.request_from_wire(header["r"]) == request
-    chunk = Chunk(
-        1,
-        " beginning",
-        [TokenLogprob(" beginning", -0.5, {" beginning": -0.5}, 6)],
-        "length",
-        QueueFull("full", 2),
-        3,
-    )
-    header, _ = wire.decode(wire.encode({"c": wire.chunk_to_wire(chunk)}))
-    back = wire.chunk_from_wire(header["c"])
-    assert (back.index, back.text, back.logprobs, back.finish_reason, back.new_tokens) == (
-        1,
-        " beginning",
-        chunk.logprobs,
-        "length",
-        3,
-    )
-    assert isinstance(back.error, QueueFull) and back.error.headers == {"Retry-After": "2"}
+    outputs = [
+        SeqOutput(3, 0, [17], [-0.5], [[(17, -0.5), (4, -1.25)]], None, None, None),
+        SeqOutput(4, 1, [2], None, None, [(-0.1, [(2, -0.1)])], "stop", None),
+        SeqOutput(4, 2, [], None, None, None, "error", wire.error_to_wire(QueueFull("full", 2))),
+    ]
+    header, _ = wire.decode(wire.encode({"out": wire.outputs_to_wire(outputs)}))
+    back = wire.outputs_from_wire(header["out"])
+    assert [(o.rid, o.index, o.tokens, o.logprobs, o.finish) for o in back] == [
+        (o.rid, o.index, o.tokens, o.logprobs, o.finish) for o in outputs
+    ]
+    assert back[0].top is not None and [tuple(t) for t in back[0].top[0]] == [
+        (17, -0.5),
+        (4, -1.25),
+    ]
+    error = wire.error_from_wire(back[2].error or {})
+    assert isinstance(error, QueueFull) and error.headers == {"Retry-After": "2"}
+
+
+def test_one_results_message_answers_several_requests() -> None:
+    """A batch's replies to one front end: outputs of two requests and an error, one message."""
+    a = {"logits": np.arange(10, dtype=np.float32).reshape(1, 10)}
+    b = {"logits": np.ones((2, 10), np.float32), "similarity": np.zeros((2, 3), np.float32)}
+    error = wire.error_to_wire(DeadlineExceeded("late"))
+    frames = wire.encode_results([(1, a, None), (2, b, None), (3, None, error)])
+    assert len(frames) == 1 + 3  # one header, one frame per tensor
+    header, _ = wire.decode(frames[:1])
+    results = wire.decode_results(header, [bytes(f) for f in frames[1:]])
+    assert [r[0] for r in results] == [1, 2, 3]
+    np.testing.assert_array_equal(results[0][1]["logits"], a["logits"])
+    assert results[1][1]["similarity"].shape == (2, 3) and results[2][2] == error
+
+
+def test_unencodable_values_raise_a_clear_error() -> None:
+    """An int beyond 64 bits or a lone surrogate cannot cross; `pack` says so (the engine
+    then fails that one reply, not its channel)."""
+    for bad in ({"seed": 2**70}, {"label": "\ud800"}):
+        with pytest.raises(wire.Unencodable):
+            wire.encode({"op": "status", "status": bad})

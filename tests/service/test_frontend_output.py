@@ -1,20 +1,19 @@
-"""service.engine.sequence: stop strings hold back only what could still start one, and the
-check costs no more than the unsent text (issue 19), with the tiny LM's real tokenizer."""
+"""service.frontend.generation.output: the engine's ids become text in the front end; stop
+strings hold back only what could still start one, and the check costs no more than the unsent
+text (issue 19), with the tiny LM's real tokenizer."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
-import numpy as np
 import pytest
 from support.generation_helpers import NAME, tiny_lm
 
-from service.engine.sampling import SamplingParams
-from service.engine.sequence import Chunk, Sequence
+from service.frontend.generation.output import Chunk, OutputProcessor
 from service.frontend.generation.tokenizer import TextTokenizer
 from service.frontend.generation.validation import ValidRequest
+from service.messages import SamplingParams, SeqOutput
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +40,16 @@ def _run(
         None,
         False,
     )
-    outbox: asyncio.Queue[Chunk] = asyncio.Queue()
-    sequence = Sequence(request, tokenizer, outbox)
-    logits = np.zeros(tokenizer.vocab_size, np.float32)
+    processor = OutputProcessor(request, tokenizer)
+    chunks: list[Chunk] = []
     started = time.perf_counter()
-    for token_id in ids:
-        sequence.append(token_id, logits)
-        if sequence.done:
+    for n, token_id in enumerate(ids[: request.max_new_tokens], 1):
+        finish = "length" if n == request.max_new_tokens else None  # as the engine says
+        chunks += processor.process(SeqOutput(0, 0, [token_id], finish=finish))
+        if processor.done:
             break
     seconds = time.perf_counter() - started
-    return [outbox.get_nowait() for _ in range(outbox.qsize())], seconds
+    return chunks, seconds
 
 
 def test_text_before_a_stop_is_released_and_the_stop_cut(tokenizer: TextTokenizer) -> None:

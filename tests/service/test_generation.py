@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from support.service_helpers import ROOT, make_settings
 from models.checkpoint import load_checkpoint
 from service import create_app
 from service.engine.kv import KVBatch
-from service.engine.sampling import SamplingParams
 from service.engine.scheduler import GenerationScheduler
+from service.frontend.generation.tokenizer import TextTokenizer
 from service.frontend.generation.validation import ValidRequest
+from service.messages import SamplingParams, SeqOutput
 
 PROMPTS = ["In the beginning God created", "And the LORD said unto Moses,", "Blessed are"]
 
@@ -45,9 +47,15 @@ def scheduler(client: TestClient) -> GenerationScheduler:
     return client.app.state.service.engine.core.generators[NAME]
 
 
+def tokenizer(client: TestClient, name: str = NAME) -> TextTokenizer:
+    """The front end's tokenizer of the model (the engine deals in ids only)."""
+    state = client.app.state.service
+    return state.generation_front(state.model(name)).tokenizer
+
+
 def test_greedy_equals_pytorch(app_client: TestClient, built: Path) -> None:
     model, _ = load_checkpoint(built / "checkpoint")
-    tok = scheduler(app_client).tokenizer
+    tok = tokenizer(app_client)
     for prompt in PROMPTS:
         ids = tok.encode(prompt)
         expected = model.greedy(torch.tensor([ids]), 20)[0, len(ids) :].tolist()
@@ -90,7 +98,7 @@ def test_prompt_list_gives_one_choice_each_and_usage(app_client: TestClient) -> 
     assert [c["index"] for c in out["choices"]] == [0, 1, 2]
     assert [c["text"] for c in out["choices"]] == alone
     assert all(c["finish_reason"] == "length" for c in out["choices"])
-    prompt_tokens = sum(len(scheduler(app_client).tokenizer.encode(p)) for p in PROMPTS)
+    prompt_tokens = sum(len(tokenizer(app_client).encode(p)) for p in PROMPTS)
     assert out["usage"] == {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": 18,
@@ -136,7 +144,7 @@ def stream_text(client: TestClient, **body: object) -> tuple[str, str]:
 
 def test_echo_logprobs_scores_the_prompt(app_client: TestClient, built: Path) -> None:
     model, _ = load_checkpoint(built / "checkpoint")
-    tok = scheduler(app_client).tokenizer
+    tok = tokenizer(app_client)
     ids = tok.encode(PROMPTS[0])
     out = complete(app_client, prompt=PROMPTS[0], max_tokens=0, echo=True, logprobs=2)
     choice = out["choices"][0]
@@ -230,20 +238,47 @@ def _request(ids: list[int], max_new: int) -> ValidRequest:
     return ValidRequest(0, "", tuple(ids), max_new, SamplingParams(), (), None, False)
 
 
+def test_engine_steps_reach_the_front_end_as_ids_one_call_per_step(app_client: TestClient) -> None:
+    """Two streams of one front end: every decode step makes ONE sink call carrying both
+    streams' new ids (no text), and each stream's ids are those its own text decodes from."""
+    sched = scheduler(app_client)
+    calls: list[list[SeqOutput]] = []
+
+    async def run() -> None:
+        done = asyncio.Event()
+
+        def sink(outputs: list[SeqOutput]) -> None:
+            calls.append(outputs)
+            if sum(o.finish is not None for c in calls for o in c) == 2:
+                done.set()
+
+        sched.submit(1, [_request([5, 6, 7], 6).to_engine()], sink)
+        sched.submit(2, [_request([8, 9], 6).to_engine()], sink)
+        await asyncio.wait_for(done.wait(), 30)
+
+    app_client.portal.call(run)
+    both = [c for c in calls if {o.rid for o in c} == {1, 2}]
+    assert len(both) >= 5  # after the shared prefill, each step is one call for both streams
+    for rid in (1, 2):
+        ids = [t for c in calls for o in c if o.rid == rid for t in o.tokens]
+        assert len(ids) == 6 and all(isinstance(t, int) for t in ids)
+
+
 def test_cancel_frees_the_slot_at_the_next_step(app_client: TestClient) -> None:
+    state = app_client.app.state.service
     sched = scheduler(app_client)
 
     async def run() -> tuple[int, int]:
-        submission = sched.submit([_request([5, 6, 7], 200)])
-        chunks = submission.chunks()
+        stream = await state.generate(state.model(NAME), [_request([5, 6, 7], 200)])
+        chunks = stream.chunks()
         for _ in range(3):
             await anext(chunks)
-        submission.cancel()
+        stream.cancel()
         for _ in range(200):
             if sched.running == 0:
                 break
             await asyncio.sleep(0.005)
-        return sched.running, len(submission.sequences[0].generated)
+        return sched.running, stream.completion_tokens
 
     running, generated = app_client.portal.call(run)
     assert running == 0 and generated < 20
@@ -275,10 +310,10 @@ def test_shipped_kjv_lm_greedy_equals_pytorch(tmp_path: Path) -> None:
     (both are in the repository; tests/export/test_export_shipped.py checks their parity)."""
     newest = max((p for p in SHIPPED.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     manifest = json.loads((newest / "manifest.json").read_text())
-    (tmp_path / "kjv-lm").symlink_to(SHIPPED, target_is_directory=True)
+    shutil.copytree(newest, tmp_path / "kjv-lm" / newest.name)  # bundles follow no symlink
     model, _ = load_checkpoint(ROOT / manifest["training"]["checkpoint"])
     with TestClient(create_app(make_settings(tmp_path))) as client:
-        tok = client.app.state.service.engine.core.generators["kjv-lm"].tokenizer
+        tok = tokenizer(client, "kjv-lm")
         for prompt in ["In the beginning God created", "And Jesus answered and said unto"]:
             ids = tok.encode(prompt)
             expected = model.greedy(torch.tensor([ids]), 24)[0, len(ids) :].tolist()

@@ -28,7 +28,8 @@ def app_client(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def tok(app_client: TestClient) -> TextTokenizer:
-    return app_client.app.state.service.engine.core.generators[NAME].tokenizer
+    state = app_client.app.state.service
+    return state.generation_front(state.model(NAME)).tokenizer
 
 
 def complete(client: TestClient, **body: object) -> dict:

@@ -1,4 +1,4 @@
-"""Scheduler output -> OpenAI completion objects: one JSON response, or SSE chunks.
+"""Generation chunks -> OpenAI completion objects: one JSON response, or SSE chunks.
 
 Streaming follows OpenAI's legacy completions stream: `data: <chunk JSON>` events, each chunk a
 `text_completion` object with partial choices, then `data: [DONE]`. With
@@ -23,9 +23,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from service.engine.sequence import Chunk, TokenLogprob
 from service.errors import DeadlineExceeded, ServiceError
-from service.frontend.client import GenerationStream
+from service.frontend.generation.output import Chunk, GenerationStream, TokenLogprob
 from service.frontend.generation.schemas import (
     Completion,
     CompletionChoice,

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.engine.penalties import Penalties
-from service.engine.sampling import SamplingParams
 from service.errors import BadRequest, PayloadTooLarge
 from service.frontend.generation.schemas import CompletionRequest, unicode_problem
 from service.frontend.generation.tokenizer import TextTokenizer
+from service.messages import GenerateRequest, Penalties, SamplingParams
 
 CHARS_PER_TOKEN_LIMIT = 32  # a prompt longer than context * this is refused before tokenizing
 
@@ -52,6 +51,19 @@ class ValidRequest:
     def reserved_tokens(self) -> int:
         """Cache slots this sequence may fill: prompt + every token it may generate."""
         return len(self.prompt_ids) + self.max_new_tokens
+
+    def to_engine(self) -> GenerateRequest:
+        """What the engine needs of it: ids and sampling, no text (stop strings stay here)."""
+        return GenerateRequest(
+            self.index,
+            self.prompt_ids,
+            self.max_new_tokens,
+            self.sampling,
+            self.logprobs,
+            self.echo,
+            self.ignore_eos,
+            self.penalties,
+        )
 
 
 def check_unicode(text: str, what: str) -> None:

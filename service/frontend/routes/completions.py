@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from export.bundle import TEXT_GENERATION
-from service.engine.runtime import ModelInfo
 from service.frontend.generation.completions import CompletionWriter, respond
 from service.frontend.generation.schemas import Completion, CompletionRequest
 from service.frontend.generation.validation import validate
@@ -16,6 +15,7 @@ from service.frontend.routes.v1 import ERRORS
 from service.frontend.security import require_api_key
 from service.frontend.state import GenerationFront, ServiceState, get_state
 from service.logs import note_model
+from service.messages import ModelInfo
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
 

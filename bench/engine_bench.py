@@ -1,0 +1,223 @@
+"""`neutreno bench engine`: host CPU per request, per token and per step, with bundles that
+compute almost nothing, so what is measured is the serving code, not the model.
+
+The bundles keep the shipped models' contracts (fashion-classifier: 28x28 grey in, 10 classes
+out; kjv-lm: the real 4,096-token vocabulary and tokenizer) at depth 1 and width 16, built with
+the exporter into a scratch repository. One `neutreno serve` (NEUTRENO_WORKERS=1) serves them;
+load comes through HTTP: wrk for classify (JSON base64 PNG, 32 connections), an asyncio client
+for generation (non-streaming completions with ignore_eos, so token counts are exact). The
+engine and front-end processes' CPU seconds are read from /proc before and after each phase
+and divided by the requests or tokens served (the server's own counters). `--tree` serves from
+another checkout of this repository, to measure an older engine with the same harness.
+
+    neutreno bench engine [--seconds 20] [--tree PATH] [--out docs/engine.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.common import machine, print_markdown, request_bodies, run_wrk, write_wrk_files
+from bench.live_server import ROOT, LiveServer, process_cpu_seconds, process_tree
+
+CLASSIFIER = "fashion-classifier"
+LM = "kjv-lm"
+TINY = {"depth": 1, "dim": 16, "heads": 2}
+
+
+def build_bundles(repo: Path) -> None:
+    """Compute-free classifier and LM bundles in `repo`, exported as users export theirs."""
+    import torch
+
+    from export.cli import export_checkpoint
+    from models import create_model, get_config
+    from models.checkpoint import DatasetFacts, save_checkpoint
+
+    shipped = json.loads((ROOT / f"model_repository/{CLASSIFIER}/2/manifest.json").read_text())
+    pre = shipped["preprocessing"]
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        vit = Path(tmp) / "vit"
+        cfg = get_config("vit-fashion", **TINY)
+        facts = DatasetFacts(
+            "compute-free bench bundle", shipped["labels"], pre["mean"], pre["std"]
+        )
+        sample = (torch.rand(4, 1, 28, 28), "random images")
+        save_checkpoint(vit, create_model("vit-fashion", **TINY), cfg, facts, {}, sample)
+        export_checkpoint(vit, repo / CLASSIFIER / "1", name=CLASSIFIER)
+        lm = Path(tmp) / "lm"
+        lm_cfg = get_config("lm-kjv", **TINY)
+        lm_facts = DatasetFacts("compute-free bench bundle", eos_token="<|endoftext|>")
+        save_checkpoint(lm, create_model("lm-kjv", **TINY), lm_cfg, lm_facts, {})
+        shutil.copy(ROOT / "checkpoints/kjv-lm/tokenizer.json", lm / "tokenizer.json")
+        export_checkpoint(lm, repo / LM / "1", name=LM)
+
+
+@dataclass
+class Roles:
+    """The server's processes: the engine and the front end(s)."""
+
+    engine: int
+    frontends: list[int]
+
+    @classmethod
+    def of(cls, server: LiveServer) -> Roles:
+        """By process title ("engine" in its command line); an older tree without titles:
+        the supervisor's first child is the engine (it is started first)."""
+        children = sorted(p for p in process_tree(server.proc.pid) if p != server.proc.pid)
+        titled = [p for p in children if b"engine" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        engine = titled[0] if titled else children[0]
+        return cls(engine, [p for p in children if p != engine])
+
+    def cpu(self) -> tuple[float, float]:
+        """(engine, front ends) CPU seconds so far."""
+        return process_cpu_seconds(self.engine), sum(map(process_cpu_seconds, self.frontends))
+
+
+@dataclass
+class Row:
+    """One phase: work done and the CPU each side spent on it."""
+
+    name: str
+    unit: str
+    count: float
+    seconds: float
+    engine_s: float
+    frontend_s: float
+
+    def cells(self) -> str:
+        rate = self.count / self.seconds
+        per_engine = self.engine_s / self.count * 1e6
+        per_front = self.frontend_s / self.count * 1e6
+        return (
+            f"| {self.name} | {rate:,.0f} {self.unit}/s | {per_engine:,.0f} us | "
+            f"{per_front:,.0f} us |"
+        )
+
+
+def measure(
+    server: LiveServer,
+    roles: Roles,
+    name: str,
+    unit: str,
+    counter: Callable[[], float],
+    load: Callable[[], object],
+) -> Row:
+    """Run `load`; CPU of each side over the `counter` delta (requests or tokens)."""
+    before, count0, started = roles.cpu(), counter(), time.perf_counter()
+    load()
+    seconds, after, count = time.perf_counter() - started, roles.cpu(), counter() - count0
+    return Row(name, unit, count, seconds, after[0] - before[0], after[1] - before[1])
+
+
+async def _streams(url: str, n: int, seconds: float, tokens: Callable[[], int]) -> None:
+    """`n` clients each sending completions back to back for `seconds`."""
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+        async def one() -> None:
+            while time.perf_counter() < stop:
+                body = {
+                    "model": LM,
+                    "prompt": "And God said",
+                    "max_tokens": tokens(),
+                    "temperature": 0,
+                    "ignore_eos": True,
+                }
+                r = await client.post("/v1/completions", json=body)
+                r.raise_for_status()
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+def generation(url: str, n: int, seconds: float, tokens: Callable[[], int]) -> Callable[[], None]:
+    def run() -> None:
+        asyncio.run(_streams(url, n, seconds, tokens))
+
+    return run
+
+
+def bench(repo: Path, tree: Path, seconds: float) -> list[Row]:
+    settings = {"NEUTRENO_WORKERS": "1", "NEUTRENO_MAX_QUEUE_SIZE": "4096"}
+    with LiveServer(repo, settings, tree=tree) as server:
+        server.wait_ready(timeout=180)
+        roles = Roles.of(server)
+        scratch = Path(tempfile.mkdtemp(prefix="engine-bench-"))
+        files = write_wrk_files(scratch, request_bodies(64))
+        path = f"/v1/models/{CLASSIFIER}/classify"
+        run_wrk(server.url, path, files, 32, 3)  # warm-up
+
+        def requests() -> float:
+            return server.metric(
+                "neutreno_requests_total", model=CLASSIFIER, endpoint="classify", status="200"
+            )
+
+        def tokens() -> float:
+            return server.metric("neutreno_generated_tokens_total", model=LM)
+
+        rng = random.Random(0)
+        phases: list[tuple[str, str, Callable[[], float], Callable[[], object]]] = [
+            (
+                "classify, 32 clients (wrk)",
+                "req",
+                requests,
+                lambda: run_wrk(server.url, path, files, 32, seconds),
+            ),
+            (
+                "generation, 64 streams, 64 tokens each (aligned)",
+                "tok",
+                tokens,
+                generation(server.url, 64, seconds, lambda: 64),
+            ),
+            (
+                "generation, 64 streams, 8-120 tokens (staggered)",
+                "tok",
+                tokens,
+                generation(server.url, 64, seconds, lambda: rng.randint(8, 120)),
+            ),
+            (
+                "generation, 1 stream, 64 tokens",
+                "tok",
+                tokens,
+                generation(server.url, 1, seconds, lambda: 64),
+            ),
+        ]
+        rows = [measure(server, roles, *phase) for phase in phases]
+        shutil.rmtree(scratch, ignore_errors=True)
+        return rows
+
+
+def table(rows: list[Row], tree: Path) -> str:
+    lines = [
+        f"Engine host cost, compute-free bundles ({machine()}; server from {tree}):",
+        "",
+        "| load | served | engine CPU per unit | front-end CPU per unit |",
+        "| --- | ---: | ---: | ---: |",
+        *(r.cells() for r in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="neutreno bench engine", description=__doc__)
+    ap.add_argument("--seconds", type=float, default=20.0, help="per phase")
+    ap.add_argument("--tree", type=Path, default=ROOT, help="checkout whose server to run")
+    ap.add_argument("--repo", type=Path, help="reuse (or keep) the bundles in this folder")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    repo = args.repo or Path(tempfile.mkdtemp(prefix="engine-bundles-"))
+    if not (repo / LM / "1" / "manifest.json").is_file():
+        build_bundles(repo)
+    print_markdown(table(bench(repo, args.tree.resolve(), args.seconds), args.tree), args.out)
+    return 0
