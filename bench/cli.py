@@ -38,6 +38,10 @@ BENCHMARKS = {
         "bench.engine_bench",
         "engine and front-end CPU per request / per token with compute-free bundles",
     ),
+    "grpc": (
+        "bench.grpc_bench",
+        "classify over gRPC vs HTTP JSON vs HTTP binary: req/s and per server CPU s",
+    ),
     "coldstart": ("bench.coldstart", "process start to ready, RSS with the models loaded"),
     "soak": ("bench.soak", "10 min at 70% of capacity: p99 stability and RSS growth"),
     "gpu": (
