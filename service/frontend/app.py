@@ -24,7 +24,7 @@ from service import tracing
 from service.engine.core import EngineCore
 from service.errors import install_error_handlers
 from service.frontend.client import EngineClient, InprocClient
-from service.frontend.grpc import GrpcServer
+from service.frontend.grpc.server import GrpcServer
 from service.frontend.guards import install_guards
 from service.frontend.middleware import (
     BodyLimitMiddleware,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import signal
 import threading
 import time
@@ -67,6 +68,7 @@ def live(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "NEUTRENO_LOG_FORMAT": "json",
             "NEUTRENO_LOG_LEVEL": "info",
             "NEUTRENO_DRAIN_TIMEOUT_S": "20",
+            "OTEL_TRACES_EXPORTER": "console",  # spans as JSON on the server's output
         },
         log=tmp_path_factory.mktemp("grpc") / "server.log",
     )
@@ -272,6 +274,16 @@ def test_request_and_trace_ids_reach_the_log(live: Live) -> None:
 
     live.server.wait_until(
         logged, "the call's access record", timeout=time.perf_counter() - live.server.started + 10
+    )
+    # the SERVER span continues the caller's trace (OTEL_TRACES_EXPORTER=console prints it)
+    span = re.compile(
+        rf'"name": "POST {re.escape(SERVICE)}ModelInfer",\s*'
+        rf'"context": {{\s*"trace_id": "0x{TRACE_ID}"'
+    )
+    live.server.wait_until(
+        lambda: span.search(live.server.output()) is not None,
+        "the call's SERVER span",
+        timeout=time.perf_counter() - live.server.started + 10,
     )
 
 

@@ -148,7 +148,7 @@ class GrpcServer:
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
             call = Call(context.time_remaining())
             started = time.perf_counter()
-            status = 500
+            status, failure, payload = 500, None, b""
             with self._observed(path, metadata) as record:
                 try:
                     if rpc.needs_key:
@@ -159,28 +159,30 @@ class GrpcServer:
                         raise BadRequest(
                             f"the request is not a valid {method} message: {exc}"
                         ) from None
-                    reply = await rpc.handler(request, call)
+                    payload = (await rpc.handler(request, call)).SerializeToString()
                     status = 200
-                    return reply.SerializeToString()
                 except ServiceError as exc:
-                    status = exc.status
-                    await self._abort(context, exc)
+                    status, failure = exc.status, exc
                 except asyncio.CancelledError:
                     status = 499  # the client went away or its deadline passed
                     raise
                 except Exception:
                     log.exception("unhandled error in gRPC %s", method)
-                    await self._abort(context, ServiceError("internal server error"))
+                    failure = ServiceError("internal server error")
                 finally:
+                    if failure is not None:
+                        logs.note_error(failure.type, failure.message)
                     record(status)
                     self._record(call.model, rpc.endpoint, status, time.perf_counter() - started)
+            if failure is not None:  # outside the span: the status is an answer, not a crash
+                await self._abort(context, failure)
+            return payload
 
         return behavior
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: ServiceError) -> NoReturn:
         """End the call with `exc` as its gRPC status (context.abort raises)."""
-        logs.note_error(exc.type, exc.message)
         message = errors.details(exc.message)
         await context.abort(errors.code_of(exc), message, errors.trailers(exc, message))
         raise AssertionError("grpc.aio's abort returned")  # it raises AbortError
