@@ -24,12 +24,22 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve
 	$(BIN)/neutreno serve --host $(HOST) --port $(PORT)
 
+# checkov (PyPI), the infrastructure-as-code scanner, in a virtual environment of its own (it pins
+# many packages: boto3, networkx, an older packaging); make lint runs it over the Dockerfile and
+# the Kubernetes manifests with deploy/checkov.yaml (every skipped check says why there).
+CHECKOV := $(VENV)/checkov/bin/checkov
+$(CHECKOV): | $(BIN)/python
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip --disable-pip-version-check -q install checkov==3.3.30
+
 # Lint: ruff's checks (pyproject.toml [tool.ruff.lint]) and its formatter, over the whole tree,
-# then mypy over every package (pyproject.toml [tool.mypy]).
-lint: $(VENV)/.dev
+# then mypy over every package (pyproject.toml [tool.mypy]), then checkov over the deployment files.
+lint: $(VENV)/.dev $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(CHECKOV) --config-file deploy/checkov.yaml -f Dockerfile
+	$(CHECKOV) --config-file deploy/checkov.yaml -d deploy/k8s
 
 test: $(VENV)/.dev deploy-tools chromium container-engine
 	$(BIN)/python -m pytest -q tests
@@ -47,7 +57,14 @@ $(VENV)/.deploy-tools: | $(BIN)/python
 	@$(PIP) install $(DEPLOY_WHEELS) && touch $@ || \
 		{ echo "make: could not pip install $(DEPLOY_WHEELS) (tests/deploy needs them)" >&2; exit 1; }
 
-deploy-tools: $(VENV)/.deploy-tools
+# KServe's API types for tests/deploy/k8s_schemas.py: the kserve SDK wheel, read from the zip and
+# never installed (it pins a web stack of its own).
+KSERVE_WHEEL := $(VENV)/k8s-schemas/kserve-0.21.0-py3-none-any.whl
+$(KSERVE_WHEEL): | $(BIN)/python
+	@$(PIP) download --no-deps -d $(VENV)/k8s-schemas kserve==0.21.0 >/dev/null || \
+		{ echo "make: could not pip download kserve==0.21.0 (tests/deploy needs it)" >&2; exit 1; }
+
+deploy-tools: $(VENV)/.deploy-tools $(KSERVE_WHEEL)
 	@(for b in $(DEPLOY_BINARIES); do command -v $$b >/dev/null || exit 1; done) || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
 		  apt-get install -y -q --no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; } || \

@@ -82,7 +82,9 @@ def stack(docker_host) -> Iterator[dict[str, str]]:
     make_image("cpu")
     ports = {
         "NEUTRENO_PORT": free_port(),
+        "NEUTRENO_GRPC_PORT": free_port(),
         "NEUTRENO_EDGE_PORT": free_port(),
+        "NEUTRENO_EDGE_GRPC_PORT": free_port(),
         "PROMETHEUS_PORT": free_port(),
         "ALERTMANAGER_PORT": free_port(),
     }

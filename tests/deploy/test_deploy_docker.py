@@ -115,10 +115,11 @@ def test_compose_gpu_stack():
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert device["count"] == 1
     assert api["environment"]["NEUTRENO_DEVICE"] == "cuda"
-    (port,) = api["ports"]
-    assert port["target"] == 8000 and port["host_ip"] == "127.0.0.1"  # clients use the edge
+    ports = {p["target"]: p for p in api["ports"]}
+    assert ports.keys() == {8000, 8001}  # REST, and gRPC (NEUTRENO_GRPC_PORT's default)
+    assert all(p["host_ip"] == "127.0.0.1" for p in ports.values())  # clients use the edge
     edge = config["services"]["edge"]
-    assert any(p["target"] == 8080 for p in edge["ports"])
+    assert {p["target"] for p in edge["ports"]} == {8080, 8081}  # HTTP, gRPC
     assert edge["command"][:3] == ["nginx", "-c", "/etc/nginx/neutreno/nginx.conf"]
     mounts = {v["target"]: v.get("source", "") for v in edge["volumes"]}
     assert mounts["/etc/nginx/neutreno"].endswith("deploy/nginx")
@@ -164,7 +165,7 @@ def test_compose_tls_override_serves_https_from_the_given_certificates(tmp_path)
         "docker-compose.yml", "docker-compose.tls.yml", env={"NEUTRENO_TLS_DIR": str(tmp_path)}
     )
     edge = config["services"]["edge"]
-    assert {p["target"] for p in edge["ports"]} == {8080, 8443}
+    assert {p["target"] for p in edge["ports"]} == {8080, 8081, 8443}
     mounts = {v["target"]: v.get("source", "") for v in edge["volumes"]}
     assert mounts["/etc/nginx/certs"] == str(tmp_path)
     assert mounts["/etc/nginx/tls.d"].endswith("deploy/nginx/tls")

@@ -106,6 +106,18 @@ def read_to_end(sock: socket.socket, received: bytearray) -> None:
     sock.close()
 
 
+def finish_streams(streams: list[tuple[socket.socket, bytearray]]) -> int:
+    """Reads each stream (start_stream) to its end, which must be `data: [DONE]`; returns how
+    many had not ended yet when called (a drain that follows is what ran those to their end)."""
+    for sock, received in streams:
+        drain_available(sock, received)
+    in_flight = sum(b"data: [DONE]" not in received for _, received in streams)
+    for sock, received in streams:
+        read_to_end(sock, received)
+        assert b"data: [DONE]" in received, bytes(received[-300:])
+    return in_flight
+
+
 def test_cpu_image_size_user_and_no_torch(engine, image):
     config = inspect(engine, "image", image)
     size_mb = config["Size"] / 1e6
@@ -162,12 +174,7 @@ def test_cpu_container_becomes_ready_classifies_and_drains(engine, image):
         streams = [start_stream(port) for _ in range(8)]
         kill = run(engine, "kill", "--signal", "TERM", name)
         assert kill.returncode == 0, kill.stderr
-        for sock, received in streams:
-            drain_available(sock, received)
-        in_flight = sum(b"data: [DONE]" not in received for _, received in streams)
-        for sock, received in streams:
-            read_to_end(sock, received)
-            assert b"data: [DONE]" in received, bytes(received[-300:])
+        in_flight = finish_streams(streams)
         assert in_flight >= 1
         wait = run(engine, "wait", name, timeout=60)
         assert wait.returncode == 0, wait.stderr

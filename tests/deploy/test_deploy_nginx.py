@@ -33,22 +33,31 @@ NGINX_DIR = DEPLOY / "nginx"
 
 
 def local_copy(
-    tmp: Path, upstream_port: int, listen_port: int, tls_port: int | None = None
+    tmp: Path,
+    upstream_port: int,
+    listen_port: int,
+    tls_port: int | None = None,
+    grpc_ports: tuple[int, int] = (8001, 8081),
 ) -> Path:
     """deploy/nginx with the compose names made local: the api upstream on 127.0.0.1:upstream_port,
-    the plain server on listen_port and, with tls_port, the TLS server (certificate made here)."""
+    the plain server on listen_port, the gRPC upstream and server on grpc_ports (api, edge) and,
+    with tls_port, the TLS server (certificate made here)."""
     conf = tmp / "nginx"
     shutil.copytree(NGINX_DIR, conf)
     main = conf / "nginx.conf"
     text = main.read_text()
     assert "server api:8000;" in text and "include /etc/nginx/tls.d/*.conf;" in text
+    assert "server api:8001;" in text
     main.write_text(
-        text.replace("server api:8000;", f"server 127.0.0.1:{upstream_port};").replace(
-            "/tmp/", f"{tmp}/"
-        )
+        text.replace("server api:8000;", f"server 127.0.0.1:{upstream_port};")
+        .replace("server api:8001;", f"server 127.0.0.1:{grpc_ports[0]};")
+        .replace("/tmp/", f"{tmp}/")
     )
     http = conf / "servers" / "http.conf"
     http.write_text(http.read_text().replace("listen 8080;", f"listen 127.0.0.1:{listen_port};"))
+    grpc = conf / "servers" / "grpc.conf"
+    assert "listen 8081 http2;" in grpc.read_text()
+    grpc.write_text(grpc.read_text().replace("listen 8081", f"listen 127.0.0.1:{grpc_ports[1]}"))
     if tls_port is not None:
         subprocess.run(
             [
@@ -112,13 +121,18 @@ def test_nginx_sets_the_documented_limits():
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory):
-    """A live `neutreno serve` (shipped bundles) with nginx in front: the edge's base URL."""
+def edge_ports(tmp_path_factory):
+    """A live `neutreno serve` (shipped bundles) with nginx in front: the edge's base URL and
+    its gRPC port."""
     nginx = require_tool("nginx", target="deploy-tools", package="Debian package nginx")
     tmp = tmp_path_factory.mktemp("edge")
-    edge_port = free_port()
-    api = LiveServer(ROOT / "model_repository", API_SETTINGS, log=tmp / "api.log")
-    main = local_copy(tmp, api.port, edge_port)
+    edge_port, grpc_ports = free_port(), (free_port(), free_port())
+    api = LiveServer(
+        ROOT / "model_repository",
+        {**API_SETTINGS, "NEUTRENO_GRPC_PORT": str(grpc_ports[0])},
+        log=tmp / "api.log",
+    )
+    main = local_copy(tmp, api.port, edge_port, grpc_ports=grpc_ports)
     proxy = subprocess.Popen(
         [nginx, "-c", str(main), "-g", "daemon off;"],
         stdout=open(tmp / "nginx.log", "wb"),
@@ -128,10 +142,37 @@ def edge(tmp_path_factory):
         api.wait_ready(timeout=300)
         base = f"http://127.0.0.1:{edge_port}"
         wait_for("the api through nginx", lambda: get(f"{base}/healthz")[0] == 200, 60, [proxy])
-        yield base
+        yield base, grpc_ports[1]
     finally:
         stop(proxy)
         api.stop()
+
+
+@pytest.fixture(scope="module")
+def edge(edge_ports):
+    """The edge's base URL."""
+    return edge_ports[0]
+
+
+def test_edge_passes_grpc_to_the_api(edge_ports):
+    """The gRPC server of the edge (servers/grpc.conf) reaches the api's KServe v2 / Triton gRPC
+    service: server and model readiness, and an inference, with tritonclient."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{edge_ports[1]}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("fashion-classifier")
+        meta = client.get_model_metadata("fashion-classifier")
+        (spec,) = meta.inputs
+        shape = [1, *(d if d > 0 else 1 for d in list(spec.shape)[1:])]
+        tensor = grpcclient.InferInput(spec.name, shape, spec.datatype)
+        tensor.set_data_from_numpy(np.zeros(shape, np.float32))
+        result = client.infer("fashion-classifier", [tensor])
+        assert meta.outputs and all(result.as_numpy(o.name).shape[0] == 1 for o in meta.outputs)
+    finally:
+        client.close()
 
 
 def test_edge_proxies_the_api_and_hides_metrics(edge):
