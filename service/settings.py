@@ -102,7 +102,9 @@ class Settings(BaseSettings):
         "(prompt + max_tokens each)",
     )
 
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="413 above this")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="413 above this; also the gRPC message limit"
+    )
     max_image_pixels: int = Field(
         2048 * 2048, ge=1, description="decoded width x height limit (decompression bombs)"
     )
@@ -115,7 +117,9 @@ class Settings(BaseSettings):
         description="segmentation overlays are rendered at most this large (aspect kept)",
     )
     max_response_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="/v2 infer responses above this are refused (413)"
+        64 * 1024 * 1024,
+        ge=1024,
+        description="/v2 infer (and gRPC ModelInfer) responses above this are refused (413)",
     )
 
     max_connections: int = Field(
@@ -153,6 +157,14 @@ class Settings(BaseSettings):
         "API cross-site (CORS); empty = none",
     )
 
+    engines: int = Field(
+        1, ge=1, le=64, description="engine processes per device (front ends pick the least loaded)"
+    )
+    cuda_devices: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated GPU ids, NEUTRENO_ENGINES engines on each; "
+        "empty = NEUTRENO_CUDA_DEVICE_ID alone",
+    )
     cuda_device_id: int = Field(0, ge=0, description="GPU the engine uses")
     cuda_cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
         "HEURISTIC",
@@ -188,10 +200,22 @@ class Settings(BaseSettings):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("cuda_devices", mode="before")
+    @classmethod
+    def _split_devices(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(d) for d in value.split(",") if d.strip()]
+        return value
+
     @field_validator("api_key")
     @classmethod
     def _empty_key_is_none(cls, key: SecretStr | None) -> SecretStr | None:
         return key if key is not None and key.get_secret_value() else None
+
+    def engine_devices(self) -> list[int]:
+        """The device id of each engine process: NEUTRENO_ENGINES per listed GPU (on a CPU
+        host the id is unused)."""
+        return [d for d in self.cuda_devices or [self.cuda_device_id] for _ in range(self.engines)]
 
     @property
     def cuda_provider_options(self) -> dict[str, str]:

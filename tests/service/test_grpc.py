@@ -528,6 +528,7 @@ def test_sigterm_drains_calls_in_flight(live: Live, fashion) -> None:
 
     def call() -> None:
         client = live.client()
+        assert client.is_server_live()  # connected before the calls start together
         started.wait()
         try:
             results.append(client.infer(MODEL, [_input(x)], headers=AUTH).as_numpy("logits").shape)
