@@ -73,12 +73,18 @@ class Roles:
 
     @classmethod
     def of(cls, server: LiveServer) -> Roles:
-        """By process title ("engine" in its command line); an older tree without titles:
-        the supervisor's first child is the engine (it is started first)."""
-        children = sorted(p for p in process_tree(server.proc.pid) if p != server.proc.pid)
-        titled = [p for p in children if b"engine" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        engine = titled[0] if titled else children[0]
-        return cls(engine, [p for p in children if p != engine])
+        """By process title; an older tree without titles: the supervisor's first child after
+        multiprocessing's resource tracker (the engine is started before the front ends)."""
+        engines, frontends = server.role_pids("engine"), server.role_pids("front end")
+        if engines:
+            return cls(engines[0], frontends)
+        cmdlines = {
+            p: Path(f"/proc/{p}/cmdline").read_bytes()
+            for p in sorted(process_tree(server.proc.pid))
+            if p != server.proc.pid
+        }
+        children = [p for p, cmd in cmdlines.items() if b"resource_tracker" not in cmd]
+        return cls(children[0], children[1:])
 
     def cpu(self) -> tuple[float, float]:
         """(engine, front ends) CPU seconds so far."""
@@ -160,7 +166,10 @@ def bench(repo: Path, tree: Path, seconds: float) -> list[Row]:
 
         def requests() -> float:
             return server.metric(
-                "neutreno_requests_total", model=CLASSIFIER, endpoint="classify", status="200"
+                "neutreno_requests_total",
+                model=CLASSIFIER,
+                endpoint="/v1/models/{name}/classify",
+                status="200",
             )
 
         def tokens() -> float:

@@ -268,6 +268,19 @@ class LiveServer:
         else:
             self.proc.send_signal(sig)
 
+    def role_pids(self, role: str) -> list[int]:
+        """Processes of this server named by role (`ps` shows `neutreno: engine 0 (cpu)`,
+        `neutreno: front end 1`; service/process.py), by role prefix, in pid order."""
+        found = []
+        for pid in sorted(process_tree(self.proc.pid)):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+            if cmdline.startswith(f"neutreno: {role}".encode()):
+                found.append(pid)
+        return found
+
     def cpu_seconds(self) -> float:
         """User + system CPU time the server's processes have used so far."""
         return tree_cpu_seconds(self.proc.pid)

@@ -1,10 +1,13 @@
-"""`neutreno serve`'s process tree: one engine process and NEUTRENO_WORKERS front ends.
+"""`neutreno serve`'s process tree: the engine processes and NEUTRENO_WORKERS front ends.
 
+There are NEUTRENO_ENGINES engines per device (`Settings.engine_devices`: one set per id in
+NEUTRENO_CUDA_DEVICES), each on its own IPC socket and each loading the whole repository; every
+front end connects to all of them and sends each request to the least loaded.
 The supervisor (the process `neutreno serve` runs as, PID 1 in the container) makes a private
-run folder (the engine's IPC socket, the Prometheus multiprocess files), starts the engine, binds
+run folder (the engines' IPC sockets, the Prometheus multiprocess files), starts the engines, binds
 the listening socket once and starts the front ends on it (the kernel spreads connections over
 them, as uvicorn's own `--workers` does). It then watches: a front end that dies is replaced
-(the others keep serving); an engine that dies takes the server down with exit status 1, so the
+(the others keep serving); any engine that dies takes the server down with exit status 1, so the
 orchestrator restarts it. SIGTERM or SIGINT drains in order: the front ends stop accepting and
 finish their in-flight requests (which the engine still serves), then the engine finishes what
 it accepted, then the supervisor exits 0.
@@ -47,9 +50,11 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.stopping = False
         self.run_dir = Path(tempfile.mkdtemp(prefix="neutreno-"))
-        self.address = f"ipc://{self.run_dir / 'engine.sock'}"
+        devices = settings.engine_devices()
+        self.addresses = [f"ipc://{self.run_dir / f'engine-{i}.sock'}" for i in range(len(devices))]
+        self.devices = devices
         self.stop_engine = self.ctx.Event()
-        self.engine: multiprocessing.process.BaseProcess | None = None
+        self.engines: list[multiprocessing.process.BaseProcess] = []
         self.frontends: list[multiprocessing.process.BaseProcess] = []
         self.sock: socket.socket | None = None
 
@@ -62,20 +67,15 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         set_title("supervisor")
         try:
-            self.engine = self.ctx.Process(
-                target=engine_main,
-                name="neutreno-engine",
-                args=(self.overrides, self.address, self.stop_engine),
-            )
-            self.engine.start()
+            self.engines = [self._start_engine(i) for i in range(len(self.devices))]
             self.sock = self._config().bind_socket()
             self.frontends = [self._start_frontend(i) for i in range(self.settings.workers)]
             log.info(
-                "serving on http://%s:%d: %d front end(s), engine pid %d",
+                "serving on http://%s:%d: %d front end(s), engine pid(s) %s",
                 self.settings.host,
                 self.settings.port,
                 self.settings.workers,
-                self.engine.pid,
+                ", ".join(str(e.pid) for e in self.engines),
             )
             code = self._watch()
             self._drain()
@@ -89,11 +89,21 @@ class Supervisor:
         """The front ends' uvicorn configuration, here only to bind their socket."""
         return uvicorn_config("service.frontend.main:app", self.settings)
 
+    def _start_engine(self, index: int) -> multiprocessing.process.BaseProcess:
+        overrides = {**self.overrides, "cuda_device_id": self.devices[index]}
+        proc = self.ctx.Process(
+            target=engine_main,
+            name=f"neutreno-engine-{index}",
+            args=(overrides, self.addresses[index], self.stop_engine, f"engine {index}"),
+        )
+        proc.start()
+        return proc
+
     def _start_frontend(self, index: int) -> multiprocessing.process.BaseProcess:
         proc = self.ctx.Process(
             target=frontend_main,
             name=f"neutreno-frontend-{index}",
-            args=(self.overrides, self.address, self.sock, index),
+            args=(self.overrides, self.addresses, self.sock, index),
         )
         proc.start()
         return proc
@@ -102,15 +112,16 @@ class Supervisor:
         self.stopping = True
 
     def _watch(self) -> int:
-        """Replace dead front ends; return 1 when the engine dies, 0 when asked to stop."""
-        assert self.engine is not None
+        """Replace dead front ends; return 1 when an engine dies, 0 when asked to stop."""
         while not self.stopping:
-            if not self.engine.is_alive():
-                log.error(
-                    "the engine process exited (status %s); stopping the server",
-                    self.engine.exitcode,
-                )
-                return 1
+            for engine in self.engines:
+                if not engine.is_alive():
+                    log.error(
+                        "the engine process %s exited (status %s); stopping the server",
+                        engine.name,
+                        engine.exitcode,
+                    )
+                    return 1
             for i, proc in enumerate(self.frontends):
                 if not proc.is_alive():
                     log.error(
@@ -134,8 +145,8 @@ class Supervisor:
             if proc.is_alive():
                 proc.kill()
         self.stop_engine.set()
-        if self.engine is not None:
-            self.engine.join(grace)
-            if self.engine.is_alive():
-                self.engine.kill()
+        for engine in self.engines:
+            engine.join(grace)
+            if engine.is_alive():
+                engine.kill()
         log.info("drained; exiting")

@@ -28,6 +28,7 @@ import zmq
 
 from service import tracing, wire
 from service.engine.core import EngineCore
+from service.engine.runtime import CUDA, RuntimeSetupError, choose_providers
 from service.errors import InferenceFailed, ServiceError
 from service.logs import configure_logging
 from service.messages import SeqOutput
@@ -255,6 +256,15 @@ async def run_engine(
     server.close()
 
 
+def _device_name(settings: Settings) -> str:
+    """cpu, or cuda:<id> when this engine's sessions will run on a GPU (for `ps`)."""
+    try:
+        cuda = CUDA in choose_providers(settings.device)
+    except RuntimeSetupError:  # reported when the engine loads its models
+        cuda = False
+    return f"cuda:{settings.cuda_device_id}" if cuda else "cpu"
+
+
 def engine_main(
     overrides: Overrides,
     address: str,
@@ -265,7 +275,7 @@ def engine_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     settings = Settings(**overrides)
-    set_title(f"{title} ({settings.device})")
+    set_title(f"{title} ({_device_name(settings)})")
     configure_logging(settings)
     tracing.configure_from_env()
     asyncio.run(run_engine(settings, address, stop))

@@ -1,4 +1,5 @@
-"""How a front end reaches the engine: one interface, an in-process and a multi-process client.
+"""How a front end reaches the engine: one interface, an in-process and a multi-process client,
+and `EngineSet` over several engine processes (NEUTRENO_ENGINES, NEUTRENO_CUDA_DEVICES).
 
 `InprocClient` calls an `EngineCore` living in the same process (tests, `create_app()` used as a
 library). `MPClient` talks to the engine process (`service.engine.server`) over a ZeroMQ DEALER
@@ -30,6 +31,7 @@ from service.frontend.generation.output import GenerationStream
 from service.frontend.generation.tokenizer import TextTokenizer
 from service.frontend.generation.validation import ValidRequest
 from service.messages import SeqOutput
+from service.settings import Settings
 
 log = logging.getLogger("neutreno.service")
 
@@ -322,3 +324,94 @@ class MPClient:
             if not future.done():
                 future.set_exception(error)
         self._streams.fail_all(error)
+
+
+class EngineSet:
+    """Several engine processes as one: each request goes to the least loaded engine (requests
+    this front end has in flight there, plus the engine's own queue depth); model control goes
+    to all; the status is one coherent picture (None while any engine is silent, so readiness
+    fails and requests get 503 as with one engine)."""
+
+    def __init__(self, engines: list[MPClient]) -> None:
+        self.engines = engines
+        self._inflight = [0] * len(engines)
+
+    async def start(self) -> None:
+        await asyncio.gather(*(e.start() for e in self.engines))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(e.stop() for e in self.engines))
+
+    def status(self) -> dict[str, Any] | None:
+        statuses = [e.status() for e in self.engines]
+        if any(s is None for s in statuses):
+            return None
+        first, rest = statuses[0], statuses[1:]
+        assert first is not None
+        merged = dict(first)
+        for other in rest:
+            assert other is not None
+            merged["started"] = merged["started"] and other["started"]
+            merged["draining"] = merged["draining"] or other["draining"]
+            merged["failures"] = {**other["failures"], **merged["failures"]}
+            merged["reasons"] = list(dict.fromkeys([*merged["reasons"], *other["reasons"]]))
+            merged["depth"] = {
+                n: merged["depth"].get(n, 0) + other["depth"].get(n, 0)
+                for n in {*merged["depth"], *other["depth"]}
+            }
+        return merged
+
+    def flush(self) -> None:
+        for engine in self.engines:
+            engine.flush()
+
+    def _least_loaded(self, name: str) -> int:
+        def load(i: int) -> int:
+            status = self.engines[i].status()
+            return self._inflight[i] + (status["depth"].get(name, 0) if status else 1 << 30)
+
+        return min(range(len(self.engines)), key=load)
+
+    def admit(self, name: str) -> None:
+        self.engines[self._least_loaded(name)].admit(name)
+
+    async def run(self, name: str, feeds: Feeds, shared: bool = False) -> Feeds:
+        i = self._least_loaded(name)
+        self._inflight[i] += 1
+        try:
+            return await self.engines[i].run(name, feeds, shared)
+        finally:
+            self._inflight[i] -= 1
+
+    async def generate(
+        self, name: str, requests: list[ValidRequest], tokenizer: TextTokenizer
+    ) -> GenerationStream:
+        i = self._least_loaded(name)
+        self._inflight[i] += 1
+        try:
+            stream = await self.engines[i].generate(name, requests, tokenizer)
+        except BaseException:
+            self._inflight[i] -= 1
+            raise
+        stream.on_close(lambda: self._release(i))
+        return stream
+
+    def _release(self, i: int) -> None:
+        self._inflight[i] -= 1
+
+    async def control(self, op: str, name: str | None = None) -> Any:
+        if op == "index":
+            return await self.engines[0].control(op, name)
+        results = await asyncio.gather(
+            *(e.control(op, name) for e in self.engines), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results[0]
+
+
+def connect(addresses: list[str], settings: Settings) -> EngineClient:
+    """The client a front-end process uses: one engine, or the set of them."""
+    clients = [MPClient(a, settings.request_timeout_s, settings.max_queue_size) for a in addresses]
+    return clients[0] if len(clients) == 1 else EngineSet(clients)

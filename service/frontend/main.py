@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 
 from service.frontend.app import create_app
-from service.frontend.client import MPClient
+from service.frontend.client import connect
 from service.frontend.connections import server_options
 from service.logs import configure_logging, logging_config
 from service.process import set_title
@@ -73,11 +73,14 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
-def frontend_main(overrides: Overrides, address: str, sock: socket.socket, index: int = 0) -> None:
-    """Process entry point (spawned by the supervisor) serving on the shared socket."""
+def frontend_main(
+    overrides: Overrides, addresses: list[str], sock: socket.socket, index: int = 0
+) -> None:
+    """Process entry point (spawned by the supervisor) serving on the shared socket, with a
+    client to every engine (`addresses`: their IPC sockets)."""
     set_title(f"front end {index}")
     settings = Settings(**overrides)
     configure_logging(settings)
-    engine = MPClient(address, settings.request_timeout_s, settings.max_queue_size)
+    engine = connect(addresses, settings)
     app = create_app(settings, engine)
     DrainingServer(uvicorn_config(app, settings), app, supervised=True).run(sockets=[sock])

@@ -1,4 +1,5 @@
-"""`neutreno serve` as a process tree: two front ends sharing one engine process.
+"""`neutreno serve` as a process tree: two front ends sharing one engine process, or two
+engines (NEUTRENO_ENGINES=2) behind them.
 
 Checks what must hold whichever front end answers: one coherent /metrics (counts equal the
 requests served), batches formed from several front ends' requests, a killed front end
@@ -19,7 +20,7 @@ import httpx
 import pytest
 from support.service_helpers import b64, png_bytes, start_server
 
-from bench.live_server import LiveServer
+from bench.live_server import LiveServer, process_cpu_seconds
 
 CLASSIFY = "/v1/models/fashion-classifier/classify"
 
@@ -55,7 +56,8 @@ def frontend_pids(live: LiveServer) -> list[int]:
 
 
 def engine_pid(live: LiveServer) -> int:
-    return int(re.search(r"engine pid (\d+)", live.output()).group(1))
+    (pid,) = live.role_pids("engine")
+    return pid
 
 
 async def classify_many(url: str, bodies: list[dict]) -> list[int]:
@@ -96,7 +98,7 @@ def test_killed_front_end_is_replaced_and_others_keep_serving(server: LiveServer
 def test_killed_engine_stops_the_server_non_zero(server: LiveServer) -> None:
     os.kill(engine_pid(server), signal.SIGKILL)
     assert server.wait(60) == 1
-    assert "the engine process exited" in server.output()
+    assert "the engine process neutreno-engine-0 exited" in server.output()
 
 
 def test_sigterm_drains_every_process_and_exits_zero(server: LiveServer, fashion) -> None:
@@ -124,3 +126,50 @@ def test_killed_supervisor_takes_every_process_with_it(server: LiveServer) -> No
         "the children exited",
         30,
     )
+
+
+def test_two_engines_share_the_load_and_stay_coherent(
+    repository: Path, tmp_path: Path, fashion
+) -> None:
+    """NEUTRENO_ENGINES=2: `ps` names both engines and both front ends; classify and
+    generation requests are spread over both engines (each spends CPU on them); /metrics
+    counts every request once; killing one engine takes the server down with status 1."""
+    live = start_server(
+        repository,
+        {"NEUTRENO_WORKERS": "2", "NEUTRENO_ENGINES": "2", "NEUTRENO_LOG_LEVEL": "info"},
+        log=tmp_path / "server.log",
+    )
+    try:
+        live.wait_ready()
+        engines = live.role_pids("engine")
+        assert len(engines) == 2 and len(live.role_pids("front end")) == 2
+        titles = {Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] for p in engines}
+        assert titles == {b"neutreno: engine 0 (cpu)", b"neutreno: engine 1 (cpu)"}
+        before = [process_cpu_seconds(p) for p in engines]
+
+        async def load() -> list[int]:
+            async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+                body = {"image": b64(png_bytes(fashion[0][0]))}
+                return [
+                    r.status_code
+                    for r in await asyncio.gather(
+                        *(client.post(CLASSIFY, json=body) for _ in range(120))
+                    )
+                ]
+
+        statuses = asyncio.run(load())
+        assert statuses == [200] * 120
+        spent = [process_cpu_seconds(p) - b for p, b in zip(engines, before, strict=True)]
+        assert min(spent) > 0.1 * max(spent), f"one engine idle: {spent}"
+        served = live.metric(
+            "neutreno_requests_total",
+            model="fashion-classifier",
+            endpoint="/v1/models/{name}/classify",
+            status="200",
+        )
+        assert served == 120
+        os.kill(engines[1], signal.SIGKILL)
+        assert live.wait(timeout=30) == 1
+        assert "the engine process neutreno-engine-1 exited" in live.output()
+    finally:
+        live.stop()

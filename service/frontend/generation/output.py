@@ -217,6 +217,16 @@ class GenerationStream:
         self._cancel = cancel
         self._inbox: asyncio.Queue[list[SeqOutput] | ServiceError] = asyncio.Queue()
         self._cancelled = False
+        self._closers: list[Callable[[], None]] = []
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, when the stream has ended (finished, failed or cancelled)."""
+        self._closers.append(callback)
+
+    def _closed(self) -> None:
+        closers, self._closers = self._closers, []
+        for callback in closers:
+            callback()
 
     @property
     def completion_tokens(self) -> int:
@@ -237,6 +247,7 @@ class GenerationStream:
         if not self._cancelled and not self.finished:
             self._cancelled = True
             self._cancel(None)
+        self._closed()
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Chunks until every prompt has finished or failed; what piled up since the last
@@ -248,7 +259,9 @@ class GenerationStream:
             for chunk in self._chunks_of(items):
                 yield chunk
                 if chunk.error is not None:
+                    self._closed()
                     return
+        self._closed()
 
     def _chunks_of(self, items: list[list[SeqOutput] | ServiceError]) -> list[Chunk]:
         merged: dict[int, Chunk] = {}
