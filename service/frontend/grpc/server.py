@@ -74,6 +74,7 @@ class GrpcServer:
         self.port = 0
         self._watcher: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._health_status: int | None = None
 
     async def start(self) -> None:
         """Bind and serve. A port that cannot be bound (taken by a process without
@@ -123,12 +124,15 @@ class GrpcServer:
             await self._set_health()
 
     async def _set_health(self) -> None:
+        """SERVING exactly when the front end is ready (set on a change only)."""
         serving = health_pb2.HealthCheckResponse.SERVING
         status = (
             serving if not self.state.readiness() else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", SERVICE):
-            await self.health.set(service, status)
+        if status != self._health_status:
+            self._health_status = status
+            for service in ("", SERVICE):
+                await self.health.set(service, status)
 
     def _handlers(self) -> Any:
         return grpc.method_handlers_generic_handler(
