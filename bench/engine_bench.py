@@ -25,8 +25,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 
 from bench.common import machine, print_markdown, request_bodies, run_wrk, write_wrk_files
 from bench.live_server import ROOT, LiveServer, process_cpu_seconds, process_tree
@@ -223,10 +225,148 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="per phase")
     ap.add_argument("--tree", type=Path, default=ROOT, help="checkout whose server to run")
     ap.add_argument("--repo", type=Path, help="reuse (or keep) the bundles in this folder")
+    ap.add_argument("--socket-only", action="store_true", help="skip the HTTP phases")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     repo = args.repo or Path(tempfile.mkdtemp(prefix="engine-bundles-"))
     if not (repo / LM / "1" / "manifest.json").is_file():
         build_bundles(repo)
-    print_markdown(table(bench(repo, args.tree.resolve(), args.seconds), args.tree), args.out)
+    rows = [] if args.socket_only else bench(repo, args.tree.resolve(), args.seconds)
+    if args.tree.resolve() == ROOT:
+        rows += socket_rows(repo, args.seconds)
+    print_markdown(table(rows, args.tree), args.out)
     return 0
+
+
+class EngineDriver:
+    """Straight into one engine process's socket, as a front end speaks to it (service.wire):
+    no HTTP, no front end, so its CPU per request or token is the engine's alone."""
+
+    def __init__(self, repo: Path, tree: Path) -> None:
+        import multiprocessing
+
+        import zmq
+
+        from service.engine.server import engine_main
+
+        self.dir = Path(tempfile.mkdtemp(prefix="engine-socket-"))
+        address = f"ipc://{self.dir / 'engine.sock'}"
+        ctx = multiprocessing.get_context("spawn")
+        self.stop = ctx.Event()
+        overrides = {"model_repository": str(repo), "log_level": "warning"}
+        self.proc = ctx.Process(target=engine_main, args=(overrides, address, self.stop))
+        self.proc.start()
+        self.zmq = zmq.Context()
+        self.sock = self.zmq.socket(zmq.DEALER)
+        self.sock.connect(address)
+        self.ids = 0
+
+    def send(self, header: dict[str, object], feeds: dict[str, np.ndarray] | None = None) -> int:
+        from service import wire
+
+        self.ids += 1
+        self.sock.send_multipart(wire.encode({**header, "id": self.ids}, feeds), copy=False)
+        return self.ids
+
+    def receive(self) -> tuple[dict[str, Any], list[Any]]:
+        from service import wire
+
+        frames = self.sock.recv_multipart(copy=False)
+        header, _ = wire.decode(frames[:1])
+        return header, frames[1:]
+
+    def wait_started(self) -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            self.send({"op": "status"})
+            if self.sock.poll(500):
+                header, _ = self.receive()
+                status = header.get("status")
+                if isinstance(status, dict) and status.get("started"):
+                    return
+        raise RuntimeError("the engine did not start")
+
+    def classify(self, seconds: float, window: int = 32) -> int:
+        """Requests answered in `seconds` with `window` in flight (one image each)."""
+        images = np.load(ROOT / "tests/fixtures/fashion-mnist-test-200.npz")["images"]
+        feeds = [
+            {"pixel_values": ((im / 255.0 - 0.286) / 0.353)[None, None].astype(np.float32)}
+            for im in images[:64]
+        ]
+        header = {"op": "infer", "model": CLASSIFIER, "shared": True}
+        for i in range(window):
+            self.send(header, feeds[i % 64])
+        done, stop = 0, time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            reply, _ = self.receive()
+            if reply["op"] != "results":
+                continue
+            for _ in reply["items"]:
+                done += 1
+                self.send(header, feeds[done % 64])
+        return done
+
+    def generate(self, seconds: float, streams: int, tokens: Callable[[], int]) -> int:
+        """Tokens received in `seconds` with `streams` sequences always running."""
+        from service import wire
+        from service.messages import GenerateRequest
+
+        def submit() -> None:
+            request = GenerateRequest(0, (5, 6, 7), tokens(), ignore_eos=True)
+            self.send({"op": "generate", "model": LM, "requests": [wire.request_to_wire(request)]})
+
+        for _ in range(streams):
+            submit()
+        count, running, stop = 0, streams, time.perf_counter() + seconds
+        while running:  # past `seconds`, let the running sequences end without new ones
+            reply, _ = self.receive()
+            if reply["op"] != "step":
+                continue
+            for out in wire.outputs_from_wire(reply["out"]):
+                count += len(out.tokens)
+                if out.finish is not None:
+                    running -= 1
+                    if time.perf_counter() < stop:
+                        running += 1
+                        submit()
+        return count
+
+    def close(self) -> None:
+        self.stop.set()
+        self.proc.join(60)
+        self.sock.close(0)
+        self.zmq.term()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def socket_rows(repo: Path, seconds: float) -> list[Row]:
+    """The engine alone, driven through its socket (this tree's wire)."""
+    driver = EngineDriver(repo, ROOT)
+    try:
+        driver.wait_started()
+        assert driver.proc.pid is not None
+        pid = driver.proc.pid
+        rng = random.Random(0)
+        phases: list[tuple[str, str, Callable[[], int]]] = [
+            ("engine socket: classify, 32 in flight", "req", lambda: driver.classify(seconds)),
+            (
+                "engine socket: 64 streams, 64 tokens (aligned)",
+                "tok",
+                lambda: driver.generate(seconds, 64, lambda: 64),
+            ),
+            (
+                "engine socket: 64 streams, 8-120 tokens (staggered)",
+                "tok",
+                lambda: driver.generate(seconds, 64, lambda: rng.randint(8, 120)),
+            ),
+            ("engine socket: 1 stream", "tok", lambda: driver.generate(seconds, 1, lambda: 64)),
+        ]
+        rows = []
+        for name, unit, load in phases:
+            cpu0, started = process_cpu_seconds(pid), time.perf_counter()
+            count = load()
+            elapsed, cpu = time.perf_counter() - started, process_cpu_seconds(pid) - cpu0
+            rows.append(Row(name, unit, count, elapsed, cpu, 0.0))
+        return rows
+    finally:
+        driver.close()

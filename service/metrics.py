@@ -15,12 +15,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True)
+class GenerationSeries:
+    """The labelled series of one LM that its scheduler updates every step."""
+
+    ttft: Histogram
+    itl: Histogram
+    tokens: Counter
+    running: Gauge
+    waiting: Gauge
+    queue_depth: Gauge
+    inference: Histogram
+    batch_size: Histogram
+
 
 LATENCY_BUCKETS = (
     0.001,
@@ -161,6 +177,19 @@ class Metrics:
             ]
         for family in families:
             family.labels(model)
+
+    def generation_series(self, model: str) -> GenerationSeries:
+        """One LM's generation series, looked up once (the scheduler updates them every step)."""
+        return GenerationSeries(
+            ttft=self.time_to_first_token_seconds.labels(model),
+            itl=self.inter_token_latency_seconds.labels(model),
+            tokens=self.generated_tokens_total.labels(model),
+            running=self.running_sequences.labels(model),
+            waiting=self.waiting_sequences.labels(model),
+            queue_depth=self.queue_depth.labels(model),
+            inference=self.inference_duration_seconds.labels(model),
+            batch_size=self.batch_size.labels(model),
+        )
 
     def set_model_info(self, model: str, labels: Sequence[str], value: int = 1) -> None:
         """Publish one bundle's metadata (1 loaded, 0 unloaded or replaced); labels follow

@@ -84,6 +84,8 @@ class DynamicBatcher:
         self.model = model
         self._run = run
         self._metrics = metrics
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._queue_wait = metrics.queue_duration_seconds.labels(model)
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_size = max_queue_size
@@ -189,7 +191,7 @@ class DynamicBatcher:
     async def _wait_for_batch(self) -> None:
         """Return once a full batch is queued or the oldest request's delay has run out; at
         once for a lone client."""
-        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        self._queue_depth.set(len(self._queue))
         oldest = self._queue[0].enqueued
         lone = oldest - self._shared_at > self.LONE_WINDOW_S
         while (
@@ -230,13 +232,13 @@ class DynamicBatcher:
                 continue
             batch.append(req)
             rows += req.rows
-        self._metrics.queue_depth.labels(self.model).set(len(self._queue))
+        self._queue_depth.set(len(self._queue))
         return batch
 
     async def _execute(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
         for req in batch:
-            self._metrics.queue_duration_seconds.labels(self.model).observe(started - req.enqueued)
+            self._queue_wait.observe(started - req.enqueued)
         rows = sum(r.rows for r in batch)
         self._metrics.batch_size.labels(self.model).observe(rows)
         try:

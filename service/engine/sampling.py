@@ -30,8 +30,10 @@ def sample_batch(
 ) -> np.ndarray:
     """(B, vocab) logits -> (B,) int64 token ids, row r under params[r] drawing from rngs[r]."""
     temps = np.fromiter((p.temperature for p in params), np.float64, len(params))
-    ids = np.empty(len(params), np.int64)
     greedy = temps == 0.0
+    if greedy.all():  # the common case: no row copied
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    ids = np.empty(len(params), np.int64)
     if greedy.any():
         ids[greedy] = np.argmax(logits[greedy], axis=-1)
     rows = [int(r) for r in np.flatnonzero(~greedy)]

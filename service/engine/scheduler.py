@@ -64,6 +64,7 @@ class GenerationScheduler:
         self.max_running = max_running
         self.max_queue_size = max_queue_size
         self._metrics = metrics
+        self._series = metrics.generation_series(model.name)
         self._on_prefill = on_prefill
         # prefill brings back logits and the telemetry output (if the graph has it), not the cache
         self._prefill_outputs = [n for n in model.output_names if not n.startswith(f"{PRESENT}.")]
@@ -259,15 +260,13 @@ class GenerationScheduler:
 
     def _observe(self, sequences: list[EngineSequence], now: float) -> None:
         """TTFT / inter-token latency per row, the token counter once per step."""
-        metrics = self._metrics
-        ttft = metrics.time_to_first_token_seconds.labels(self.name)
-        itl = metrics.inter_token_latency_seconds.labels(self.name)
+        ttft, itl = self._series.ttft, self._series.itl
         for seq in sequences:
             if seq.last_token_at is None:
                 ttft.observe(now - seq.enqueued)
             else:
                 itl.observe(now - seq.last_token_at)
-        metrics.generated_tokens_total.labels(self.name).inc(len(sequences))
+        self._series.tokens.inc(len(sequences))
 
     @staticmethod
     def _deliver(outputs: list[tuple[EngineSequence, SeqOutput]]) -> None:
@@ -296,10 +295,8 @@ class GenerationScheduler:
             log.error("generation run of %d rows on %s failed: %s", len(sequences), self.name, exc)
             self._fail(sequences, exc)
             return None
-        self._metrics.inference_duration_seconds.labels(self.name).observe(
-            time.perf_counter() - started
-        )
-        self._metrics.batch_size.labels(self.name).observe(len(sequences))
+        self._series.inference.observe(time.perf_counter() - started)
+        self._series.batch_size.observe(len(sequences))
         tracing.record_runs(self.name, (s.trace for s in sequences), started)
         return outputs
 
@@ -314,9 +311,10 @@ class GenerationScheduler:
         self._deliver([(seq, seq.fail(error)) for seq in sequences if not seq.done])
 
     def _publish_gauges(self) -> None:
-        self._metrics.running_sequences.labels(self.name).set(len(self._running))
-        self._metrics.waiting_sequences.labels(self.name).set(len(self._waiting))
-        self._metrics.queue_depth.labels(self.name).set(len(self._waiting))
+        series = self._series
+        series.running.set(len(self._running))
+        series.waiting.set(len(self._waiting))
+        series.queue_depth.set(len(self._waiting))
 
 
 def make_scheduler(
