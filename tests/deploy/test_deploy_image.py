@@ -12,14 +12,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import time
 import urllib.request
 import uuid
 
 import numpy as np
 import pytest
-from support.deploy_helpers import ROOT, inspect, make_image, run
+from support.deploy_helpers import ROOT, finish_streams, inspect, make_image, run, start_stream
 
 from bench.live_server import free_port
 
@@ -66,56 +65,6 @@ def classify(port: int, images: np.ndarray) -> list[int]:
         with urllib.request.urlopen(request, timeout=30) as response:
             out.append(json.load(response)["predictions"][0]["index"])
     return out
-
-
-def start_stream(port: int) -> tuple[socket.socket, bytearray]:
-    """A streamed kjv-lm completion (Server-Sent Events, raw HTTP/1.1), read up to its first
-    event: the socket and what it has received so far."""
-    body = json.dumps(
-        {"model": "kjv-lm", "prompt": "In the beginning", "max_tokens": 240, "stream": True}
-    ).encode()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    sock.sendall(
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
-    received = bytearray()
-    while b"data: {" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, bytes(received)
-        received += chunk
-    assert received.startswith(b"HTTP/1.1 200"), bytes(received[:200])
-    return sock, received
-
-
-def drain_available(sock: socket.socket, received: bytearray) -> None:
-    """Appends what has already arrived, without waiting for more."""
-    sock.setblocking(False)
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except BlockingIOError:
-        pass
-    finally:
-        sock.settimeout(60)
-
-
-def read_to_end(sock: socket.socket, received: bytearray) -> None:
-    while chunk := sock.recv(65536):
-        received += chunk
-    sock.close()
-
-
-def finish_streams(streams: list[tuple[socket.socket, bytearray]]) -> int:
-    """Reads each stream (start_stream) to its end, which must be `data: [DONE]`; returns how
-    many had not ended yet when called (a drain that follows is what ran those to their end)."""
-    for sock, received in streams:
-        drain_available(sock, received)
-    in_flight = sum(b"data: [DONE]" not in received for _, received in streams)
-    for sock, received in streams:
-        read_to_end(sock, received)
-        assert b"data: [DONE]" in received, bytes(received[-300:])
-    return in_flight
 
 
 def test_cpu_image_size_user_and_no_torch(engine, image):

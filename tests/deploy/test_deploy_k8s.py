@@ -12,8 +12,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from k8s_schemas import KSERVE_KINDS, PROMETHEUS_OPERATOR_KINDS, validate_builtin, validate_custom
 from support.deploy_helpers import K8S_DIR, exported_metrics
+from support.k8s_schemas import (
+    KSERVE_KINDS,
+    PROMETHEUS_OPERATOR_KINDS,
+    validate_builtin,
+    validate_custom,
+)
 from support.tools import require_tool
 
 from service.settings import Settings

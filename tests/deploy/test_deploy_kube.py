@@ -16,10 +16,12 @@ a unique name (runs in parallel do not collide), and the host's network with fre
 ConfigMap's NEUTRENO_PORT / NEUTRENO_GRPC_PORT (which the server and the probes read), as the
 image tests do: podman 4.3 tears a pod's own network down as soon as the pod stops, before the
 server has drained, and refuses container ports on the host network, so they go (a
-containerPort is informational in Kubernetes). And the drain: podman 4.3 (Debian 12) `kube down`
-stops pods with a zero timeout, i.e. SIGKILL (podman 5 uses each container's stop timeout, as a
-kubelet does); before podman 5 the test stops the pod gracefully with `podman pod stop` first,
-which is what podman 5's `kube down` does, then `kube down` removes it.
+containerPort is informational in Kubernetes). A second container stands in for the pod sandbox
+that a kubelet keeps while a container restarts (`sandbox` says why). And the drain: podman 4.3
+(Debian 12) `kube down` stops pods with a zero timeout, i.e. SIGKILL (podman 5 uses each
+container's stop timeout, as a kubelet does); before podman 5 the test stops the pod gracefully
+with `podman pod stop` first, which is what podman 5's `kube down` does, then `kube down`
+removes it.
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support.deploy_helpers import K8S_DIR, ROOT, inspect, make_image, run
+from support.deploy_helpers import (
+    K8S_DIR,
+    ROOT,
+    finish_streams,
+    inspect,
+    make_image,
+    run,
+    start_stream,
+)
 from support.tools import require_tool
-from test_deploy_image import finish_streams, start_stream
 
 from bench.live_server import free_port
 
@@ -66,7 +75,7 @@ class Pod:
     def __init__(self, engine, docs: list[dict], name: str, port: int) -> None:
         self.engine, self.docs, self.port = engine, docs, port
         (deployment,) = (d for d in docs if d["kind"] == "Deployment")
-        (self.spec,) = deployment["spec"]["template"]["spec"]["containers"]
+        self.spec = deployment["spec"]["template"]["spec"]["containers"][0]  # the api
         self.name = f"{name}-pod-0"
         self.container = f"{self.name}-{self.spec['name']}"
 
@@ -116,6 +125,19 @@ class Pod:
             return json.load(response)["predictions"][0]["label"]
 
 
+def sandbox(image: str) -> dict:
+    """A container that only waits (and exits at once on SIGTERM). A kubelet keeps a pod's
+    sandbox while its containers restart; podman stops a played pod's infra container as soon
+    as the pod's last container exits (kube play pods have the exit policy `stop`), which races
+    with the restart of the api by its liveness probe (and loses: "cannot get namespace path
+    unless container ... is running"). This one keeps the pod up, as the sandbox would."""
+    wait = (
+        "import signal, sys, time; "
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); time.sleep(1e9)"
+    )
+    return {"name": "sandbox", "image": image, "command": ["python", "-c", wait]}
+
+
 def graceful_kube_down(engine) -> bool:
     """Whether this podman's `kube down` stops pods with their containers' stop timeout (podman 5
     does; 4.3 stops them with a zero timeout, and the 4.x in between are not relied on)."""
@@ -140,6 +162,7 @@ def pod(engine, tmp_path_factory) -> Iterator[Pod]:
             pod_spec["hostNetwork"] = True
             (api,) = pod_spec["containers"]
             del api["ports"]
+            pod_spec["containers"].append(sandbox(api["image"]))
         if doc["kind"] == "ConfigMap" and "NEUTRENO_PORT" in doc["data"]:
             doc["data"].update(
                 NEUTRENO_HOST="127.0.0.1",

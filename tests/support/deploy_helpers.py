@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 import urllib.error
@@ -229,3 +230,56 @@ def rule_exprs() -> list[tuple[str, str]]:
             for rule in group["rules"]:
                 out.append((rule.get("alert") or rule["record"], rule["expr"]))
     return out
+
+
+# Streamed completions against a live server: what a drain must finish.
+
+
+def start_stream(port: int) -> tuple[socket.socket, bytearray]:
+    """A streamed kjv-lm completion (Server-Sent Events, raw HTTP/1.1), read up to its first
+    event: the socket and what it has received so far."""
+    body = json.dumps(
+        {"model": "kjv-lm", "prompt": "In the beginning", "max_tokens": 240, "stream": True}
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    received = bytearray()
+    while b"data: {" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, bytes(received)
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), bytes(received[:200])
+    return sock, received
+
+
+def drain_available(sock: socket.socket, received: bytearray) -> None:
+    """Appends what has already arrived, without waiting for more."""
+    sock.setblocking(False)
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(60)
+
+
+def read_to_end(sock: socket.socket, received: bytearray) -> None:
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+
+
+def finish_streams(streams: list[tuple[socket.socket, bytearray]]) -> int:
+    """Reads each stream (start_stream) to its end, which must be `data: [DONE]`; returns how
+    many had not ended yet when called (a drain that follows is what ran those to their end)."""
+    for sock, received in streams:
+        drain_available(sock, received)
+    in_flight = sum(b"data: [DONE]" not in received for _, received in streams)
+    for sock, received in streams:
+        read_to_end(sock, received)
+        assert b"data: [DONE]" in received, bytes(received[-300:])
+    return in_flight

@@ -29,6 +29,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import referencing
+
 from support.tools import MissingTool
 
 K8S_VERSION = "1.37.0"
