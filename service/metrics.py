@@ -36,6 +36,7 @@ class GenerationSeries:
     queue_depth: Gauge
     inference: Histogram
     batch_size: Histogram
+    queue_wait: Histogram
 
 
 LATENCY_BUCKETS = (
@@ -189,6 +190,7 @@ class Metrics:
             queue_depth=self.queue_depth.labels(model),
             inference=self.inference_duration_seconds.labels(model),
             batch_size=self.batch_size.labels(model),
+            queue_wait=self.queue_duration_seconds.labels(model),
         )
 
     def set_model_info(self, model: str, labels: Sequence[str], value: int = 1) -> None:

@@ -7,10 +7,11 @@ changes nothing but float noise.
 
 The past lives where the model runs: after each run it is the graph's `present` outputs as ONNX
 Runtime `OrtValue`s on the session's device (GPU memory under CUDA), bound straight back as the
-next step's inputs, so a decode step moves only token ids in and logits out. Only when the batch
-changes shape (rows dropped with `select`, added with `concat`; both trim columns that are padding
-in every row) is the cache brought to the host as numpy arrays, reshaped, and uploaded again by
-the next run.
+next step's inputs, so a decode step moves only token ids in and logits out. When the batch
+changes rows (`merged`: some leave, some join, columns that are padding in every row trimmed)
+the cache is re-laid on the device too, by one run of a small graph
+(`service.engine.kv_ops.KVOps`): it never visits the host. Only the mask (B, P) int64 is kept
+on the host, where the scheduler reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from onnxruntime import OrtValue
 
 from export.bundle import ATTENTION_MASK, INPUT_IDS, PAST, PRESENT, kv_names
+from service.engine.kv_ops import KVOps
 
 Feeds = dict[str, np.ndarray]
 Resident = dict[str, OrtValue]  # tensors that stay on the session's device between runs
@@ -63,49 +65,28 @@ class KVBatch:
     def empty(cls, graph: LMGraph) -> KVBatch:
         return cls(graph.empty_past(0), np.zeros((0, 0), np.int64))
 
-    @property
-    def resident(self) -> bool:
-        return any(isinstance(p, OrtValue) for p in self.past)
-
-    def host(self) -> KVBatch:
-        """The same batch with its past copied to numpy arrays (reshaping needs them)."""
-        if not self.resident:
-            return self
-        return KVBatch([p.numpy() if isinstance(p, OrtValue) else p for p in self.past], self.mask)
-
-    def select(self, keep: list[int]) -> KVBatch:
-        """Only rows `keep` (in that order), leading all-padding columns trimmed."""
+    def merged(self, keep: list[int], joining: KVBatch | None, ops: KVOps) -> KVBatch:
+        """Rows `keep` of this batch (in that order, leading columns that are padding in all
+        of them trimmed), then `joining`'s rows, both left-padded to the longer past: one run
+        of the re-lay graph on the device, whatever leaves and joins."""
         idx = np.asarray(keep, np.int64)
-        return KVBatch([p[idx] for p in self.host().past], self.mask[idx]).trimmed()
-
-    def concat(self, other: KVBatch) -> KVBatch:
-        """self's rows then other's, both left-padded to the longer past."""
-        if self.rows == 0:
-            return other
-        length = max(self.mask.shape[1], other.mask.shape[1])
-        a, b = self.host().padded(length), other.host().padded(length)
-        return KVBatch(
-            [np.concatenate([x, y]) for x, y in zip(a.past, b.past, strict=True)],
-            np.concatenate([a.mask, b.mask]),
+        mask = self.mask[idx]
+        used = np.flatnonzero(mask.any(axis=0))
+        start = int(used[0]) if used.size else mask.shape[1]
+        mask = mask[:, start:]
+        if joining is None:
+            past = ops.rebuild(self.past, idx, start, 0, ops.empty, 0)
+            return KVBatch(list(past), mask)
+        ours, theirs = mask.shape[1], joining.mask.shape[1]
+        length = max(ours, theirs)
+        past = ops.rebuild(self.past, idx, start, length - ours, joining.past, length - theirs)
+        mask = np.concatenate(
+            [
+                np.pad(mask, ((0, 0), (length - ours, 0))),
+                np.pad(joining.mask, ((0, 0), (length - theirs, 0))),
+            ]
         )
-
-    def padded(self, length: int) -> KVBatch:
-        """Left-pad the past to `length` positions (mask 0 there)."""
-        extra = length - self.mask.shape[1]
-        if extra <= 0:
-            return self
-        past = [np.pad(p, ((0, 0), (0, 0), (extra, 0), (0, 0))) for p in self.past]
-        return KVBatch(past, np.pad(self.mask, ((0, 0), (extra, 0))))
-
-    def trimmed(self) -> KVBatch:
-        """Drop leading columns that are padding in every row."""
-        if self.rows == 0:
-            return KVBatch([p[:, :, :0] for p in self.past], self.mask[:, :0])
-        used = np.flatnonzero(self.mask.any(axis=0))
-        start = int(used[0]) if used.size else self.mask.shape[1]
-        if start == 0:
-            return self
-        return KVBatch([p[:, :, start:] for p in self.past], self.mask[:, start:])
+        return KVBatch(list(past), mask)
 
     def decode_inputs(self, graph: LMGraph, tokens: np.ndarray) -> tuple[Feeds, Resident]:
         """Inputs of one decode step: tokens (B,) -> input_ids (B, 1), mask (B, P + 1) from the

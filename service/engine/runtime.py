@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from export.bundle import ATTENTION_MASK, INPUT_IDS, TEXT_GENERATION
 from export.fusion import session_model
+from service.engine.kv_ops import KVOps
 from service.messages import ModelInfo
 from service.settings import Settings
 
@@ -121,6 +122,13 @@ class ModelRuntime(ModelInfo):
     ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
         """`run_bound` on this model's worker thread."""
         return await self._on_thread(self.run_bound, feeds, resident, to_host, keep)
+
+    def kv_ops(self, empty: list[np.ndarray]) -> KVOps:
+        """The KV-cache re-lay graph on this model's execution provider and device."""
+        providers: list[Any] = [CPU]
+        if self.device == "cuda":
+            providers = [(CUDA, {"device_id": str(self.device_id)}), CPU]
+        return KVOps(empty, providers, self.device, self.device_id)
 
     async def _on_thread(self, fn: Any, *args: Any) -> Any:
         """`fn(*args)` on this model's one worker thread (runs never overlap)."""

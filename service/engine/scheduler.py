@@ -40,6 +40,9 @@ from service.wire import error_to_wire
 
 log = logging.getLogger("neutreno.service")
 
+ADMIT_AFTER_STEPS = 8  # a waiting sequence joins within this many steps whatever the policy
+COMPACT_FRACTION = 4  # finished rows are dropped once more than 1/4 of the batch
+
 
 class GenerationScheduler:
     """The generation worker of one LM (see the module docstring)."""
@@ -72,6 +75,8 @@ class GenerationScheduler:
         self._running: list[EngineSequence] = []
         self._admitted: list[EngineSequence] = []
         self._batch = KVBatch.empty(self.graph)
+        self._kv_ops = model.kv_ops(self.graph.empty_past(0))
+        self._steps = 0  # decode steps so far (admission waits are counted in steps)
         self._cached = 0
         self._sequence_seconds = 1.0  # running estimate for Retry-After
         self._wakeup = asyncio.Event()
@@ -89,7 +94,7 @@ class GenerationScheduler:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return self._live
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"generation-{self.name}")
@@ -115,9 +120,10 @@ class GenerationScheduler:
                 f"(limit {self.max_queue_size}); retry later",
                 self._retry_after(),
             )
-        self._waiting.extend(
-            EngineSequence(rid, r, sink, self.eos_id, self.vocab_size) for r in requests
-        )
+        for request in requests:
+            seq = EngineSequence(rid, request, sink, self.eos_id, self.vocab_size)
+            seq.queued_step = self._steps
+            self._waiting.append(seq)
         self._publish_gauges()
         self._wakeup.set()
 
@@ -137,10 +143,11 @@ class GenerationScheduler:
         return math.ceil(rounds * self._sequence_seconds)
 
     async def _loop(self) -> None:
-        while not (self._closing and not self._running and not self._waiting):
+        while not (self._closing and not self._live and not self._waiting):
             try:
-                await self._retire()
-                if not self._running and not self._waiting:
+                self._release_finished()
+                if not self._live and not self._waiting:
+                    self._running, self._batch = [], KVBatch.empty(self.graph)
                     await self._idle()
                     continue
                 await self._step()
@@ -155,38 +162,66 @@ class GenerationScheduler:
             self._wakeup.clear()
             await self._wakeup.wait()
 
+    @property
+    def _live(self) -> int:
+        """Running rows still generating (finished ones stay in the batch until compaction)."""
+        return sum(not seq.done for seq in self._running)
+
     async def _step(self) -> None:
-        """Admit and prefill what fits, then decode one token for every running sequence."""
-        self._admitted = self._admit()
-        if self._admitted:
-            await self._prefill(self._admitted)
-            await self._retire()
+        """Admit and prefill what the admission policy lets in, re-lay the batch when rows
+        joined or too many have finished, then decode one token for every running row."""
+        self._steps += 1
+        self._admitted = self._admit() if self._admitting() else []
+        joining = await self._prefill(self._admitted) if self._admitted else None
+        dead = len(self._running) - self._live
+        if joining is not None or dead > max(1, len(self._running) // COMPACT_FRACTION):
+            await self._relay(joining)
         self._admitted = []
-        if self._running:
+        if self._live:
             await self._decode()
 
-    async def _retire(self) -> None:
-        """Remove finished and cancelled sequences from the running batch (the cache copy
-        runs off the event loop)."""
-        keep = [i for i, seq in enumerate(self._running) if not seq.done]
-        if len(keep) == len(self._running):
-            return
+    def _admitting(self) -> bool:
+        """Whether to admit this step. Every join costs a prefill run and a re-lay of the
+        cache, so while others run, wait until 1/8 of the running limit can join together
+        (waiting, with free slots) or the oldest has waited ADMIT_AFTER_STEPS steps."""
+        if not self._waiting:
+            return False
+        live = self._live
+        if live == 0:
+            return True
+        free = self.max_running - live
+        ready = min(free, len(self._waiting))  # sequences that could join now
+        waited = self._steps - self._waiting[0].queued_step
+        return ready > 0 and (ready >= max(1, self.max_running // 8) or waited >= ADMIT_AFTER_STEPS)
+
+    def _release_finished(self) -> None:
+        """Free the cache reservation of rows that finished or were cancelled (once each)."""
         now = time.perf_counter()
         for seq in self._running:
-            if seq.done:
+            if seq.done and not seq.released:
+                seq.released = True
                 self._cached -= seq.request.reserved_tokens
                 self._sequence_seconds = 0.8 * self._sequence_seconds + 0.2 * (now - seq.enqueued)
-        self._running = [self._running[i] for i in keep]
-        self._publish_gauges()
-        if keep:
-            self._batch = await asyncio.to_thread(self._batch.select, keep)
-        else:
+
+    async def _relay(self, joining: tuple[list[EngineSequence], KVBatch] | None) -> None:
+        """One re-lay of the cache on the device: finished rows leave, admitted ones join."""
+        self._release_finished()
+        keep = [i for i, seq in enumerate(self._running) if not seq.done]
+        new_rows, new_batch = joining if joining is not None else ([], None)
+        if not keep and new_batch is not None:
+            self._running, self._batch = list(new_rows), new_batch
+            return
+        self._running = [self._running[i] for i in keep] + new_rows
+        if not self._running:
             self._batch = KVBatch.empty(self.graph)
+            return
+        self._batch = await asyncio.to_thread(self._batch.merged, keep, new_batch, self._kv_ops)
 
     def _admit(self) -> list[EngineSequence]:
         """Pop waiting sequences (FIFO) while the running and cached-token limits allow."""
         admitted: list[EngineSequence] = []
-        while self._waiting and len(self._running) + len(admitted) < self.max_running:
+        live = self._live
+        while self._waiting and live + len(admitted) < self.max_running:
             reserve = self._waiting[0].request.reserved_tokens
             if self._cached + reserve > self.max_cached_tokens:
                 break
@@ -195,16 +230,21 @@ class GenerationScheduler:
             admitted.append(seq)
         now = time.perf_counter()
         for seq in admitted:
-            self._metrics.queue_duration_seconds.labels(self.name).observe(now - seq.enqueued)
+            self._series.queue_wait.observe(now - seq.enqueued)
         return admitted
 
-    async def _prefill(self, sequences: list[EngineSequence]) -> None:
-        """One run over the new prompts; sample their first tokens; merge their caches."""
+    async def _prefill(
+        self, sequences: list[EngineSequence]
+    ) -> tuple[list[EngineSequence], KVBatch] | None:
+        """One run over the new prompts; sample their first tokens; their cache (to join the
+        batch), or None when the run failed (they have failed)."""
         feeds = prefill_feeds(self.graph, [s.request.prompt_ids for s in sequences])
         result = await self._run(feeds, {}, sequences, self._prefill_outputs)
         if result is None:
+            for seq in sequences:
+                seq.released = True
             self._cached -= sum(s.request.reserved_tokens for s in sequences)
-            return
+            return None
         outputs, presents = result
         logits = outputs[LOGITS]  # (B, L, vocab)
         scored = []
@@ -216,14 +256,12 @@ class GenerationScheduler:
         self._deliver(scored + self._sample([sequences[r] for r in live], logits[live, -1]))
         if self._on_prefill is not None:
             self._on_prefill(outputs)
-        self._batch = await asyncio.to_thread(
-            self._batch.concat, prefilled(self.graph, feeds, presents)
-        )
-        self._running.extend(sequences)
+        return sequences, prefilled(self.graph, feeds, presents)
 
     async def _decode(self) -> None:
-        """One token for every running sequence in one batched run."""
-        tokens = np.array([s.last_token for s in self._running], np.int64)
+        """One token for every running row in one batched run."""
+        # finished rows still in the batch decode a filler id; their outputs are ignored
+        tokens = np.array([s.generated[-1] if s.generated else 0 for s in self._running], np.int64)
         feeds, resident = self._batch.decode_inputs(self.graph, tokens)
         result = await self._run(feeds, resident, self._running, [LOGITS])
         if result is None:
@@ -312,7 +350,7 @@ class GenerationScheduler:
 
     def _publish_gauges(self) -> None:
         series = self._series
-        series.running.set(len(self._running))
+        series.running.set(self._live)
         series.waiting.set(len(self._waiting))
         series.queue_depth.set(len(self._waiting))
 

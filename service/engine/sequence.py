@@ -43,6 +43,8 @@ class EngineSequence:
         self.enqueued = time.perf_counter()
         self.trace = tracing.generation_trace(self.enqueued)
         self.last_token_at: float | None = None
+        self.queued_step = 0  # the scheduler's step count when it was queued
+        self.released = False  # its cache reservation given back (it finished)
 
     @property
     def done(self) -> bool:

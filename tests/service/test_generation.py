@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from onnxruntime import OrtValue
 from support.generation_helpers import NAME, add_lm
 from support.service_helpers import ROOT, make_settings
 
 from models.checkpoint import load_checkpoint
 from service import create_app
 from service.engine.kv import KVBatch
+from service.engine.kv_ops import KVOps
 from service.engine.scheduler import GenerationScheduler
 from service.frontend.generation.tokenizer import TextTokenizer
 from service.frontend.generation.validation import ValidRequest
@@ -285,6 +287,8 @@ def test_cancel_frees_the_slot_at_the_next_step(app_client: TestClient) -> None:
 
 
 def test_kv_batch_select_and_concat_trim_padding() -> None:
+    """Rows leave and join on the device: the re-lay graph keeps, trims and left-pads."""
+
     def batch(lengths: list[int], width: int) -> KVBatch:
         mask = np.zeros((len(lengths), width), np.int64)
         for row, n in enumerate(lengths):
@@ -294,12 +298,16 @@ def test_kv_batch_select_and_concat_trim_padding() -> None:
         ]
         return KVBatch(past, mask)
 
-    merged = batch([2, 3], 3).concat(batch([5], 5))
+    ops = KVOps([np.zeros((0, 1, 0, 1), np.float32)], ["CPUExecutionProvider"], "cpu", 0)
+    merged = batch([2, 3], 3).merged([0, 1], batch([5], 5), ops)
     assert merged.mask.tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
-    assert merged.past[0][0, 0, :, 0].tolist() == [0, 0, 0, 1, 2]
-    kept = merged.select([1, 0])
+    assert isinstance(merged.past[0], OrtValue)  # re-laid by ORT, not brought to numpy
+    assert merged.past[0].numpy()[0, 0, :, 0].tolist() == [0, 0, 0, 1, 2]
+    assert merged.past[0].numpy()[2, 0, :, 0].tolist() == [0, 1, 2, 3, 4]
+    kept = merged.merged([1, 0], None, ops)
     assert kept.mask.tolist() == [[1, 1, 1], [0, 1, 1]]
-    assert kept.past[0][0, 0, :, 0].tolist() == [3, 4, 5]
+    assert kept.past[0].numpy()[0, 0, :, 0].tolist() == [3, 4, 5]
+    assert kept.past[0].numpy()[1, 0, :, 0].tolist() == [0, 1, 2]
 
 
 SHIPPED = ROOT / "model_repository" / "kjv-lm"
