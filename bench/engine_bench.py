@@ -242,7 +242,7 @@ class EngineDriver:
     """Straight into one engine process's socket, as a front end speaks to it (service.wire):
     no HTTP, no front end, so its CPU per request or token is the engine's alone."""
 
-    def __init__(self, repo: Path, tree: Path) -> None:
+    def __init__(self, repo: Path, tree: Path, settings: dict[str, Any] | None = None) -> None:
         import multiprocessing
 
         import zmq
@@ -250,10 +250,10 @@ class EngineDriver:
         from service.engine.server import engine_main
 
         self.dir = Path(tempfile.mkdtemp(prefix="engine-socket-"))
-        address = f"ipc://{self.dir / 'engine.sock'}"
+        self.address = address = f"ipc://{self.dir / 'engine.sock'}"
         ctx = multiprocessing.get_context("spawn")
         self.stop = ctx.Event()
-        overrides = {"model_repository": str(repo), "log_level": "warning"}
+        overrides = {"model_repository": str(repo), "log_level": "warning", **(settings or {})}
         self.proc = ctx.Process(target=engine_main, args=(overrides, address, self.stop))
         self.proc.start()
         self.zmq = zmq.Context()

@@ -106,6 +106,11 @@ class Batcher(Worker, Protocol):
 class Generator(Worker, Protocol):
     """A worker that generates text for validated requests (language models)."""
 
+    @property
+    def running(self) -> int:
+        """Sequences generating now (neutreno_running_sequences)."""
+        ...
+
     def submit(self, rid: int, requests: list[GenerateRequest], sink: Sink) -> None:
         """Queue one request's prompts (stream `rid`); each step's outputs go to `sink`."""
         ...
@@ -383,6 +388,7 @@ class EngineCore:
             "reasons": repo.reasons() if repo else [],
             "statuses": repo.statuses() if repo else {},
             "depth": {n: w.depth for n, w in self.workers.items()},
+            "running": {n: g.running for n, g in self.generators.items()},
         }
 
     def _public(self, model: ModelRuntime) -> dict[str, Any] | None:

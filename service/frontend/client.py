@@ -328,9 +328,9 @@ class MPClient:
 
 class EngineSet:
     """Several engine processes as one: each request goes to the least loaded engine (requests
-    this front end has in flight there, plus the engine's own queue depth); model control goes
-    to all; the status is one coherent picture (None while any engine is silent, so readiness
-    fails and requests get 503 as with one engine)."""
+    this front end has in flight there, plus the engine's queued and running work); model
+    control goes to all; the status is one coherent picture (None while any engine is silent,
+    so readiness fails and requests get 503 as with one engine)."""
 
     def __init__(self, engines: list[MPClient]) -> None:
         self.engines = engines
@@ -355,10 +355,11 @@ class EngineSet:
             merged["draining"] = merged["draining"] or other["draining"]
             merged["failures"] = {**other["failures"], **merged["failures"]}
             merged["reasons"] = list(dict.fromkeys([*merged["reasons"], *other["reasons"]]))
-            merged["depth"] = {
-                n: merged["depth"].get(n, 0) + other["depth"].get(n, 0)
-                for n in {*merged["depth"], *other["depth"]}
-            }
+            for key in ("depth", "running"):
+                merged[key] = {
+                    n: merged[key].get(n, 0) + other[key].get(n, 0)
+                    for n in {*merged[key], *other[key]}
+                }
         return merged
 
     def flush(self) -> None:
@@ -368,7 +369,9 @@ class EngineSet:
     def _least_loaded(self, name: str) -> int:
         def load(i: int) -> int:
             status = self.engines[i].status()
-            return self._inflight[i] + (status["depth"].get(name, 0) if status else 1 << 30)
+            if status is None:
+                return 1 << 30
+            return self._inflight[i] + status["depth"].get(name, 0) + status["running"].get(name, 0)
 
         return min(range(len(self.engines)), key=load)
 
