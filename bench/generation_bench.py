@@ -284,6 +284,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="skip the in-process no-cache and KV-cache baselines",
     )
+    ap.add_argument(
+        "--tree", type=Path, default=ROOT, help="checkout whose server to run (an older engine)"
+    )
     ap.add_argument("--out", type=Path, help="also write the markdown table here")
     return ap.parse_args(argv)
 
@@ -328,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             "NEUTRENO_WORKERS": str(args.workers),
             "NEUTRENO_INTRA_OP_THREADS": str(args.threads),
         },
+        tree=args.tree.resolve(),
     ) as server:
         server.wait_ready(timeout=300)
         level(
