@@ -4,7 +4,10 @@ Supports the JSON tensor form (`data` flat or nested, row-major) and Triton's bi
 extension (`Inference-Header-Content-Length` header, `binary_data_size` / `binary_data`
 parameters), which is what `tritonclient.http` sends by default. Inputs are checked against the
 model's own graph inputs (names, datatypes, rank, fixed dims, finite values) so that no request
-reaches ONNX Runtime malformed.
+reaches ONNX Runtime malformed. The response's size is bounded before the run, from the graph's
+output shapes with their dynamic dims bound by the inputs (`response_bound_before`), so an
+oversized answer costs no inference; requests with more rows than the model's maximum batch run
+as several batches (`split_rows`, `join_rows`).
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from service.messages import ModelInfo, TensorSpec
 from service.errors import BadRequest, ResponseTooLarge
 from service.frontend.guards import parse_length
 from service.frontend.schemas import V2InferRequest, V2ModelMetadata, V2Tensor, V2TensorMeta
+from service.messages import ModelInfo, TensorSpec
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES = {
@@ -163,8 +166,57 @@ def batch_rows(feeds: dict[str, np.ndarray]) -> int:
     return rows.pop()
 
 
+def split_rows(feeds: dict[str, np.ndarray], rows: int) -> list[dict[str, np.ndarray]]:
+    """The feeds as consecutive slices of at most `rows` rows (views, no copies)."""
+    total = batch_rows(feeds)
+    return [{n: a[i : i + rows] for n, a in feeds.items()} for i in range(0, total, rows)]
+
+
+def join_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The outputs of consecutive row slices as one batch (the slices' order)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+
+def _output_dims(spec: TensorSpec, bound: dict[str, int]) -> list[int] | None:
+    """An output's shape with its dynamic dims taken from `bound` (input dims by name; sums
+    such as "past_sequence + sequence" added up); None when a dim stays unknown."""
+    dims = []
+    for dim in spec.shape:
+        if isinstance(dim, int):
+            dims.append(dim)
+            continue
+        terms = [t.strip() for t in dim.split("+")]
+        if not all(t in bound or t.isdigit() for t in terms):
+            return None
+        dims.append(sum(bound[t] if t in bound else int(t) for t in terms))
+    return dims
+
+
+def response_bound_before(
+    model: ModelInfo, request: V2InferRequest, feeds: dict[str, np.ndarray], max_bytes: int
+) -> None:
+    """ResponseTooLarge before the run when the outputs asked for, at the sizes the graph
+    gives them for these inputs, cannot fit `max_bytes` (outputs with a dim the inputs do not
+    determine are left to `response_bound`, after the run)."""
+    bound = {
+        dim: size
+        for spec in model.inputs
+        for dim, size in zip(spec.shape, feeds[spec.name].shape, strict=True)
+        if isinstance(dim, str)
+    }
+    shapes = {}
+    for spec in model.outputs:
+        dims = _output_dims(spec, bound)
+        if dims is not None:
+            shapes[spec.name] = (int(np.prod(dims, dtype=np.float64)), spec.numpy_dtype)
+    names, as_binary = _selected(model, request, [s.name for s in model.outputs])
+    _check_bound({n: shapes[n] for n in names if n in shapes}, names, as_binary, max_bytes, True)
+
+
 def _selected(
-    model: ModelInfo, request: V2InferRequest, outputs: dict[str, np.ndarray]
+    model: ModelInfo, request: V2InferRequest, outputs: list[str]
 ) -> tuple[list[str], dict[str, bool]]:
     """Output names to return, in order, and which of them go as binary data."""
     wanted = request.outputs or []
@@ -197,15 +249,28 @@ def response_bound(
     """Upper bound of the response's size in bytes (exact for binary tensors, worst-case text
     width for JSON ones); ResponseTooLarge when it exceeds `max_bytes`, BadRequest for unknown
     or repeated output names."""
-    names, as_binary = _selected(model, request, outputs)
+    names, as_binary = _selected(model, request, list(outputs))
+    sizes = {n: (outputs[n].size, outputs[n].dtype) for n in names}
+    return _check_bound(sizes, names, as_binary, max_bytes, False)
+
+
+def _check_bound(
+    sizes: dict[str, tuple[int, np.dtype]],
+    names: list[str],
+    as_binary: dict[str, bool],
+    max_bytes: int,
+    before: bool,
+) -> int:
+    """The response's size bound for outputs of (element count, dtype) `sizes`; raises
+    ResponseTooLarge over `max_bytes` (`before`: found before the run)."""
     bound = 256 + 512 * len(names)  # envelope, names, shapes
-    for name in names:
-        array = outputs[name]
-        bound += array.nbytes if as_binary[name] else array.size * _json_width(array.dtype)
+    for name, (count, dtype) in sizes.items():
+        bound += count * (dtype.itemsize if as_binary[name] else _json_width(dtype))
     if bound > max_bytes:
         raise ResponseTooLarge(
             f"the response would take up to {bound} bytes, over the limit of {max_bytes} "
             "(NEUTRENO_MAX_RESPONSE_BYTES); ask for fewer outputs or rows, or binary_data"
+            + (" (refused before running the model)" if before else "")
         )
     return bound
 
@@ -218,7 +283,7 @@ def encode_response(
     JSON tensor data is encoded in chunks of `JSON_CHUNK` values: each chunk is one short C
     call, so when this runs in a worker thread the event loop gets the GIL between chunks.
     """
-    names, as_binary = _selected(model, request, outputs)
+    names, as_binary = _selected(model, request, list(outputs))
     tensors: list[str] = []
     blobs: list[bytes] = []
     for name in names:

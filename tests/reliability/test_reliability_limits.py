@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from support.reliability_helpers import Watch
-from support.service_helpers import start_server
+from support.service_helpers import binary_infer, serving
 
 from bench.live_server import LiveServer
 
@@ -45,13 +45,8 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def server(full_repository: Path) -> Iterator[LiveServer]:
-    live = start_server(full_repository, ENV)
-    try:
-        live.wait_ready()
+    with serving(full_repository, ENV) as live:
         yield live
-    finally:
-        assert live.stop() == 0
-    assert "Traceback" not in live.output(), live.output()[-3000:]
 
 
 @pytest.fixture(autouse=True)
@@ -66,28 +61,6 @@ def watch(server: LiveServer) -> Iterator[Watch]:
 def client(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
         yield c
-
-
-def _binary_infer(tensors: list[tuple[str, np.ndarray]]) -> tuple[bytes, dict[str, str]]:
-    """A Triton binary-tensor request body and its headers."""
-    datatypes = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": n,
-                    "shape": list(a.shape),
-                    "datatype": datatypes[a.dtype],
-                    "parameters": {"binary_data_size": a.nbytes},
-                }
-                for n, a in tensors
-            ]
-        }
-    ).encode()
-    return header + b"".join(a.tobytes() for _, a in tensors), {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
-    }
 
 
 def _lm_feeds(
@@ -112,16 +85,16 @@ def test_raw_lm_infer_bounded_like_completions(client: httpx.Client, watch: Watc
     watch.max_rss_growth_mb = 50
     started = time.perf_counter()
     long = client.post(
-        url, content=(b := _binary_infer(_lm_feeds(client, 1, 8000)))[0], headers=b[1]
+        url, content=(b := binary_infer(_lm_feeds(client, 1, 8000)))[0], headers=b[1]
     )
     seconds = time.perf_counter() - started
     wide = client.post(
-        url, content=(b := _binary_infer(_lm_feeds(client, 64, 4, 1)))[0], headers=b[1]
+        url, content=(b := binary_infer(_lm_feeds(client, 64, 4, 1)))[0], headers=b[1]
     )
     bad_mask = client.post(
-        url, content=(b := _binary_infer(_lm_feeds(client, 1, 4, 2)))[0], headers=b[1]
+        url, content=(b := binary_infer(_lm_feeds(client, 1, 4, 2)))[0], headers=b[1]
     )
-    ok = client.post(url, content=(b := _binary_infer(_lm_feeds(client, 2, 4, 1)))[0], headers=b[1])
+    ok = client.post(url, content=(b := binary_infer(_lm_feeds(client, 2, 4, 1)))[0], headers=b[1])
     assert long.status_code == 413 and "context" in long.json()["error"], long.text
     assert seconds < 2.0
     assert wide.status_code == 413 and "NEUTRENO_MAX_RUNNING_SEQUENCES" in wide.text, wide.text

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +178,35 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+V2_DATATYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+
+
+def binary_infer(
+    tensors: Iterable[tuple[str, np.ndarray]], outputs: Iterable[str] = (), as_binary: bool = True
+) -> tuple[bytes, dict[str, str]]:
+    """A Triton binary-tensor /v2 infer body and its headers; `outputs`, when given, are the
+    outputs asked for, as binary data or (`as_binary` false) JSON."""
+    tensors = list(tensors)
+    request: dict[str, object] = {
+        "inputs": [
+            {
+                "name": n,
+                "shape": list(a.shape),
+                "datatype": V2_DATATYPES[a.dtype],
+                "parameters": {"binary_data_size": a.nbytes},
+            }
+            for n, a in tensors
+        ]
+    }
+    if wanted := [{"name": n, "parameters": {"binary_data": as_binary}} for n in outputs]:
+        request["outputs"] = wanted
+    header = json.dumps(request).encode()
+    return header + b"".join(a.tobytes() for _, a in tensors), {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+
+
 # What every live test server runs with unless a test says otherwise: one ORT thread and one
 # front end, so that several servers fit the 2-core CI machine beside the tests driving them.
 TEST_SERVER_SETTINGS = {"NEUTRENO_INTRA_OP_THREADS": "1", "NEUTRENO_WORKERS": "1"}
@@ -186,3 +218,16 @@ def start_server(
     """`neutreno serve` on `repo` as the live tests run it: TEST_SERVER_SETTINGS, then
     `settings`; output to `log` or a temporary file (`LiveServer.output()` reads either)."""
     return LiveServer(repo, {**TEST_SERVER_SETTINGS, **(settings or {})}, log=log)
+
+
+@contextmanager
+def serving(repo: Path, settings: dict[str, str] | None = None) -> Iterator[LiveServer]:
+    """`start_server`, waited on until ready; on leaving, the server must stop with status 0
+    and no traceback in its output (what a module's shared live server is held to)."""
+    live = start_server(repo, settings)
+    try:
+        live.wait_ready()
+        yield live
+    finally:
+        assert live.stop() == 0
+    assert "Traceback" not in live.output(), live.output()[-3000:]

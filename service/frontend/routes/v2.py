@@ -161,7 +161,9 @@ async def infer(name: str, request: Request, state: ServiceState = Depends(get_s
         check_raw_feeds(
             feeds, front.limits, front.tokenizer.vocab_size, state.settings.max_running_sequences
         )
-    outputs = await state.run(model, feeds)
+    oip.response_bound_before(model, req, feeds, state.settings.max_response_bytes)
+    batches = oip.split_rows(feeds, state.settings.max_batch_size)  # one run each, in turn
+    outputs = oip.join_rows([await state.run(model, batch) for batch in batches])
     if (
         oip.response_bound(model, req, outputs, state.settings.max_response_bytes)
         <= INLINE_RESPONSE_BYTES
