@@ -645,7 +645,12 @@ def control_and_tokenize_cases() -> list[Case]:
             body(logit_bias={str(i): -100 for i in range(300)}),
             (200,),
         ),
-        Case("tokenize-huge-prompt", *tok("/tokenize", prompt="and " * 500_000), (200,)),
+        Case(
+            "tokenize-huge-prompt",
+            *tok("/tokenize", prompt="and " * 500_000),
+            (413,),
+            "payload_too_large",
+        ),
         Case(
             "tokenize-lone-surrogate",
             "/tokenize",
