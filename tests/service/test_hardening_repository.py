@@ -7,6 +7,7 @@ oversized or unencodable manifest (cases 12 and 1, the load-time half)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -70,6 +71,21 @@ def test_failure_record_follows_its_folder(repo: Path, explicit: TestClient) -> 
     assert explicit.get("/readyz").status_code == 200  # the folder went: no reason left
     assert explicit.post(f"{REPO_API}/broken/load").status_code == 404
     assert "broken" not in explicit.get("/readyz").json()["models"]
+
+
+def test_folders_with_unservable_names_skipped(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Case 1 through the disk: a folder whose name is not valid UTF-8 (Python sees a lone
+    surrogate) or holds a line separator would carry unencodable or log-splitting text into
+    every status; it is skipped, logged, and no failure."""
+    shutil.copytree(repo / MODEL, Path(os.fsdecode(bytes(repo) + b"/bad\xff")))
+    shutil.copytree(repo / MODEL, repo / "split\u2028name")
+    with caplog.at_level("WARNING", logger="neutreno.service"):
+        assert set(folder_signatures(repo)) == {MODEL, "fashion-segmenter"}
+        with TestClient(create_app(make_settings(repo))) as c:
+            assert c.get("/readyz").status_code == 200
+    assert "bad\\udcff" in caplog.text and "split\\u2028name" in caplog.text
 
 
 def _churn(folder: Path, stop: threading.Event) -> None:
