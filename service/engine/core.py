@@ -200,6 +200,7 @@ class EngineCore:
         self.draining = False
         self._poller: asyncio.Task[None] | None = None
         self._entries: dict[int, dict[str, Any] | None] = {}  # status entry per ModelRuntime
+        self._raw_turns: dict[str, asyncio.Semaphore] = {}
 
     @property
     def models(self) -> dict[str, ModelRuntime]:
@@ -430,11 +431,22 @@ class EngineCore:
         if batcher is not None:
             return await batcher.submit(feeds, timeout, shared)
         try:
-            return await asyncio.wait_for(model.run_async(feeds), timeout)
+            async with asyncio.timeout(timeout):
+                async with self._raw_turn(name):
+                    return await model.run_async(feeds)
         except TimeoutError:
             raise DeadlineExceeded(f"no result from {name!r} within {timeout:.3g} s") from None
         except Exception as exc:  # inputs the graph rejects (e.g. inconsistent KV-cache lengths)
             raise BadRequest(f"{name!r} rejected the inputs: {exc}") from None
+
+    def _raw_turn(self, name: str) -> asyncio.Semaphore:
+        """One raw run of a model at a time: raw LM runs share the model's one worker thread
+        with its generation steps, so each decode step waits behind at most one of them,
+        however many clients send them."""
+        turn = self._raw_turns.get(name)
+        if turn is None:
+            turn = self._raw_turns[name] = asyncio.Semaphore(1)
+        return turn
 
     def enqueue(self, name: str, feeds: Feeds, shared: bool, reply: Reply) -> None:
         """`run` without waiting (the engine server): `reply` gets the outputs or the error.

@@ -332,3 +332,27 @@ def test_shipped_kjv_lm_greedy_equals_pytorch(tmp_path: Path) -> None:
                 json={"model": "kjv-lm", "prompt": prompt, "max_tokens": 24, "temperature": 0},
             )
             assert r.json()["choices"][0]["text"] == tok.decode(expected)
+
+
+def test_raw_lm_runs_take_turns_with_generation(app_client: TestClient, monkeypatch) -> None:
+    """Raw /v2 runs of an LM share its worker thread with generation: four at once reach the
+    thread one after another (a decode step waits behind at most one), all answered."""
+    core = app_client.app.state.service.engine.core
+    model = core.models[NAME]
+    real, active, peak = model.run_async, [0], [0]
+
+    async def spy(feeds):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        try:
+            return await real(feeds)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(model, "run_async", spy)
+
+    async def run() -> list[dict]:
+        return await asyncio.gather(*(core.run(NAME, model.example_feeds(1)) for _ in range(4)))
+
+    outputs = app_client.portal.call(run)
+    assert peak[0] == 1 and len(outputs) == 4 and all("logits" in o for o in outputs)
