@@ -13,9 +13,9 @@ import pytest
 from support.service_helpers import b64, make_settings, png_bytes
 
 from service import create_app
-from service.frontend import imaging
 from service.engine.batching import DynamicBatcher
 from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
+from service.frontend import imaging
 from service.metrics import Metrics
 
 pytestmark = pytest.mark.anyio
