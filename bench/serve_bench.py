@@ -144,6 +144,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=0, help="NEUTRENO_INTRA_OP_THREADS")
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (at most clients)")
+    p.add_argument(
+        "--tree", type=Path, default=ROOT, help="checkout whose server to run (an older engine)"
+    )
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     return p.parse_args(argv)
 
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         files: WrkFiles = write_wrk_files(Path(tmp), request_bodies(64))
         for name, settings in configs:
-            with LiveServer(args.repository, settings) as server:
+            with LiveServer(args.repository, settings, tree=args.tree.resolve()) as server:
                 server.wait_ready(timeout=300)
 
                 def load(c: int, s: float, url: str = server.url) -> WrkResult:
