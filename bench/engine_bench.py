@@ -157,7 +157,11 @@ def generation(url: str, n: int, seconds: float, tokens: Callable[[], int]) -> C
 
 
 def bench(repo: Path, tree: Path, seconds: float) -> list[Row]:
-    settings = {"NEUTRENO_WORKERS": "1", "NEUTRENO_MAX_QUEUE_SIZE": "4096"}
+    settings = {
+        "NEUTRENO_WORKERS": "1",
+        "NEUTRENO_MAX_QUEUE_SIZE": "4096",
+        "NEUTRENO_MAX_RUNNING_SEQUENCES": "64",  # 64 streams decode together
+    }
     with LiveServer(repo, settings, tree=tree) as server:
         server.wait_ready(timeout=180)
         roles = Roles.of(server)
@@ -341,7 +345,7 @@ class EngineDriver:
 
 def socket_rows(repo: Path, seconds: float) -> list[Row]:
     """The engine alone, driven through its socket (this tree's wire)."""
-    driver = EngineDriver(repo, ROOT)
+    driver = EngineDriver(repo, ROOT, {"max_running_sequences": 64})
     try:
         driver.wait_started()
         assert driver.proc.pid is not None
