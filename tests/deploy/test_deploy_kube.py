@@ -45,6 +45,7 @@ from support.deploy_helpers import (
     finish_streams,
     inspect,
     make_image,
+    podman_engine,
     run,
     start_stream,
 )
@@ -147,10 +148,9 @@ def graceful_kube_down(engine) -> bool:
 
 
 @pytest.fixture(scope="module")
-def pod(engine, tmp_path_factory) -> Iterator[Pod]:
-    if engine[0] != "podman":
-        pytest.skip("podman kube play needs podman (docker has no equivalent)")
-    make_image("cpu")
+def pod(tmp_path_factory) -> Iterator[Pod]:
+    engine = podman_engine()  # kube play is podman's, docker daemon or not
+    make_image("cpu", engine)
     docs = rendered()
     name = f"neutreno-kube-{uuid.uuid4().hex[:8]}"
     port = free_port()

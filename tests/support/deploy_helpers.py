@@ -124,9 +124,7 @@ def container_engine() -> tuple[str, dict[str, str]]:
     docker = find_tool("docker")
     if docker and subprocess.run([docker, "info"], capture_output=True).returncode == 0:
         return "docker", env
-    require_tool("podman", target="container-engine", package="Debian package podman")
-    env.setdefault("CONTAINERS_CONF", str(PODMAN_CONF))
-    return "podman", env
+    return podman_engine()
 
 
 def run(engine, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -142,10 +140,20 @@ def inspect(engine, kind: str, ref: str) -> dict:
     return json.loads(result.stdout)[0]
 
 
-def make_image(target: str) -> str:
+def podman_engine() -> tuple[str, dict[str, str]]:
+    """podman (with the project's containers.conf unless CONTAINERS_CONF is set) whether or not
+    a docker daemon answers: `podman kube play` has no docker equivalent."""
+    require_tool("podman", target="container-engine", package="Debian package podman")
+    env = dict(os.environ)
+    env.setdefault("CONTAINERS_CONF", str(PODMAN_CONF))
+    return "podman", env
+
+
+def make_image(target: str, engine: tuple[str, dict[str, str]] | None = None) -> str:
     """Builds neutreno-serve:<target> with `make image` / `make image-gpu` (layers cached by the
-    engine, so a second build is quick) and returns the tag."""
-    engine, env = container_engine()
+    engine, so a second build is quick) with `engine` (default: container_engine()) and returns
+    the tag."""
+    engine, env = engine or container_engine()
     make_target = {"cpu": "image", "gpu": "image-gpu"}[target]
     result = subprocess.run(
         ["make", "-s", make_target, f"ENGINE={engine}"],
