@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from models.checkpoint import CONFIG, METRICS, STATE, load_metrics
 from training import depth_study, runs
 from training.data import fashion
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", type=Path, default=STUDY_DIR, help="filed small outputs")
     ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per run")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # the similarity probe, like the runs, on one core
     runs_ = plan(args.steps)
     if args.command == "run":
         run_all(runs_, args.runs, args.study)
