@@ -6,6 +6,8 @@ of every test checks both). The in-process halves are tests/service/test_hardeni
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -18,10 +20,15 @@ from support.reliability_helpers import Watch
 from support.service_helpers import binary_infer, serving
 
 from bench.live_server import LiveServer
+from service.frontend.client import MPClient
 
 LM = "tiny-lm"
-SEND_TIMEOUT_S = 1.0
-ENV = {"NEUTRENO_SEND_TIMEOUT_S": str(SEND_TIMEOUT_S), "NEUTRENO_LOG_LEVEL": "info"}
+SEND_TIMEOUT_S, LIVENESS_TIMEOUT_S = 1.0, 1.0
+ENV = {
+    "NEUTRENO_SEND_TIMEOUT_S": str(SEND_TIMEOUT_S),
+    "NEUTRENO_LIVENESS_TIMEOUT_S": str(LIVENESS_TIMEOUT_S),
+    "NEUTRENO_LOG_LEVEL": "info",
+}
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +192,27 @@ def test_clients_that_never_read_are_dropped(server: LiveServer, client: httpx.C
     assert all(got is not None and got < full for got in received), received  # dropped
     assert growth[1] < 50  # without the send timeout each wave pins ~2 x 38 MB more
     watch.check()
+
+
+def test_healthz_fails_while_the_engine_is_silent(server: LiveServer, client: httpx.Client) -> None:
+    """Issue: with the engine channel wedged, every model answered 503 and /readyz failed for
+    good while /healthz stayed 200, so no orchestrator restarted anything. Here the engine is
+    stopped (SIGSTOP): /healthz fails once it has been silent for the client's dead bound plus
+    NEUTRENO_LIVENESS_TIMEOUT_S, and recovers when it answers again. (Runs last: it freezes the
+    module's engine for ~12 s.)"""
+    [engine] = server.role_pids("engine")
+    started = time.monotonic()
+    os.kill(engine, signal.SIGSTOP)
+    try:
+        deadline = started + MPClient.DEAD_AFTER_S + LIVENESS_TIMEOUT_S + 5
+        while (health := client.get("/healthz", timeout=5)).status_code == 200:
+            assert time.monotonic() < deadline, "/healthz never failed"
+            time.sleep(0.2)
+        silent_s = time.monotonic() - started
+    finally:
+        os.kill(engine, signal.SIGCONT)
+    print(f"/healthz {health.status_code} after {silent_s:.1f} s of engine silence")
+    assert health.status_code == 503 and "engine" in health.json()["reasons"][0]
+    assert silent_s > MPClient.DEAD_AFTER_S
+    server.wait_until(lambda: client.get("/healthz").status_code == 200, "/healthz 200", 15)
+    server.wait_ready(15)
