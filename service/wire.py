@@ -88,14 +88,18 @@ def _raw(array: np.ndarray) -> Any:
     return array.reshape(-1).view(np.uint8).data
 
 
+# pyzmq's constants as plain ints: its enum flags cost microseconds per message in Python
+_FD, _EVENTS, _POLLIN, NOBLOCK = int(zmq.FD), int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+
+
 def socket_fd(sock: zmq.Socket[Any]) -> int:
     """The file descriptor an event loop watches for a ZeroMQ socket (edge-triggered)."""
-    return cast(int, sock.getsockopt(zmq.FD))
+    return cast(int, sock.getsockopt(_FD))
 
 
 def readable(sock: zmq.Socket[Any]) -> bool:
     """Whether a message is waiting on `sock` (read until False after every wake-up)."""
-    return bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
 
 
 def _buffer(frame: Any) -> Any:

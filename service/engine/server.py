@@ -90,8 +90,8 @@ class EngineServer:
         the socket says there is nothing left)."""
         sock = self._sock
         while wire.readable(sock):
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            frontend = self._frontend(frames[0].bytes)
+            frames = sock.recv_multipart(wire.NOBLOCK)  # copies: cheaper than Frames when small
+            frontend = self._frontend(frames[0])
             header: dict[str, Any] = {}
             try:
                 header, tensors = wire.decode(frames[1:])

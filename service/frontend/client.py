@@ -285,7 +285,7 @@ class MPClient:
         self._drain_scheduled = False
         sock = self._sock
         while wire.readable(sock):
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            frames = sock.recv_multipart(wire.NOBLOCK)  # copies: cheaper than Frames when small
             try:
                 self._handle(frames)
             except Exception:  # a message this front end cannot read must not stop the others
