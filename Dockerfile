@@ -49,12 +49,15 @@ RUN apt-get update \
     && ln -s /usr/share/python-wheels/pip-*.whl /opt/pip.whl
 WORKDIR /src
 COPY pyproject.toml ./
+# huggingface_hub and hf_xet (15 MB) come with tokenizers for downloads from a hub; the service
+# reads each bundle's tokenizer.json from disk (Tokenizer.from_file), so they are removed.
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 open("requirements.txt", "w").write("\n".join(p["dependencies"] + p["optional-dependencies"]["serve"])); \
 open("requirements-gpu.txt", "w").write("\n".join(p["optional-dependencies"]["gpu"]))' \
     && /opt/venv/bin/python /opt/pip.whl/pip install -r requirements.txt \
+    && /opt/venv/bin/python /opt/pip.whl/pip uninstall -y -q huggingface_hub hf_xet \
     && site=/opt/venv/lib/python3.11/site-packages \
     && find "$site/numpy" -depth -type d -name tests -exec rm -rf {} + \
     && rm -rf "$site/onnx/backend/test" \
