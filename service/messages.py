@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+Feeds = dict[str, np.ndarray]  # a graph's tensors by name (inputs or outputs), batch axis 0
 FinishReason = Literal["stop", "length"]
 # engine-side finish: "error" carries an error in SeqOutput.error
 EngineFinish = Literal["stop", "length", "error"]

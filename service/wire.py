@@ -23,9 +23,8 @@ import numpy as np
 import zmq
 
 from service.errors import ServiceError
-from service.messages import GenerateRequest, Penalties, SamplingParams, SeqOutput
+from service.messages import Feeds, GenerateRequest, Penalties, SamplingParams, SeqOutput
 
-Feeds = dict[str, np.ndarray]
 Frames = list[Any]  # bytes, memoryview or zmq.Frame
 Result = tuple[int, Feeds | None, dict[str, Any] | None]  # (request id, outputs, error)
 

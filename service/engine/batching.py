@@ -43,11 +43,11 @@ from service.errors import (
     QueueFull,
     ServiceError,
 )
+from service.messages import Feeds
 from service.metrics import Metrics
 
 log = logging.getLogger("neutreno.service")
 
-Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Awaitable[Feeds]]
 Reply = Callable[[Feeds | None, ServiceError | None], None]  # (outputs, error): one is None
 

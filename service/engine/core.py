@@ -18,8 +18,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import numpy as np
-
 from export.bundle import CLASSIFICATION, SEGMENTATION, SIMILARITY, TEXT_GENERATION
 from export.telemetry import is_gated, skip_similarity
 from service.engine.batching import DynamicBatcher, Reply
@@ -43,14 +41,13 @@ from service.errors import (
     ServiceError,
     WrongTask,
 )
-from service.messages import GenerateRequest
+from service.messages import Feeds, GenerateRequest
 from service.metrics import Metrics
 from service.settings import Settings
 from service.wire import Unencodable, pack
 
 log = logging.getLogger("neutreno.service")
 
-Feeds = dict[str, np.ndarray]
 # The manifest facts front ends use (service.messages.ModelInfo, /v1/models, tokenization);
 # free-form fields (training, metrics) stay in the engine.
 PUBLIC_MANIFEST = (

@@ -24,8 +24,8 @@ from onnxruntime import OrtValue
 
 from export.bundle import ATTENTION_MASK, INPUT_IDS, PAST, PRESENT, kv_names
 from service.engine.kv_ops import KVOps
+from service.messages import Feeds
 
-Feeds = dict[str, np.ndarray]
 Resident = dict[str, OrtValue]  # tensors that stay on the session's device between runs
 Cache: TypeAlias = np.ndarray | OrtValue
 

@@ -28,12 +28,12 @@ import numpy as np
 
 from export.bundle import LOGITS, PAST, PRESENT
 from service import tracing
-from service.engine.kv import Feeds, KVBatch, LMGraph, Resident, prefill_feeds, prefilled
+from service.engine.kv import KVBatch, LMGraph, Resident, prefill_feeds, prefilled
 from service.engine.runtime import ModelRuntime
 from service.engine.sampling import sample_batch
 from service.engine.sequence import EngineSequence, Sink
 from service.errors import InferenceFailed, ModelNotReady, QueueFull
-from service.messages import GenerateRequest, SeqOutput
+from service.messages import Feeds, GenerateRequest, SeqOutput
 from service.metrics import Metrics
 from service.settings import Settings
 from service.wire import error_to_wire

@@ -31,7 +31,7 @@ from service.engine.core import EngineCore
 from service.engine.runtime import CUDA, RuntimeSetupError, choose_providers
 from service.errors import InferenceFailed, ServiceError
 from service.logs import configure_logging
-from service.messages import SeqOutput
+from service.messages import Feeds, SeqOutput
 from service.metrics import Metrics
 from service.process import set_title
 from service.settings import Overrides, Settings
@@ -57,7 +57,7 @@ class FrontEnd:
         self.outputs.extend(outputs)
         self.server.schedule_flush(self)
 
-    def reply(self, rid: int, outputs: wire.Feeds | None, error: ServiceError | None) -> None:
+    def reply(self, rid: int, outputs: Feeds | None, error: ServiceError | None) -> None:
         self.results.append((rid, outputs, None if error is None else wire.error_to_wire(error)))
         self.server.schedule_flush(self)
 
@@ -108,7 +108,7 @@ class EngineServer:
         frontend.seen = time.monotonic()
         return frontend
 
-    def _dispatch(self, frontend: FrontEnd, header: dict[str, Any], tensors: wire.Feeds) -> None:
+    def _dispatch(self, frontend: FrontEnd, header: dict[str, Any], tensors: Feeds) -> None:
         op, rid = header["op"], header["id"]
         if op == "status":
             self._send(frontend.identity, {"op": "status", "id": rid, "status": self.core.status()})
@@ -121,10 +121,8 @@ class EngineServer:
         elif op in CONTROL_OPS:
             self._spawn(self._control(frontend, rid, op, header.get("model")))
 
-    def _infer(
-        self, frontend: FrontEnd, rid: int, header: dict[str, Any], feeds: wire.Feeds
-    ) -> None:
-        def reply(outputs: wire.Feeds | None, error: ServiceError | None) -> None:
+    def _infer(self, frontend: FrontEnd, rid: int, header: dict[str, Any], feeds: Feeds) -> None:
+        def reply(outputs: Feeds | None, error: ServiceError | None) -> None:
             frontend.reply(rid, outputs, error)
 
         try:

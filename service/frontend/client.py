@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import numpy as np
 import zmq
 
 from service import tracing, wire
@@ -30,12 +29,10 @@ from service.errors import DeadlineExceeded, ModelNotReady, QueueFull, ServiceEr
 from service.frontend.generation.output import GenerationStream
 from service.frontend.generation.tokenizer import TextTokenizer
 from service.frontend.generation.validation import ValidRequest
-from service.messages import SeqOutput
+from service.messages import Feeds, SeqOutput
 from service.settings import Settings
 
 log = logging.getLogger("neutreno.service")
-
-Feeds = dict[str, np.ndarray]
 
 
 class EngineClient(Protocol):
