@@ -70,10 +70,15 @@ class EngineClient(Protocol):
 
 class Streams:
     """This front end's open generation streams by id; called with a step's outputs (the
-    engine's per-step sink), it hands each stream its own."""
+    engine's per-step sink), it hands each stream its own. A stream leaves when it closes
+    (read to its end, failed or cancelled)."""
 
     def __init__(self) -> None:
         self.open: dict[int, GenerationStream] = {}
+
+    def add(self, rid: int, stream: GenerationStream) -> None:
+        self.open[rid] = stream
+        stream.on_close(lambda: self.open.pop(rid, None))
 
     def __call__(self, outputs: list[SeqOutput]) -> None:
         by_stream: dict[int, list[SeqOutput]] = {}
@@ -83,8 +88,6 @@ class Streams:
             stream = self.open.get(rid)
             if stream is not None:
                 stream.deliver(outs)
-                if any(o.finish is not None for o in outs) and stream.finished:
-                    del self.open[rid]
 
     def fail_all(self, error: ServiceError) -> None:
         for stream in self.open.values():
@@ -127,7 +130,7 @@ class InprocClient:
             self.core.cancel(name, self._streams, rid, index)
 
         stream = GenerationStream(requests, tokenizer, cancel)
-        self._streams.open[rid] = stream
+        self._streams.add(rid, stream)
         try:
             self.core.generate(name, rid, [r.to_engine() for r in requests], self._streams)
         except BaseException:
@@ -219,7 +222,7 @@ class MPClient:
     ) -> GenerationStream:
         rid = next(self._ids)
         stream = GenerationStream(requests, tokenizer, self._canceller(name, rid))
-        self._streams.open[rid] = stream
+        self._streams.add(rid, stream)
         try:
             await self._call(
                 {
@@ -237,8 +240,6 @@ class MPClient:
 
     def _canceller(self, name: str, rid: int) -> Callable[[int | None], None]:
         def cancel(index: int | None) -> None:
-            if index is None:
-                self._streams.open.pop(rid, None)
             self._send({"op": "cancel", "id": rid, "model": name, "index": index})
 
         return cancel

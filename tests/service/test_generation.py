@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +130,12 @@ def test_stop_strings_truncate_before_the_stop(app_client: TestClient) -> None:
     assert out["choices"][0] == {**out["choices"][0], "text": cut, "finish_reason": "stop"}
     streamed = stream_text(app_client, prompt=PROMPTS[1], max_tokens=24, temperature=0, stop=stop)
     assert streamed == (cut, "stop")
+    engine = app_client.app.state.service.engine
+    assert engine._streams.open == {}  # the front end let go of both streams
+    deadline = time.monotonic() + 5  # the engine drops them at its next step
+    while scheduler(app_client).running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler(app_client).running == 0
 
 
 def stream_text(client: TestClient, **body: object) -> tuple[str, str]:
