@@ -124,6 +124,8 @@ class LiveServer:
         env = {
             "NEUTRENO_MODEL_REPOSITORY": str(repository),
             "NEUTRENO_LOG_LEVEL": "warning",
+            # its own gRPC port: servers side by side never share 8001 through SO_REUSEPORT
+            "NEUTRENO_GRPC_PORT": str(free_port()),
             **(settings or {}),
         }
         self._start("neutreno serve", serve_command(port), port, env, log, group=False, tree=tree)

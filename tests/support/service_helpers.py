@@ -164,6 +164,7 @@ def make_settings(repo: Path, **overrides: object) -> Settings:
         "max_queue_delay_ms": 2.0,
         "similarity_sample_every": 1,
         "intra_op_threads": 1,
+        "grpc_port": 0,  # in-process apps serve HTTP only (tests/service/test_grpc.py: gRPC)
     }
     return Settings(**{**base, **overrides})
 
