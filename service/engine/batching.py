@@ -147,6 +147,7 @@ class DynamicBatcher:
         self._outstanding += 1
         if self._outstanding > 1 or shared:
             self._shared_at = now
+        self._queue_depth.set(len(self._queue))  # scraped while requests wait for batch-mates
         self._wakeup.set()
         return req
 
@@ -191,7 +192,6 @@ class DynamicBatcher:
     async def _wait_for_batch(self) -> None:
         """Return once a full batch is queued or the oldest request's delay has run out; at
         once for a lone client."""
-        self._queue_depth.set(len(self._queue))
         oldest = self._queue[0].enqueued
         lone = oldest - self._shared_at > self.LONE_WINDOW_S
         while (
