@@ -50,10 +50,6 @@ class EngineSequence:
     def done(self) -> bool:
         return self.finish is not None or self.cancelled
 
-    @property
-    def last_token(self) -> int:
-        return self.generated[-1]
-
     def output(self) -> SeqOutput:
         return SeqOutput(self.rid, self.request.index)
 
