@@ -131,6 +131,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="segmenter: fraction of each batch's standard scenes seen as a 2-4x larger "
         "photo is after the service's resize (training.data.framing.rephotographed)",
     )
+    ap.add_argument(
+        "--doc-starts",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="language model: fraction of each batch's windows that are the end-of-text token "
+        "followed by a line (document) start, as lm-evaluation-harness scores documents",
+    )
     ap.add_argument("--batch-size", type=int, default=128, help="per process")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -202,6 +210,10 @@ def task_options(args: argparse.Namespace, cfg: ModelConfig) -> dict[str, Any]:
         if cfg.family != "segmenter":
             raise SystemExit("--enlarged applies to the segmenter")
         options["enlarged"] = args.enlarged
+    if args.doc_starts:
+        if cfg.family != "lm":
+            raise SystemExit("--doc-starts applies to the language model")
+        options["doc_starts"] = args.doc_starts
     return options
 
 

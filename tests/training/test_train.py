@@ -225,3 +225,28 @@ def test_segmenter_batches_enlarge_their_share_of_standard_scenes(tmp_path):
     assert not torch.equal(x0[:4], x1[:4])
     with pytest.raises(SystemExit, match="--enlarged applies to the segmenter"):
         main(["vit-fashion", "--out", str(tmp_path), "--data-dir", FASHION, "--enlarged", "0.5"])
+
+
+def test_lm_document_starts_put_eos_before_a_line_start(tmp_path):
+    data = make_kjv_dir(tmp_path)
+    plain = next(KJVTask(str(data), block_size=16).batches(0, 8, 0, 1))
+    task = KJVTask(str(data), block_size=16, doc_starts=0.5)
+    x, y = next(task.batches(0, 8, 0, 1))
+    eos, newline = task.tokenizer.token_to_id(kjv.EOS), task.encode("\n")[-1]
+    assert (x[:4, 0] == eos).all() and not (y == eos).any()  # EOS is context, never a target
+    assert torch.equal(x[4:], plain[0][4:]) and torch.equal(y[:4, :-1], x[:4, 1:])
+    stream = task.train_ids.tolist()
+    line_starts = {tuple(stream[i + 1 : i + 17]) for i, t in enumerate(stream) if t == newline}
+    assert all(tuple(row) in line_starts for row in y[:4].tolist())
+    with pytest.raises(SystemExit, match="--doc-starts applies to the language model"):
+        main(
+            [
+                "vit-fashion",
+                "--out",
+                str(tmp_path / "v"),
+                "--data-dir",
+                FASHION,
+                "--doc-starts",
+                "1",
+            ]
+        )

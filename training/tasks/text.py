@@ -34,6 +34,7 @@ class CorpusTask:
     data_dir: str
     block_size: int
     seed: int = 0
+    doc_starts: float = 0.0  # fraction of each batch's windows: EOS + a line (document) start
     tokenizer: Tokenizer = field(init=False)
     train_ids: Tensor = field(init=False)
     eval_text: dict[str, str] = field(init=False)
@@ -53,10 +54,29 @@ class CorpusTask:
         offset = int(rng.integers(self.block_size))  # new window boundaries each epoch
         n = (len(self.train_ids) - offset - 1) // self.block_size
         starts = offset + rng.permutation(n) * self.block_size
+        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch * world + rank)
         for idx in shard(starts, batch_size, rank, world):
             rows = torch.from_numpy(idx).to(self.train_ids.device)[:, None]
             windows = self.train_ids[rows + torch.arange(self.block_size + 1, device=rows.device)]
+            windows = self._document_starts(windows, gen)
             yield windows[:, :-1], windows[:, 1:]
+
+    def _document_starts(self, windows: Tensor, gen: torch.Generator) -> Tensor:
+        """Windows (B, block_size + 1) with the first `doc_starts` share replaced by EOS + the
+        stream from a random line start, so the model learns what follows EOS as lm-evaluation-
+        harness feeds it (EOS, then a document). EOS stays an input only, never a target."""
+        k = round(self.doc_starts * len(windows))
+        if k == 0:
+            return windows
+        eos = self.tokenizer.token_to_id(kjv.EOS)
+        if eos is None:
+            raise ValueError(f"--doc-starts: the tokenizer has no {kjv.EOS}")
+        newline = self.encode("\n")[-1]
+        lines = (self.train_ids[: -self.block_size] == newline).nonzero().flatten() + 1
+        pick = lines[torch.randint(len(lines), (k,), generator=gen).to(lines.device)]
+        body = self.train_ids[pick[:, None] + torch.arange(self.block_size, device=pick.device)]
+        head = torch.full((k, 1), eos, dtype=body.dtype, device=body.device)
+        return torch.cat([torch.cat([head, body], 1), windows[k:]])
 
     def to(self, device: torch.device) -> None:
         """Keep the training token stream on the training device."""
