@@ -189,6 +189,12 @@ def generate(
     return str(tokenizer.decode(ids))
 
 
+def tokenizer_of(folder: Path) -> Path:
+    """A checkpoint's tokenizer.json; a kept-best checkpoint (RUN/best) uses its run's."""
+    own = folder / "tokenizer.json"
+    return own if own.exists() else folder.parent / "tokenizer.json"
+
+
 def summary(score: Score, docs: int) -> dict[str, float]:
     """bpc, token perplexity and count; for documents also the mean NLL (nats) of a document's
     first token and the mean NLL per token after it."""
@@ -206,7 +212,7 @@ def evaluate(folder: Path, data: Path, new_tokens: int = 60) -> dict[str, object
     if not isinstance(cfg, LMConfig):
         raise ValueError(f"{folder} is not a language model")
     block = cfg.block_size
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(tokenizer_of(folder)))
     test = (data / "test.txt").read_text()
     verses = test.splitlines()
     scores = {

@@ -119,3 +119,10 @@ def test_penalty_divides_positive_and_multiplies_negative_seen_logits():
     logits = torch.tensor([2.0, -2.0, 3.0])
     seen = torch.tensor([True, True, False])
     assert lm_eval.penalised(logits, seen, 2.0).tolist() == [1.0, -4.0, 3.0]
+
+
+def test_a_kept_best_checkpoint_uses_its_runs_tokenizer(tmp_path):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert lm_eval.tokenizer_of(tmp_path / "best") == tmp_path / "tokenizer.json"
+    assert lm_eval.tokenizer_of(tmp_path) == tmp_path / "tokenizer.json"
