@@ -78,7 +78,11 @@ class Streams:
 
     def add(self, rid: int, stream: GenerationStream) -> None:
         self.open[rid] = stream
-        stream.on_close(lambda: self.open.pop(rid, None))
+
+        def forget() -> None:
+            self.open.pop(rid, None)
+
+        stream.on_close(forget)
 
     def __call__(self, outputs: list[SeqOutput]) -> None:
         by_stream: dict[int, list[SeqOutput]] = {}
