@@ -1,8 +1,9 @@
-"""The engine: everything that touches ONNX Runtime, in one place per device.
+"""The engine: everything that touches ONNX Runtime, in one process per device (or several,
+NEUTRENO_ENGINES).
 
 `core.EngineCore` owns the loaded bundles, one dynamic batcher per vision model and one
-generation scheduler per language model. Front ends reach it through an `client.EngineClient`:
-`InprocClient` (same process: tests, `create_app()` embedded in another program) or `MPClient`
-(the engine in its own process, `server.serve_engine`, over ZeroMQ IPC with msgpack headers and
-raw tensor frames, `wire`). docs/ARCHITECTURE.md draws the picture.
+generation scheduler per language model; `server.engine_main` serves it on a ZeroMQ socket with
+per-batch and per-step replies (`service.wire`, types in `service.messages`). Front ends reach it
+through `service.frontend.client` (`MPClient`, `EngineSet`, or `InprocClient` in the same
+process). This package never imports `service.frontend`. docs/ARCHITECTURE.md draws the picture.
 """

@@ -194,8 +194,7 @@ class EngineServer:
         try:
             frames = wire.encode_results([result])
         except wire.Unencodable as exc:
-            error = InferenceFailed(f"the engine could not encode the reply: {exc}")
-            frames = wire.encode_results([(result[0], None, wire.error_to_wire(error))])
+            frames = _unencodable(result[0], exc)
         self._sock.send_multipart([identity, *frames], copy=False)
 
     def _send(self, identity: Identity, header: dict[str, Any]) -> None:
@@ -203,8 +202,7 @@ class EngineServer:
             frames = wire.encode(header)
         except wire.Unencodable as exc:
             log.error("engine could not encode a %s reply: %s", header.get("op"), exc)
-            error = InferenceFailed(f"the engine could not encode the reply: {exc}")
-            frames = wire.encode_results([(header.get("id", 0), None, wire.error_to_wire(error))])
+            frames = _unencodable(header.get("id", 0), exc)
         self._sock.send_multipart([identity, *frames], copy=False)
 
     def forget_silent(self) -> None:
@@ -230,6 +228,12 @@ class EngineServer:
             self._loop.remove_reader(wire.socket_fd(self._sock))
         self._sock.close()
         self._ctx.term()
+
+
+def _unencodable(rid: int, exc: wire.Unencodable) -> wire.Frames:
+    """The error reply that stands in for request `rid`'s reply the wire could not carry."""
+    error = InferenceFailed(f"the engine could not encode the reply: {exc}")
+    return wire.encode_results([(rid, None, wire.error_to_wire(error))])
 
 
 async def run_engine(
