@@ -122,15 +122,18 @@ def test_scan_survives_files_vanishing(
 
 
 def test_poller_keeps_loading_under_churn(repo: Path) -> None:
-    """Files churning in one version folder while a new model folder arrives: it is loaded."""
+    """Files churning in one version folder while a new model folder arrives: it is loaded.
+    The newcomer is copied before the churn starts (a copy taken during it would race the
+    churner's own files) and moved in at once."""
     stop = threading.Event()
     churner = threading.Thread(target=_churn, args=(repo / MODEL / "1", stop))
     settings = make_settings(repo, model_control="poll", repository_poll_s=0.05)
+    staged = Path(shutil.copytree(repo / MODEL, repo.parent / "staged"))
     with TestClient(create_app(settings)) as c:
         churner.start()
         try:
             time.sleep(0.5)
-            shutil.copytree(repo / MODEL, repo / "newcomer")
+            staged.rename(repo / "newcomer")
             deadline = time.monotonic() + 20
             while c.get("/v2/models/newcomer/ready").status_code != 200:
                 assert time.monotonic() < deadline, c.get("/readyz").json()
