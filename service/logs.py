@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 LogFormat = Literal["text", "json"]
 ACCESS_LOGGER = "neutreno.access"
+ACCESS = logging.getLogger(ACCESS_LOGGER)
 REQUEST_ID_HEADER = "x-request-id"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # Record attributes a JSON line carries when set (context ones come from ContextFilter).
@@ -133,6 +134,49 @@ def _json_line(fields: dict[str, Any]) -> str:
 def access_ok_level(log_format: LogFormat) -> int:
     """Level of access records for successful requests: info in json, debug in text."""
     return logging.INFO if log_format == "json" else logging.DEBUG
+
+
+def log_access(
+    ok_level: int,
+    context: RequestContext,
+    method: str,
+    target: str,
+    route: str,
+    status: int,
+    seconds: float,
+    model: str | None,
+) -> None:
+    """The one access record of a request, HTTP or gRPC: warning for 4xx, error for 5xx,
+    `ok_level` for the rest. `target` (the client's path) is escaped and cut short."""
+    level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else ok_level
+    if not ACCESS.isEnabledFor(level):
+        return
+    error = f": {escaped(context.error, 300)}" if context.error else ""
+    ACCESS.log(
+        level,
+        "%s %s %d %.1f ms%s",
+        method,
+        escaped(target, 200),
+        status,
+        seconds * 1000,
+        error,
+        extra={
+            "request_id": context.request_id,
+            "trace_id": context.trace_id,
+            "route": route,
+            "method": method,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "model": model,
+            "error_type": context.error_type,
+            "error": context.error,
+        },
+    )
+
+
+def escaped(text: str, limit: int) -> str:
+    """Hostile values logged safely: non-ASCII and control characters escaped, cut short."""
+    return ascii(text)[1:-1][:limit]
 
 
 def logging_config(log_format: LogFormat, level: str) -> dict[str, Any]:

@@ -19,8 +19,6 @@ from service.errors import BadRequest, PayloadTooLarge, RequestTimeout, ServiceE
 from service.frontend.guards import parse_length, reject
 from service.frontend.state import ServiceState
 
-access_log = logging.getLogger(logs.ACCESS_LOGGER)
-
 
 def route_of(scope: Scope) -> str | None:
     """The matched route template (bounded cardinality), None before routing matched."""
@@ -147,12 +145,8 @@ class MetricsMiddleware:
             self._record(scope, sender.status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        endpoint = route_of(scope) or "unmatched"
         name = scope.get("path_params", {}).get("name", "")
-        model = name if name in self.state.models or name in self.state.failures else ""
-        metrics = self.state.metrics
-        metrics.requests_total.labels(model, endpoint, str(status)).inc()
-        metrics.request_duration_seconds.labels(model, endpoint).observe(seconds)
+        self.state.count_request(name, route_of(scope) or "unmatched", status, seconds)
 
 
 class RequestLogMiddleware:
@@ -184,39 +178,11 @@ class RequestLogMiddleware:
             logs.CURRENT.reset(token)
 
     def _log(self, scope: Scope, context: logs.RequestContext, status: int, seconds: float) -> None:
-        level = (
-            logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else self.ok_level
-        )
-        if not access_log.isEnabledFor(level):
-            return
-        route = route_of(scope) or "unmatched"
         model = scope.get("path_params", {}).get("name") or context.model
-        error = f": {_escaped(context.error, 300)}" if context.error else ""
-        access_log.log(
-            level,
-            "%s %s %d %.1f ms%s",
-            scope["method"],
-            _escaped(scope["path"], 200),
-            status,
-            seconds * 1000,
-            error,
-            extra={
-                "request_id": context.request_id,
-                "trace_id": context.trace_id,
-                "route": route,
-                "method": scope["method"],
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-                "model": model,
-                "error_type": context.error_type,
-                "error": context.error,
-            },
+        route = route_of(scope) or "unmatched"
+        logs.log_access(
+            self.ok_level, context, scope["method"], scope["path"], route, status, seconds, model
         )
-
-
-def _escaped(text: str, limit: int) -> str:
-    """Hostile values logged safely: non-ASCII and control characters escaped, cut short."""
-    return ascii(text)[1:-1][:limit]
 
 
 class TracingMiddleware:

@@ -101,6 +101,14 @@ class ServiceState:
         status = self._status()
         return dict(status["statuses"]) if status else {}
 
+    def count_request(self, name: str, endpoint: str, status: int, seconds: float) -> None:
+        """neutreno_requests_total and neutreno_request_duration_seconds for one request, HTTP
+        or gRPC. The `model` label is `name` when it names a loaded (or failed) model, else
+        empty: clients cannot grow the label set."""
+        model = name if name in self.models or name in self.failures else ""
+        self.metrics.requests_total.labels(model, endpoint, str(status)).inc()
+        self.metrics.request_duration_seconds.labels(model, endpoint).observe(seconds)
+
     def model(self, name: str, task: str | None = None, version: str | None = None) -> ModelInfo:
         """A loaded model by name (404 unknown or not that version, 503 broken or draining,
         400 wrong task)."""

@@ -39,6 +39,7 @@ METADATA = tuple(AUTH.items())
 MODEL = "fashion-classifier"
 SERVICE = "/inference.GRPCInferenceService/"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+MAX_RESPONSE = 4 << 20
 
 
 class Live:
@@ -65,6 +66,7 @@ def live(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "NEUTRENO_MAX_QUEUE_SIZE": "2",
             "NEUTRENO_MAX_QUEUE_DELAY_MS": "100",
             "NEUTRENO_MAX_BODY_BYTES": str(1 << 20),
+            "NEUTRENO_MAX_RESPONSE_BYTES": str(MAX_RESPONSE),
             "NEUTRENO_LOG_FORMAT": "json",
             "NEUTRENO_LOG_LEVEL": "info",
             "NEUTRENO_DRAIN_TIMEOUT_S": "20",
@@ -199,6 +201,36 @@ def test_infer_binary_matches_http(live: Live, fashion) -> None:
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     every = client.infer(MODEL, [_input(x)], headers=AUTH)  # no outputs named: all of them
     assert every.as_numpy("token_similarity").shape == (4, 1)
+
+
+def test_infer_bounded_before_the_run_and_split_into_batches(live: Live, fashion) -> None:
+    """As /v2 infer (service/frontend/infer.py): a response that cannot fit
+    NEUTRENO_MAX_RESPONSE_BYTES is refused before anything runs, and more rows than
+    NEUTRENO_MAX_BATCH_SIZE (32) run as several batches, answered as one."""
+    client, server = live.client(), live.server
+    segmenter_runs = server.metric("neutreno_batch_size_count", model="fashion-segmenter")
+    images = np.zeros((40, 1, 64, 64), np.float32)  # logits: 40 x 10 x 64 x 64 x 4 = 6.6 MB
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(
+            "fashion-segmenter",
+            [_input(images)],
+            outputs=[tc.InferRequestedOutput("logits")],
+            headers=AUTH,
+        )
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "before running" in refused.value.message()
+    assert server.metric("neutreno_batch_size_count", model="fashion-segmenter") == segmenter_runs
+
+    def over_32() -> float:
+        every = server.metric("neutreno_batch_size_count", model=MODEL)
+        return every - server.metric("neutreno_batch_size_bucket", model=MODEL, le="32.0")
+
+    x = _images(fashion, 40)
+    before = over_32()
+    logits = client.infer(MODEL, [_input(x)], headers=AUTH).as_numpy("logits")
+    assert logits.shape == (40, 10) and over_32() == before
+    first = client.infer(MODEL, [_input(x[:4])], headers=AUTH).as_numpy("logits")
+    np.testing.assert_allclose(logits[:4], first, rtol=1e-4, atol=1e-4)
 
 
 def test_typed_contents_in_and_out(live: Live, fashion) -> None:

@@ -41,7 +41,6 @@ from service.frontend.security import check_api_key
 from service.frontend.state import ServiceState
 
 log = logging.getLogger("neutreno.service")
-access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 HEALTH_EVERY_S = 0.25
 SEND_SLACK_BYTES = 1 << 16  # envelope beyond NEUTRENO_MAX_RESPONSE_BYTES' tensor bound
@@ -177,7 +176,9 @@ class GrpcServer:
                     if failure is not None:
                         logs.note_error(failure.type, failure.message)
                     record(status)
-                    self._record(call.model, rpc.endpoint, status, time.perf_counter() - started)
+                    self.state.count_request(
+                        call.model, rpc.endpoint, status, time.perf_counter() - started
+                    )
             if failure is not None:  # outside the span: the status is an answer, not a crash
                 await self._abort(context, failure)
             return payload
@@ -236,39 +237,6 @@ class GrpcServer:
         finally:
             logs.CURRENT.reset(token)
 
-    def _record(self, model: str, endpoint: str, status: int, seconds: float) -> None:
-        state = self.state
-        model = model if model in state.models or model in state.failures else ""
-        state.metrics.requests_total.labels(model, endpoint, str(status)).inc()
-        state.metrics.request_duration_seconds.labels(model, endpoint).observe(seconds)
-
     def _log(self, path: str, context: logs.RequestContext, status: int, seconds: float) -> None:
-        level = (
-            logging.ERROR
-            if status >= 500
-            else logging.WARNING
-            if status >= 400
-            else logs.access_ok_level(self.state.settings.log_format)
-        )
-        if not access_log.isEnabledFor(level):
-            return
-        error = f": {ascii(context.error)[1:-1][:300]}" if context.error else ""
-        access_log.log(
-            level,
-            "gRPC %s %d %.1f ms%s",
-            path,
-            status,
-            seconds * 1000,
-            error,
-            extra={
-                "request_id": context.request_id,
-                "trace_id": context.trace_id,
-                "route": path,
-                "method": "gRPC",
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-                "model": context.model,
-                "error_type": context.error_type,
-                "error": context.error,
-            },
-        )
+        ok_level = logs.access_ok_level(self.state.settings.log_format)
+        logs.log_access(ok_level, context, "gRPC", path, path, status, seconds, context.model)

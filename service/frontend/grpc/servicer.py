@@ -15,14 +15,12 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from export.bundle import TEXT_GENERATION
 from service.errors import BadRequest, DeadlineExceeded, ModelNotReady
 from service.frontend import oip
-from service.frontend.generation.raw import check_raw_feeds
 from service.frontend.grpc import inference_pb2 as pb
 from service.frontend.grpc import tensors
+from service.frontend.infer import run_infer
 from service.frontend.routes import v2
-from service.frontend.routes.completions import generation_model
 from service.frontend.state import ServiceState
 from service.logs import note_model
 
@@ -122,29 +120,18 @@ class Servicer:
         model = state.model(request.model_name, version=request.model_version or None)
         v2_request, binary = tensors.as_v2(request)
         tensors.check_outputs(model.name, [s.name for s in model.outputs], v2_request)
-        feeds = oip.decode_inputs(model, v2_request, binary)
-        oip.batch_rows(feeds)
-        if model.task == TEXT_GENERATION:
-            front = generation_model(state, model.name)[1]
-            check_raw_feeds(
-                feeds,
-                front.limits,
-                front.tokenizer.vocab_size,
-                state.settings.max_running_sequences,
-            )
         timeout = state.settings.request_timeout_s
         if call.time_remaining is not None:
             timeout = min(timeout, call.time_remaining)
         with state.admitted(model):
             try:
                 async with asyncio.timeout(timeout):
-                    outputs = await state.run(model, feeds)
+                    outputs, _ = await run_infer(state, model, v2_request, binary)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no result within {timeout:.3g} s (the call's deadline or "
                     "NEUTRENO_REQUEST_TIMEOUT_S)"
                 ) from None
-        oip.response_bound(model, v2_request, outputs, state.settings.max_response_bytes)
         return tensors.response(model.name, model.version, v2_request, outputs)
 
     async def repository_index(self, request: pb.RepositoryIndexRequest, call: Call) -> Message:

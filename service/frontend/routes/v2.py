@@ -8,11 +8,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from export.bundle import TEXT_GENERATION
 from service.errors import ModelNotReady
 from service.frontend import oip
-from service.frontend.generation.raw import check_raw_feeds
-from service.frontend.routes.completions import generation_model
+from service.frontend.infer import run_infer
 from service.frontend.schemas import V2Error, V2InferRequest, V2ModelMetadata, V2ModelReady
 from service.frontend.security import require_api_key
 from service.frontend.state import ServiceState, get_state
@@ -154,20 +152,8 @@ async def model_ready(
 async def infer(name: str, request: Request, state: ServiceState = Depends(get_state)) -> Response:
     model = state.model(name, version=request.path_params.get("version"))
     req, binary = oip.parse_request(await request.body(), request.headers.get(oip.HEADER_LENGTH))
-    feeds = oip.decode_inputs(model, req, binary)
-    oip.batch_rows(feeds)
-    if model.task == TEXT_GENERATION:
-        front = generation_model(state, name)[1]
-        check_raw_feeds(
-            feeds, front.limits, front.tokenizer.vocab_size, state.settings.max_running_sequences
-        )
-    oip.response_bound_before(model, req, feeds, state.settings.max_response_bytes)
-    batches = oip.split_rows(feeds, state.settings.max_batch_size)  # one run each, in turn
-    outputs = oip.join_rows([await state.run(model, batch) for batch in batches])
-    if (
-        oip.response_bound(model, req, outputs, state.settings.max_response_bytes)
-        <= INLINE_RESPONSE_BYTES
-    ):
+    outputs, size = await run_infer(state, model, req, binary)
+    if size <= INLINE_RESPONSE_BYTES:
         body, header_length = oip.encode_response(model, req, outputs)
     else:  # large JSON encodings would stall the event loop
         body, header_length = await run_in_threadpool(oip.encode_response, model, req, outputs)
