@@ -26,6 +26,7 @@ from service.errors import install_error_handlers
 from service.frontend.client import EngineClient, InprocClient
 from service.frontend.grpc.server import GrpcServer
 from service.frontend.guards import install_guards
+from service.frontend.hot_routes import HotRoutes, hot_routes
 from service.frontend.middleware import (
     BodyLimitMiddleware,
     MetricsMiddleware,
@@ -49,6 +50,7 @@ ROUTERS: list[APIRouter] = [
     v2.models,
     repository.router,
 ]
+HOT_ENDPOINTS = (v1.classify, v1.segment, v2.infer)  # served past FastAPI's router (hot_routes)
 STATIC = Path(__file__).parents[1] / "static"  # the web page at / (no build step)
 
 DESCRIPTION = """Serves NeuTRENO transformer bundles (ONNX, one `ai.neutreno::FidelityAttention`
@@ -83,6 +85,9 @@ def create_app(settings: Settings | None = None, engine: EngineClient | None = N
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.router.middleware_stack = HotRoutes(
+        app.router.middleware_stack, state, hot_routes(ROUTERS, HOT_ENDPOINTS)
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_api_route(
         "/", lambda: FileResponse(STATIC / "index.html"), methods=["GET"], include_in_schema=False
