@@ -10,7 +10,10 @@ through grpc.aio channels (one per client, pre-serialized requests), HTTP throug
 keep-alive HTTP/1.1 client on asyncio streams, so neither client's parsing cost differs much
 from the other's. The server's CPU seconds (all its processes, from /proc) are read before and
 after each point: `req / server CPU s` is the efficiency the transports are compared on, robust
-to other load on the machine; req/s and latency are also reported.
+to other load on the machine; req/s and latency are also reported. Last, at the highest client
+count, each transport's library alone (`floor_server`: uvicorn with an ASGI app that does
+nothing, grpc.aio answering ModelInfer with a fixed reply) under the same load: the CPU a
+request costs before any of this service's code runs.
 
     neutreno bench grpc [--clients 1,32,64] [--seconds 8] [--workers 1] [--out FILE]
 """
@@ -23,17 +26,23 @@ import json
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
 from bench.common import FIXTURE, machine, print_markdown
-from bench.live_server import ROOT, LiveServer, free_port
+from bench.live_server import ROOT, LiveServer, free_port, process_cpu_seconds
 
 TRANSPORTS = ("HTTP JSON", "HTTP binary", "gRPC binary")
+FLOORS = ("HTTP floor", "gRPC floor")  # the libraries alone: see floor_server
+FLOOR_REPLY = b'{"ok":true}'
+FLOOR_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"11")]
 GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 OUTPUT = "logits"
 IMAGES = 16
@@ -187,20 +196,22 @@ def load_process(
 
 
 def measure(
-    server: LiveServer,
+    cpu_seconds: Callable[[], float],
     pool: ProcessPoolExecutor,
     procs: int,
     target: Target,
     clients: int,
     seconds: float,
 ) -> Point:
+    """One point: `clients` closed loops over `procs` processes for `seconds`; the server's
+    CPU seconds (`cpu_seconds()`, before and after) give its cost per request."""
     n = min(procs, clients)
     shares = [clients // n + (1 if i < clients % n else 0) for i in range(n)]
     start = time.time() + 0.5  # every process connects and starts together
-    cpu0 = server.cpu_seconds()
+    cpu0 = cpu_seconds()
     futures = [pool.submit(load_process, target, share, start, seconds) for share in shares]
     results = [f.result() for f in futures]
-    cpu = server.cpu_seconds() - cpu0
+    cpu = cpu_seconds() - cpu0
     lat = np.array([t for r in results for t in r[0]]) * 1e3
     return Point(
         target.transport,
@@ -212,6 +223,85 @@ def measure(
         float(np.percentile(lat, 99)) if lat.size else 0.0,
         cpu,
     )
+
+
+async def _echo_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The HTTP floor's app: read the body, answer a small JSON body."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": FLOOR_HEADERS})
+    await send({"type": "http.response.body", "body": FLOOR_REPLY})
+
+
+def floor_server(transport: str, port: int, ready: Any) -> None:
+    """A server of the transport's library that does nothing per request: uvicorn (httptools,
+    as `neutreno serve` runs it) with a bare ASGI app, or grpc.aio answering ModelInfer with a
+    fixed reply. What it costs per request is what the library costs before any of ours."""
+    if transport.startswith("HTTP"):
+        import uvicorn
+
+        config = uvicorn.Config(
+            _echo_asgi, port=port, http="httptools", log_level="error", access_log=False
+        )
+        server = uvicorn.Server(config)
+        asyncio.run(_serve_uvicorn(server, ready))
+        return
+    import grpc
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+
+        async def infer(request: bytes, context: object) -> bytes:
+            return FLOOR_REPLY
+
+        service, method = GRPC_METHOD.strip("/").split("/")
+        handler = grpc.unary_unary_rpc_method_handler(infer)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {method: handler}),)
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+async def _serve_uvicorn(server: Any, ready: Any) -> None:
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    ready.set()
+    await task
+
+
+def floors(
+    pool: ProcessPoolExecutor, targets: list[Target], procs: int, clients: int, seconds: float
+) -> list[Point]:
+    """Each transport's library floor (`floor_server`), under the same load as the service."""
+    context = multiprocessing.get_context("spawn")
+    points = []
+    for target in targets:
+        if target.transport == "HTTP binary":  # the same library as HTTP JSON
+            continue
+        port = free_port()
+        ready = context.Event()
+        server = context.Process(target=floor_server, args=(target.transport, port, ready))
+        server.start()
+        try:
+            ready.wait(60)
+            floor = Target(f"{target.transport.split()[0]} floor", target.host, port, target.bodies)
+            measure(lambda: 0.0, pool, procs, floor, 4, 1.0)
+            assert server.pid is not None
+            cpu = partial(process_cpu_seconds, server.pid)
+            points.append(measure(cpu, pool, procs, floor, clients, seconds))
+        finally:
+            server.terminate()
+            server.join(10)
+    return points
 
 
 def markdown(points: list[Point], args: argparse.Namespace) -> str:
@@ -226,7 +316,8 @@ def markdown(points: list[Point], args: argparse.Namespace) -> str:
         "| :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     base = {p.clients: p for p in points if p.transport == "HTTP JSON"}
-    for p in sorted(points, key=lambda p: (p.clients, TRANSPORTS.index(p.transport))):
+    order = (*TRANSPORTS, *FLOORS)
+    for p in sorted(points, key=lambda p: (p.clients, order.index(p.transport))):
         ref = base.get(p.clients)
         ratio = p.per_cpu_s / ref.per_cpu_s if ref and ref.per_cpu_s else 0.0
         lines.append(
@@ -275,13 +366,16 @@ def main(argv: list[str] | None = None) -> int:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.procs, mp_context=context) as pool:
             for target in targets:  # warm up every path (and the pool's processes)
-                measure(server, pool, args.procs, target, 4, 1.0)
+                measure(server.cpu_seconds, pool, args.procs, target, 4, 1.0)
             for c in clients:  # interleaved: each level's three transports run back to back
                 for target in targets:
-                    points.append(measure(server, pool, args.procs, target, c, args.seconds))
+                    points.append(
+                        measure(server.cpu_seconds, pool, args.procs, target, c, args.seconds)
+                    )
                     print(
                         f"# {target.transport} x{c}: {points[-1].rate:.0f} req/s", file=sys.stderr
                     )
+            points += floors(pool, targets, args.procs, max(clients), args.seconds)
     print_markdown(markdown(points, args), args.out)
     return 0
 
