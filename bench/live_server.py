@@ -71,7 +71,17 @@ def process_tree(pid: int) -> list[int]:
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (from /proc/<pid>/stat): per-request
     server CPU is robust to other load on the machine, unlike wall time."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system CPU time one thread of a process has used so far (its main thread when
+    `tid` is `pid`)."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/task/{tid}/stat"))
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
