@@ -114,15 +114,15 @@ class Row:
     seconds: float
     engine_s: float
     loop_s: float
-    frontend_s: float
+    frontend_s: float | None  # None: no front end in this phase
 
     def cells(self) -> str:
         rate = self.count / self.seconds
-        per = [s / self.count * 1e6 for s in (self.engine_s, self.loop_s, self.frontend_s)]
+        engine, loop = (s / self.count * 1e6 for s in (self.engine_s, self.loop_s))
+        front = "-" if self.frontend_s is None else f"{self.frontend_s / self.count * 1e6:,.0f} us"
         return (
-            f"| {self.name} | {rate:,.0f} {self.unit}/s | "
-            + " | ".join(f"{p:,.0f} us" for p in per)
-            + " |"
+            f"| {self.name} | {rate:,.0f} {self.unit}/s | {engine:,.0f} us | {loop:,.0f} us "
+            f"| {front} |"
         )
 
 
