@@ -77,6 +77,7 @@ class Pod:
         self.engine, self.docs, self.port = engine, docs, port
         (deployment,) = (d for d in docs if d["kind"] == "Deployment")
         self.spec = deployment["spec"]["template"]["spec"]["containers"][0]  # the api
+        self.grace_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         self.name = f"{name}-pod-0"
         self.container = f"{self.name}-{self.spec['name']}"
 
@@ -230,7 +231,10 @@ def test_kube_down_drains_streams_in_flight(pod: Pod, tmp_path: Path) -> None:
 
     def kube_down() -> None:
         if not graceful_kube_down(pod.engine):
-            down.append(run(pod.engine, "pod", "stop", pod.name, timeout=180))
+            # as the kubelet: SIGTERM, then the pod's terminationGracePeriodSeconds before a
+            # SIGKILL (podman 4.x's own default is 10 s, which a loaded machine can exceed)
+            stop = ("pod", "stop", "--time", str(pod.grace_s), pod.name)
+            down.append(run(pod.engine, *stop, timeout=180))
         down.append(run(pod.engine, "kube", "down", str(path), timeout=180))
 
     stopper = threading.Thread(target=kube_down)
