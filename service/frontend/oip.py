@@ -13,6 +13,7 @@ as several batches (`split_rows`, `join_rows`).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -110,7 +111,7 @@ def _decode_tensor(
         raise BadRequest(f"input {tensor.name!r} must be {want}, got {tensor.datatype!r}")
     _check_shape(tensor, spec)
     dtype = np.dtype(DATATYPES[want])
-    count = int(np.prod(tensor.shape, dtype=np.int64))
+    count = math.prod(tensor.shape)
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is not None:
         if (
@@ -142,7 +143,7 @@ def _check_shape(tensor: V2Tensor, spec: TensorSpec) -> None:
                 f"input {tensor.name!r} has shape {tensor.shape}; the model "
                 f"expects {list(spec.shape)}"
             )
-    if np.prod(tensor.shape, dtype=np.float64) > MAX_ELEMENTS:
+    if math.prod(tensor.shape) > MAX_ELEMENTS:  # exact: Python ints do not overflow
         raise BadRequest(f"input {tensor.name!r} has more than {MAX_ELEMENTS} elements")
 
 
@@ -210,7 +211,7 @@ def response_bound_before(
     for spec in model.outputs:
         dims = _output_dims(spec, bound)
         if dims is not None:
-            shapes[spec.name] = (int(np.prod(dims, dtype=np.float64)), spec.numpy_dtype)
+            shapes[spec.name] = (math.prod(dims), spec.numpy_dtype)
     names, as_binary = _selected(model, request, [s.name for s in model.outputs])
     _check_bound({n: shapes[n] for n in names if n in shapes}, names, as_binary, max_bytes, True)
 
