@@ -37,6 +37,7 @@ KEY = "grpc-test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 METADATA = tuple(AUTH.items())
 MODEL = "fashion-classifier"
+LM = "tiny-lm"
 SERVICE = "/inference.GRPCInferenceService/"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 MAX_RESPONSE = 4 << 20
@@ -54,10 +55,10 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(lm_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     port = free_port()
     server = start_server(
-        repository,
+        lm_repository,
         {
             "NEUTRENO_WORKERS": "2",
             "NEUTRENO_GRPC_PORT": str(port),
@@ -231,6 +232,55 @@ def test_infer_bounded_before_the_run_and_split_into_batches(live: Live, fashion
     assert logits.shape == (40, 10) and over_32() == before
     first = client.infer(MODEL, [_input(x[:4])], headers=AUTH).as_numpy("logits")
     np.testing.assert_allclose(logits[:4], first, rtol=1e-4, atol=1e-4)
+
+
+def test_raw_language_model_infer(live: Live) -> None:
+    """ModelInfer on a language model's own graph: prefill logits as /v2 infer gives them, and
+    the same limits (ids within the vocabulary, sequences within the context)."""
+    client = live.client()
+    meta = client.get_model_metadata(LM, headers=AUTH, as_json=True)
+    ids = np.array([[5, 6, 7, 8]], np.int64)
+    tensors = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    for spec in meta["inputs"][2:]:  # the empty past of every layer
+        heads, head_dim = int(spec["shape"][1]), int(spec["shape"][3])
+        tensors[spec["name"]] = np.zeros((1, heads, 0, head_dim), np.float32)
+
+    def inputs(arrays: dict[str, np.ndarray]) -> list[tc.InferInput]:
+        out = []
+        for name, array in arrays.items():
+            tensor = tc.InferInput(
+                name, list(array.shape), "INT64" if array.dtype.kind == "i" else "FP32"
+            )
+            tensor.set_data_from_numpy(array)
+            out.append(tensor)
+        return out
+
+    logits = client.infer(
+        LM, inputs(tensors), outputs=[tc.InferRequestedOutput("logits")], headers=AUTH
+    ).as_numpy("logits")
+    assert logits.shape == (1, 4, 512)
+    http = httpx.post(
+        f"{live.server.url}/v2/models/{LM}/infer",
+        headers=AUTH,
+        json={
+            "inputs": [
+                {
+                    "name": n,
+                    "datatype": "INT64" if a.dtype.kind == "i" else "FP32",
+                    "shape": list(a.shape),
+                    "data": a.ravel().tolist(),
+                }
+                for n, a in tensors.items()
+            ],
+            "outputs": [{"name": "logits"}],
+        },
+    ).json()
+    expected = np.asarray(http["outputs"][0]["data"], np.float32).reshape(logits.shape)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    outside = {**tensors, "input_ids": np.array([[5, 6, 7, 512]], np.int64)}  # vocab is 512
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(LM, inputs(outside), headers=AUTH)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_typed_contents_in_and_out(live: Live, fashion) -> None:
