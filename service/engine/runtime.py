@@ -9,7 +9,9 @@ threads). The batcher and, later, the generation scheduler both build on it.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,7 @@ class ModelRuntime(ModelInfo):
         self.session = session
         self.device_id = settings.cuda_device_id if self.device == "cuda" else 0
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, f"ort-{self.name}")
+        self._thread = RunThread(f"ort-{self.name}")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on the calling thread; returns every output by name."""
@@ -130,9 +132,9 @@ class ModelRuntime(ModelInfo):
             providers = [(CUDA, {"device_id": str(self.device_id)}), CPU]
         return KVOps(empty, providers, self.device, self.device_id)
 
-    async def _on_thread(self, fn: Any, *args: Any) -> Any:
+    async def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` on this model's one worker thread (runs never overlap)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.submit(fn, *args)
 
     def warmup(self, batch_sizes: tuple[int, ...] = ()) -> None:
         """Runs on neutral inputs, one per batch size (at least batch 1), so that no request
@@ -168,4 +170,54 @@ class ModelRuntime(ModelInfo):
 
     def close(self) -> None:
         """Let queued runs finish, then stop the worker thread."""
-        self._executor.shutdown(wait=True)
+        self._thread.close()
+
+
+Call = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class RunThread:
+    """One thread that runs a model's calls in order, each handed back to the event loop that
+    asked: a queue put to start a call, one `call_soon_threadsafe` to end it. (A
+    ThreadPoolExecutor adds a work item, a concurrent future and a chained asyncio future to
+    every call, a visible share of a one-sequence decode step's host time.) A call cancelled
+    before it starts is skipped, as an executor would."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.put((loop, future, fn, args))
+        return future
+
+    def close(self) -> None:
+        """Let queued calls finish, then end the thread."""
+        self._calls.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            loop, future, fn, args = call
+            if future.cancelled():
+                continue
+            try:
+                outcome: tuple[Any, BaseException | None] = (fn(*args), None)
+            except BaseException as exc:  # delivered to the caller, as an executor does
+                outcome = (None, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                pass
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -140,9 +140,10 @@ def test_two_engines_share_the_load_and_stay_coherent(
         log=tmp_path / "server.log",
     )
     try:
-        live.wait_ready()
+        live.wait_ready()  # one front end answers; the other may still be starting
+        live.wait_until(lambda: len(live.role_pids("front end")) == 2, "both front ends named")
         engines = live.role_pids("engine")
-        assert len(engines) == 2 and len(live.role_pids("front end")) == 2
+        assert len(engines) == 2
         titles = {Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] for p in engines}
         assert titles == {b"neutreno: engine 0 (cpu)", b"neutreno: engine 1 (cpu)"}
         before = [process_cpu_seconds(p) for p in engines]

@@ -1,0 +1,75 @@
+"""service/engine/runtime.py's RunThread: a model's calls run in order on one thread and come
+back to the awaiting coroutine; errors reach the caller; a call cancelled before it starts does
+not run; close() lets queued calls finish."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.engine.runtime import RunThread
+
+
+def test_calls_run_in_order_on_one_thread_and_errors_reach_the_caller() -> None:
+    worker = RunThread("test-run")
+    seen: list[tuple[int, str]] = []
+
+    def call(i: int) -> int:
+        seen.append((i, threading.current_thread().name))
+        if i == 3:
+            raise ValueError("three")
+        return i * i
+
+    async def main() -> list[object]:
+        return await asyncio.gather(
+            *(worker.submit(call, i) for i in range(6)), return_exceptions=True
+        )
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        worker.close()
+    assert [r for r in results if not isinstance(r, BaseException)] == [0, 1, 4, 16, 25]
+    assert isinstance(results[3], ValueError) and str(results[3]) == "three"
+    assert seen == [(i, "test-run") for i in range(6)]
+
+
+def test_a_call_cancelled_before_it_starts_is_skipped() -> None:
+    worker = RunThread("test-cancel")
+    release = threading.Event()
+    ran: list[str] = []
+
+    def blocker() -> None:
+        release.wait(5)
+        ran.append("blocker")
+
+    async def main() -> None:
+        first = worker.submit(blocker)
+        second = worker.submit(ran.append, "second")
+        second.cancel()
+        release.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+
+    try:
+        asyncio.run(main())
+    finally:
+        worker.close()
+    assert ran == ["blocker"]
+
+
+def test_close_lets_queued_calls_finish() -> None:
+    worker = RunThread("test-close")
+    done: list[int] = []
+
+    async def main() -> None:
+        for i in range(3):
+            worker.submit(lambda i=i: (time.sleep(0.01), done.append(i)))
+
+    asyncio.run(main())  # the loop closes with the calls still queued: no one awaits them
+    worker.close()
+    assert done == [0, 1, 2]
