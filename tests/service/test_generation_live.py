@@ -90,14 +90,19 @@ def test_openai_client_echo_logprobs_scores_prompt(client: openai.OpenAI) -> Non
     assert all(len(top) == 1 for top in lp.top_logprobs[1:])
 
 
-def test_eight_concurrent_streams_equal_running_alone(server: LiveServer) -> None:
-    aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+def _async_client(server: LiveServer) -> openai.AsyncOpenAI:
+    """Open it inside the coroutine that uses it, with `async with`: an AsyncOpenAI left
+    unclosed schedules its own close on whatever event loop is running when it is garbage
+    collected, i.e. inside a later test's loop, where that close fails the later test."""
+    return openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
+
+def test_eight_concurrent_streams_equal_running_alone(server: LiveServer) -> None:
     def params(prompt: str, seed: int | None) -> dict:
         sampling = {"temperature": 0.9, "top_p": 0.95, "seed": seed} if seed else {"temperature": 0}
         return {"model": NAME, "prompt": prompt, "max_tokens": 24, **sampling}
 
-    async def streamed(prompt: str, seed: int | None) -> str:
+    async def streamed(aclient: openai.AsyncOpenAI, prompt: str, seed: int | None) -> str:
         parts = [
             c.choices[0].text
             async for c in await aclient.completions.create(stream=True, **params(prompt, seed))
@@ -105,10 +110,12 @@ def test_eight_concurrent_streams_equal_running_alone(server: LiveServer) -> Non
         return "".join(parts)
 
     async def run() -> tuple[list[str], list[str]]:
-        alone = [
-            (await aclient.completions.create(**params(p, s))).choices[0].text for p, s in STREAMS
-        ]
-        together = await asyncio.gather(*(streamed(p, s) for p, s in STREAMS))
+        async with _async_client(server) as aclient:
+            alone = [
+                (await aclient.completions.create(**params(p, s))).choices[0].text
+                for p, s in STREAMS
+            ]
+            together = await asyncio.gather(*(streamed(aclient, p, s) for p, s in STREAMS))
         return alone, list(together)
 
     alone, together = asyncio.run(run())
@@ -185,7 +192,6 @@ def test_sigterm_drains_running_streams(lm_repository: Path) -> None:
 def test_generation_controls_through_the_openai_client(
     server: LiveServer, client: openai.OpenAI
 ) -> None:
-    aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     controls = {
         "presence_penalty": 1.0,
         "frequency_penalty": 0.5,
@@ -193,14 +199,15 @@ def test_generation_controls_through_the_openai_client(
         "extra_body": {"repetition_penalty": 1.2, "min_tokens": 16},
     }
 
-    async def one(prompt: str, seed: int) -> openai.types.Completion:
+    async def one(aclient: openai.AsyncOpenAI, prompt: str, seed: int) -> openai.types.Completion:
         return await aclient.completions.create(
             model=NAME, prompt=prompt, max_tokens=16, temperature=0.8, seed=seed, **controls
         )
 
     async def run() -> tuple[list, list]:
-        alone = [await one(p, s or 1) for p, s in STREAMS[:4]]
-        together = await asyncio.gather(*(one(p, s or 1) for p, s in STREAMS[:4]))
+        async with _async_client(server) as aclient:
+            alone = [await one(aclient, p, s or 1) for p, s in STREAMS[:4]]
+            together = await asyncio.gather(*(one(aclient, p, s or 1) for p, s in STREAMS[:4]))
         return alone, list(together)
 
     alone, together = asyncio.run(run())
