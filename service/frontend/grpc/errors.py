@@ -15,6 +15,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from service.errors import ServiceError
+from service.logs import escaped
 
 # HTTP status (service.errors) -> gRPC code. 413 is RESOURCE_EXHAUSTED as gRPC's own message
 # limit reports it; 429 RESOURCE_EXHAUSTED as Triton's rate limiter; 499 a call the client ended.
@@ -59,4 +60,4 @@ def trailers(error: ServiceError, message: str) -> Metadata:
 
 def details(message: str) -> str:
     """A status message safe to send: bounded, printable ASCII (it travels as a header)."""
-    return ascii(message)[1:-1][:MAX_DETAILS_CHARS]
+    return escaped(message, MAX_DETAILS_CHARS)
