@@ -17,6 +17,7 @@ on the host, where the scheduler reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeAlias
 
 import numpy as np
@@ -39,9 +40,11 @@ class LMGraph:
     head_dim: int
     dtype: np.dtype
 
+    @cached_property
     def past_names(self) -> list[str]:
         return kv_names(self.num_layers, PAST)
 
+    @cached_property
     def present_names(self) -> list[str]:
         return kv_names(self.num_layers, PRESENT)
 
@@ -93,23 +96,15 @@ class KVBatch:
         host; the past as it is (resident values are bound, numpy ones uploaded)."""
         feeds: Feeds = {
             INPUT_IDS: tokens.reshape(-1, 1).astype(np.int64),
-            ATTENTION_MASK: self.grown_mask(),
+            ATTENTION_MASK: np.concatenate([self.mask, np.ones((self.rows, 1), np.int64)], axis=1),
         }
         resident: Resident = {}
-        for name, past in zip(graph.past_names(), self.past, strict=True):
+        for name, past in zip(graph.past_names, self.past, strict=True):
             if isinstance(past, OrtValue):
                 resident[name] = past
             else:
                 feeds[name] = past
         return feeds, resident
-
-    def grown_mask(self) -> np.ndarray:
-        """The mask after one more real position: (B, P + 1)."""
-        return np.concatenate([self.mask, np.ones((self.rows, 1), np.int64)], axis=1)
-
-    def advanced(self, graph: LMGraph, presents: Resident) -> KVBatch:
-        """The batch after a decode step: presents become the past, the mask grows by one."""
-        return KVBatch([presents[n] for n in graph.present_names()], self.grown_mask())
 
 
 def prefill_feeds(graph: LMGraph, prompts: list[tuple[int, ...]]) -> Feeds:
@@ -121,10 +116,16 @@ def prefill_feeds(graph: LMGraph, prompts: list[tuple[int, ...]]) -> Feeds:
         ids[row, length - len(prompt) :] = prompt
         mask[row, length - len(prompt) :] = 1
     feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask}
-    feeds.update(zip(graph.past_names(), graph.empty_past(len(prompts)), strict=True))
+    feeds.update(zip(graph.past_names, graph.empty_past(len(prompts)), strict=True))
     return feeds
 
 
 def prefilled(graph: LMGraph, feeds: Feeds, presents: Resident) -> KVBatch:
     """The KV batch a prefill run leaves: its presents and its prompt mask."""
-    return KVBatch([presents[n] for n in graph.present_names()], feeds[ATTENTION_MASK])
+    return KVBatch([presents[n] for n in graph.present_names], feeds[ATTENTION_MASK])
+
+
+def decoded(graph: LMGraph, feeds: Feeds, presents: Resident) -> KVBatch:
+    """The KV batch after the decode step `feeds` (`KVBatch.decode_inputs`): its presents become
+    the past, its grown mask (B, P + 1) the mask."""
+    return KVBatch([presents[n] for n in graph.present_names], feeds[ATTENTION_MASK])

@@ -1,9 +1,10 @@
 """One ONNX Runtime session per model bundle, with the facts routes need from its manifest.
 
-`ModelRuntime` owns the session and a single worker thread: every run for a model goes through
-`run_async`, which executes `run` on that thread so the event loop never blocks on ONNX Runtime
-and a model never runs two batches at once (ORT already spreads one run over the intra-op
-threads). The batcher and, later, the generation scheduler both build on it.
+`ModelRuntime` owns the session and a single worker thread (`RunThread`): every run for a model
+happens on that thread, so the event loop never blocks on ONNX Runtime and a model never runs two
+batches at once (ORT already spreads one run over the intra-op threads). The batcher sends its
+runs there with `run_async`; a language model's generation scheduler is *driven* by the thread
+(`drive`): its steps run there, between the queued calls, with no event loop in between.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -115,16 +116,6 @@ class ModelRuntime(ModelInfo):
         host = {n: v.numpy() for n, v in zip(to_host, values, strict=False)}
         return host, dict(zip(keep, values[len(to_host) :], strict=True))
 
-    async def run_bound_async(
-        self,
-        feeds: dict[str, np.ndarray],
-        resident: dict[str, ort.OrtValue],
-        to_host: list[str],
-        keep: list[str],
-    ) -> tuple[dict[str, np.ndarray], dict[str, ort.OrtValue]]:
-        """`run_bound` on this model's worker thread."""
-        return await self._on_thread(self.run_bound, feeds, resident, to_host, keep)
-
     def kv_ops(self, empty: list[np.ndarray]) -> KVOps:
         """The KV-cache re-lay graph on this model's execution provider and device."""
         providers: list[Any] = [CPU]
@@ -135,6 +126,14 @@ class ModelRuntime(ModelInfo):
     async def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` on this model's one worker thread (runs never overlap)."""
         return await self._thread.submit(fn, *args)
+
+    def drive(self, stepper: Stepper) -> None:
+        """Run `stepper`'s steps on this model's thread from now on (see `RunThread`)."""
+        self._thread.drive(stepper)
+
+    def wake(self) -> None:
+        """Tell this model's thread that its stepper may have a step to run."""
+        self._thread.wake()
 
     def warmup(self, batch_sizes: tuple[int, ...] = ()) -> None:
         """Runs on neutral inputs, one per batch size (at least batch 1), so that no request
@@ -174,6 +173,19 @@ class ModelRuntime(ModelInfo):
 
 
 Call = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+WAKE = "wake"  # queued by `RunThread.wake`: look at the stepper again
+
+
+class Stepper(Protocol):
+    """Work a `RunThread` runs in steps between its queued calls (a generation scheduler)."""
+
+    def pending(self) -> bool:
+        """Whether there is a step to run now (read on the thread)."""
+        ...
+
+    def step(self) -> None:
+        """One step; it handles its own errors (it must not raise)."""
+        ...
 
 
 class RunThread:
@@ -181,12 +193,27 @@ class RunThread:
     asked: a queue put to start a call, one `call_soon_threadsafe` to end it. (A
     ThreadPoolExecutor adds a work item, a concurrent future and a chained asyncio future to
     every call, a visible share of a one-sequence decode step's host time.) A call cancelled
-    before it starts is skipped, as an executor would."""
+    before it starts is skipped, as an executor would.
+
+    A thread may also drive a `Stepper`: while it has a step pending, the thread alternates one
+    step and at most one queued call (a queued call waits behind one step at most), so a
+    generation loop runs with no event-loop round trip per step (vLLM's engine-core busy loop);
+    with nothing pending, the thread sleeps on its queue until a call or a `wake` arrives."""
 
     def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[Call | str | None] = queue.SimpleQueue()
+        self._stepper: Stepper | None = None
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
+
+    def drive(self, stepper: Stepper) -> None:
+        """Run `stepper`'s steps on this thread from now on."""
+        self._stepper = stepper
+        self.wake()
+
+    def wake(self) -> None:
+        """Have the thread ask its stepper again (it may be asleep on the queue)."""
+        self._calls.put(WAKE)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -199,8 +226,22 @@ class RunThread:
         self._calls.put(None)
         self._thread.join()
 
+    def _next(self) -> Call | str | None:
+        """The next queued call, after one step when the stepper has one pending (then
+        WAKE when nothing is queued)."""
+        stepper = self._stepper
+        if stepper is None or not stepper.pending():
+            return self._calls.get()
+        stepper.step()
+        try:
+            return self._calls.get_nowait()
+        except queue.Empty:
+            return WAKE
+
     def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
+        while (call := self._next()) is not None:
+            if isinstance(call, str):
+                continue
             loop, future, fn, args = call
             if future.cancelled():
                 continue

@@ -1,18 +1,23 @@
-"""Continuous (iteration-level) batching for one language model, on asyncio.
+"""Continuous (iteration-level) batching for one language model, stepped on the model's thread.
 
-One task per LM runs the loop. Each iteration: drop finished or cancelled rows from the running
-batch; admit waiting sequences while the running-sequence and cached-token limits allow and
-prefill them together in one run (left-padded, empty past); merge their caches into the running
-batch; then run one batched decode step (one token for every running sequence). Every ORT run
-goes through `ModelRuntime.run_async`, off the event loop. Waiting sequences beyond the queue
-limit are refused with 429. `stop` drains: nothing new is accepted, everything accepted
-finishes. A sequence's cache reservation is prompt + max_new_tokens, so admitted sequences never
-need to be preempted.
+Each step: drop finished or cancelled rows from the running batch; admit waiting sequences while
+the running-sequence and cached-token limits allow and prefill them together in one run
+(left-padded, empty past); merge their caches into the running batch; then run one batched
+decode step (one token for every running sequence). Waiting sequences beyond the queue limit are
+refused with 429. `stop` drains: nothing new is accepted, everything accepted finishes. A
+sequence's cache reservation is prompt + max_new_tokens, so admitted sequences never need to be
+preempted.
 
-Host work is per step, not per token: the step's logits are sampled for the whole batch at once
-(`sample_batch`), each row becomes a `SeqOutput` of token ids, and every front end gets one call
-of its `Sink` per step with all of its sequences' outputs; metrics are updated once per step.
-Text never appears here: the front ends detokenize and match stop strings.
+The steps run on the model's own thread (`RunThread.drive`, service.engine.runtime), back to
+back while there is work, between the other calls queued to that thread (raw runs of the
+model): no event-loop round trip per step (vLLM's engine-core busy loop). The event loop and the
+thread meet in two places only: `submit` and `cancel` put commands in an inbox that the thread
+applies at the start of a step (so every sequence's state is changed on the thread alone), and
+each step's outputs are posted back with one `call_soon_threadsafe`; steps that end while the
+loop is busy go out together. There every front end's `Sink` gets one call with its sequences'
+outputs (token ids: text never appears here, the front ends detokenize and match stop strings).
+Host work is per step, not per token: the logits are sampled for the whole batch at once
+(`sample_batch`) and metrics are updated once per step.
 """
 
 from __future__ import annotations
@@ -20,19 +25,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TypeAlias
 
 import numpy as np
+from onnxruntime import OrtValue
 
 from export.bundle import LOGITS, PAST, PRESENT
+from export.telemetry import is_gated, skip_similarity
 from service import tracing
-from service.engine.kv import KVBatch, LMGraph, Resident, prefill_feeds, prefilled
+from service.engine.kv import KVBatch, LMGraph, Resident, decoded, prefill_feeds, prefilled
 from service.engine.runtime import ModelRuntime
 from service.engine.sampling import sample_batch
 from service.engine.sequence import EngineSequence, Sink
-from service.errors import InferenceFailed, ModelNotReady, QueueFull
+from service.errors import BadRequest, InferenceFailed, ModelNotReady, QueueFull
 from service.messages import Feeds, GenerateRequest, SeqOutput
 from service.metrics import Metrics
 from service.settings import Settings
@@ -42,6 +51,9 @@ log = logging.getLogger("neutreno.service")
 
 ADMIT_AFTER_STEPS = 8  # a waiting sequence joins within this many steps whatever the policy
 COMPACT_FRACTION = 4  # finished rows are dropped once more than 1/4 of the batch
+
+Submit: TypeAlias = list[EngineSequence]  # inbox: sequences to queue
+Cancel: TypeAlias = tuple[Sink, int | None, int | None]  # inbox: (sink, rid, index) to cancel
 
 
 class GenerationScheduler:
@@ -71,17 +83,31 @@ class GenerationScheduler:
         self._on_prefill = on_prefill
         # prefill brings back logits and the telemetry output (if the graph has it), not the cache
         self._prefill_outputs = [n for n in model.output_names if not n.startswith(f"{PRESENT}.")]
+        # decode steps fetch logits only: a gated graph skips its similarity subgraph too (the
+        # flag is an overridable initializer, which IO binding takes only as an OrtValue)
+        self._decode_flags: Resident = {
+            name: OrtValue.ortvalue_from_numpy(flag)
+            for name, flag in (skip_similarity({}) if is_gated(model.session) else {}).items()
+        }
+        # the event loop's side
+        self._inbox: deque[Submit | Cancel] = deque()  # applied by the thread, in order
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._closing = False
+        # shared: outputs posted by the thread, taken by the loop
+        self._lock = threading.Lock()
+        self._posted: list[tuple[Sink, SeqOutput]] = []
+        # the thread's side
         self._waiting: deque[EngineSequence] = deque()
         self._running: list[EngineSequence] = []
         self._admitted: list[EngineSequence] = []
+        self._outbox: list[tuple[Sink, SeqOutput]] = []  # this step's outputs
         self._batch = KVBatch.empty(self.graph)
         self._kv_ops = model.kv_ops(self.graph.empty_past(0))
         self._steps = 0  # decode steps so far (admission waits are counted in steps)
         self._cached = 0
         self._sequence_seconds = 1.0  # running estimate for Retry-After
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._ended = False
 
     @property
     def name(self) -> str:
@@ -89,96 +115,130 @@ class GenerationScheduler:
 
     @property
     def depth(self) -> int:
-        """Sequences waiting for admission (neutreno_queue_depth)."""
-        return len(self._waiting)
+        """Sequences waiting for admission (neutreno_queue_depth), those still in the inbox
+        included."""
+        inbox = sum(len(item) for item in list(self._inbox) if isinstance(item, list))
+        return len(self._waiting) + inbox
 
     @property
     def running(self) -> int:
         return self._live
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=f"generation-{self.name}")
+        """Have the model's thread step this scheduler; outputs come back to this loop."""
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self.model.drive(self)
 
     def flush(self) -> None:
         """Nothing to flush: every step runs as soon as there is work (no batch wait)."""
 
     async def stop(self) -> None:
-        """Refuse new requests, finish every accepted sequence, then end the loop."""
+        """Refuse new requests, finish every accepted sequence, then return."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        self.model.wake()
+        if self._stopped is not None:
+            await self._stopped
 
     def submit(self, rid: int, requests: list[GenerateRequest], sink: Sink) -> None:
         """Queue one request's prompts together (stream `rid`, outputs to `sink`); 429 when
         the queue has no room."""
         if self._closing:
             raise ModelNotReady(f"model {self.name!r} is shutting down")
-        if len(self._waiting) + len(requests) > self.max_queue_size:
-            raise QueueFull(
-                f"model {self.name!r} has {len(self._waiting)} waiting sequences "
-                f"(limit {self.max_queue_size}); retry later",
-                self._retry_after(),
+        if any(r.reserved_tokens > self.max_cached_tokens for r in requests):
+            raise BadRequest(  # it could never be admitted (front ends refuse it first)
+                f"a prompt and its max_tokens exceed the {self.max_cached_tokens} tokens "
+                "the cache holds (NEUTRENO_MAX_CACHED_TOKENS)"
             )
-        for request in requests:
-            seq = EngineSequence(rid, request, sink, self.eos_id, self.vocab_size)
-            seq.queued_step = self._steps
-            self._waiting.append(seq)
-        self._publish_gauges()
-        self._wakeup.set()
+        waiting = self.depth
+        if waiting + len(requests) > self.max_queue_size:
+            raise QueueFull(
+                f"model {self.name!r} has {waiting} waiting sequences "
+                f"(limit {self.max_queue_size}); retry later",
+                self._retry_after(waiting),
+            )
+        self._inbox.append(
+            [EngineSequence(rid, r, sink, self.eos_id, self.vocab_size) for r in requests]
+        )
+        self.model.wake()
 
     def cancel(self, sink: Sink, rid: int | None = None, index: int | None = None) -> None:
         """Cancel prompt `index` of stream `rid` of front end `sink` (every prompt of the
-        stream when index is None, every stream when rid is None too): waiting sequences
-        leave now, running ones at the next step."""
-        for seq in [*self._waiting, *self._running, *self._admitted]:
-            if seq.sink is sink and rid in (None, seq.rid) and index in (None, seq.request.index):
-                seq.cancel()
-        self._waiting = deque(s for s in self._waiting if not s.cancelled)
-        self._publish_gauges()
-        self._wakeup.set()
+        stream when index is None, every stream when rid is None too), at the start of the
+        next step: waiting sequences leave the queue, running ones the batch."""
+        self._inbox.append((sink, rid, index))
+        self.model.wake()
 
-    def _retry_after(self) -> int:
-        rounds = math.ceil((len(self._waiting) + 1) / self.max_running)
+    def _retry_after(self, waiting: int) -> int:
+        rounds = math.ceil((waiting + 1) / self.max_running)
         return math.ceil(rounds * self._sequence_seconds)
 
-    async def _loop(self) -> None:
-        while not (self._closing and not self._live and not self._waiting):
-            try:
-                self._release_finished()
-                if not self._live and not self._waiting:
-                    self._running, self._batch = [], KVBatch.empty(self.graph)
-                    await self._idle()
-                    continue
-                await self._step()
-            except Exception as exc:  # a bug must fail the requests, not kill the worker
-                log.exception("generation step on %s failed", self.name)
-                self._abort(exc)
-            self._publish_gauges()
+    # The model's thread from here on.
 
-    async def _idle(self) -> None:
-        """Sleep until a request arrives or stop() is called."""
-        if not self._closing:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+    def pending(self) -> bool:
+        """Whether the thread has a step to run: commands, waiting or running sequences, rows
+        to drop, or a stop to confirm."""
+        return bool(self._inbox or self._waiting or self._running) or (
+            self._closing and not self._ended
+        )
+
+    def step(self) -> None:
+        """Apply the inbox, then one step (see the module docstring); post its outputs."""
+        try:
+            self._apply_inbox()
+            self._release_finished()
+            if self._live or self._waiting:
+                self._step()
+            else:
+                self._running, self._batch = [], KVBatch.empty(self.graph)
+        except Exception as exc:  # a bug must fail the requests, not kill the worker
+            log.exception("generation step on %s failed", self.name)
+            self._abort(exc)
+        self._publish_gauges()
+        self._post()
+        if self._closing and not (self._live or self._waiting or self._inbox) and not self._ended:
+            self._ended = True
+            self._call_loop(_settle_stop, self._stopped)
+
+    def _apply_inbox(self) -> None:
+        """Queue submitted sequences and apply cancels, in the order the loop sent them."""
+        cancelled = False
+        while self._inbox:
+            item = self._inbox.popleft()
+            if isinstance(item, list):
+                for seq in item:
+                    seq.queued_step = self._steps
+                self._waiting.extend(item)
+                continue
+            sink, rid, index = item
+            for seq in [*self._waiting, *self._running]:
+                if (
+                    seq.sink is sink
+                    and rid in (None, seq.rid)
+                    and index in (None, seq.request.index)
+                ):
+                    seq.cancel()
+                    cancelled = True
+        if cancelled:
+            self._waiting = deque(s for s in self._waiting if not s.cancelled)
 
     @property
     def _live(self) -> int:
         """Running rows still generating (finished ones stay in the batch until compaction)."""
         return sum(not seq.done for seq in self._running)
 
-    async def _step(self) -> None:
+    def _step(self) -> None:
         """Admit and prefill what the admission policy lets in, re-lay the batch when rows
         joined or too many have finished, then decode one token for every running row."""
         self._steps += 1
         self._admitted = self._admit() if self._admitting() else []
-        joining = await self._prefill(self._admitted) if self._admitted else None
+        joining = self._prefill(self._admitted) if self._admitted else None
         dead = len(self._running) - self._live
         if joining is not None or dead > max(1, len(self._running) // COMPACT_FRACTION):
-            await self._relay(joining)
+            self._relay(joining)
         self._admitted = []
         if self._live:
-            await self._decode()
+            self._decode()
 
     def _admitting(self) -> bool:
         """Whether to admit this step. Every join costs a prefill run and a re-lay of the
@@ -203,7 +263,7 @@ class GenerationScheduler:
                 self._cached -= seq.request.reserved_tokens
                 self._sequence_seconds = 0.8 * self._sequence_seconds + 0.2 * (now - seq.enqueued)
 
-    async def _relay(self, joining: tuple[list[EngineSequence], KVBatch] | None) -> None:
+    def _relay(self, joining: tuple[list[EngineSequence], KVBatch] | None) -> None:
         """One re-lay of the cache on the device: finished rows leave, admitted ones join."""
         self._release_finished()
         keep = [i for i, seq in enumerate(self._running) if not seq.done]
@@ -215,7 +275,7 @@ class GenerationScheduler:
         if not self._running:
             self._batch = KVBatch.empty(self.graph)
             return
-        self._batch = await asyncio.to_thread(self._batch.merged, keep, new_batch, self._kv_ops)
+        self._batch = self._batch.merged(keep, new_batch, self._kv_ops)
 
     def _admit(self) -> list[EngineSequence]:
         """Pop waiting sequences (FIFO) while the running and cached-token limits allow."""
@@ -233,13 +293,13 @@ class GenerationScheduler:
             self._series.queue_wait.observe(now - seq.enqueued)
         return admitted
 
-    async def _prefill(
+    def _prefill(
         self, sequences: list[EngineSequence]
     ) -> tuple[list[EngineSequence], KVBatch] | None:
         """One run over the new prompts; sample their first tokens; their cache (to join the
         batch), or None when the run failed (they have failed)."""
         feeds = prefill_feeds(self.graph, [s.request.prompt_ids for s in sequences])
-        result = await self._run(feeds, {}, sequences, self._prefill_outputs)
+        result = self._run(feeds, {}, sequences, self._prefill_outputs)
         if result is None:
             for seq in sequences:
                 seq.released = True
@@ -258,17 +318,18 @@ class GenerationScheduler:
             self._on_prefill(outputs)
         return sequences, prefilled(self.graph, feeds, presents)
 
-    async def _decode(self) -> None:
+    def _decode(self) -> None:
         """One token for every running row in one batched run."""
         # finished rows still in the batch decode a filler id; their outputs are ignored
         tokens = np.array([s.generated[-1] if s.generated else 0 for s in self._running], np.int64)
         feeds, resident = self._batch.decode_inputs(self.graph, tokens)
-        result = await self._run(feeds, resident, self._running, [LOGITS])
+        resident.update(self._decode_flags)
+        result = self._run(feeds, resident, self._running, [LOGITS])
         if result is None:
             self._running, self._batch, self._cached = [], KVBatch.empty(self.graph), 0
             return
         outputs, presents = result
-        self._batch = self._batch.advanced(self.graph, presents)
+        self._batch = decoded(self.graph, feeds, presents)
         live = [seq for seq in self._running if not seq.done]
         rows = [row for row, seq in enumerate(self._running) if not seq.done]
         self._deliver(self._sample(live, outputs[LOGITS][rows, -1]))
@@ -306,16 +367,41 @@ class GenerationScheduler:
                 itl.observe(now - seq.last_token_at)
         self._series.tokens.inc(len(sequences))
 
-    @staticmethod
-    def _deliver(outputs: list[tuple[EngineSequence, SeqOutput]]) -> None:
-        """One sink call per front end with its sequences' outputs of this step."""
+    def _deliver(self, outputs: list[tuple[EngineSequence, SeqOutput]]) -> None:
+        """Outputs of this step, to be posted when it ends."""
+        self._outbox.extend((seq.sink, out) for seq, out in outputs)
+
+    def _post(self) -> None:
+        """Hand this step's outputs to the event loop: one wake-up of the loop, unless the
+        outputs of an earlier step are still waiting for it (they then go out together)."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        with self._lock:
+            asleep = not self._posted
+            self._posted.extend(outbox)
+        if asleep:
+            self._call_loop(self._send_posted)
+
+    def _call_loop(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    def _send_posted(self) -> None:
+        """On the event loop: one sink call per front end with its sequences' outputs of every
+        step posted since the last call, in step order."""
+        with self._lock:
+            posted, self._posted = self._posted, []
         grouped: dict[int, tuple[Sink, list[SeqOutput]]] = {}
-        for seq, out in outputs:
-            grouped.setdefault(id(seq.sink), (seq.sink, []))[1].append(out)
+        for sink, out in posted:
+            grouped.setdefault(id(sink), (sink, []))[1].append(out)
         for sink, outs in grouped.values():
             sink(outs)
 
-    async def _run(
+    def _run(
         self,
         feeds: Feeds,
         resident: Resident,
@@ -326,9 +412,7 @@ class GenerationScheduler:
         device; on failure every sequence in it fails (503)."""
         started = time.perf_counter()
         try:
-            outputs = await self.model.run_bound_async(
-                feeds, resident, to_host, self.graph.present_names()
-            )
+            outputs = self.model.run_bound(feeds, resident, to_host, self.graph.present_names)
         except Exception as exc:
             log.error("generation run of %d rows on %s failed: %s", len(sequences), self.name, exc)
             self._fail(sequences, exc)
@@ -348,11 +432,17 @@ class GenerationScheduler:
         error = error_to_wire(InferenceFailed(f"generation failed on {self.name!r}: {exc}"))
         self._deliver([(seq, seq.fail(error)) for seq in sequences if not seq.done])
 
-    def _publish_gauges(self) -> None:
+    def _publish_gauges(self) -> None:  # on the thread, once per step
         series = self._series
         series.running.set(self._live)
         series.waiting.set(len(self._waiting))
         series.queue_depth.set(len(self._waiting))
+
+
+def _settle_stop(future: asyncio.Future[None] | None) -> None:
+    """On the event loop: the scheduler has finished everything it accepted."""
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def make_scheduler(

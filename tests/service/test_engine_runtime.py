@@ -1,6 +1,7 @@
 """service/engine/runtime.py's RunThread: a model's calls run in order on one thread and come
 back to the awaiting coroutine; errors reach the caller; a call cancelled before it starts does
-not run; close() lets queued calls finish."""
+not run; close() lets queued calls finish; a driven stepper's steps alternate with queued calls
+on the same thread, and a wake() rouses an idle thread for them."""
 
 from __future__ import annotations
 
@@ -73,3 +74,67 @@ def test_close_lets_queued_calls_finish() -> None:
     asyncio.run(main())  # the loop closes with the calls still queued: no one awaits them
     worker.close()
     assert done == [0, 1, 2]
+
+
+class CountingStepper:
+    """A stepper with `left` steps to run; records them (and on which thread) in `log`."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.left, self.log = 0, log
+        self.idle = threading.Event()
+
+    def pending(self) -> bool:
+        return self.left > 0
+
+    def step(self) -> None:
+        self.left -= 1
+        self.log.append(f"step on {threading.current_thread().name}")
+        if not self.left:
+            self.idle.set()
+
+
+def test_steps_alternate_with_queued_calls_on_the_thread() -> None:
+    worker = RunThread("test-drive")
+    log: list[str] = []
+    stepper = CountingStepper(log)
+    started, release = threading.Event(), threading.Event()
+
+    def blocker() -> None:
+        started.set()
+        release.wait(5)
+        log.append("blocker")
+
+    async def main() -> None:
+        worker.drive(stepper)
+        blocked = worker.submit(blocker)
+        first = worker.submit(log.append, "call a")
+        second = worker.submit(log.append, "call b")
+        assert started.wait(5)
+        stepper.left = 3  # while the thread is busy with the blocker
+        release.set()
+        await asyncio.gather(blocked, first, second)
+        assert stepper.idle.wait(5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        worker.close()
+    step = "step on test-drive"
+    # each queued call waits behind one step at most; the last step runs with nothing queued
+    assert log == ["blocker", step, "call a", step, "call b", step]
+
+
+def test_wake_rouses_an_idle_thread_for_its_stepper() -> None:
+    worker = RunThread("test-wake")
+    log: list[str] = []
+    stepper = CountingStepper(log)
+    try:
+        worker.drive(stepper)
+        time.sleep(0.05)  # asleep on its queue: nothing pending, nothing queued
+        assert log == []
+        stepper.left = 2
+        worker.wake()
+        assert stepper.idle.wait(5)
+    finally:
+        worker.close()
+    assert log == ["step on test-wake"] * 2
