@@ -108,6 +108,7 @@ class GenerationScheduler:
         self._cached = 0
         self._sequence_seconds = 1.0  # running estimate for Retry-After
         self._ended = False
+        self._published = (0, 0)  # (running, waiting) last set on the gauges
 
     @property
     def name(self) -> str:
@@ -187,16 +188,18 @@ class GenerationScheduler:
         try:
             self._apply_inbox()
             self._release_finished()
-            if self._live or self._waiting:
-                self._step()
+            live = self._live
+            if live or self._waiting:
+                self._step(live)
             else:
                 self._running, self._batch = [], KVBatch.empty(self.graph)
         except Exception as exc:  # a bug must fail the requests, not kill the worker
             log.exception("generation step on %s failed", self.name)
             self._abort(exc)
-        self._publish_gauges()
+        live = self._live
+        self._publish_gauges(live)
         self._post()
-        if self._closing and not (self._live or self._waiting or self._inbox) and not self._ended:
+        if self._closing and not (live or self._waiting or self._inbox) and not self._ended:
             self._ended = True
             self._call_loop(_settle_stop, self._stopped)
 
@@ -227,26 +230,26 @@ class GenerationScheduler:
         """Running rows still generating (finished ones stay in the batch until compaction)."""
         return sum(not seq.done for seq in self._running)
 
-    def _step(self) -> None:
+    def _step(self, live: int) -> None:
         """Admit and prefill what the admission policy lets in, re-lay the batch when rows
-        joined or too many have finished, then decode one token for every running row."""
+        joined or too many have finished, then decode one token for every running row
+        (`live` of them still generating)."""
         self._steps += 1
-        self._admitted = self._admit() if self._admitting() else []
+        self._admitted = self._admit(live) if self._admitting(live) else []
         joining = self._prefill(self._admitted) if self._admitted else None
-        dead = len(self._running) - self._live
+        dead = len(self._running) - live
         if joining is not None or dead > max(1, len(self._running) // COMPACT_FRACTION):
             self._relay(joining)
         self._admitted = []
         if self._live:
             self._decode()
 
-    def _admitting(self) -> bool:
+    def _admitting(self, live: int) -> bool:
         """Whether to admit this step. Every join costs a prefill run and a re-lay of the
         cache, so while others run, wait until 1/8 of the running limit can join together
         (waiting, with free slots) or the oldest has waited ADMIT_AFTER_STEPS steps."""
         if not self._waiting:
             return False
-        live = self._live
         if live == 0:
             return True
         free = self.max_running - live
@@ -277,10 +280,9 @@ class GenerationScheduler:
             return
         self._batch = self._batch.merged(keep, new_batch, self._kv_ops)
 
-    def _admit(self) -> list[EngineSequence]:
+    def _admit(self, live: int) -> list[EngineSequence]:
         """Pop waiting sequences (FIFO) while the running and cached-token limits allow."""
         admitted: list[EngineSequence] = []
-        live = self._live
         while self._waiting and live + len(admitted) < self.max_running:
             reserve = self._waiting[0].request.reserved_tokens
             if self._cached + reserve > self.max_cached_tokens:
@@ -432,11 +434,14 @@ class GenerationScheduler:
         error = error_to_wire(InferenceFailed(f"generation failed on {self.name!r}: {exc}"))
         self._deliver([(seq, seq.fail(error)) for seq in sequences if not seq.done])
 
-    def _publish_gauges(self) -> None:  # on the thread, once per step
-        series = self._series
-        series.running.set(self._live)
-        series.waiting.set(len(self._waiting))
-        series.queue_depth.set(len(self._waiting))
+    def _publish_gauges(self, live: int) -> None:
+        """On the thread, after each step: the gauges, when they changed."""
+        counts = (live, len(self._waiting))
+        if counts != self._published:
+            self._published = counts
+            self._series.running.set(live)
+            self._series.waiting.set(counts[1])
+            self._series.queue_depth.set(counts[1])
 
 
 def _settle_stop(future: asyncio.Future[None] | None) -> None:
