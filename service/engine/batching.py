@@ -1,25 +1,27 @@
-"""Dynamic batching per model (the Triton / TorchServe scheme) on asyncio.
+"""Dynamic batching per model (the Triton / TorchServe scheme), formed and run on the model's
+thread.
 
 Per-batch, not per-request, work: a request is a queue entry with a `Reply` callback (no task,
-no future of its own in the engine process); the batch loop answers every request of a batch
-by calling the callbacks, and the engine server groups the replies of one batch into one
-message per front end. `submit` wraps `enqueue` in a future for in-process callers.
+no future of its own in the engine process). The event loop only queues requests (`enqueue`)
+and wakes the model's thread; the thread (`RunThread.drive`, service.engine.runtime) forms each
+batch, runs it and cuts each request's rows out of every output, then posts the replies back
+to the loop in one `call_soon_threadsafe` (batches that end while the loop is busy come back
+together), where the callbacks run and the engine server groups them into one message per
+front end. `submit` wraps `enqueue` in a future for in-process callers.
 
-Requests are queued with their preprocessed feeds (batch axis 0, `rows` >= 1). One task per model
-forms a batch when the queued rows reach `max_batch_size` or the oldest request has waited
-`max_queue_delay`; a lone client (no two requests outstanding at once in the last second) does
-not wait at all, since no batch-mate can come, so batching costs it no latency. It concatenates
-the feeds, runs the model off the event loop, and hands each request its own slice of every
-output. A batch that fails is re-run one request at a time, so
-a poison input fails alone (400) instead of failing its batch-mates; if every request fails
-alone the model is at fault and each gets `InferenceFailed` (503).
+Requests are queued with their preprocessed feeds (batch axis 0, `rows` >= 1). A batch forms
+when the queued rows reach `max_batch_size` or the oldest request has waited `max_queue_delay`;
+a lone client (no two requests outstanding at once in the last second) does not wait at all,
+since no batch-mate can come, so batching costs it no latency. A batch that fails is re-run one
+request at a time, so a poison input fails alone (400) instead of failing its batch-mates; if
+every request fails alone the model is at fault and each gets `InferenceFailed` (503).
 The queue is bounded: when full, `submit` (and `admit`, which routes call before decoding) raises
-`QueueFull` (429 with Retry-After) at once. A
-request whose deadline passes gets `DeadlineExceeded` (504) and is dropped from the queue if it
-has not started. With `max_batch_size` 1 each request runs alone, i.e. batching is off.
-With `buckets`, a batch is padded with zero rows up to the smallest bucket that holds it (the
-engine warms every bucket up at load), so a GPU never meets a new shape while serving; outputs
-are cut back to the real rows before anyone sees them.
+`QueueFull` (429 with Retry-After) at once. A request whose deadline passes gets
+`DeadlineExceeded` (504) and is dropped from the queue if it has not started. With
+`max_batch_size` 1 each request runs alone, i.e. batching is off. With `buckets`, a batch is
+padded with zero rows up to the smallest bucket that holds it (the engine warms every bucket up
+at load), so a GPU never meets a new shape while serving; outputs are cut back to the real rows
+before anyone sees them.
 """
 
 from __future__ import annotations
@@ -27,14 +29,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias
 
 import numpy as np
 
 from service import tracing
+from service.engine.runtime import LoopMailbox, Stepper
 from service.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -48,8 +53,16 @@ from service.metrics import Metrics
 
 log = logging.getLogger("neutreno.service")
 
-RunFn = Callable[[Feeds], Awaitable[Feeds]]
+RunFn = Callable[[Feeds], Feeds]  # one batch through the model, on its thread
 Reply = Callable[[Feeds | None, ServiceError | None], None]  # (outputs, error): one is None
+
+
+class Driver(Protocol):
+    """The thread that runs a worker's steps (a `ModelRuntime`, or a bare `RunThread`)."""
+
+    def drive(self, stepper: Stepper) -> None: ...
+
+    def wake(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -60,12 +73,15 @@ class _Request:
     deadline: float
     reply: Reply = field(repr=False)
     trace: object = field(default_factory=tracing.capture, repr=False)  # None when off
-    done: bool = False
+    done: bool = False  # answered (set on the event loop)
+
+
+Answer: TypeAlias = tuple[_Request, Feeds | None, ServiceError | None]
 
 
 class DynamicBatcher:
-    """Queue + batch-forming task for one model; routes call `admit` (via ServiceState) before
-    decoding a request and `submit` to run it."""
+    """Queue + batch forming for one model; routes call `admit` (via ServiceState) before
+    decoding a request and `submit` (or the engine server `enqueue`) to run it."""
 
     LONE_WINDOW_S = 1.0  # a client is lone when no two requests overlapped for this long
 
@@ -73,6 +89,7 @@ class DynamicBatcher:
         self,
         model: str,
         run: RunFn,
+        driver: Driver,
         metrics: Metrics,
         *,
         max_batch_size: int,
@@ -83,6 +100,7 @@ class DynamicBatcher:
     ) -> None:
         self.model = model
         self._run = run
+        self._driver = driver
         self._metrics = metrics
         self._queue_depth = metrics.queue_depth.labels(model)
         self._queue_wait = metrics.queue_duration_seconds.labels(model)
@@ -91,34 +109,39 @@ class DynamicBatcher:
         self.max_queue_size = max_queue_size
         self.buckets = buckets
         self._on_batch = on_batch
+        self._lock = threading.Lock()  # the queue: appended on the loop, taken on the thread
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
-        self._wakeup = asyncio.Event()
         self._batch_seconds = 0.05  # running estimate for Retry-After
-        self._outstanding = 0  # submitted, not yet answered
+        self._outstanding = 0  # submitted, not yet answered (the loop's)
         self._shared_at = -math.inf  # last time two or more requests were outstanding
         self._closing = False
         self._flushing = False
-        self._task: asyncio.Task[None] | None = None
+        self._ended = False
+        self._mailbox: LoopMailbox[Answer] | None = None
+        self._answers: list[Answer] = []  # this batch's, on the thread
 
     @property
     def depth(self) -> int:
         return len(self._queue)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.model}")
+        """Have the model's thread form and run this model's batches; replies come back to
+        this loop."""
+        self._mailbox = LoopMailbox(self._deliver)
+        self._driver.drive(self)
 
     def flush(self) -> None:
         """Stop waiting for fuller batches: run what is queued now (called on SIGTERM)."""
         self._flushing = True
-        self._wakeup.set()
+        self._driver.wake()
 
     async def stop(self) -> None:
-        """Finish everything already queued, then end the loop."""
+        """Finish everything already queued, then return."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        self._driver.wake()
+        if self._mailbox is not None:
+            await self._mailbox.stopped
 
     def admit(self) -> None:
         """Raise what `submit` would refuse with right now (shutting down, queue full), so a
@@ -136,19 +159,21 @@ class DynamicBatcher:
         self, feeds: Feeds, timeout_s: float, reply: Reply, shared: bool = False
     ) -> _Request:
         """Queue one request; `reply` gets its outputs (each with the request's own rows) or
-        its error, once. `shared`: the caller knows of other requests in flight with it (a
-        front end decoding them), so it is not a lone client's even when alone in the queue."""
+        its error, once, on this event loop. `shared`: the caller knows of other requests in
+        flight with it (a front end decoding them), so it is not a lone client's even when
+        alone in the queue."""
         self.admit()
         rows = int(next(iter(feeds.values())).shape[0])
         now = time.perf_counter()
         req = _Request(feeds, rows, now, now + timeout_s, reply)
-        self._queue.append(req)
-        self._queued_rows += rows
         self._outstanding += 1
         if self._outstanding > 1 or shared:
             self._shared_at = now
-        self._queue_depth.set(len(self._queue))  # scraped while requests wait for batch-mates
-        self._wakeup.set()
+        with self._lock:
+            self._queue.append(req)
+            self._queued_rows += rows
+            self._queue_depth.set(len(self._queue))  # scraped while requests wait
+        self._driver.wake()
         return req
 
     async def submit(self, feeds: Feeds, timeout_s: float, shared: bool = False) -> Feeds:
@@ -169,45 +194,65 @@ class DynamicBatcher:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             error = DeadlineExceeded(f"no result from {self.model!r} within {timeout_s:.3g} s")
-            self._answer(req, error=error)
+            self._answer(req, None, error)
             return await future
 
     def _retry_after(self) -> int:
         batches_ahead = math.ceil(self._queued_rows / self.max_batch_size)
         return math.ceil(batches_ahead * self._batch_seconds)
 
-    async def _loop(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            await self._wait_for_batch()
-            batch = self._take_batch()
-            if batch:
-                await self._execute(batch)
+    def _deliver(self, answers: list[Answer]) -> None:
+        """On the event loop: the replies of every batch posted since the last call."""
+        for req, outputs, error in answers:
+            self._answer(req, outputs, error)
 
-    async def _wait_for_batch(self) -> None:
-        """Return once a full batch is queued or the oldest request's delay has run out; at
-        once for a lone client."""
+    def _answer(self, req: _Request, outputs: Feeds | None, error: ServiceError | None) -> None:
+        """Give one request its outputs or error (once), on the event loop."""
+        if req.done:
+            return
+        req.done = True
+        self._outstanding -= 1
+        req.reply(outputs, error)
+
+    # The model's thread from here on.
+
+    def _delay_left(self) -> float:
+        """Seconds until the queued requests should run as a batch (0: now). Call with the
+        queue non-empty."""
+        if self._queued_rows >= self.max_batch_size or self._closing or self._flushing:
+            return 0.0
         oldest = self._queue[0].enqueued
-        lone = oldest - self._shared_at > self.LONE_WINDOW_S
-        while (
-            self._queued_rows < self.max_batch_size
-            and not lone
-            and not self._closing
-            and not self._flushing
-        ):
-            remaining = oldest + self.max_queue_delay_s - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
+        if oldest - self._shared_at > self.LONE_WINDOW_S:
+            return 0.0
+        return oldest + self.max_queue_delay_s - time.perf_counter()
+
+    def pending(self) -> bool:
+        """A batch is due (full, a lone client's, its delay run out, a drain), or a stop is
+        to be confirmed."""
+        if not self._queue:
+            return self._closing and not self._ended
+        return self._delay_left() <= 0
+
+    def wait_s(self) -> float | None:
+        """Until the oldest queued request's delay runs out (None with an empty queue)."""
+        return max(0.0, self._delay_left()) if self._queue else None
+
+    def step(self) -> None:
+        """Form one batch and run it, or confirm the stop when nothing is left."""
+        assert self._mailbox is not None
+        batch = self._take_batch()
+        if batch:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+                self._execute(batch)
+            except Exception as exc:  # a bug must fail the batch, not kill the worker
+                log.exception("batch of %d on %s failed", len(batch), self.model)
+                error = InferenceFailed(f"inference failed on {self.model!r}: {exc}")
+                self._answers += [(req, None, error) for req in batch]
+        answers, self._answers = self._answers, []
+        self._mailbox.post(answers)
+        if self._closing and not self._queue and not self._ended:
+            self._ended = True
+            self._mailbox.end()
 
     def _take_batch(self) -> list[_Request]:
         """Pop requests up to max_batch_size rows (a larger single request runs alone); those
@@ -215,41 +260,41 @@ class DynamicBatcher:
         batch: list[_Request] = []
         rows = 0
         now = time.perf_counter()
-        while self._queue:
-            req = self._queue[0]
-            if batch and rows + req.rows > self.max_batch_size:
-                break
-            self._queue.popleft()
-            self._queued_rows -= req.rows
-            if req.done:  # its caller stopped waiting
-                continue
-            if req.deadline < now:
-                waited = now - req.enqueued
-                self._answer(
-                    req,
-                    error=DeadlineExceeded(f"no result from {self.model!r} within {waited:.3g} s"),
-                )
-                continue
-            batch.append(req)
-            rows += req.rows
-        self._queue_depth.set(len(self._queue))
+        with self._lock:
+            while self._queue:
+                req = self._queue[0]
+                if batch and rows + req.rows > self.max_batch_size:
+                    break
+                self._queue.popleft()
+                self._queued_rows -= req.rows
+                if req.done:  # its caller stopped waiting
+                    continue
+                if req.deadline < now:
+                    waited = now - req.enqueued
+                    error = DeadlineExceeded(f"no result from {self.model!r} within {waited:.3g} s")
+                    self._answers.append((req, None, error))
+                    continue
+                batch.append(req)
+                rows += req.rows
+            self._queue_depth.set(len(self._queue))
         return batch
 
-    async def _execute(self, batch: list[_Request]) -> None:
+    def _execute(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
         for req in batch:
             self._queue_wait.observe(started - req.enqueued)
         rows = sum(r.rows for r in batch)
         self._metrics.batch_size.labels(self.model).observe(rows)
         try:
-            outputs = await self._run(self._stacked(batch, rows))
+            outputs = self._run(self._stacked(batch, rows))
             outputs = {name: value[:rows] for name, value in outputs.items()}
-        except Exception as exc:  # reaches the waiters; the loop itself carries on
+        except Exception as exc:  # reaches the waiters; the worker itself carries on
             log.error("batch of %d on %s failed: %s", len(batch), self.model, exc)
             if len(batch) > 1:
-                await self._isolate(batch)
+                self._isolate(batch)
             else:
-                self._fail(batch[0], InferenceFailed(f"inference failed on {self.model!r}: {exc}"))
+                error = InferenceFailed(f"inference failed on {self.model!r}: {exc}")
+                self._answers.append((batch[0], None, error))
             return
         elapsed = time.perf_counter() - started
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
@@ -274,7 +319,7 @@ class DynamicBatcher:
             feeds[name] = np.concatenate(parts) if len(parts) > 1 else first
         return feeds
 
-    async def _isolate(self, batch: list[_Request]) -> None:
+    def _isolate(self, batch: list[_Request]) -> None:
         """Re-run a failed batch one request at a time, so that an input the model cannot
         process (a poison input) costs only its own result, not its batch-mates'. A request
         that fails alone while others succeed is the input's fault (400); when every one
@@ -283,7 +328,7 @@ class DynamicBatcher:
         succeeded = 0
         for req in batch:
             try:
-                outputs = await self._run(req.feeds)
+                outputs = self._run(req.feeds)
             except Exception as exc:
                 failures.append((req, exc))
                 continue
@@ -291,26 +336,16 @@ class DynamicBatcher:
             self._scatter([req], outputs)
         for req, error in failures:
             if succeeded:
-                self._fail(req, BadRequest(f"{self.model!r} cannot process this input: {error}"))
+                fault: ServiceError = BadRequest(
+                    f"{self.model!r} cannot process this input: {error}"
+                )
             else:
-                self._fail(req, InferenceFailed(f"inference failed on {self.model!r}: {error}"))
-
-    def _answer(
-        self, req: _Request, outputs: Feeds | None = None, error: ServiceError | None = None
-    ) -> None:
-        """Give one request its outputs or error (once)."""
-        if req.done:
-            return
-        req.done = True
-        self._outstanding -= 1
-        req.reply(outputs, error)
-
-    def _fail(self, req: _Request, error: ServiceError) -> None:
-        self._answer(req, error=error)
+                fault = InferenceFailed(f"inference failed on {self.model!r}: {error}")
+            self._answers.append((req, None, fault))
 
     def _scatter(self, batch: list[_Request], outputs: Feeds) -> None:
         start = 0
         for req in batch:
             part = {name: value[start : start + req.rows] for name, value in outputs.items()}
             start += req.rows
-            self._answer(req, part)
+            self._answers.append((req, part, None))

@@ -152,12 +152,13 @@ def make_batcher(model: ModelRuntime, settings: Settings, metrics: Metrics) -> D
         model.name, metrics, settings.similarity_sample_every, is_gated(model.session)
     )
 
-    async def run(feeds: Feeds) -> Feeds:
-        return await model.run_async(sampler.feeds(feeds))
+    def run(feeds: Feeds) -> Feeds:
+        return model.run(sampler.feeds(feeds))
 
     return DynamicBatcher(
         model.name,
         run,
+        model,
         metrics,
         max_batch_size=settings.max_batch_size,
         max_queue_delay_s=settings.queue_delay_s(model.device),

@@ -14,7 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -177,10 +177,16 @@ WAKE = "wake"  # queued by `RunThread.wake`: look at the stepper again
 
 
 class Stepper(Protocol):
-    """Work a `RunThread` runs in steps between its queued calls (a generation scheduler)."""
+    """Work a `RunThread` runs in steps between its queued calls: a model's worker (its
+    dynamic batcher or its generation scheduler)."""
 
     def pending(self) -> bool:
         """Whether there is a step to run now (read on the thread)."""
+        ...
+
+    def wait_s(self) -> float | None:
+        """With nothing pending: how long until a step may be, with no `wake` (a batch's
+        queue delay running out); None: not before a wake."""
         ...
 
     def step(self) -> None:
@@ -196,9 +202,10 @@ class RunThread:
     before it starts is skipped, as an executor would.
 
     A thread may also drive a `Stepper`: while it has a step pending, the thread alternates one
-    step and at most one queued call (a queued call waits behind one step at most), so a
-    generation loop runs with no event-loop round trip per step (vLLM's engine-core busy loop);
-    with nothing pending, the thread sleeps on its queue until a call or a `wake` arrives."""
+    step and at most one queued call (a queued call waits behind one step at most), so a batch
+    or a generation loop runs with no event-loop round trip per step (vLLM's engine-core busy
+    loop); with nothing pending, the thread sleeps on its queue until a call or a `wake`
+    arrives, or the stepper's `wait_s` runs out."""
 
     def __init__(self, name: str) -> None:
         self._calls: queue.SimpleQueue[Call | str | None] = queue.SimpleQueue()
@@ -230,8 +237,13 @@ class RunThread:
         """The next queued call, after one step when the stepper has one pending (then
         WAKE when nothing is queued)."""
         stepper = self._stepper
-        if stepper is None or not stepper.pending():
+        if stepper is None:
             return self._calls.get()
+        if not stepper.pending():
+            try:
+                return self._calls.get(timeout=stepper.wait_s())
+            except queue.Empty:
+                return WAKE
         stepper.step()
         try:
             return self._calls.get_nowait()
@@ -256,9 +268,51 @@ class RunThread:
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
+    if future.done():
         return
     if error is not None:
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+T = TypeVar("T")
+
+
+class LoopMailbox(Generic[T]):
+    """What a model's thread hands back to the event loop that started its worker: `post`
+    (on the thread) queues items, and `deliver` gets, on the loop, every item posted since its
+    last call: one `call_soon_threadsafe` per wake-up of the loop, not per post, so the steps
+    or batches that end while the loop is busy go out together. `end` (on the thread, once
+    the worker has finished everything it accepted) resolves `stopped`, after every item
+    posted before it has been delivered."""
+
+    def __init__(self, deliver: Callable[[list[T]], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._items: list[T] = []
+        self.stopped: asyncio.Future[None] = self._loop.create_future()
+
+    def post(self, items: list[T]) -> None:
+        if not items:
+            return
+        with self._lock:
+            asleep = not self._items
+            self._items.extend(items)
+        if asleep:
+            self._call(self._drain)
+
+    def end(self) -> None:
+        self._call(_settle, self.stopped, None, None)
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        self._deliver(items)

@@ -22,10 +22,8 @@ Host work is per step, not per token: the logits are sampled for the whole batch
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,7 +36,7 @@ from export.bundle import LOGITS, PAST, PRESENT
 from export.telemetry import is_gated, skip_similarity
 from service import tracing
 from service.engine.kv import KVBatch, LMGraph, Resident, decoded, prefill_feeds, prefilled
-from service.engine.runtime import ModelRuntime
+from service.engine.runtime import LoopMailbox, ModelRuntime
 from service.engine.sampling import sample_batch
 from service.engine.sequence import EngineSequence, Sink
 from service.errors import BadRequest, InferenceFailed, ModelNotReady, QueueFull
@@ -91,12 +89,8 @@ class GenerationScheduler:
         }
         # the event loop's side
         self._inbox: deque[Submit | Cancel] = deque()  # applied by the thread, in order
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Future[None] | None = None
+        self._mailbox: LoopMailbox[tuple[Sink, SeqOutput]] | None = None  # outputs to the loop
         self._closing = False
-        # shared: outputs posted by the thread, taken by the loop
-        self._lock = threading.Lock()
-        self._posted: list[tuple[Sink, SeqOutput]] = []
         # the thread's side
         self._waiting: deque[EngineSequence] = deque()
         self._running: list[EngineSequence] = []
@@ -127,8 +121,7 @@ class GenerationScheduler:
 
     def start(self) -> None:
         """Have the model's thread step this scheduler; outputs come back to this loop."""
-        self._loop = asyncio.get_running_loop()
-        self._stopped = self._loop.create_future()
+        self._mailbox = LoopMailbox(self._send)
         self.model.drive(self)
 
     def flush(self) -> None:
@@ -138,8 +131,8 @@ class GenerationScheduler:
         """Refuse new requests, finish every accepted sequence, then return."""
         self._closing = True
         self.model.wake()
-        if self._stopped is not None:
-            await self._stopped
+        if self._mailbox is not None:
+            await self._mailbox.stopped
 
     def submit(self, rid: int, requests: list[GenerateRequest], sink: Sink) -> None:
         """Queue one request's prompts together (stream `rid`, outputs to `sink`); 429 when
@@ -183,6 +176,9 @@ class GenerationScheduler:
             self._closing and not self._ended
         )
 
+    def wait_s(self) -> None:
+        """Nothing becomes pending without a wake (a submit, a cancel, a stop)."""
+
     def step(self) -> None:
         """Apply the inbox, then one step (see the module docstring); post its outputs."""
         try:
@@ -198,10 +194,12 @@ class GenerationScheduler:
             self._abort(exc)
         live = self._live
         self._publish_gauges(live)
-        self._post()
+        assert self._mailbox is not None
+        outbox, self._outbox = self._outbox, []
+        self._mailbox.post(outbox)
         if self._closing and not (live or self._waiting or self._inbox) and not self._ended:
             self._ended = True
-            self._call_loop(_settle_stop, self._stopped)
+            self._mailbox.end()
 
     def _apply_inbox(self) -> None:
         """Queue submitted sequences and apply cancels, in the order the loop sent them."""
@@ -373,30 +371,10 @@ class GenerationScheduler:
         """Outputs of this step, to be posted when it ends."""
         self._outbox.extend((seq.sink, out) for seq, out in outputs)
 
-    def _post(self) -> None:
-        """Hand this step's outputs to the event loop: one wake-up of the loop, unless the
-        outputs of an earlier step are still waiting for it (they then go out together)."""
-        if not self._outbox:
-            return
-        outbox, self._outbox = self._outbox, []
-        with self._lock:
-            asleep = not self._posted
-            self._posted.extend(outbox)
-        if asleep:
-            self._call_loop(self._send_posted)
-
-    def _call_loop(self, callback: Callable[..., None], *args: object) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop has closed: nobody is waiting any more
-            pass
-
-    def _send_posted(self) -> None:
+    @staticmethod
+    def _send(posted: list[tuple[Sink, SeqOutput]]) -> None:
         """On the event loop: one sink call per front end with its sequences' outputs of every
         step posted since the last call, in step order."""
-        with self._lock:
-            posted, self._posted = self._posted, []
         grouped: dict[int, tuple[Sink, list[SeqOutput]]] = {}
         for sink, out in posted:
             grouped.setdefault(id(sink), (sink, []))[1].append(out)
@@ -442,12 +420,6 @@ class GenerationScheduler:
             self._series.running.set(live)
             self._series.waiting.set(counts[1])
             self._series.queue_depth.set(counts[1])
-
-
-def _settle_stop(future: asyncio.Future[None] | None) -> None:
-    """On the event loop: the scheduler has finished everything it accepted."""
-    if future is not None and not future.done():
-        future.set_result(None)
 
 
 def make_scheduler(

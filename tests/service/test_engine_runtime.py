@@ -1,7 +1,8 @@
 """service/engine/runtime.py's RunThread: a model's calls run in order on one thread and come
 back to the awaiting coroutine; errors reach the caller; a call cancelled before it starts does
 not run; close() lets queued calls finish; a driven stepper's steps alternate with queued calls
-on the same thread, and a wake() rouses an idle thread for them."""
+on the same thread, a wake() rouses an idle thread for them, and so does the end of the
+stepper's own wait (a batch's queue delay)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,9 @@ class CountingStepper:
     def pending(self) -> bool:
         return self.left > 0
 
+    def wait_s(self) -> None:
+        return None
+
     def step(self) -> None:
         self.left -= 1
         self.log.append(f"step on {threading.current_thread().name}")
@@ -138,3 +142,31 @@ def test_wake_rouses_an_idle_thread_for_its_stepper() -> None:
     finally:
         worker.close()
     assert log == ["step on test-wake"] * 2
+
+
+class DelayedStepper(CountingStepper):
+    """One step, due `delay` seconds after it is created (as a batch whose delay runs out)."""
+
+    def __init__(self, log: list[str], delay: float) -> None:
+        super().__init__(log)
+        self.left, self.due = 1, time.monotonic() + delay
+
+    def pending(self) -> bool:
+        return self.left > 0 and time.monotonic() >= self.due
+
+    def wait_s(self) -> float | None:
+        return max(0.0, self.due - time.monotonic()) if self.left else None
+
+
+def test_a_stepper_due_later_runs_when_its_wait_ends_without_a_wake() -> None:
+    worker = RunThread("test-due")
+    log: list[str] = []
+    stepper = DelayedStepper(log, 0.1)
+    try:
+        worker.drive(stepper)  # its one wake finds nothing pending yet
+        started = time.monotonic()
+        assert stepper.idle.wait(5)
+        waited = time.monotonic() - started
+    finally:
+        worker.close()
+    assert log == ["step on test-due"] and 0.05 <= waited < 2.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import httpx
@@ -14,6 +14,7 @@ from support.service_helpers import b64, make_settings, png_bytes
 
 from service import create_app
 from service.engine.batching import DynamicBatcher
+from service.engine.runtime import RunThread
 from service.errors import DeadlineExceeded, InferenceFailed, QueueFull
 from service.frontend import imaging
 from service.metrics import Metrics
@@ -28,23 +29,36 @@ def anyio_backend() -> str:
 
 
 class FakeModel:
-    """Doubles its input; records batch sizes; optionally slow or failing."""
+    """Doubles its input; records batch sizes; optionally slow or failing. Called on the
+    batcher's thread, as a model's runs are."""
 
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.batches: list[int] = []
         self.delay, self.fail = delay, fail
 
-    async def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.batches.append(len(feeds["x"]))
-        await asyncio.sleep(self.delay)
+        time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("boom")
         return {"y": feeds["x"] * 2}
 
 
+THREADS: list[RunThread] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_threads() -> Iterator[None]:
+    yield
+    while THREADS:
+        THREADS.pop().close()
+
+
 def _batcher(model: FakeModel, **kw: object) -> DynamicBatcher:
+    """A started batcher on a thread of its own (closed after the test)."""
     opts = {"max_batch_size": 8, "max_queue_delay_s": 0.02, "max_queue_size": 64, **kw}
-    b = DynamicBatcher("m", model, Metrics(), **opts)  # type: ignore[arg-type]
+    THREADS.append(RunThread("test-batcher"))
+    b = DynamicBatcher("m", model, THREADS[-1], Metrics(), **opts)  # type: ignore[arg-type]
     b.start()
     return b
 
@@ -178,9 +192,11 @@ async def test_stop_finishes_queued_work() -> None:
 async def test_buckets_pad_batches_and_cut_outputs_back() -> None:
     model = FakeModel(delay=0.01)
     metrics = Metrics()
+    THREADS.append(RunThread("test-batcher"))
     b = DynamicBatcher(
         "m",
         model,
+        THREADS[-1],
         metrics,
         max_batch_size=8,
         max_queue_delay_s=0.05,
