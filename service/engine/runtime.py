@@ -210,6 +210,7 @@ class RunThread:
     def __init__(self, name: str) -> None:
         self._calls: queue.SimpleQueue[Call | str | None] = queue.SimpleQueue()
         self._stepper: Stepper | None = None
+        self._woken = False  # a WAKE is queued and not yet taken
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -219,8 +220,12 @@ class RunThread:
         self.wake()
 
     def wake(self) -> None:
-        """Have the thread ask its stepper again (it may be asleep on the queue)."""
-        self._calls.put(WAKE)
+        """Have the thread ask its stepper again (it may be asleep on the queue). One WAKE
+        queued is enough: the thread clears the flag before it asks, so whatever the caller
+        queued for the stepper before calling this is seen."""
+        if not self._woken:
+            self._woken = True
+            self._calls.put(WAKE)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -253,6 +258,7 @@ class RunThread:
     def _serve(self) -> None:
         while (call := self._next()) is not None:
             if isinstance(call, str):
+                self._woken = False
                 continue
             loop, future, fn, args = call
             if future.cancelled():
