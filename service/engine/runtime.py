@@ -2,9 +2,10 @@
 
 `ModelRuntime` owns the session and a single worker thread (`RunThread`): every run for a model
 happens on that thread, so the event loop never blocks on ONNX Runtime and a model never runs two
-batches at once (ORT already spreads one run over the intra-op threads). The batcher sends its
-runs there with `run_async`; a language model's generation scheduler is *driven* by the thread
-(`drive`): its steps run there, between the queued calls, with no event loop in between.
+batches at once (ORT already spreads one run over the intra-op threads). A model's worker (its
+dynamic batcher or its generation scheduler) is *driven* by the thread (`drive`): its steps run
+there, with no event loop in between, and their results go back through a `LoopMailbox`; the
+few runs outside a worker (raw /v2 runs of a language model) are queued to it with `run_async`.
 """
 
 from __future__ import annotations
