@@ -13,8 +13,9 @@ back while there is work, between the other calls queued to that thread (raw run
 model): no event-loop round trip per step (vLLM's engine-core busy loop). The event loop and the
 thread meet in two places only: `submit` and `cancel` put commands in an inbox that the thread
 applies at the start of a step (so every sequence's state is changed on the thread alone), and
-each step's outputs are posted back with one `call_soon_threadsafe`; steps that end while the
-loop is busy go out together. There every front end's `Sink` gets one call with its sequences'
+outputs are posted back as soon as they are sampled (a prefill's first tokens before the decode
+run of the same step) through a `LoopMailbox`: one `call_soon_threadsafe` per wake-up of the
+loop, so steps that end while the loop is busy go out together. There every front end's `Sink` gets one call with its sequences'
 outputs (token ids: text never appears here, the front ends detokenize and match stop strings).
 Host work is per step, not per token: the logits are sampled for the whole batch at once
 (`sample_batch`) and metrics are updated once per step.
@@ -95,7 +96,6 @@ class GenerationScheduler:
         self._waiting: deque[EngineSequence] = deque()
         self._running: list[EngineSequence] = []
         self._admitted: list[EngineSequence] = []
-        self._outbox: list[tuple[Sink, SeqOutput]] = []  # this step's outputs
         self._batch = KVBatch.empty(self.graph)
         self._kv_ops = model.kv_ops(self.graph.empty_past(0))
         self._steps = 0  # decode steps so far (admission waits are counted in steps)
@@ -194,11 +194,9 @@ class GenerationScheduler:
             self._abort(exc)
         live = self._live
         self._publish_gauges(live)
-        assert self._mailbox is not None
-        outbox, self._outbox = self._outbox, []
-        self._mailbox.post(outbox)
         if self._closing and not (live or self._waiting or self._inbox) and not self._ended:
             self._ended = True
+            assert self._mailbox is not None
             self._mailbox.end()
 
     def _apply_inbox(self) -> None:
@@ -368,8 +366,10 @@ class GenerationScheduler:
         self._series.tokens.inc(len(sequences))
 
     def _deliver(self, outputs: list[tuple[EngineSequence, SeqOutput]]) -> None:
-        """Outputs of this step, to be posted when it ends."""
-        self._outbox.extend((seq.sink, out) for seq, out in outputs)
+        """Post outputs to the event loop now, not at the end of the step: a prefill's first
+        tokens must not wait for the decode run that follows it in the same step."""
+        assert self._mailbox is not None
+        self._mailbox.post([(seq.sink, out) for seq, out in outputs])
 
     @staticmethod
     def _send(posted: list[tuple[Sink, SeqOutput]]) -> None:
