@@ -15,8 +15,9 @@ thread meet in two places only: `submit` and `cancel` put commands in an inbox t
 applies at the start of a step (so every sequence's state is changed on the thread alone), and
 outputs are posted back as soon as they are sampled (a prefill's first tokens before the decode
 run of the same step) through a `LoopMailbox`: one `call_soon_threadsafe` per wake-up of the
-loop, so steps that end while the loop is busy go out together. There every front end's `Sink` gets one call with its sequences'
-outputs (token ids: text never appears here, the front ends detokenize and match stop strings).
+loop, so steps that end while the loop is busy go out together. There every front end's `Sink`
+gets one call with its sequences' outputs (token ids: text never appears here, the front ends
+detokenize and match stop strings).
 Host work is per step, not per token: the logits are sampled for the whole batch at once
 (`sample_batch`) and metrics are updated once per step.
 """
