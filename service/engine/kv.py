@@ -120,12 +120,8 @@ def prefill_feeds(graph: LMGraph, prompts: list[tuple[int, ...]]) -> Feeds:
     return feeds
 
 
-def prefilled(graph: LMGraph, feeds: Feeds, presents: Resident) -> KVBatch:
-    """The KV batch a prefill run leaves: its presents and its prompt mask."""
-    return KVBatch([presents[n] for n in graph.present_names], feeds[ATTENTION_MASK])
-
-
-def decoded(graph: LMGraph, feeds: Feeds, presents: Resident) -> KVBatch:
-    """The KV batch after the decode step `feeds` (`KVBatch.decode_inputs`): its presents become
-    the past, its grown mask (B, P + 1) the mask."""
+def after_run(graph: LMGraph, feeds: Feeds, presents: Resident) -> KVBatch:
+    """The KV batch a run of `feeds` leaves: its presents become the past, the mask it was fed
+    the mask (a prefill's prompt mask (B, L), or a decode step's grown mask (B, P + 1) from
+    `KVBatch.decode_inputs`)."""
     return KVBatch([presents[n] for n in graph.present_names], feeds[ATTENTION_MASK])

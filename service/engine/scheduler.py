@@ -37,7 +37,7 @@ from onnxruntime import OrtValue
 from export.bundle import LOGITS, PAST, PRESENT
 from export.telemetry import is_gated, skip_similarity
 from service import tracing
-from service.engine.kv import KVBatch, LMGraph, Resident, decoded, prefill_feeds, prefilled
+from service.engine.kv import KVBatch, LMGraph, Resident, after_run, prefill_feeds
 from service.engine.runtime import LoopMailbox, ModelRuntime
 from service.engine.sampling import sample_batch
 from service.engine.sequence import EngineSequence, Sink
@@ -181,7 +181,8 @@ class GenerationScheduler:
         """Nothing becomes pending without a wake (a submit, a cancel, a stop)."""
 
     def step(self) -> None:
-        """Apply the inbox, then one step (see the module docstring); post its outputs."""
+        """Apply the inbox, then one step (see the module docstring); its outputs are posted
+        as they are sampled."""
         try:
             self._apply_inbox()
             self._release_finished()
@@ -315,7 +316,7 @@ class GenerationScheduler:
         self._deliver(scored + self._sample([sequences[r] for r in live], logits[live, -1]))
         if self._on_prefill is not None:
             self._on_prefill(outputs)
-        return sequences, prefilled(self.graph, feeds, presents)
+        return sequences, after_run(self.graph, feeds, presents)
 
     def _decode(self) -> None:
         """One token for every running row in one batched run."""
@@ -328,7 +329,7 @@ class GenerationScheduler:
             self._running, self._batch, self._cached = [], KVBatch.empty(self.graph), 0
             return
         outputs, presents = result
-        self._batch = decoded(self.graph, feeds, presents)
+        self._batch = after_run(self.graph, feeds, presents)
         live = [seq for seq in self._running if not seq.done]
         rows = [row for row, seq in enumerate(self._running) if not seq.done]
         self._deliver(self._sample(live, outputs[LOGITS][rows, -1]))
