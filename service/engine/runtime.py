@@ -268,10 +268,18 @@ class RunThread:
                 outcome: tuple[Any, BaseException | None] = (fn(*args), None)
             except BaseException as exc:  # delivered to the caller, as an executor does
                 outcome = (None, exc)
-            try:
-                loop.call_soon_threadsafe(_settle, future, *outcome)
-            except RuntimeError:  # the loop has closed: nobody is waiting any more
-                pass
+            call_in_loop(loop, _settle, future, *outcome)
+
+
+def call_in_loop(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any
+) -> None:
+    """`callback(*args)` on `loop`, from another thread; nothing when the loop has closed
+    (nobody is waiting any more)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -308,16 +316,10 @@ class LoopMailbox(Generic[T]):
             asleep = not self._items
             self._items.extend(items)
         if asleep:
-            self._call(self._drain)
+            call_in_loop(self._loop, self._drain)
 
     def end(self) -> None:
-        self._call(_settle, self.stopped, None, None)
-
-    def _call(self, callback: Callable[..., None], *args: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop has closed: nobody is waiting any more
-            pass
+        call_in_loop(self._loop, _settle, self.stopped, None, None)
 
     def _drain(self) -> None:
         with self._lock:
