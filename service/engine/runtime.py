@@ -4,8 +4,9 @@
 happens on that thread, so the event loop never blocks on ONNX Runtime and a model never runs two
 batches at once (ORT already spreads one run over the intra-op threads). A model's worker (its
 dynamic batcher or its generation scheduler) is *driven* by the thread (`drive`): its steps run
-there, with no event loop in between, and their results go back through a `LoopMailbox`; the
-few runs outside a worker (raw /v2 runs of a language model) are queued to it with `run_async`.
+there, with no event loop in between (results reach the loop through a `LoopMailbox`, or
+leave the process from the thread: the engine server's generation sinks); the few runs outside a
+worker (raw /v2 runs of a language model) are queued to it with `run_async`.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ class RunThread:
                 outcome: tuple[Any, BaseException | None] = (fn(*args), None)
             except BaseException as exc:  # delivered to the caller, as an executor does
                 outcome = (None, exc)
-            call_in_loop(loop, _settle, future, *outcome)
+            call_in_loop(loop, settle, future, *outcome)
 
 
 def call_in_loop(
@@ -282,7 +283,8 @@ def call_in_loop(
         pass
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """On the future's loop: its result, or its error (nothing once it is done)."""
     if future.done():
         return
     if error is not None:
@@ -319,7 +321,7 @@ class LoopMailbox(Generic[T]):
             call_in_loop(self._loop, self._drain)
 
     def end(self) -> None:
-        call_in_loop(self._loop, _settle, self.stopped, None, None)
+        call_in_loop(self._loop, settle, self.stopped, None, None)
 
     def _drain(self) -> None:
         with self._lock:

@@ -11,19 +11,20 @@ preempted.
 The steps run on the model's own thread (`RunThread.drive`, service.engine.runtime), back to
 back while there is work, between the other calls queued to that thread (raw runs of the
 model): no event-loop round trip per step (vLLM's engine-core busy loop). The event loop and the
-thread meet in two places only: `submit` and `cancel` put commands in an inbox that the thread
-applies at the start of a step (so every sequence's state is changed on the thread alone), and
-outputs are posted back as soon as they are sampled (a prefill's first tokens before the decode
-run of the same step) through a `LoopMailbox`: one `call_soon_threadsafe` per wake-up of the
-loop, so steps that end while the loop is busy go out together. There every front end's `Sink`
-gets one call with its sequences' outputs (token ids: text never appears here, the front ends
-detokenize and match stop strings).
+thread meet in one place only: `submit` and `cancel` put commands in an inbox that the thread
+applies at the start of a step (so every sequence's state is changed on the thread alone).
+Outputs never visit the loop: as soon as a run's rows are sampled (a prefill's first tokens
+before the decode run of the same step), every front end's `Sink` gets one call, on this
+thread, with its sequences' outputs (token ids: text never appears here, the front ends
+detokenize and match stop strings); the engine server's sink sends them on its socket there and
+then, a sink of this process wraps a `LoopMailbox`.
 Host work is per step, not per token: the logits are sampled for the whole batch at once
 (`sample_batch`) and metrics are updated once per step.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -38,7 +39,7 @@ from export.bundle import LOGITS, PAST, PRESENT
 from export.telemetry import is_gated, skip_similarity
 from service import tracing
 from service.engine.kv import KVBatch, LMGraph, Resident, after_run, prefill_feeds
-from service.engine.runtime import LoopMailbox, ModelRuntime
+from service.engine.runtime import ModelRuntime, call_in_loop, settle
 from service.engine.sampling import sample_batch
 from service.engine.sequence import EngineSequence, Sink
 from service.errors import BadRequest, InferenceFailed, ModelNotReady, QueueFull
@@ -91,7 +92,7 @@ class GenerationScheduler:
         }
         # the event loop's side
         self._inbox: deque[Submit | Cancel] = deque()  # applied by the thread, in order
-        self._mailbox: LoopMailbox[tuple[Sink, SeqOutput]] | None = None  # outputs to the loop
+        self._stopped: asyncio.Future[None] | None = None  # resolved when a stop has drained
         self._closing = False
         # the thread's side
         self._waiting: deque[EngineSequence] = deque()
@@ -121,8 +122,8 @@ class GenerationScheduler:
         return self._live
 
     def start(self) -> None:
-        """Have the model's thread step this scheduler; outputs come back to this loop."""
-        self._mailbox = LoopMailbox(self._send)
+        """Have the model's thread step this scheduler; `stop` waits on this loop."""
+        self._stopped = asyncio.get_running_loop().create_future()
         self.model.drive(self)
 
     def flush(self) -> None:
@@ -132,8 +133,8 @@ class GenerationScheduler:
         """Refuse new requests, finish every accepted sequence, then return."""
         self._closing = True
         self.model.wake()
-        if self._mailbox is not None:
-            await self._mailbox.stopped
+        if self._stopped is not None:
+            await self._stopped
 
     def submit(self, rid: int, requests: list[GenerateRequest], sink: Sink) -> None:
         """Queue one request's prompts together (stream `rid`, outputs to `sink`); 429 when
@@ -198,8 +199,8 @@ class GenerationScheduler:
         self._publish_gauges(live)
         if self._closing and not (live or self._waiting or self._inbox) and not self._ended:
             self._ended = True
-            assert self._mailbox is not None
-            self._mailbox.end()
+            assert self._stopped is not None  # after the last outputs went to their sinks
+            call_in_loop(self._stopped.get_loop(), settle, self._stopped, None, None)
 
     def _apply_inbox(self) -> None:
         """Queue submitted sequences and apply cancels, in the order the loop sent them."""
@@ -330,9 +331,12 @@ class GenerationScheduler:
             return
         outputs, presents = result
         self._batch = after_run(self.graph, feeds, presents)
-        live = [seq for seq in self._running if not seq.done]
+        logits = outputs[LOGITS][:, -1]  # (B, vocab), a view
         rows = [row for row, seq in enumerate(self._running) if not seq.done]
-        self._deliver(self._sample(live, outputs[LOGITS][rows, -1]))
+        if len(rows) == len(self._running):  # no finished row waiting for compaction: no copy
+            self._deliver(self._sample(self._running, logits))
+        else:
+            self._deliver(self._sample([self._running[r] for r in rows], logits[rows]))
 
     def _sample(
         self, sequences: list[EngineSequence], logits: np.ndarray
@@ -367,19 +371,14 @@ class GenerationScheduler:
                 itl.observe(now - seq.last_token_at)
         self._series.tokens.inc(len(sequences))
 
-    def _deliver(self, outputs: list[tuple[EngineSequence, SeqOutput]]) -> None:
-        """Post outputs to the event loop now, not at the end of the step: a prefill's first
-        tokens must not wait for the decode run that follows it in the same step."""
-        assert self._mailbox is not None
-        self._mailbox.post([(seq.sink, out) for seq, out in outputs])
-
     @staticmethod
-    def _send(posted: list[tuple[Sink, SeqOutput]]) -> None:
-        """On the event loop: one sink call per front end with its sequences' outputs of every
-        step posted since the last call, in step order."""
+    def _deliver(outputs: list[tuple[EngineSequence, SeqOutput]]) -> None:
+        """One sink call per front end with its sequences' outputs of this run, now, not at
+        the end of the step: a prefill's first tokens must not wait for the decode run that
+        follows it in the same step."""
         grouped: dict[int, tuple[Sink, list[SeqOutput]]] = {}
-        for sink, out in posted:
-            grouped.setdefault(id(sink), (sink, []))[1].append(out)
+        for seq, out in outputs:
+            grouped.setdefault(id(seq.sink), (seq.sink, []))[1].append(out)
         for sink, outs in grouped.values():
             sink(outs)
 

@@ -3,7 +3,8 @@
 The engine deals in ids only: a sequence appends the ids the batch sampler picks, finishes on
 EOS or at max_new_tokens, and reports each step as a `SeqOutput` (ids, logprobs when asked) for
 the front end that asked, which turns ids into text and applies stop strings (and cancels the
-sequence when one matches). `Sink` is where a step's outputs go: one call per front end per step.
+sequence when one matches). `Sink` is where a run's outputs go: one call per front end per run,
+on the model's thread (a sink that lives on an event loop wraps a `LoopMailbox`).
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ supervisor drains the front ends first, then the engine) and exits when its pare
 Host cost is per batch and per step, not per request or token (vLLM's engine core): the socket
 is a plain (not asyncio) ZeroMQ socket read from the event loop's reader callback, draining every
 queued message at once; an `infer` is a queue entry with a reply callback (no task, no future);
-replies produced in one turn of the loop (a batch, a generation step) are grouped per front end
-and sent as ONE `results` and ONE `step` message each. A front end silent for `SILENT_AFTER_S`
-(front ends poll the status 4 times a second) is taken as dead: its sequences are cancelled.
+replies produced in one turn of the loop (a batch) are grouped per front end and sent as ONE
+`results` message each. Generation outputs skip the loop: a model's thread sends each run's
+outputs as ONE `step` message per front end as soon as they are sampled. A front end silent
+for `SILENT_AFTER_S` (front ends poll the status 4 times a second) is taken as dead: its
+sequences are cancelled.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import multiprocessing.synchronize
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -28,7 +31,7 @@ import zmq
 
 from service import tracing, wire
 from service.engine.core import EngineCore
-from service.engine.runtime import CUDA, RuntimeSetupError, choose_providers
+from service.engine.runtime import CUDA, RuntimeSetupError, call_in_loop, choose_providers
 from service.errors import InferenceFailed, ServiceError
 from service.logs import configure_logging
 from service.messages import Feeds, SeqOutput
@@ -43,19 +46,21 @@ CONTROL_OPS = ("index", "load", "unload")
 
 
 class FrontEnd:
-    """One connected front end: replies and step outputs waiting to go out to it; calling it is
-    the generation scheduler's per-step sink for its sequences."""
+    """One connected front end: replies waiting to go out to it; calling it (on a model's
+    thread) is the generation scheduler's per-run sink for its sequences."""
 
     def __init__(self, server: EngineServer, identity: Identity) -> None:
         self.server, self.identity = server, identity
         self.results: list[wire.Result] = []
-        self.outputs: list[SeqOutput] = []
         self.seen = time.monotonic()
         self.models: set[str] = set()  # models it has generated on (to cancel when it dies)
 
     def __call__(self, outputs: list[SeqOutput]) -> None:
-        self.outputs.extend(outputs)
-        self.server.schedule_flush(self)
+        """On the model's thread: one `step` message with these outputs, sent now (they never
+        wait for the event loop)."""
+        self.server.send_from_thread(
+            self.identity, {"op": "step", "out": wire.outputs_to_wire(outputs)}
+        )
 
     def reply(self, rid: int, outputs: Feeds | None, error: ServiceError | None) -> None:
         self.results.append((rid, outputs, None if error is None else wire.error_to_wire(error)))
@@ -63,7 +68,11 @@ class FrontEnd:
 
 
 class EngineServer:
-    """Reads front-end messages into the core and sends replies back to their sender."""
+    """Reads front-end messages into the core and sends replies back to their sender.
+
+    The socket is used from the event loop (reads, replies) and from the models' threads
+    (generation outputs), one at a time under `_lock`; ZeroMQ allows a socket to move between
+    threads with a full memory barrier, which the lock is."""
 
     SILENT_AFTER_S = 5.0
 
@@ -74,6 +83,7 @@ class EngineServer:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, 0)  # replies are bounded by the accepted work
         self._sock.bind(address)
+        self._lock = threading.Lock()
         self._frontends: dict[Identity, FrontEnd] = {}
         self._dirty: dict[Identity, FrontEnd] = {}  # front ends with something to send
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,8 +99,11 @@ class EngineServer:
         """Handle every message queued on the socket (the FD is edge-triggered: read until
         the socket says there is nothing left)."""
         sock = self._sock
-        while wire.readable(sock):
-            frames = sock.recv_multipart(wire.NOBLOCK)  # copies: cheaper than Frames when small
+        while True:
+            with self._lock:
+                if sock.closed or not wire.readable(sock):
+                    return
+                frames = sock.recv_multipart(wire.NOBLOCK)  # copies: cheaper than Frames if small
             frontend = self._frontend(frames[0])
             header: dict[str, Any] = {}
             try:
@@ -170,15 +183,12 @@ class EngineServer:
         self._dirty[frontend.identity] = frontend
 
     def flush(self) -> None:
-        """One `results` and one `step` message per front end with something pending."""
+        """One `results` message per front end with replies pending."""
         dirty, self._dirty = self._dirty, {}
         for frontend in dirty.values():
             results, frontend.results = frontend.results, []
-            outputs, frontend.outputs = frontend.outputs, []
             if results:
                 self._send_results(frontend.identity, results)
-            if outputs:
-                self._send(frontend.identity, {"op": "step", "out": wire.outputs_to_wire(outputs)})
         self._drain()  # sending may have consumed the FD's edge
 
     def _send_results(self, identity: Identity, results: list[wire.Result]) -> None:
@@ -188,22 +198,36 @@ class EngineServer:
             for result in results:
                 self._send_results_alone(identity, result)
             return
-        self._sock.send_multipart([identity, *frames], copy=False)
+        self._send_frames(identity, frames)
 
     def _send_results_alone(self, identity: Identity, result: wire.Result) -> None:
         try:
             frames = wire.encode_results([result])
         except wire.Unencodable as exc:
             frames = _unencodable(result[0], exc)
-        self._sock.send_multipart([identity, *frames], copy=False)
+        self._send_frames(identity, frames)
 
-    def _send(self, identity: Identity, header: dict[str, Any]) -> None:
+    def _send(self, identity: Identity, header: dict[str, Any]) -> bool:
         try:
             frames = wire.encode(header)
         except wire.Unencodable as exc:
             log.error("engine could not encode a %s reply: %s", header.get("op"), exc)
             frames = _unencodable(header.get("id", 0), exc)
-        self._sock.send_multipart([identity, *frames], copy=False)
+        return self._send_frames(identity, frames)
+
+    def _send_frames(self, identity: Identity, frames: wire.Frames) -> bool:
+        """Send (nothing once closed); whether a message is waiting to be read."""
+        with self._lock:
+            if self._sock.closed:
+                return False
+            self._sock.send_multipart([identity, *frames], copy=False)
+            return wire.readable(self._sock)
+
+    def send_from_thread(self, identity: Identity, header: dict[str, Any]) -> None:
+        """`_send` from a model's thread. The send may consume the edge of the socket's FD that
+        would have woken the loop for a message just in, so then the loop is asked to read."""
+        if self._send(identity, header) and self._loop is not None:
+            call_in_loop(self._loop, self._drain)
 
     def forget_silent(self) -> None:
         """Cancel the sequences of front ends not heard from for SILENT_AFTER_S (dead: a
@@ -226,7 +250,8 @@ class EngineServer:
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(wire.socket_fd(self._sock))
-        self._sock.close()
+        with self._lock:
+            self._sock.close()
         self._ctx.term()
 
 

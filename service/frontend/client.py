@@ -25,6 +25,8 @@ import zmq
 
 from service import tracing, wire
 from service.engine.core import EngineCore
+from service.engine.runtime import LoopMailbox
+from service.engine.sequence import Sink
 from service.errors import DeadlineExceeded, ModelNotReady, QueueFull, ServiceError
 from service.frontend.generation.output import GenerationStream
 from service.frontend.generation.tokenizer import TextTokenizer
@@ -106,8 +108,10 @@ class InprocClient:
         self.core = core
         self._ids = itertools.count(1)
         self._streams = Streams()
+        self._sink: Sink | None = None  # the streams, reached from the models' threads
 
     async def start(self) -> None:
+        self._sink = LoopMailbox(self._streams).post
         await self.core.start()
 
     async def stop(self) -> None:
@@ -128,15 +132,16 @@ class InprocClient:
     async def generate(
         self, name: str, requests: list[ValidRequest], tokenizer: TextTokenizer
     ) -> GenerationStream:
-        rid = next(self._ids)
+        rid, sink = next(self._ids), self._sink
+        assert sink is not None, "generate before start"
 
         def cancel(index: int | None) -> None:
-            self.core.cancel(name, self._streams, rid, index)
+            self.core.cancel(name, sink, rid, index)
 
         stream = GenerationStream(requests, tokenizer, cancel)
         self._streams.add(rid, stream)
         try:
-            self.core.generate(name, rid, [r.to_engine() for r in requests], self._streams)
+            self.core.generate(name, rid, [r.to_engine() for r in requests], sink)
         except BaseException:
             del self._streams.open[rid]
             raise

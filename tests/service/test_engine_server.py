@@ -94,3 +94,32 @@ def test_grouped_results_and_unknown_model_errors(driver: EngineDriver) -> None:
             break
     (item,) = header["items"]
     assert item[0] == rid and item[1]["type"] == "model_not_ready"
+
+
+def test_messages_sent_while_the_model_thread_sends_are_all_read(driver: EngineDriver) -> None:
+    """The model's thread sends every step on the socket the loop reads; a send can consume
+    the edge of the socket's FD that should wake the loop for a message just in. Status
+    requests, one after another while streams step (a new 250-token stream starts whenever one
+    ends) until at least 300 of each went by, must each be answered (a lost wake-up leaves the
+    request unread: no answer in 5 s)."""
+    request = GenerateRequest(0, (5, 6), 250, ignore_eos=True)
+    body = {"op": "generate", "model": NAME, "requests": [wire.request_to_wire(request)]}
+    driver.send(body)
+    answered, tokens = 0, 0
+    while answered < 300 or tokens < 300:
+        rid = driver.send({"op": "status"})
+        while True:
+            assert driver.sock.poll(5000), f"status {answered + 1} never answered"
+            header, _ = driver.receive()
+            if header["op"] == "status" and header["id"] == rid:
+                break
+            if header["op"] == "step":
+                for out in wire.outputs_from_wire(header["out"]):
+                    assert out.error is None, out.error
+                    tokens += len(out.tokens)
+                    if out.finish is not None:
+                        driver.send(body)
+            assert header["op"] != "results" or header["items"][0][1] is None, header
+        answered += 1
+    while _status(driver)["running"].get(NAME, 0):
+        time.sleep(0.05)

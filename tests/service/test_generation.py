@@ -25,6 +25,7 @@ from models.checkpoint import load_checkpoint
 from service import create_app
 from service.engine.kv import KVBatch
 from service.engine.kv_ops import KVOps
+from service.engine.runtime import LoopMailbox
 from service.engine.scheduler import GenerationScheduler
 from service.frontend.generation.tokenizer import TextTokenizer
 from service.frontend.generation.validation import ValidRequest
@@ -267,8 +268,9 @@ def test_engine_steps_reach_the_front_end_as_ids_one_call_per_step(app_client: T
             if sum(o.finish is not None for c in calls for o in c) == 2:
                 done.set()
 
-        sched.submit(1, [_request([5, 6, 7], 6).to_engine()], sink)
-        sched.submit(2, [_request([8, 9], 6).to_engine()], sink)
+        on_loop = LoopMailbox(sink).post  # the sink is called on the model's thread
+        sched.submit(1, [_request([5, 6, 7], 6).to_engine()], on_loop)
+        sched.submit(2, [_request([8, 9], 6).to_engine()], on_loop)
         await asyncio.wait_for(done.wait(), 30)
 
     app_client.portal.call(run)
