@@ -31,6 +31,9 @@ TASKS = (CLASSIFICATION, SEGMENTATION, TEXT_GENERATION)
 # present.{i}.key|value, one pair per layer.
 PIXEL_VALUES, INPUT_IDS, ATTENTION_MASK = "pixel_values", "input_ids", "attention_mask"
 LOGITS, SIMILARITY = "logits", "token_similarity"
+# Added to language-model sessions at load (export.greedy), never in a bundle: (batch,) int64,
+# the argmax of the last position's logits.
+GREEDY_IDS = "greedy_ids"
 PAST, PRESENT = "past_key_values", "present"
 AREA = "area"  # preprocessing `resize`: box (area-average) reduction when shrinking, bilinear up
 ATTENTIONS = ("neutreno", "softmax")

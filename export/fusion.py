@@ -33,6 +33,7 @@ import onnx
 import onnx.inliner
 from onnx import TensorProto, helper, numpy_helper
 
+from export.greedy import add_greedy_ids
 from export.opdef import DOMAIN, OP_TYPE, attention_nodes
 from export.telemetry import gate_output
 
@@ -369,19 +370,22 @@ def fuse_attention(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FusionRepor
 
 def session_model(source: str | Path | onnx.ModelProto, fused: bool = True) -> bytes:
     """The bytes an ORT session is created from: a bundle's model.onnx (path or proto) with
-    attention fused and the similarity telemetry gated (`export.telemetry`), or as shipped when
-    fused=False. The service and the benchmarks both create their sessions from this."""
+    attention fused, the similarity telemetry gated (`export.telemetry`) and a language model's
+    greedy ids added (`export.greedy`), or as shipped when fused=False. The service and the
+    benchmarks both create their sessions from this."""
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     if not fused:
         return model.SerializeToString()
     model, report = fuse_attention(model)
     gated = gate_output(model)
+    greedy = add_greedy_ids(model)
     log.info(
-        "%s: FidelityAttention %d fused, %d portable%s; similarity telemetry %s",
+        "%s: FidelityAttention %d fused, %d portable%s; similarity telemetry %s%s",
         source if not isinstance(source, onnx.ModelProto) else model.graph.name,
         report.fused,
         report.portable,
         "".join(f"; {r}" for r in report.reasons),
         "gated" if gated else "always on",
+        "; greedy ids on the device" if greedy else "",
     )
     return model.SerializeToString()

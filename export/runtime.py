@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.bundle import ATTENTION_MASK, INPUT_IDS, PAST, kv_names
+from export.bundle import ATTENTION_MASK, INPUT_IDS, LOGITS, PAST, PRESENT, SIMILARITY, kv_names
 from export.fusion import session_model
 
 
@@ -71,9 +71,10 @@ def lm_step(
         ATTENTION_MASK: attention_mask.astype(np.int64),
     }
     feed.update(zip(kv_names(len(past), PAST), (t for pair in past for t in pair), strict=True))
-    out = sess.run(None, feed)
-    presents = list(zip(out[1:-1:2], out[2:-1:2], strict=False))
-    return LMStep(out[0], presents, out[-1])
+    logits, *presents, similarity = sess.run(
+        [LOGITS, *kv_names(len(past), PRESENT), SIMILARITY], feed
+    )
+    return LMStep(logits, list(zip(presents[0::2], presents[1::2], strict=True)), similarity)
 
 
 def greedy(

@@ -21,7 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from export.bundle import ATTENTION_MASK, INPUT_IDS, TEXT_GENERATION
+from export.bundle import ATTENTION_MASK, GREEDY_IDS, INPUT_IDS, TEXT_GENERATION
 from export.fusion import session_model
 from service.engine.kv_ops import KVOps
 from service.messages import ModelInfo
@@ -82,7 +82,9 @@ class ModelRuntime(ModelInfo):
         super().__init__(path, manifest, "cuda" if session.get_providers()[0] == CUDA else "cpu")
         self.session = session
         self.device_id = settings.cuda_device_id if self.device == "cuda" else 0
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_names = [n for n in outputs if n != GREEDY_IDS]  # the bundle's own
+        self.greedy_ids = GREEDY_IDS in outputs  # export.greedy added it at load
         self._thread = RunThread(f"ort-{self.name}")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

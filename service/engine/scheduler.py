@@ -35,7 +35,7 @@ from typing import TypeAlias
 import numpy as np
 from onnxruntime import OrtValue
 
-from export.bundle import LOGITS, PAST, PRESENT
+from export.bundle import GREEDY_IDS, LOGITS, PAST, PRESENT
 from export.telemetry import is_gated, skip_similarity
 from service import tracing
 from service.engine.kv import KVBatch, LMGraph, Resident, after_run, prefill_feeds
@@ -320,23 +320,29 @@ class GenerationScheduler:
         return sequences, after_run(self.graph, feeds, presents)
 
     def _decode(self) -> None:
-        """One token for every running row in one batched run."""
+        """One token for every running row in one batched run. When every live row decodes
+        greedily with nothing read from its logits, the run brings back only the ids (the
+        graph's GREEDY_IDS, computed on the device), not the (B, vocab) logits."""
         # finished rows still in the batch decode a filler id; their outputs are ignored
         tokens = np.array([s.generated[-1] if s.generated else 0 for s in self._running], np.int64)
         feeds, resident = self._batch.decode_inputs(self.graph, tokens)
         resident.update(self._decode_flags)
-        result = self._run(feeds, resident, self._running, [LOGITS])
+        rows = [row for row, seq in enumerate(self._running) if not seq.done]
+        everyone = len(rows) == len(self._running)  # no finished row awaiting compaction
+        live = self._running if everyone else [self._running[r] for r in rows]
+        greedy = self.model.greedy_ids and all(seq.greedy for seq in live)
+        result = self._run(feeds, resident, self._running, [GREEDY_IDS if greedy else LOGITS])
         if result is None:
             self._running, self._batch, self._cached = [], KVBatch.empty(self.graph), 0
             return
         outputs, presents = result
         self._batch = after_run(self.graph, feeds, presents)
+        if greedy:
+            ids = outputs[GREEDY_IDS]  # (B,)
+            self._deliver(self._accept(live, ids if everyone else ids[rows], None))
+            return
         logits = outputs[LOGITS][:, -1]  # (B, vocab), a view
-        rows = [row for row, seq in enumerate(self._running) if not seq.done]
-        if len(rows) == len(self._running):  # no finished row waiting for compaction: no copy
-            self._deliver(self._sample(self._running, logits))
-        else:
-            self._deliver(self._sample([self._running[r] for r in rows], logits[rows]))
+        self._deliver(self._sample(live, logits if everyone else logits[rows]))
 
     def _sample(
         self, sequences: list[EngineSequence], logits: np.ndarray
@@ -353,11 +359,24 @@ class GenerationScheduler:
         ids = sample_batch(
             scores, [s.request.sampling for s in sequences], [s.rng for s in sequences]
         )
+        return self._accept(sequences, ids, logits)
+
+    def _accept(
+        self, sequences: list[EngineSequence], ids: np.ndarray, logits: np.ndarray | None
+    ) -> list[tuple[EngineSequence, SeqOutput]]:
+        """Every row takes its id (ids (B,); logits (B, vocab) for the rows that want
+        logprobs, None when no row does); one output per row."""
         now = time.perf_counter()
         self._observe(sequences, now)
-        wants = [s.request.logprobs is not None for s in sequences]
         return [
-            (seq, seq.accept(int(ids[row]), logits[row] if wants[row] else None, now))
+            (
+                seq,
+                seq.accept(
+                    int(ids[row]),
+                    None if logits is None or seq.request.logprobs is None else logits[row],
+                    now,
+                ),
+            )
             for row, seq in enumerate(sequences)
         ]
 

@@ -38,6 +38,12 @@ class EngineSequence:
             if request.penalties.changes_logits
             else None
         )
+        # its next id is the argmax of the raw logits, nothing else read from them
+        self.greedy = (
+            request.sampling.temperature == 0.0
+            and self.processor is None
+            and request.logprobs is None
+        )
         self.generated: list[int] = []
         self.finish: EngineFinish | None = None
         self.cancelled = False

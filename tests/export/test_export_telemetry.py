@@ -44,8 +44,11 @@ def test_lm_flag_off_keeps_logits_and_presents() -> None:
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     for i, (k, v) in enumerate(empty_past(sess, 1)):
         feed[f"past_key_values.{i}.key"], feed[f"past_key_values.{i}.value"] = k, v
-    on = sess.run(None, feed)
-    off = sess.run(None, {**feed, SIMILARITY_FLAG: np.array(False)})
-    for a, b in zip(on[:-1], off[:-1], strict=False):
-        np.testing.assert_array_equal(a, b)
-    assert np.isfinite(on[-1]).all() and np.isnan(off[-1]).all() and off[-1].shape == (1, 6)
+    names = [o.name for o in sess.get_outputs()]  # logits, presents, similarity, greedy ids
+    on = dict(zip(names, sess.run(None, feed), strict=True))
+    off = dict(zip(names, sess.run(None, {**feed, SIMILARITY_FLAG: np.array(False)}), strict=True))
+    for name in names:
+        if name != SIMILARITY:
+            np.testing.assert_array_equal(on[name], off[name])
+    assert np.isfinite(on[SIMILARITY]).all() and np.isnan(off[SIMILARITY]).all()
+    assert off[SIMILARITY].shape == (1, 6)

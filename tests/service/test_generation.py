@@ -20,6 +20,7 @@ from onnxruntime import OrtValue
 from support.generation_helpers import NAME, add_lm
 from support.service_helpers import ROOT, make_settings
 
+from export.bundle import GREEDY_IDS
 from export.telemetry import SIMILARITY_FLAG
 from models.checkpoint import load_checkpoint
 from service import create_app
@@ -73,8 +74,8 @@ def test_greedy_equals_pytorch(app_client: TestClient, built: Path) -> None:
 
 
 def test_decode_steps_keep_the_cache_resident(app_client: TestClient, monkeypatch) -> None:
-    """Only token ids go in and logits come out per decode step: the past is the previous
-    step's presents, bound as OrtValues, never fed from numpy."""
+    """Only token ids go in and ids (or logits, when a row reads them) come out per decode
+    step: the past is the previous step's presents, bound as OrtValues, never fed from numpy."""
     model = scheduler(app_client).model
     real = model.run_bound
     calls: list[tuple[set[str], set[str], list[str]]] = []
@@ -87,15 +88,21 @@ def test_decode_steps_keep_the_cache_resident(app_client: TestClient, monkeypatc
         return real(feeds, resident, to_host, keep)
 
     monkeypatch.setattr(model, "run_bound", spy)
-    complete(app_client, prompt=PROMPTS[0], max_tokens=6, temperature=0, ignore_eos=True)
+    greedy = complete(app_client, prompt=PROMPTS[0], max_tokens=6, temperature=0, ignore_eos=True)
     past = {i.name for i in model.session.get_inputs() if i.name.startswith("past_key_values.")}
     prefill, *decode = calls
     assert past <= prefill[0] and not prefill[1]  # prompt: empty past from the host
     assert len(decode) == 5  # the prefill's presents join an empty batch as they are
     for feeds, resident, to_host in decode:
         assert feeds == {"input_ids", "attention_mask"} and resident == past | {SIMILARITY_FLAG}
-        assert to_host == ["logits"]
+        assert to_host == [GREEDY_IDS]  # the ids only: the logits stay where the model runs
     assert flags == [False] * 5  # decode steps skip the gated similarity subgraph
+    calls.clear()  # asking for logprobs reads the logits: same ids, from the host this time
+    scored = complete(
+        app_client, prompt=PROMPTS[0], max_tokens=6, temperature=0, ignore_eos=True, logprobs=1
+    )
+    assert [to_host for _, _, to_host in calls[1:]] == [["logits"]] * 5
+    assert scored["choices"][0]["text"] == greedy["choices"][0]["text"]
 
 
 def test_prompt_list_gives_one_choice_each_and_usage(app_client: TestClient) -> None:
